@@ -1,0 +1,184 @@
+"""`GADConfig`: TRL's `GRPOConfig` plus the discriminator, the warm-up schedule and the teacher column."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+from .losses import DEFAULT_CONSTANTS, LOSS_TYPES
+
+
+@dataclass
+class GADConfig(GRPOConfig):
+    r"""
+    Configuration class for [`GADTrainer`]: every [`~trl.GRPOConfig`] field, plus the ones below. Defaults follow the
+    GAD paper (arXiv 2511.10643) where it gives a value.
+
+    Parameters that control the schedule (one run, counted in optimizer steps = `global_step`):
+        critic_warmup_steps (`int`, defaults to `0`): steps at the start where only the discriminator learns; the
+            student is frozen (learning rate 0, no policy loss).
+        sft_warmup_steps (`int`, defaults to `0`): steps after the critic warm-up where the student is trained by
+            cross-entropy on the teacher responses (instead of GRPO) while the discriminator keeps learning.
+
+    Parameters that control the discriminator:
+        discriminator_model_name_or_path (`str` or `None`): backbone of the discriminator; `None` initialises it from
+            the student's weights. Loaded with `AutoModelForSequenceClassification.from_pretrained(num_labels=1)`.
+        discriminator_learning_rate, discriminator_weight_decay, discriminator_lr_scheduler_type,
+        discriminator_warmup_steps, discriminator_max_grad_norm: its own optimizer (AdamW), scheduler and clipping.
+        discriminator_loss_type: `bradley_terry` (paper), `hinge`, `two_sided_hinge` or `balanced`, with every
+            constant a field (`discriminator_margin`, ...).
+        discriminator_mini_batch_size: sequences per discriminator forward; `None` scores the whole generation batch
+            in one forward whose detached scores are the rewards.
+
+    Data:
+        teacher_response_column (`str`, defaults to `"teacher_response"`): column with the teacher's answer.
+    """
+
+    _VALID_DICT_FIELDS = GRPOConfig._VALID_DICT_FIELDS + ["discriminator_init_kwargs"]
+
+    # Paper defaults that differ from GRPOConfig's.
+    learning_rate: float = field(default=1e-6, metadata={"help": "Student (policy) learning rate. Paper: 1e-6."})
+    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature of the student. Paper: 0.8."})
+
+    # Schedule
+    critic_warmup_steps: int = field(
+        default=0, metadata={"help": "Steps where only the discriminator learns and the student is frozen."}
+    )
+    sft_warmup_steps: int = field(
+        default=0,
+        metadata={"help": "Steps (after critic_warmup_steps) of cross-entropy SFT of the student on teacher responses."},
+    )
+
+    # Data
+    teacher_response_column: str = field(
+        default="teacher_response", metadata={"help": "Dataset column holding the teacher's response text."}
+    )
+
+    # Discriminator model and optimisation
+    discriminator_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Discriminator backbone; None = initialise from the student's weights."}
+    )
+    discriminator_init_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments for the discriminator's from_pretrained; defaults to model_init_kwargs."},
+    )
+    discriminator_learning_rate: float = field(default=1e-6, metadata={"help": "Discriminator learning rate."})
+    discriminator_weight_decay: float = field(default=0.0, metadata={"help": "Discriminator AdamW weight decay."})
+    discriminator_adam_beta1: float = field(default=0.9, metadata={"help": "Discriminator AdamW beta1."})
+    discriminator_adam_beta2: float = field(default=0.999, metadata={"help": "Discriminator AdamW beta2."})
+    discriminator_lr_scheduler_type: str = field(
+        default="constant_with_warmup", metadata={"help": "Discriminator LR schedule (transformers' get_scheduler)."}
+    )
+    discriminator_warmup_steps: int = field(default=0, metadata={"help": "Discriminator LR warm-up steps."})
+    discriminator_max_grad_norm: float | None = field(
+        default=None, metadata={"help": "Gradient clipping of the discriminator; None = max_grad_norm."}
+    )
+    discriminator_mini_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Sequences per discriminator forward/backward. None = one forward over the generation batch "
+            "whose detached scores are the rewards; a number bounds memory at the cost of a second, no-grad pass."
+        },
+    )
+    discriminator_gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Enable gradient checkpointing in the discriminator backbone."}
+    )
+
+    # Discriminator loss
+    discriminator_loss_type: str = field(
+        default="bradley_terry", metadata={"help": f"One of {', '.join(LOSS_TYPES)}.", "choices": list(LOSS_TYPES)}
+    )
+    discriminator_margin: float = field(
+        default=DEFAULT_CONSTANTS["margin"], metadata={"help": "m: lower margin on d = t - s (hinge variants)."}
+    )
+    discriminator_upper_margin: float = field(
+        default=DEFAULT_CONSTANTS["upper_margin"], metadata={"help": "M: upper margin on d (two_sided_hinge)."}
+    )
+    discriminator_temperature: float = field(
+        default=DEFAULT_CONSTANTS["temperature"], metadata={"help": "T of the soft BCE term: -log sigmoid(clip(d/T))."}
+    )
+    discriminator_clip: float = field(
+        default=DEFAULT_CONSTANTS["clip"], metadata={"help": "Clip of d/T in the soft BCE term."}
+    )
+    discriminator_hinge_bce_weight: float = field(
+        default=DEFAULT_CONSTANTS["hinge_bce_weight"], metadata={"help": "Weight of the soft BCE term (hinge variants)."}
+    )
+    discriminator_balanced_bce_weight: float = field(
+        default=DEFAULT_CONSTANTS["balanced_bce_weight"], metadata={"help": "balanced: weight of the soft BCE term."}
+    )
+    discriminator_score_reg_weight: float = field(
+        default=DEFAULT_CONSTANTS["score_reg_weight"], metadata={"help": "balanced: weight of mean(t^2) + mean(s^2)."}
+    )
+    discriminator_overconfidence_weight: float = field(
+        default=DEFAULT_CONSTANTS["overconfidence_weight"],
+        metadata={"help": "balanced: weight of relu(d - overconfidence_margin)^2."},
+    )
+    discriminator_overconfidence_margin: float = field(
+        default=DEFAULT_CONSTANTS["overconfidence_margin"], metadata={"help": "balanced: margin of the penalty."}
+    )
+
+    # vLLM server mode
+    vllm_weight_sync: str = field(
+        default="nccl",
+        metadata={
+            "help": "How updated student weights reach a vLLM server (vllm_mode='server'): 'nccl' (TRL's default, "
+            "CUDA) or 'reload' (save to vllm_weight_sync_dir, then the server's reload_weights RPC; CPU-friendly).",
+            "choices": ["nccl", "reload"],
+        },
+    )
+    vllm_weight_sync_dir: str | None = field(
+        default=None,
+        metadata={"help": "Directory shared with the server for 'reload' sync; None = <output_dir>/vllm_weights."},
+    )
+
+    # Hub
+    discriminator_hub_model_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub repo for the discriminator. None = the `discriminator/` sub-folder of the student's repo."
+        },
+    )
+
+    # Health checks (GAD_SPEC.md, "Healthy ranges"): warnings, never hard stops.
+    warn_on_unhealthy_metrics: bool = field(
+        default=True, metadata={"help": "Log a warning when discriminator metrics leave the healthy ranges."}
+    )
+
+    def __post_init__(self):
+        if self.bf16 is None and not self.fp16 and not self.use_cpu:
+            # TRL defaults to bf16 and then refuses to start on a machine without it (a CPU box, an old GPU); GAD
+            # picks bf16 only where it runs, so the same recipe starts on a laptop and on a cluster.
+            import torch
+
+            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        super().__post_init__()
+        if self.discriminator_loss_type not in LOSS_TYPES:
+            raise ValueError(
+                f"discriminator_loss_type={self.discriminator_loss_type!r} is not supported; "
+                f"choose one of {', '.join(LOSS_TYPES)}."
+            )
+        for name in ("critic_warmup_steps", "sft_warmup_steps", "discriminator_warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.discriminator_mini_batch_size is not None and self.discriminator_mini_batch_size < 1:
+            raise ValueError(
+                f"discriminator_mini_batch_size must be a positive integer or None, got {self.discriminator_mini_batch_size}."
+            )
+        if self.discriminator_temperature <= 0:
+            raise ValueError(f"discriminator_temperature must be > 0, got {self.discriminator_temperature}.")
+        if self.discriminator_loss_type == "two_sided_hinge" and self.discriminator_upper_margin <= self.discriminator_margin:
+            raise ValueError(
+                "two_sided_hinge needs discriminator_upper_margin > discriminator_margin "
+                f"(got M={self.discriminator_upper_margin}, m={self.discriminator_margin})."
+            )
+        if self.vllm_weight_sync not in ("nccl", "reload"):
+            raise ValueError(f"vllm_weight_sync must be 'nccl' or 'reload', got {self.vllm_weight_sync!r}.")
+        if isinstance(self.discriminator_init_kwargs, str):
+            import json
+
+            self.discriminator_init_kwargs = json.loads(self.discriminator_init_kwargs)
+
+    def discriminator_loss_constants(self) -> dict[str, float]:
+        """The loss constants of `discriminator_loss`, read from the `discriminator_*` fields."""
+        return {name: getattr(self, f"discriminator_{name}") for name in DEFAULT_CONSTANTS}

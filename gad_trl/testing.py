@@ -1,0 +1,146 @@
+"""Offline tiny models and data sets for tests, the tiny recipe, notebooks and benchmarks.
+
+Nothing here touches the Hub: a word-level tokenizer is trained with `tokenizers`, given a Qwen-style chat
+template, and a randomly initialised Qwen2 with a few hundred thousand parameters is saved next to it. The saved
+folder loads with `from_pretrained` exactly as a Hub checkpoint does, and vLLM can serve it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+
+# Qwen2.5-Instruct's template, reduced to what the tiny models need (no tools). The generation prompt ends with
+# "<|im_start|>assistant\n" and each assistant turn ends with "<|im_end|>", which is also the EOS token.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
+
+_WORDS = (
+    "the a an of to and in is it you that he was for on are with as I his they be at one have this from or had by "
+    "word but what some we can out other were all there when up use your how said each she which do their time if "
+    "will way about many then them write would like so these her long make thing see him two has look more day "
+    "could go come did number sound no most people my over know water than call first who may down side been now "
+    "find any new work part take get place made live where after back little only round man year came show every "
+    "good me give our under name very through just form sentence great think say help low line differ turn cause "
+    "much mean before move right boy old too same tell does set three want air well also play small end put home "
+    "read hand port large spell add even land here must big high such follow act why ask men change went light "
+    "kind off need house picture try us again animal point mother world near build self earth father answer "
+    "yes sure hello please thanks sum plus minus equals reverse upper lower list item step result because so "
+    "zero one two three four five six seven eight nine ten user assistant system ok"
+).split()
+_CHARS = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:;!?-+=*/()[]'\"#")
+
+
+def _corpus() -> list[str]:
+    rng = random.Random(0)
+    lines = [" ".join(rng.choice(_WORDS) for _ in range(12)) for _ in range(400)]
+    lines += [" ".join(_CHARS), " ".join(w.upper() for w in _WORDS), " ".join(w.capitalize() for w in _WORDS)]
+    return lines
+
+
+def build_tiny_tokenizer():
+    """A word-level tokenizer (words and single characters) wrapped as a `PreTrainedTokenizerFast`."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.normalizer = normalizers.NFKC()
+    # Split on whitespace and punctuation, keeping both, so decode(encode(x)) round-trips the words we know.
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(), pre_tokenizers.Digits(individual_digits=True)]
+    )
+    trainer = trainers.WordLevelTrainer(vocab_size=2000, special_tokens=SPECIAL_TOKENS, min_frequency=1)
+    tok.train_from_iterator(_corpus() + ["\n"], trainer=trainer)
+    tok.add_tokens(["\n"])
+    tok.post_processor = processors.TemplateProcessing(single="$A", pair="$A $B")
+    from tokenizers import decoders
+
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<unk>",
+        additional_special_tokens=["<|im_start|>"],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.padding_side = "left"
+    return fast
+
+
+def build_tiny_model(tokenizer, seed: int = 0, hidden_size: int = 64, num_layers: int = 2):
+    """A random-init Qwen2 causal LM sized for CPU tests (head_dim 32 works with vLLM's CPU backend)."""
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        dtype="float32",
+    )
+    model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=[tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id, bos_token_id=None
+    )
+    return model
+
+
+def save_tiny_model(output_dir: str | os.PathLike, seed: int = 0, **model_kwargs) -> str:
+    """Build the tiny tokenizer and model and `save_pretrained` both to `output_dir`; returns the path."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_model(tokenizer, seed=seed, **model_kwargs)
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return str(output_dir)
+
+
+def tiny_gad_rows(num_rows: int = 16, seed: int = 0, fmt: str = "conversational") -> list[dict]:
+    """Rows of a toy black-box distillation set: the 'teacher' repeats the words it was given, upper-cased.
+
+    `fmt`: "conversational" (TRL `prompt` messages), "verl" (`content` messages, as GAD's parquet files) or
+    "standard" (plain-text prompt).
+    """
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(num_rows):
+        words = [rng.choice(_WORDS[:120]) for _ in range(rng.randint(2, 4))]
+        question = "write " + " ".join(words) + " upper"
+        answer = " ".join(w.upper() for w in words)
+        if fmt == "conversational":
+            rows.append({"prompt": [{"role": "user", "content": question}], "teacher_response": answer})
+        elif fmt == "verl":
+            rows.append({"content": [{"role": "user", "content": question}], "teacher_response": answer})
+        elif fmt == "standard":
+            rows.append({"prompt": question, "teacher_response": answer})
+        else:
+            raise ValueError(f"Unknown fmt={fmt!r}; use 'conversational', 'verl' or 'standard'.")
+    return rows
+
+
+def write_jsonl(rows: list[dict], path: str | os.PathLike) -> str:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return str(path)
