@@ -12,7 +12,7 @@ import os
 import random
 from pathlib import Path
 
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 # Qwen2.5-Instruct's template, reduced to what the tiny models need (no tools). The generation prompt ends with
 # "<|im_start|>assistant\n" and each assistant turn ends with "<|im_end|>", which is also the EOS token.
@@ -48,22 +48,25 @@ def _corpus() -> list[str]:
 
 
 def build_tiny_tokenizer():
-    """A word-level tokenizer (words and single characters) wrapped as a `PreTrainedTokenizerFast`."""
+    """A byte-level BPE tokenizer (Qwen2/GPT-2 style) trained on a toy corpus, wrapped as a fast tokenizer.
+
+    Byte-level BPE matters: transformers 5 reloads any `qwen2` checkpoint's tokenizer as `Qwen2Tokenizer`, which
+    rebuilds the byte-level pipeline from `tokenizer.json`'s vocab and merges; a tokenizer of another kind would
+    tokenise differently after the reload (and in vLLM).
+    """
+    from tokenizers import decoders
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.normalizer = normalizers.NFKC()
-    # Split on whitespace and punctuation, keeping both, so decode(encode(x)) round-trips the words we know.
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(), pre_tokenizers.Digits(individual_digits=True)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1000,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        min_frequency=1,
     )
-    trainer = trainers.WordLevelTrainer(vocab_size=2000, special_tokens=SPECIAL_TOKENS, min_frequency=1)
-    tok.train_from_iterator(_corpus() + ["\n"], trainer=trainer)
-    tok.add_tokens(["\n"])
-    tok.post_processor = processors.TemplateProcessing(single="$A", pair="$A $B")
-    from tokenizers import decoders
-
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    tok.train_from_iterator(_corpus(), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",

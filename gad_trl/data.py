@@ -1,0 +1,194 @@
+"""Normalise and validate GAD data sets: one row per prompt, with the teacher's response as text.
+
+Accepted prompt formats (GAD_SPEC.md, "Data"):
+- TRL conversational: `prompt` = list of `{"role", "content"}` messages;
+- verl / GAD parquet: `content` = list of messages (renamed to `prompt`);
+- standard: `prompt` = a plain string.
+The teacher response is a string, or a one-message assistant list / dict; it becomes a plain string. Every problem
+is a `GADDataError` naming the row and the column, never a silent skip.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
+
+PROMPT_COLUMN = "prompt"
+VERL_PROMPT_COLUMN = "content"
+
+
+class GADDataError(ValueError):
+    """A data set row that GAD cannot train on; the message names the row, the column and the fix."""
+
+
+def _is_message(obj: Any) -> bool:
+    return isinstance(obj, dict) and "role" in obj and "content" in obj
+
+
+def normalize_prompt(value: Any, row: int | str, column: str) -> str | list[dict]:
+    """Return the prompt as TRL expects it (a string or a list of messages), or raise `GADDataError`."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise GADDataError(f"Row {row}: column '{column}' is an empty string; every row needs a prompt.")
+        return value
+    if isinstance(value, (list, tuple)):
+        if len(value) == 0:
+            raise GADDataError(f"Row {row}: column '{column}' is an empty message list; every row needs a prompt.")
+        messages = []
+        for j, message in enumerate(value):
+            if not _is_message(message):
+                raise GADDataError(
+                    f"Row {row}: column '{column}' message {j} is {type(message).__name__} {message!r:.80}; expected "
+                    "a dict with 'role' and 'content' keys (TRL conversational format)."
+                )
+            if not isinstance(message["content"], str):
+                raise GADDataError(
+                    f"Row {row}: column '{column}' message {j} has content of type "
+                    f"{type(message['content']).__name__}; GAD expects text content (a string)."
+                )
+            messages.append({"role": message["role"], "content": message["content"]})
+        if messages[-1]["role"] == "assistant":
+            raise GADDataError(
+                f"Row {row}: column '{column}' ends with an assistant message; the prompt must end with the turn the "
+                "student answers (put the teacher's answer in the teacher response column instead)."
+            )
+        return messages
+    raise GADDataError(
+        f"Row {row}: column '{column}' has type {type(value).__name__}; expected a string or a list of "
+        "{'role', 'content'} messages."
+    )
+
+
+def normalize_teacher_response(value: Any, row: int | str, column: str) -> str:
+    """Return the teacher response as a non-empty string, or raise `GADDataError`."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 1 or not _is_message(value[0]):
+            raise GADDataError(
+                f"Row {row}: column '{column}' is a list of {len(value)} item(s); a teacher response must be a string "
+                "or a list holding exactly one assistant message."
+            )
+        value = value[0]
+    if isinstance(value, dict):
+        if not _is_message(value):
+            raise GADDataError(
+                f"Row {row}: column '{column}' is a dict without 'role'/'content'; expected a string or an assistant "
+                "message."
+            )
+        if value["role"] != "assistant":
+            raise GADDataError(
+                f"Row {row}: column '{column}' holds a '{value['role']}' message; the teacher response must be an "
+                "assistant message."
+            )
+        value = value["content"]
+    if value is None:
+        raise GADDataError(
+            f"Row {row}: column '{column}' is None. Every prompt needs the teacher's answer; drop or fill such rows "
+            "before training (e.g. dataset.filter(lambda r: r[column] is not None))."
+        )
+    if not isinstance(value, str):
+        raise GADDataError(
+            f"Row {row}: column '{column}' has type {type(value).__name__}; the teacher response must be text."
+        )
+    if not value.strip():
+        raise GADDataError(
+            f"Row {row}: column '{column}' is an empty string; the discriminator needs the teacher's text to compare."
+        )
+    return value
+
+
+def _prompt_source_column(column_names: list[str] | None, teacher_column: str) -> str:
+    if column_names is None:  # iterable data set with unknown features: TRL's name, checked per row
+        return PROMPT_COLUMN
+    if teacher_column not in column_names:
+        raise GADDataError(
+            f"The data set has no teacher response column '{teacher_column}' (columns: {column_names}). Add the "
+            "teacher's answers, or point GADConfig.teacher_response_column at the column that holds them."
+        )
+    if PROMPT_COLUMN in column_names:
+        return PROMPT_COLUMN
+    if VERL_PROMPT_COLUMN in column_names:
+        return VERL_PROMPT_COLUMN
+    raise GADDataError(
+        f"The data set has no prompt column: expected 'prompt' (TRL format) or 'content' (verl/GAD format), got "
+        f"columns {column_names}."
+    )
+
+
+def prepare_gad_dataset(
+    dataset: Dataset | IterableDataset,
+    teacher_response_column: str = "teacher_response",
+    tokenizer=None,
+    split_name: str = "train",
+) -> Dataset | IterableDataset:
+    """Validate and normalise a GAD data set; returns a data set with `prompt` and `teacher_response_column`.
+
+    Map-style data sets are checked eagerly, row by row, so a bad row fails before any training. Iterable data sets
+    are checked lazily, as rows stream in.
+    """
+    if isinstance(dataset, (DatasetDict, IterableDatasetDict)):
+        raise GADDataError(
+            f"Got a {type(dataset).__name__} with splits {list(dataset)} for the {split_name} set; pass one split, "
+            "e.g. dataset['train']."
+        )
+    if not isinstance(dataset, (Dataset, IterableDataset)):
+        raise GADDataError(
+            f"The {split_name} set must be a datasets.Dataset or IterableDataset, got {type(dataset).__name__}. "
+            "Build one with Dataset.from_list(rows) or load_dataset(...)."
+        )
+    column_names = dataset.column_names
+    source = _prompt_source_column(column_names, teacher_response_column)
+    needs_template: list[bool] = []
+
+    def normalize(row: dict, index: int) -> dict:
+        if source not in row or teacher_response_column not in row:
+            missing = source if source not in row else teacher_response_column
+            raise GADDataError(f"Row {index}: column '{missing}' is missing.")
+        prompt = normalize_prompt(row[source], index, source)
+        if not needs_template and isinstance(prompt, list):
+            needs_template.append(True)
+            _check_chat_template(tokenizer, index, source)
+        out = {PROMPT_COLUMN: prompt, teacher_response_column: normalize_teacher_response(
+            row[teacher_response_column], index, teacher_response_column
+        )}
+        return out
+
+    if isinstance(dataset, Dataset):
+        rows = [normalize(row, i) for i, row in enumerate(dataset)]
+        if not rows:
+            raise GADDataError(f"The {split_name} set is empty.")
+        # Rebuild rather than .map(): the normalised prompt may change type (verl's 'content' column, mixed
+        # message/str rows are rejected above), and rows are already in memory after validation.
+        others = [c for c in column_names if c not in (source, PROMPT_COLUMN, teacher_response_column)]
+        columns = {PROMPT_COLUMN: [r[PROMPT_COLUMN] for r in rows],
+                   teacher_response_column: [r[teacher_response_column] for r in rows]}
+        for c in others:
+            columns[c] = dataset[c]
+        kinds = {isinstance(p, list) for p in columns[PROMPT_COLUMN]}
+        if len(kinds) > 1:
+            raise GADDataError(
+                f"The {split_name} set mixes conversational (message list) and plain-text prompts; use one format."
+            )
+        return Dataset.from_dict(columns)
+
+    # Iterable: validate lazily; errors carry the position in the stream.
+    counter = iter(range(1 << 62))
+
+    def normalize_stream(row):
+        return normalize(row, next(counter))
+
+    mapped = dataset.map(normalize_stream)
+    if source != PROMPT_COLUMN:
+        mapped = mapped.remove_columns([source])
+    return mapped
+
+
+def _check_chat_template(tokenizer, row: int, column: str) -> None:
+    if tokenizer is None:
+        return
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        raise GADDataError(
+            f"Row {row}: column '{column}' holds chat messages but the tokenizer has no chat template. Set one "
+            "(tokenizer.chat_template = ...), use an instruct checkpoint, or give plain-text prompts."
+        )

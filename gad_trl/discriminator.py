@@ -1,0 +1,104 @@
+"""The discriminator: a causal-LM backbone with a scalar value head, scored at the last valid response token."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
+
+
+def load_discriminator(
+    student: str | PreTrainedModel,
+    discriminator_model_name_or_path: str | None = None,
+    init_kwargs: dict | None = None,
+    pad_token_id: int | None = None,
+) -> PreTrainedModel:
+    """Build the discriminator as an `AutoModelForSequenceClassification` with `num_labels=1`.
+
+    - `discriminator_model_name_or_path` given: loaded from it (Hub id or local dir).
+    - else, `student` a path/Hub id: loaded from the same checkpoint (backbone = student weights, new value head).
+    - else, `student` a model instance: same architecture, backbone weights copied from the student in memory.
+    """
+    init_kwargs = dict(init_kwargs or {})
+    init_kwargs.pop("device_map", None)  # the trainer places the discriminator itself
+    source = discriminator_model_name_or_path or (student if isinstance(student, str) else None)
+    if source is not None:
+        disc = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, **init_kwargs)
+    else:
+        config = copy.deepcopy(student.config)
+        config.num_labels = 1
+        disc = AutoModelForSequenceClassification.from_config(config, dtype=student.dtype)
+        missing, unexpected = backbone(disc).load_state_dict(backbone(student).state_dict(), strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"Could not initialise the discriminator from the student's weights (missing {missing[:5]}, unexpected "
+                f"{unexpected[:5]}); set GADConfig.discriminator_model_name_or_path to a checkpoint instead."
+            )
+    if pad_token_id is not None:
+        # The reward-model convention (TRL, transformers) pools at the last non-pad token: keep the config in step with
+        # the tokenizer so a reloaded discriminator works as a plain reward model too.
+        disc.config.pad_token_id = pad_token_id
+    score_head(disc)  # fail early on architectures without a value head
+    return disc
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    """The transformer body of a CausalLM / SequenceClassification model (`model.model` for Qwen2, Llama, ...)."""
+    base = getattr(model, model.base_model_prefix, None) if hasattr(model, "base_model_prefix") else None
+    if base is None:
+        raise ValueError(f"{type(model).__name__} exposes no backbone under base_model_prefix; cannot use it for GAD.")
+    return base
+
+
+def score_head(model: nn.Module) -> nn.Module:
+    head = getattr(model, "score", None)
+    if not isinstance(head, nn.Module):
+        raise ValueError(
+            f"{type(model).__name__} has no `score` value head; GAD needs an AutoModelForSequenceClassification whose "
+            "head is `model.score` (Qwen2, Llama, Mistral, Gemma, ... all have one)."
+        )
+    return head
+
+
+def last_token_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Scores `(B,)`: the value head applied to the hidden state of the last attended token of each row.
+
+    The position comes from `attention_mask`, not from the pad token, so an EOS that equals the pad token is still
+    the scored token (GAD_SPEC: "the last valid token of the response, EOS included").
+    """
+    hidden = backbone(model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    positions = torch.arange(attention_mask.size(1), device=attention_mask.device)
+    last = (positions * attention_mask.to(positions.dtype)).argmax(dim=1)
+    last_hidden = hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+    return score_head(model)(last_hidden).squeeze(-1).float()
+
+
+def pad_right(sequences: list[list[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token lists into `(input_ids, attention_mask)`."""
+    length = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), length), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[i, : len(seq)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def score_sequences(
+    model: nn.Module, sequences: list[list[int]], pad_token_id: int, device, batch_size: int | None = None
+) -> torch.Tensor:
+    """Score token sequences in chunks of `batch_size` (all at once when None); keeps autograd if enabled."""
+    batch_size = batch_size or len(sequences)
+    # Sort by length within the call so chunks pad little; restore the order at the end.
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    chunks = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        ids, mask = pad_right([sequences[i] for i in idx], pad_token_id, device)
+        chunks.append(last_token_scores(model, ids, mask))
+    scores = torch.cat(chunks)
+    inverse = torch.empty(len(order), dtype=torch.long, device=scores.device)
+    inverse[torch.tensor(order, device=scores.device)] = torch.arange(len(order), device=scores.device)
+    return scores[inverse]

@@ -1,0 +1,456 @@
+"""`GADTrainer`: TRL's `GRPOTrainer` whose reward is a discriminator trained jointly, every step (GAD_SPEC.md)."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from contextlib import nullcontext
+
+import torch
+from accelerate.utils import gather
+from transformers import AutoTokenizer, PreTrainedModel, TrainerCallback, get_scheduler
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import logging
+from trl import GRPOTrainer
+from trl.trainer.utils import disable_dropout_in_model
+
+from .config import GADConfig
+from .data import PROMPT_COLUMN, prepare_gad_dataset
+from .discriminator import load_discriminator, score_sequences
+from .health import HealthMonitor
+from .losses import discriminator_loss
+
+logger = logging.get_logger(__name__)
+
+DISCRIMINATOR_DIR = "discriminator"
+DISCRIMINATOR_OPTIMIZER_NAME = "discriminator_optimizer.pt"
+DISCRIMINATOR_SCHEDULER_NAME = "discriminator_scheduler.pt"
+
+PHASE_CRITIC_WARMUP, PHASE_SFT_WARMUP, PHASE_GAD = "critic_warmup", "sft_warmup", "gad"
+_PHASE_IDS = {PHASE_CRITIC_WARMUP: 0, PHASE_SFT_WARMUP: 1, PHASE_GAD: 2}
+
+
+def _discriminator_reward(prompts, completions, **kwargs):
+    """Placeholder reward function: GRPOTrainer requires one, and its name labels TRL's `rewards/<name>/*` metrics.
+    GADTrainer computes the rewards itself (`_calculate_rewards`), so this is never called."""
+    raise RuntimeError("GADTrainer computes rewards with its discriminator; this placeholder must not be called.")
+
+
+_discriminator_reward.__name__ = "discriminator"
+
+
+class GADTrainer(GRPOTrainer):
+    """Generative Adversarial Distillation (Ye et al., arXiv 2511.10643) on top of TRL's `GRPOTrainer`.
+
+    The student samples `num_generations` completions per prompt; a discriminator (causal-LM backbone + scalar head)
+    scores them at their last token, and those scores are the GRPO rewards. In the same step the discriminator is
+    updated on (teacher response, student completion) pairs with `discriminator_loss`. The teacher is never loaded:
+    each row carries its response as text (`GADConfig.teacher_response_column`).
+
+    Schedule, by `global_step`: `critic_warmup_steps` where only the discriminator learns, then `sft_warmup_steps`
+    where the student is trained by cross-entropy on the teacher responses, then GRPO on discriminator rewards. The
+    discriminator learns at every step of all three.
+
+    Args:
+        model: student, as a Hub id / local path or a `PreTrainedModel` (causal LM).
+        args: a `GADConfig`.
+        train_dataset / eval_dataset: rows with a prompt (`prompt` messages or text, or verl's `content`) and the
+            teacher response column.
+        processing_class: tokenizer; loaded from the student when None.
+        discriminator: a ready `AutoModelForSequenceClassification` (num_labels=1), a path / Hub id, or None to build
+            it from `args.discriminator_model_name_or_path` or else from the student's weights.
+        peft_config: a PEFT config for the student (as in GRPOTrainer).
+        callbacks, optimizers: as in `transformers.Trainer` (optimizers are the student's).
+    """
+
+    _tag_names = ["trl", "gad", "grpo"]
+    _name = "GAD"
+    _paper = {
+        "title": "Black-Box On-Policy Distillation of Large Language Models",
+        "id": "2511.10643",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @article{ye2025blackbox,
+                title        = {{Black-Box On-Policy Distillation of Large Language Models}},
+                author       = {Tianzhu Ye and Li Dong and Zewen Chi and Xun Wu and Shaohan Huang and Furu Wei},
+                year         = 2025,
+                eprint       = {arXiv:2511.10643},
+            }"""),
+    }
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        args: GADConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        discriminator: str | PreTrainedModel | None = None,
+        peft_config=None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers=(None, None),
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = GADConfig(f"{str(name).rstrip('/').split('/')[-1]}-GAD")
+        if not isinstance(args, GADConfig):
+            raise TypeError(
+                f"GADTrainer needs a GADConfig, got {type(args).__name__}. Build one with GADConfig(**your_args) "
+                "(it accepts every GRPOConfig field)."
+            )
+        if train_dataset is None:
+            raise ValueError("GADTrainer needs a train_dataset with prompts and teacher responses.")
+
+        if processing_class is None:
+            source = model if isinstance(model, str) else model.config._name_or_path
+            processing_class = AutoTokenizer.from_pretrained(source, trust_remote_code=args.trust_remote_code)
+        if getattr(processing_class, "pad_token", None) is None:
+            processing_class.pad_token = processing_class.eos_token
+
+        column = args.teacher_response_column
+        train_dataset = prepare_gad_dataset(train_dataset, column, processing_class, "train")
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {k: prepare_gad_dataset(v, column, processing_class, f"eval '{k}'") for k, v in eval_dataset.items()}
+        elif eval_dataset is not None:
+            eval_dataset = prepare_gad_dataset(eval_dataset, column, processing_class, "eval")
+
+        # Seed before the value head is initialised so runs are reproducible (GRPOTrainer seeds again later).
+        from transformers import set_seed
+
+        set_seed(args.seed)
+        if discriminator is None or isinstance(discriminator, str):
+            init_kwargs = args.discriminator_init_kwargs
+            if init_kwargs is None:
+                init_kwargs = dict(args.model_init_kwargs or {})
+            discriminator = load_discriminator(
+                model,
+                discriminator if isinstance(discriminator, str) else args.discriminator_model_name_or_path,
+                init_kwargs,
+                processing_class.pad_token_id,
+            )
+        elif getattr(discriminator.config, "num_labels", None) != 1:
+            raise ValueError(
+                f"The discriminator must output one score (num_labels=1), got num_labels={discriminator.config.num_labels}. "
+                "Load it with AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)."
+            )
+
+        with _vllm_context(args):
+            super().__init__(
+                model=model,
+                reward_funcs=[_discriminator_reward],
+                args=args,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                peft_config=peft_config,
+            )
+
+        self.discriminator = discriminator.to(self.accelerator.device)
+        if args.disable_dropout:
+            disable_dropout_in_model(self.discriminator)
+        if args.discriminator_gradient_checkpointing:
+            self.discriminator.gradient_checkpointing_enable()
+        self.discriminator.train()
+        if hasattr(self.discriminator, "add_model_tags"):
+            self.discriminator.add_model_tags(["gad", "discriminator"])
+        # Plain optimizer on purpose: one passed through accelerator.prepare only steps when accelerate's
+        # sync_gradients is set, i.e. silently never inside a gradient-accumulation window, which is exactly where
+        # the discriminator update runs (once per generation batch).
+        self.discriminator_optimizer = torch.optim.AdamW(
+            [p for p in self.discriminator.parameters() if p.requires_grad],
+            lr=args.discriminator_learning_rate,
+            weight_decay=args.discriminator_weight_decay,
+            betas=(args.discriminator_adam_beta1, args.discriminator_adam_beta2),
+        )
+        self.discriminator_lr_scheduler = None  # built in create_scheduler, once max_steps is known
+        self._teacher_eos = (self.eos_token_ids or [processing_class.eos_token_id])[0]
+        self._health = HealthMonitor(logger)
+        self._gad_prompt_ids = None
+
+        for callback in _default_callbacks():
+            self.add_callback(callback)
+
+    # ------------------------------------------------------------------ schedule
+    def current_phase(self) -> str:
+        step = self.state.global_step
+        if step < self.args.critic_warmup_steps:
+            return PHASE_CRITIC_WARMUP
+        if step < self.args.critic_warmup_steps + self.args.sft_warmup_steps:
+            return PHASE_SFT_WARMUP
+        return PHASE_GAD
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        frozen = self.args.critic_warmup_steps
+        if self.lr_scheduler is None:
+            scheduler = super().create_scheduler(max(num_training_steps - frozen, 1), optimizer)
+            if frozen and isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+                # The student's schedule starts when it starts learning: LR 0 during the critic warm-up, then the
+                # configured schedule (warm-up included) over the remaining steps.
+                scheduler.lr_lambdas = [
+                    (lambda step, f=f: 0.0 if step < frozen else f(step - frozen)) for f in scheduler.lr_lambdas
+                ]
+                for group, base_lr, fn in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                    group["lr"] = base_lr * fn(scheduler.last_epoch)
+                scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+            elif frozen:
+                logger.warning(
+                    f"lr_scheduler_type={self.args.lr_scheduler_type} is not a LambdaLR schedule: its steps keep "
+                    "counting during the critic warm-up (the student is still frozen: it gets no gradient)."
+                )
+        if self.discriminator_lr_scheduler is None:
+            self.discriminator_lr_scheduler = get_scheduler(
+                self.args.discriminator_lr_scheduler_type,
+                optimizer=self.discriminator_optimizer,
+                num_warmup_steps=self.args.discriminator_warmup_steps,
+                num_training_steps=num_training_steps,
+            )
+        return self.lr_scheduler
+
+    # ------------------------------------------------------------------ data plumbing
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if self.args.teacher_response_column not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, self.args.teacher_response_column]
+
+    def _generate(self, prompts: list):
+        outputs = super()._generate(prompts)
+        self._gad_prompt_ids = outputs[0]  # the tokenised prompts the completions continue; reused for D's inputs
+        return outputs
+
+    def _teacher_completion_ids(self, teacher_text: str) -> tuple[list[int], bool]:
+        """Teacher tokens as a finished student completion would look: no special tokens, then the EOS the student
+        ends with (GAD_SPEC, "Symmetry"). Cut to max_completion_length like a student completion; returns
+        (ids, truncated)."""
+        ids = self.processing_class(text=teacher_text, add_special_tokens=False)["input_ids"] + [self._teacher_eos]
+        if self.max_completion_length is not None and len(ids) > self.max_completion_length:
+            return ids[: self.max_completion_length], True
+        return ids, False
+
+    def _build_pairs(self, inputs, completion_ids_list):
+        """Unique teacher sequences (one per prompt, not G) and, for each completion, the index of its teacher."""
+        column = self.args.teacher_response_column
+        prompt_ids = self._gad_prompt_ids
+        teacher_index, teacher_seqs, teacher_completions, keys = [], [], [], {}
+        truncated = 0
+        for i, row in enumerate(inputs):
+            key = (tuple(prompt_ids[i]), row[column])
+            if key not in keys:
+                ids, was_cut = self._teacher_completion_ids(row[column])
+                truncated += was_cut
+                keys[key] = len(teacher_seqs)
+                teacher_seqs.append(list(prompt_ids[i]) + ids)
+                teacher_completions.append(ids)
+            teacher_index.append(keys[key])
+        student_seqs = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids_list, strict=True)]
+        return teacher_seqs, teacher_completions, teacher_index, student_seqs, truncated
+
+    # ------------------------------------------------------------------ discriminator step (= reward computation)
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        mode = "train" if self.model.training else "eval"
+        device = self.accelerator.device
+        teacher_seqs, teacher_completions, teacher_index, student_seqs, teacher_cut = self._build_pairs(
+            inputs, completion_ids_list
+        )
+        self._gad_teacher_completions = [teacher_completions[j] for j in teacher_index]
+        self._gad_teacher_index = teacher_index
+        index = torch.tensor(teacher_index, device=device)
+        eos_and_pad = {*self.eos_token_ids, self._tokenizer.pad_token_id}
+        student_cut = sum(1 for ids in completion_ids_list if len(ids) == 0 or ids[-1] not in eos_and_pad)
+
+        if mode == "train":
+            student_scores, info = self._discriminator_update(teacher_seqs, student_seqs, index)
+        else:
+            with torch.no_grad():
+                scores = self._score(teacher_seqs + student_seqs)
+            _, info = discriminator_loss(
+                scores[: len(teacher_seqs)][index], scores[len(teacher_seqs) :], **self._loss_kwargs()
+            )
+            student_scores = scores[len(teacher_seqs) :]
+        info["student_truncated_ratio"] = student_cut / max(len(student_seqs), 1)
+        info["teacher_truncated_ratio"] = teacher_cut / max(len(teacher_seqs), 1)
+        info["num_teacher_sequences"] = float(len(teacher_seqs))
+        info["phase"] = float(_PHASE_IDS[self.current_phase()])
+        for name, value in info.items():
+            self._metrics[mode][f"discriminator/{name}"].append(value)
+        if mode == "train" and self.args.warn_on_unhealthy_metrics and self.accelerator.is_main_process:
+            self._health.check(info, self.args.discriminator_loss_type, self.state.global_step)
+        # GRPOTrainer normalises rewards per group across processes: return them gathered, shape (B_total, 1).
+        return gather(student_scores.detach().to(device).unsqueeze(1))
+
+    def _loss_kwargs(self) -> dict:
+        return {"loss_type": self.args.discriminator_loss_type, **self.args.discriminator_loss_constants()}
+
+    def _score(self, sequences: list[list[int]]) -> torch.Tensor:
+        context = self.accelerator.autocast() if self.args.bf16 or self.args.fp16 else nullcontext()
+        with context:
+            return score_sequences(
+                self.discriminator, sequences, self._tokenizer.pad_token_id, self.accelerator.device,
+                self.args.discriminator_mini_batch_size,
+            )
+
+    def _discriminator_update(self, teacher_seqs, student_seqs, index):
+        """One optimizer step of the discriminator; returns the pre-update student scores (the rewards) and metrics."""
+        num_teacher = len(teacher_seqs)
+        sequences = teacher_seqs + student_seqs
+        if self.args.discriminator_mini_batch_size is None:
+            # One forward with gradients: its detached scores are the rewards, its loss trains D.
+            scores = self._score(sequences)
+            loss, info = discriminator_loss(scores[:num_teacher][index], scores[num_teacher:], **self._loss_kwargs())
+            loss.backward()
+        else:
+            # Bounded memory: score everything without a graph, take dLoss/dscore, then re-run each chunk with a
+            # graph and back-propagate score * dLoss/dscore (same gradient as the one-pass loss).
+            with torch.no_grad():
+                scores = self._score(sequences)
+            leaf = scores.detach().requires_grad_(True)
+            loss, info = discriminator_loss(leaf[:num_teacher][index], leaf[num_teacher:], **self._loss_kwargs())
+            (grad_scores,) = torch.autograd.grad(loss, leaf)
+            chunk = self.args.discriminator_mini_batch_size
+            for start in range(0, len(sequences), chunk):
+                part = self._score_with_grad(sequences[start : start + chunk])
+                (part * grad_scores[start : start + chunk]).sum().backward()
+        self._all_reduce_discriminator_grads()
+        max_norm = self.args.discriminator_max_grad_norm
+        if max_norm is None:
+            max_norm = self.args.max_grad_norm
+        params = [p for p in self.discriminator.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm and max_norm > 0 else float("inf"))
+        info["grad_norm"] = grad_norm.item()
+        info["learning_rate"] = self.discriminator_optimizer.param_groups[0]["lr"]
+        self.discriminator_optimizer.step()
+        if self.discriminator_lr_scheduler is not None:
+            self.discriminator_lr_scheduler.step()
+        self.discriminator_optimizer.zero_grad(set_to_none=True)
+        return scores[num_teacher:].detach(), info
+
+    def _score_with_grad(self, sequences):
+        context = self.accelerator.autocast() if self.args.bf16 or self.args.fp16 else nullcontext()
+        with context:
+            return score_sequences(self.discriminator, sequences, self._tokenizer.pad_token_id, self.accelerator.device)
+
+    def _all_reduce_discriminator_grads(self):
+        # The discriminator is replicated on every process (not wrapped in DDP): average its gradients by hand.
+        if self.accelerator.num_processes <= 1:
+            return
+        for p in self.discriminator.parameters():
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.AVG)
+
+    # ------------------------------------------------------------------ student loss by phase
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        if self.model.training and self.args.sft_warmup_steps > 0:
+            # Teacher tokens ride along with each completion row so they are shuffled/split with it; only read in
+            # the SFT warm-up phase.
+            ids, mask = _pad(self._gad_teacher_completions, self._tokenizer.pad_token_id, self.accelerator.device)
+            output["teacher_completion_ids"] = ids
+            output["teacher_completion_mask"] = mask
+            output["teacher_index"] = torch.tensor(self._gad_teacher_index, device=self.accelerator.device)
+        return output
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.model.training:
+            phase = self.current_phase()
+            if phase == PHASE_CRITIC_WARMUP:
+                # Student frozen: no forward, no gradient (the optimizer skips parameters whose grad is None).
+                return torch.zeros((), device=self.accelerator.device, requires_grad=True)
+            if phase == PHASE_SFT_WARMUP:
+                return self._sft_loss(model, inputs)
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def _sft_loss(self, model, inputs):
+        """Cross-entropy of the student on the teacher responses of this micro-batch, one row per prompt."""
+        keep, seen = [], set()
+        for i, t in enumerate(inputs["teacher_index"].tolist()):
+            if t not in seen:
+                seen.add(t)
+                keep.append(i)
+        keep = torch.tensor(keep, device=inputs["prompt_ids"].device)
+        prompt_ids, prompt_mask = inputs["prompt_ids"][keep], inputs["prompt_mask"][keep]
+        completion_ids, completion_mask = inputs["teacher_completion_ids"][keep], inputs["teacher_completion_mask"][keep]
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        labels = input_ids.masked_fill(attention_mask == 0, -100)
+        labels[:, : prompt_ids.size(1)] = -100
+        with self.accelerator.autocast():
+            # Plain forward (no fused head): the fused head divides logits by the sampling temperature.
+            loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        self._metrics["train"]["sft/loss"].append(loss.item())
+        return loss / self.current_gradient_accumulation_steps
+
+    # ------------------------------------------------------------------ saving / resuming
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        super().save_model(output_dir, _internal_call)
+        output_dir = output_dir or self.args.output_dir
+        if self.args.should_save:
+            disc_dir = os.path.join(output_dir, DISCRIMINATOR_DIR)
+            self.accelerator.unwrap_model(self.discriminator).save_pretrained(disc_dir)
+            self.processing_class.save_pretrained(disc_dir)
+            self._write_discriminator_card(disc_dir)
+
+    def _write_discriminator_card(self, disc_dir: str) -> None:
+        try:
+            from .hub import write_discriminator_card
+        except ImportError:
+            return
+        write_discriminator_card(self, disc_dir)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            checkpoint = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            torch.save(self.discriminator_optimizer.state_dict(), os.path.join(checkpoint, DISCRIMINATOR_OPTIMIZER_NAME))
+            if self.discriminator_lr_scheduler is not None:
+                torch.save(
+                    self.discriminator_lr_scheduler.state_dict(), os.path.join(checkpoint, DISCRIMINATOR_SCHEDULER_NAME)
+                )
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        disc_dir = os.path.join(checkpoint, DISCRIMINATOR_DIR)
+        if not os.path.isdir(disc_dir):
+            raise FileNotFoundError(
+                f"{checkpoint} has no '{DISCRIMINATOR_DIR}/' folder: it was not written by GADTrainer, so the "
+                "discriminator cannot be resumed. Resume from a GAD checkpoint, or start a new run."
+            )
+        from transformers import AutoModelForSequenceClassification
+
+        saved = AutoModelForSequenceClassification.from_pretrained(disc_dir, num_labels=1, dtype=self.discriminator.dtype)
+        self.discriminator.load_state_dict(saved.state_dict())
+        del saved
+        map_location = self.accelerator.device
+        optimizer_path = os.path.join(checkpoint, DISCRIMINATOR_OPTIMIZER_NAME)
+        if os.path.isfile(optimizer_path):
+            self.discriminator_optimizer.load_state_dict(torch.load(optimizer_path, map_location=map_location))
+        else:
+            logger.warning(f"{optimizer_path} is missing: the discriminator's optimizer restarts from scratch.")
+        scheduler_path = os.path.join(checkpoint, DISCRIMINATOR_SCHEDULER_NAME)
+        if os.path.isfile(scheduler_path) and self.discriminator_lr_scheduler is not None:
+            self.discriminator_lr_scheduler.load_state_dict(torch.load(scheduler_path))
+
+
+def _vllm_context(args):
+    try:
+        from .vllm import patched_vllm_generation
+    except ImportError:  # TODO(lead): remove once gad_trl.vllm lands
+        return nullcontext()
+    return patched_vllm_generation(args)
+
+
+def _default_callbacks():
+    try:
+        from .callbacks import default_callbacks
+    except ImportError:  # TODO(lead): remove once gad_trl.callbacks lands
+        return []
+    return default_callbacks()
+
+
+def _pad(sequences, pad_token_id, device):
+    from .discriminator import pad_right
+
+    return pad_right(sequences, pad_token_id, device)
+
