@@ -1,0 +1,41 @@
+"""Small builders shared by the trainer tests."""
+
+import torch
+from datasets import Dataset
+
+from gad_trl import GADConfig, GADTrainer
+from gad_trl.testing import tiny_gad_rows
+
+
+def make_args(output_dir, **overrides):
+    kwargs = dict(
+        output_dir=str(output_dir),
+        report_to="none",
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=8,
+        max_steps=4,
+        logging_steps=1,
+        save_strategy="no",
+        gradient_checkpointing=False,
+        learning_rate=1e-3,
+        discriminator_learning_rate=1e-3,
+        seed=0,
+        disable_tqdm=True,
+        warn_on_unhealthy_metrics=False,
+    )
+    kwargs.update(overrides)
+    return GADConfig(**kwargs)
+
+
+def make_trainer(model_dir, output_dir, num_rows=8, rows=None, **overrides):
+    dataset = Dataset.from_list(rows if rows is not None else tiny_gad_rows(num_rows, seed=0))
+    return GADTrainer(model_dir, args=make_args(output_dir, **overrides), train_dataset=dataset)
+
+
+def params_of(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def same_params(a, b, atol=0.0):
+    return all(torch.allclose(a[k], b[k], atol=atol, rtol=0) for k in a)

@@ -1,0 +1,74 @@
+"""save_model / checkpoints write the discriminator and its optimizer; resume restores everything."""
+
+import os
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from gad_trl.discriminator import last_token_scores
+from tests.gad_helpers import make_trainer, params_of, same_params
+
+
+def test_save_model_writes_a_reloadable_discriminator(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path / "run", max_steps=1)
+    trainer.train()
+    out = tmp_path / "saved"
+    trainer.save_model(str(out))
+    student = AutoModelForCausalLM.from_pretrained(out)
+    disc = AutoModelForSequenceClassification.from_pretrained(out / "discriminator")
+    tok = AutoTokenizer.from_pretrained(out / "discriminator")
+    assert disc.config.num_labels == 1
+    assert same_params(params_of(trainer.discriminator), params_of(disc))
+    assert same_params(params_of(trainer.model), params_of(student))
+    # The reloaded model scores like the trainer's one, at the last token.
+    ids = torch.tensor([tok("HELLO WORLD")["input_ids"] + [tok.eos_token_id]])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        assert torch.allclose(last_token_scores(disc, ids, mask), last_token_scores(trainer.discriminator, ids, mask))
+
+
+def test_checkpoint_holds_discriminator_optimizer_and_scheduler(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
+    trainer.train()
+    ckpt = tmp_path / "checkpoint-2"
+    for name in ["discriminator/config.json", "discriminator/model.safetensors", "discriminator/tokenizer_config.json",
+                 "discriminator_optimizer.pt", "discriminator_scheduler.pt", "optimizer.pt", "model.safetensors"]:
+        assert (ckpt / name).exists(), name
+
+
+def test_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    """4 steps in one run vs 2 steps + resume from checkpoint-2 + 2 steps: same student and discriminator."""
+    common = dict(max_steps=4, save_strategy="steps", save_steps=2, critic_warmup_steps=1)
+    full = make_trainer(tiny_model_dir, tmp_path / "full", **common)
+    full.train()
+
+    resumed = make_trainer(tiny_model_dir, tmp_path / "resumed", **common)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-2"))
+    assert resumed.state.global_step == 4
+    # Tolerance: CPU float32 kernels are deterministic for identical inputs; 1e-6 allows only rounding noise.
+    assert same_params(params_of(full.model), params_of(resumed.model), atol=1e-6)
+    assert same_params(params_of(full.discriminator), params_of(resumed.discriminator), atol=1e-6)
+    steps_full = {int(s["step"]) for s in full.discriminator_optimizer.state_dict()["state"].values()}
+    steps_resumed = {int(s["step"]) for s in resumed.discriminator_optimizer.state_dict()["state"].values()}
+    assert steps_full == steps_resumed == {4}
+
+
+def test_resume_from_a_non_gad_checkpoint_is_a_clear_error(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path / "a", max_steps=2, save_strategy="steps", save_steps=1)
+    trainer.train()
+    ckpt = tmp_path / "a" / "checkpoint-1"
+    import shutil
+
+    shutil.rmtree(ckpt / "discriminator")
+    again = make_trainer(tiny_model_dir, tmp_path / "b", max_steps=2)
+    with pytest.raises(FileNotFoundError, match="no 'discriminator/' folder"):
+        again.train(resume_from_checkpoint=str(ckpt))
+
+
+def test_model_card_names_gad_and_the_paper(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=1, save_strategy="steps", save_steps=1)
+    trainer.train()
+    card = (tmp_path / "README.md").read_text()
+    assert "GAD" in card and "2511.10643" in card and "Black-Box On-Policy Distillation" in card
+    assert os.path.exists(tmp_path / "checkpoint-1" / "discriminator" / "config.json")

@@ -1,0 +1,188 @@
+"""GADTrainer on an offline tiny Qwen2 (transformers generation, CPU)."""
+
+import pytest
+import torch
+
+from gad_trl import GADConfig, GADTrainer
+from gad_trl.discriminator import score_sequences
+from tests.gad_helpers import make_args, make_trainer, params_of, same_params
+
+SPEC_METRICS = [
+    "discriminator/loss", "discriminator/accuracy", "discriminator/teacher_score_mean",
+    "discriminator/teacher_score_std", "discriminator/student_score_mean", "discriminator/student_score_std",
+    "discriminator/score_diff", "discriminator/bt_loss", "discriminator/grad_norm", "discriminator/learning_rate",
+    "discriminator/student_truncated_ratio",
+]
+
+
+def test_trains_and_logs_spec_and_trl_metrics(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=2)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 2
+    for name in SPEC_METRICS + ["reward", "reward_std", "completions/mean_length", "completions/clipped_ratio", "entropy"]:
+        assert name in logs[-1], name
+    assert logs[-1]["discriminator/learning_rate"] == pytest.approx(1e-3)
+    # rewards are the discriminator's student scores
+    assert logs[-1]["reward"] == pytest.approx(logs[-1]["discriminator/student_score_mean"], abs=1e-6)
+
+
+@pytest.mark.parametrize("loss_type, terms", [
+    ("hinge", ["hinge_loss", "bce_loss"]),
+    ("two_sided_hinge", ["hinge_loss", "upper_hinge_loss", "bce_loss"]),
+    ("balanced", ["bce_loss", "score_reg_loss", "overconfidence_loss"]),
+])
+def test_each_loss_variant_logs_its_terms(tiny_model_dir, tmp_path, loss_type, terms):
+    trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=1, discriminator_loss_type=loss_type)
+    trainer.train()
+    log = trainer.state.log_history[0]
+    for term in terms:
+        assert f"discriminator/{term}" in log
+
+
+def test_discriminator_learns_during_critic_warmup_and_student_stays_frozen(tiny_model_dir, tmp_path):
+    steps = 12
+    trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=steps, critic_warmup_steps=steps, num_rows=16)
+    student0, disc0 = params_of(trainer.model), params_of(trainer.discriminator)
+    trainer.train()
+    accuracy = [h["discriminator/accuracy"] for h in trainer.state.log_history if "discriminator/accuracy" in h]
+    assert len(accuracy) == steps
+    # toy is separable (teacher: upper-case words + EOS; random student: noise): D must get well above chance
+    assert sum(accuracy[-4:]) / 4 > 0.75, accuracy
+    assert same_params(student0, params_of(trainer.model)), "student changed during the critic warm-up"
+    assert not same_params(disc0, params_of(trainer.discriminator))
+    assert all(h["learning_rate"] == 0.0 for h in trainer.state.log_history if "learning_rate" in h)
+
+
+def test_student_frozen_before_critic_warmup_ends_and_changes_after(tiny_model_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    snapshots = {}
+
+    class Snapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            snapshots[state.global_step] = params_of(model)
+
+    trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=4, critic_warmup_steps=2)
+    trainer.add_callback(Snapshot())
+    initial = params_of(trainer.model)
+    trainer.train()
+    assert same_params(initial, snapshots[1]) and same_params(initial, snapshots[2])
+    assert not same_params(initial, snapshots[3])
+    phases = [h["discriminator/phase"] for h in trainer.state.log_history if "discriminator/phase" in h]
+    assert phases == [0.0, 0.0, 2.0, 2.0]
+
+
+def test_sft_warmup_trains_student_on_teacher_text(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=6, sft_warmup_steps=6, learning_rate=5e-3,
+                           lr_scheduler_type="constant")
+    trainer.train()
+    sft = [h["sft/loss"] for h in trainer.state.log_history if "sft/loss" in h]
+    assert len(sft) == 6
+    assert sft[-1] < sft[0]  # cross-entropy on the teacher responses goes down
+
+
+def test_discriminator_steps_under_gradient_accumulation(tiny_model_dir, tmp_path):
+    # The trap: an optimizer passed through accelerator.prepare skips its step inside accumulation windows.
+    trainer = make_trainer(
+        tiny_model_dir, tmp_path, max_steps=2, gradient_accumulation_steps=2, per_device_train_batch_size=2,
+        num_generations=4, steps_per_generation=2,
+    )
+    disc0 = params_of(trainer.discriminator)
+    trainer.train()
+    assert not same_params(disc0, params_of(trainer.discriminator))
+    state = trainer.discriminator_optimizer.state_dict()["state"]
+    assert max(int(s["step"]) for s in state.values()) == 2  # one update per generation batch
+
+
+def test_teacher_scored_once_per_prompt_and_rewards_are_pre_update_scores(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=2, per_device_train_batch_size=8, num_generations=4)
+    original = trainer._discriminator_update
+    calls = []
+
+    def spy(teacher_seqs, student_seqs, index):
+        with torch.no_grad():
+            before = score_sequences(trainer.discriminator, student_seqs, trainer._tokenizer.pad_token_id, "cpu")
+        rewards, info = original(teacher_seqs, student_seqs, index)
+        with torch.no_grad():
+            after = score_sequences(trainer.discriminator, student_seqs, trainer._tokenizer.pad_token_id, "cpu")
+        calls.append((len(teacher_seqs), len(student_seqs), before, after, rewards, index))
+        return rewards, info
+
+    trainer._discriminator_update = spy
+    trainer.train()
+    assert len(calls) == 2
+    for num_teacher, num_student, before, after, rewards, index in calls:
+        assert (num_teacher, num_student) == (2, 8)  # 8 completions of 2 prompts: 2 teacher sequences, not 8
+        assert index.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+        assert torch.allclose(rewards, before, atol=1e-5)
+        assert not torch.allclose(rewards, after, atol=1e-5)
+
+
+def test_mini_batched_discriminator_update_matches_one_pass(tiny_model_dir, tmp_path):
+    results = []
+    for mini in (None, 3):
+        trainer = make_trainer(tiny_model_dir, tmp_path / str(mini), max_steps=1, discriminator_mini_batch_size=mini,
+                               per_device_train_batch_size=8)
+        trainer.train()
+        results.append(params_of(trainer.discriminator))
+    assert same_params(results[0], results[1], atol=1e-5)
+
+
+def test_teacher_response_gets_the_students_eos(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=1)
+    tok = trainer.processing_class
+    ids, cut = trainer._teacher_completion_ids("SOME HER")
+    assert not cut
+    assert ids == tok(text="SOME HER", add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|im_end|>")]
+    assert ids[-1] in trainer.eos_token_ids  # what a finished student completion ends with
+    long_ids, cut = trainer._teacher_completion_ids("SOME HER " * 20)
+    assert cut and len(long_ids) == trainer.max_completion_length
+
+
+def test_config_and_constructor_errors(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    with pytest.raises(ValueError, match="discriminator_loss_type='bt'"):
+        make_args(tmp_path, discriminator_loss_type="bt")
+    with pytest.raises(ValueError, match="critic_warmup_steps must be >= 0"):
+        make_args(tmp_path, critic_warmup_steps=-1)
+    from trl import GRPOConfig
+
+    with pytest.raises(TypeError, match="needs a GADConfig"):
+        GADTrainer(tiny_model_dir, args=GRPOConfig(output_dir=str(tmp_path), use_cpu=True), train_dataset=None)
+    two_labels = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
+    from datasets import Dataset
+
+    from gad_trl.testing import tiny_gad_rows
+
+    with pytest.raises(ValueError, match="num_labels=1"):
+        GADTrainer(tiny_model_dir, args=make_args(tmp_path), train_dataset=Dataset.from_list(tiny_gad_rows(4)),
+                   discriminator=two_labels)
+
+
+def test_discriminator_from_student_instance_copies_backbone(tiny_model_dir, tmp_path):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from gad_trl.discriminator import backbone
+    from gad_trl.testing import tiny_gad_rows
+
+    student = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    trainer = GADTrainer(student, args=make_args(tmp_path, max_steps=1), train_dataset=Dataset.from_list(tiny_gad_rows(4)),
+                         processing_class=AutoTokenizer.from_pretrained(tiny_model_dir))
+    assert same_params(params_of(backbone(student)), params_of(backbone(trainer.discriminator)))
+
+
+def test_evaluation_logs_discriminator_metrics(tiny_model_dir, tmp_path):
+    from datasets import Dataset
+
+    from gad_trl.testing import tiny_gad_rows
+
+    args = make_args(tmp_path, max_steps=1, per_device_eval_batch_size=4, eval_strategy="no")
+    trainer = GADTrainer(tiny_model_dir, args=args, train_dataset=Dataset.from_list(tiny_gad_rows(4)),
+                         eval_dataset=Dataset.from_list(tiny_gad_rows(4, seed=1)))
+    disc0 = params_of(trainer.discriminator)
+    metrics = trainer.evaluate()
+    assert "eval_discriminator/accuracy" in metrics and "eval_discriminator/score_diff" in metrics
+    assert same_params(disc0, params_of(trainer.discriminator))  # evaluation never updates D
