@@ -1,0 +1,347 @@
+"""`gad-trl eval-discriminator`: discriminator accuracy and score gap on a fixed held-out set of triples.
+
+Training-set discriminator accuracy is measured on fresh student samples every step and can mislead (GAD_SPEC.md).
+This command measures it on a *fixed* held-out set: `num_samples` prompts drawn with `seed` from the evaluation split,
+their teacher responses, and one student response per prompt sampled with the same seed. The triples are written
+once to `heldout_cache` (JSONL, first line = metadata) and reused by every later call, so numbers from successive
+checkpoints are comparable. Scores are the discriminator head's output at the last token of the response (the
+end-of-turn token when the response is finished), on right-padded batches.
+
+    gad-trl eval-discriminator --discriminator_name_or_path outputs/tiny-gad/discriminator \
+        --student_name_or_path outputs/tiny/model --dataset_name outputs/tiny/data --dataset_split test
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import TrlParser
+
+CACHE_FORMAT = "gad_trl.heldout_triples.v1"
+
+
+@dataclass
+class EvalDiscriminatorArguments:
+    discriminator_name_or_path: str = field(
+        metadata={"help": "Discriminator checkpoint (AutoModelForSequenceClassification, num_labels=1), e.g. "
+                  "`<output_dir>/discriminator`."}
+    )
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Hub id, local directory or .parquet/.json/.jsonl file (needed to sample)."}
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Data set configuration name."})
+    dataset_split: str = field(default="test", metadata={"help": "Split the held-out prompts are drawn from."})
+    teacher_response_column: str = field(default="teacher_response", metadata={"help": "Teacher response column."})
+    student_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Student that samples the held-out responses (first call only). Default: the parent "
+                  "folder of the discriminator when it holds a model (`save_model` layout)."},
+    )
+    num_samples: int = field(default=64, metadata={"help": "Held-out prompts (one student response each)."})
+    seed: int = field(default=42, metadata={"help": "Seed of the prompt draw and the student sampling."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Student response length limit."})
+    temperature: float = field(default=0.8, metadata={"help": "Student sampling temperature (paper: 0.8)."})
+    batch_size: int = field(default=8, metadata={"help": "Sequences per forward (sampling and scoring)."})
+    heldout_cache: str | None = field(
+        default=None,
+        metadata={"help": "JSONL file of the held-out triples: written on the first call, reused afterwards. "
+                  "Default: $GAD_TRL_CACHE (or ~/.cache/gad_trl)/heldout-<hash of the sampling settings>.jsonl."},
+    )
+    output_json: str | None = field(default=None, metadata={"help": "Also write the metrics to this JSON file."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Passed to from_pretrained."})
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Held-out triples
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _sampling_key(args: EvalDiscriminatorArguments, student: str) -> dict:
+    return {
+        "dataset_name": args.dataset_name,
+        "dataset_config": args.dataset_config,
+        "dataset_split": args.dataset_split,
+        "teacher_response_column": args.teacher_response_column,
+        "student": student,
+        "num_samples": args.num_samples,
+        "seed": args.seed,
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+    }
+
+
+def default_cache_path(key: dict) -> Path:
+    root = Path(os.environ.get("GAD_TRL_CACHE", Path.home() / ".cache" / "gad_trl"))
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return root / f"heldout-{digest}.jsonl"
+
+
+def save_triples(path: str | os.PathLike, triples: list[dict], metadata: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps({"format": CACHE_FORMAT, **metadata}) + "\n")
+        for t in triples:
+            f.write(json.dumps(t) + "\n")
+    os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache that later calls would trust
+
+
+def load_triples(path: str | os.PathLike) -> tuple[list[dict], dict]:
+    with open(path) as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    if not lines or lines[0].get("format") != CACHE_FORMAT:
+        raise ValueError(f"{path} is not a held-out triples cache ({CACHE_FORMAT}).")
+    metadata = {k: v for k, v in lines[0].items() if k != "format"}
+    return lines[1:], metadata
+
+
+def sample_triples(
+    model, tokenizer, rows: list[dict], seed: int, max_new_tokens: int, temperature: float, batch_size: int = 8
+) -> list[dict]:
+    """One sampled student response per row: `{"prompt", "teacher_response", "student_response", "student_finished"}`.
+
+    `rows` hold `prompt` (messages) and `teacher_response` (text). Sampling is seeded, left-padded, batched.
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    eos_ids = set(_eos_ids(model, tokenizer))
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    triples = []
+    model.eval()
+    try:
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            texts = [tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False) for r in batch]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.no_grad():
+                out = model.generate(
+                    **enc,
+                    do_sample=True,
+                    temperature=temperature,
+                    top_p=1.0,
+                    top_k=0,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=sorted(eos_ids) or None,
+                )
+            for r, ids in zip(batch, out[:, enc["input_ids"].shape[1] :].tolist()):
+                cut = next((i for i, t in enumerate(ids) if t in eos_ids), None)
+                finished = cut is not None
+                body = ids[:cut] if finished else ids
+                body = [t for t in body if t != tokenizer.pad_token_id]
+                triples.append(
+                    {
+                        "prompt": r["prompt"],
+                        "teacher_response": r["teacher_response"],
+                        "student_response": tokenizer.decode(body, skip_special_tokens=True),
+                        "student_finished": finished,
+                    }
+                )
+    finally:
+        tokenizer.padding_side = old_side
+    return triples
+
+
+def draw_rows(dataset, num_samples: int, seed: int, teacher_response_column: str) -> list[dict]:
+    """`num_samples` rows drawn without replacement with `seed`, as `{"prompt": messages, "teacher_response": text}`."""
+    import random
+
+    from .utils import prompt_messages, teacher_text
+
+    n = len(dataset)
+    indices = sorted(random.Random(seed).sample(range(n), min(num_samples, n)))
+    rows = []
+    for i in indices:
+        row = dataset[i]
+        rows.append(
+            {
+                "prompt": prompt_messages(row, i),
+                "teacher_response": teacher_text(row, teacher_response_column, i),
+                "row": i,
+            }
+        )
+    return rows
+
+
+def load_or_create_heldout(args: EvalDiscriminatorArguments) -> tuple[list[dict], dict, Path, bool]:
+    """(triples, metadata, cache path, created): reuse the cache when it exists, else sample it once and save it."""
+    student = args.student_name_or_path or _default_student(args.discriminator_name_or_path)
+    key = _sampling_key(args, student)
+    path = Path(args.heldout_cache) if args.heldout_cache else default_cache_path(key)
+    if path.exists():
+        triples, metadata = load_triples(path)
+        return triples, metadata, path, False
+    if not args.dataset_name:
+        raise ValueError(f"No held-out cache at {path}; `dataset_name` is needed to sample one.")
+    if student is None:
+        raise ValueError(f"No held-out cache at {path}; `student_name_or_path` is needed to sample one.")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .utils import load_any_dataset
+
+    dataset = load_any_dataset(args.dataset_name, args.dataset_config)
+    if args.dataset_split not in dataset:
+        raise KeyError(f"Split {args.dataset_split!r} not in {args.dataset_name!r} (splits: {list(dataset)}).")
+    rows = draw_rows(dataset[args.dataset_split], args.num_samples, args.seed, args.teacher_response_column)
+    tokenizer = AutoTokenizer.from_pretrained(student, trust_remote_code=args.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(student, trust_remote_code=args.trust_remote_code)
+    triples = sample_triples(model, tokenizer, rows, args.seed, args.max_new_tokens, args.temperature, args.batch_size)
+    for t, r in zip(triples, rows):
+        t["row"] = r["row"]
+    save_triples(path, triples, key)
+    return triples, key, path, True
+
+
+def _default_student(discriminator_path: str) -> str | None:
+    parent = Path(discriminator_path).resolve().parent
+    if Path(discriminator_path).name == "discriminator" and (parent / "config.json").exists():
+        return str(parent)
+    return None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Scoring
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids = []
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+    if isinstance(eos, int):
+        ids.append(eos)
+    elif eos:
+        ids.extend(eos)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def encode_pair(tokenizer, prompt: list[dict], response: str, finished: bool = True) -> list[int]:
+    """Token ids the discriminator reads: chat-templated prompt + response (no special tokens) + EOS if finished."""
+    prompt_text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    ids = ids + tokenizer(response, add_special_tokens=False)["input_ids"]
+    if finished and tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def _value_head(model):
+    for name in ("score", "classifier", "v_head", "summary"):
+        head = getattr(model, name, None)
+        if head is not None:
+            return head
+    raise AttributeError(f"{type(model).__name__} has no known value head (score / classifier / v_head).")
+
+
+def last_token_scores(model, sequences: list[list[int]], pad_token_id: int, batch_size: int = 8) -> list[float]:
+    """The value head's output at the last token of each sequence (right-padded batches, so positions are exact)."""
+    import torch
+
+    backbone = getattr(model, model.base_model_prefix)
+    head = _value_head(model)
+    device = next(model.parameters()).device
+    scores: list[float] = []
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(sequences), batch_size):
+            batch = sequences[start : start + batch_size]
+            width = max(len(s) for s in batch)
+            input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for i, s in enumerate(batch):
+                input_ids[i, : len(s)] = torch.tensor(s)
+                attention_mask[i, : len(s)] = 1
+            hidden = backbone(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).last_hidden_state
+            last = attention_mask.sum(-1).to(device) - 1
+            picked = hidden[torch.arange(len(batch), device=device), last]
+            scores.extend(head(picked)[:, 0].float().cpu().tolist())
+    return scores
+
+
+def evaluate_triples(model, tokenizer, triples: list[dict], batch_size: int = 8) -> dict:
+    """Accuracy (fraction with teacher score > student score), score gap and score statistics of the discriminator."""
+    import statistics
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    teacher_seqs = [encode_pair(tokenizer, t["prompt"], t["teacher_response"], True) for t in triples]
+    student_seqs = [
+        encode_pair(tokenizer, t["prompt"], t["student_response"], t.get("student_finished", True)) for t in triples
+    ]
+    t_scores = last_token_scores(model, teacher_seqs, pad, batch_size)
+    s_scores = last_token_scores(model, student_seqs, pad, batch_size)
+    diffs = [t - s for t, s in zip(t_scores, s_scores)]
+    n = len(diffs)
+    return {
+        "num_pairs": n,
+        "accuracy": sum(d > 0 for d in diffs) / n,
+        "score_diff": sum(diffs) / n,
+        "teacher_score_mean": statistics.fmean(t_scores),
+        "teacher_score_std": statistics.pstdev(t_scores),
+        "student_score_mean": statistics.fmean(s_scores),
+        "student_score_std": statistics.pstdev(s_scores),
+        "student_truncated_fraction": sum(not t.get("student_finished", True) for t in triples) / n,
+        "teacher_scores": t_scores,
+        "student_scores": s_scores,
+    }
+
+
+def evaluate(args: EvalDiscriminatorArguments) -> dict:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    triples, metadata, path, created = load_or_create_heldout(args)
+    if not triples:
+        raise ValueError(f"The held-out cache {path} holds no triples.")
+    disc_path = args.discriminator_name_or_path
+    # The discriminator shares the student's tokenizer; `save_model` writes it next to the discriminator's weights.
+    has_tokenizer = not Path(disc_path).is_dir() or (Path(disc_path) / "tokenizer_config.json").exists()
+    tokenizer_path = disc_path if has_tokenizer else metadata.get("student")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=args.trust_remote_code)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        disc_path, num_labels=1, trust_remote_code=args.trust_remote_code
+    )
+    metrics = evaluate_triples(model, tokenizer, triples, args.batch_size)
+    metrics.update(
+        {"discriminator": disc_path, "heldout_cache": str(path), "heldout_created": created, "heldout": metadata}
+    )
+    return metrics
+
+
+def make_parser(prog: str | None = None) -> TrlParser:
+    return TrlParser((EvalDiscriminatorArguments,), prog=prog or "gad-trl eval-discriminator")
+
+
+def run(argv: list[str]) -> int:
+    (args,) = make_parser().parse_args_and_config(list(argv))
+    metrics = evaluate(args)
+    verb = "sampled and cached" if metrics["heldout_created"] else "reused"
+    print(f"Held-out set ({metrics['num_pairs']} triples) {verb}: {metrics['heldout_cache']}")
+    print(
+        f"discriminator/accuracy={metrics['accuracy']:.4f}  discriminator/score_diff={metrics['score_diff']:.4f}  "
+        f"teacher_score_mean={metrics['teacher_score_mean']:.4f}  student_score_mean={metrics['student_score_mean']:.4f}"
+        f"  student_truncated_fraction={metrics['student_truncated_fraction']:.3f}"
+    )
+    if args.output_json:
+        Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.output_json, "w") as f:
+            json.dump(metrics, f, indent=2)
+    return 0
+
+
+__all__ = [
+    "EvalDiscriminatorArguments",
+    "encode_pair",
+    "evaluate",
+    "evaluate_triples",
+    "last_token_scores",
+    "load_or_create_heldout",
+    "sample_triples",
+]

@@ -1,0 +1,89 @@
+"""`gad-trl`: the GAD command line, in the style of `trl <command>`.
+
+    gad-trl make-tiny outputs/tiny                       # offline tiny model + toy data set
+    gad-trl train --config recipes/tiny/gad.yaml         # GAD (or `stage: seqkd` for the SeqKD baseline)
+    gad-trl analyze-lengths --model_name_or_path M --dataset_name D
+    gad-trl eval-discriminator --discriminator_name_or_path OUT/discriminator --dataset_name D
+    gad-trl vllm-serve --model M                         # vLLM server for `vllm_mode: server`
+
+Each command parses its own arguments (`gad-trl <command> --help`); training commands accept `--config file.yaml`,
+with command-line flags overriding the YAML.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module under gad_trl.cli, help). Modules are imported only when their command runs, so `--help` is fast.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("train", "Train a student with GAD (or `--stage seqkd`: SFT on the teacher responses)"),
+    "analyze-lengths": ("analyze_lengths", "Teacher response token lengths and a suggested max_completion_length"),
+    "eval-discriminator": ("eval_discriminator", "Discriminator accuracy / score gap on a fixed held-out set"),
+    "make-tiny": ("make_tiny", "Write an offline tiny model and toy data set (for recipes/tiny)"),
+    "vllm-serve": (None, "Serve the student with vLLM for `vllm_mode: server` (gad_trl.vllm)"),
+    "env": (None, "Print the versions of gad_trl and its main dependencies"),
+}
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gad-trl",
+        description="Generative Adversarial Distillation (arXiv 2511.10643) on TRL.",
+        allow_abbrev=False,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>", help="available commands")
+    for name, (_, help_text) in COMMANDS.items():
+        # Each command parses its own arguments; add_help=False lets `gad-trl <command> --help` reach it.
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def vllm_serve(argv: list[str]) -> int:
+    try:
+        from ..vllm import serve_main
+    except ImportError as err:
+        print(
+            "gad-trl vllm-serve: the vLLM server is not available in this install "
+            f"(gad_trl.vllm.serve_main could not be imported: {err}). Install the `vllm` extra "
+            "(`pip install gad_trl[vllm]`, or scripts/install_env.sh on CPU), or use `trl vllm-serve` with "
+            "vllm_weight_sync: nccl.",
+            file=sys.stderr,
+        )
+        return 2
+    result = serve_main(argv)
+    return int(result or 0)
+
+
+def print_env() -> int:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    print(f"Python: {platform.python_version()} ({platform.platform()})")
+    for pkg in ("gad_trl", "trl", "transformers", "torch", "accelerate", "datasets", "peft", "vllm", "trackio"):
+        try:
+            print(f"{pkg}: {version(pkg)}")
+        except PackageNotFoundError:
+            print(f"{pkg}: not installed")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _build_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
+    args, _ = parser.parse_known_args(argv[:1])
+    rest = argv[1:]
+    if args.command == "vllm-serve":
+        return vllm_serve(rest)
+    if args.command == "env":
+        return print_env()
+    module = importlib.import_module(f".{COMMANDS[args.command][0]}", package=__package__)
+    return int(module.run(rest) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
