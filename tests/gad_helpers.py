@@ -34,8 +34,13 @@ def make_trainer(model_dir, output_dir, num_rows=8, rows=None, **overrides):
 
 
 def params_of(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
 def same_params(a, b, atol=0.0):
     return all(torch.allclose(a[k], b[k], atol=atol, rtol=0) for k in a)
+
+
+def score_atol(trainer):
+    """Float32 (CPU) scores agree to rounding; under bf16 autocast (GPU) two paths may differ in the 3rd digit."""
+    return 3e-2 if trainer.args.bf16 else 1e-5

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from gad_trl import GADConfig, GADTrainer
-from gad_trl.discriminator import score_sequences
-from tests.gad_helpers import make_args, make_trainer, params_of, same_params
+from tests.gad_helpers import make_args, make_trainer, params_of, same_params, score_atol
 
 SPEC_METRICS = [
     "discriminator/loss", "discriminator/accuracy", "discriminator/teacher_score_mean",
@@ -102,10 +101,10 @@ def test_teacher_scored_once_per_prompt_and_rewards_are_pre_update_scores(tiny_m
 
     def spy(teacher_seqs, student_seqs, index):
         with torch.no_grad():
-            before = score_sequences(trainer.discriminator, student_seqs, trainer._tokenizer.pad_token_id, "cpu")
+            before = trainer._score(student_seqs)
         rewards, info = original(teacher_seqs, student_seqs, index)
         with torch.no_grad():
-            after = score_sequences(trainer.discriminator, student_seqs, trainer._tokenizer.pad_token_id, "cpu")
+            after = trainer._score(student_seqs)
         calls.append((len(teacher_seqs), len(student_seqs), before, after, rewards, index))
         return rewards, info
 
@@ -115,18 +114,19 @@ def test_teacher_scored_once_per_prompt_and_rewards_are_pre_update_scores(tiny_m
     for num_teacher, num_student, before, after, rewards, index in calls:
         assert (num_teacher, num_student) == (2, 8)  # 8 completions of 2 prompts: 2 teacher sequences, not 8
         assert index.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
-        assert torch.allclose(rewards, before, atol=1e-5)
-        assert not torch.allclose(rewards, after, atol=1e-5)
+        assert torch.allclose(rewards, before, atol=score_atol(trainer))
+        assert not torch.allclose(rewards, after, atol=score_atol(trainer))
 
 
 def test_mini_batched_discriminator_update_matches_one_pass(tiny_model_dir, tmp_path):
-    results = []
+    results, tolerance = [], 1e-5
     for mini in (None, 3):
         trainer = make_trainer(tiny_model_dir, tmp_path / str(mini), max_steps=1, discriminator_mini_batch_size=mini,
                                per_device_train_batch_size=8)
         trainer.train()
         results.append(params_of(trainer.discriminator))
-    assert same_params(results[0], results[1], atol=1e-5)
+        tolerance = 1e-3 if trainer.args.bf16 else 1e-5  # bf16 rounding depends on how rows are batched
+    assert same_params(results[0], results[1], atol=tolerance)
 
 
 def test_teacher_response_gets_the_students_eos(tiny_model_dir, tmp_path):
