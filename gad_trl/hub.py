@@ -31,6 +31,7 @@ CITATION = textwrap.dedent("""\
         url          = {https://arxiv.org/abs/2511.10643},
     }""")
 GAD_SECTION_MARKER = "<!-- gad_trl:run -->"
+GAD_SECTION_END = "<!-- /gad_trl:run -->"
 
 # Fields always shown in the run's config, even at their default value.
 KEY_FIELDS = (
@@ -201,7 +202,7 @@ def student_card_section(
     metrics = _final_metrics(trainer) if trainer is not None else {}
     if metrics:
         lines.append("- Last logged metrics: " + ", ".join(f"`{k}` = {v:.4g}" for k, v in metrics.items()))
-    lines += ["", "### Run configuration", "", "```yaml", _config_yaml(run_config(args)), "```", ""]
+    lines += ["", "### Run configuration", "", "```yaml", _config_yaml(run_config(args)), "```", GAD_SECTION_END, ""]
     return "\n".join(lines)
 
 
@@ -209,8 +210,11 @@ def append_student_card_section(readme_path: str | os.PathLike, section: str) ->
     """Append (or replace) the GAD section of a README written by TRL's `create_model_card`."""
     path = Path(readme_path)
     text = path.read_text() if path.exists() else ""
-    if GAD_SECTION_MARKER in text:
-        text = text[: text.index(GAD_SECTION_MARKER)].rstrip() + "\n"
+    if GAD_SECTION_MARKER in text:  # replace the previous GAD section, keep what follows it
+        start = text.index(GAD_SECTION_MARKER)
+        end = text.find(GAD_SECTION_END, start)
+        end = len(text) if end < 0 else end + len(GAD_SECTION_END)
+        text = text[:start].rstrip() + "\n" + text[end:]
     # Keep TRL's citation block last-but-one readable: insert before "## Citations" when present.
     anchor = "\n## Citations"
     if anchor in text:

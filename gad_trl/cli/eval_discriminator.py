@@ -5,7 +5,8 @@ This command measures it on a *fixed* held-out set: `num_samples` prompts drawn 
 their teacher responses, and one student response per prompt sampled with the same seed. The triples are written
 once to `heldout_cache` (JSONL, first line = metadata) and reused by every later call, so numbers from successive
 checkpoints are comparable. Scores are the discriminator head's output at the last token of the response (the
-end-of-turn token when the response is finished), on right-padded batches.
+end-of-turn token when the response is finished), computed by the trainer's own `score_sequences`; student responses
+are scored on their sampled token ids (kept in the cache next to the decoded text).
 
     gad-trl eval-discriminator --discriminator_name_or_path outputs/tiny-gad/discriminator \
         --student_name_or_path outputs/tiny/model --dataset_name outputs/tiny/data --dataset_split test
@@ -134,13 +135,15 @@ def sample_triples(
             for r, ids in zip(batch, out[:, enc["input_ids"].shape[1] :].tolist()):
                 cut = next((i for i, t in enumerate(ids) if t in eos_ids), None)
                 finished = cut is not None
-                body = ids[:cut] if finished else ids
-                body = [t for t in body if t != tokenizer.pad_token_id]
+                # The completion as the trainer scores it: generated tokens up to and including the first EOS.
+                completion = ids[: cut + 1] if finished else [t for t in ids if t != tokenizer.pad_token_id]
+                body = completion[:-1] if finished else completion
                 triples.append(
                     {
                         "prompt": r["prompt"],
                         "teacher_response": r["teacher_response"],
                         "student_response": tokenizer.decode(body, skip_special_tokens=True),
+                        "student_completion_ids": completion,
                         "student_finished": finished,
                     }
                 )
@@ -226,45 +229,34 @@ def _eos_ids(model, tokenizer) -> list[int]:
 
 def encode_pair(tokenizer, prompt: list[dict], response: str, finished: bool = True) -> list[int]:
     """Token ids the discriminator reads: chat-templated prompt + response (no special tokens) + EOS if finished."""
-    prompt_text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-    ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    ids = ids + tokenizer(response, add_special_tokens=False)["input_ids"]
+    ids = _prompt_ids(tokenizer, prompt) + tokenizer(response, add_special_tokens=False)["input_ids"]
     if finished and tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
     return ids
 
 
-def _value_head(model):
-    for name in ("score", "classifier", "v_head", "summary"):
-        head = getattr(model, name, None)
-        if head is not None:
-            return head
-    raise AttributeError(f"{type(model).__name__} has no known value head (score / classifier / v_head).")
-
-
 def last_token_scores(model, sequences: list[list[int]], pad_token_id: int, batch_size: int = 8) -> list[float]:
-    """The value head's output at the last token of each sequence (right-padded batches, so positions are exact)."""
+    """Scores at the last token of each sequence, computed exactly as `GADTrainer` does (`score_sequences`)."""
     import torch
 
-    backbone = getattr(model, model.base_model_prefix)
-    head = _value_head(model)
-    device = next(model.parameters()).device
-    scores: list[float] = []
+    from ..discriminator import score_sequences
+
     model.eval()
+    device = next(model.parameters()).device
     with torch.no_grad():
-        for start in range(0, len(sequences), batch_size):
-            batch = sequences[start : start + batch_size]
-            width = max(len(s) for s in batch)
-            input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for i, s in enumerate(batch):
-                input_ids[i, : len(s)] = torch.tensor(s)
-                attention_mask[i, : len(s)] = 1
-            hidden = backbone(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).last_hidden_state
-            last = attention_mask.sum(-1).to(device) - 1
-            picked = hidden[torch.arange(len(batch), device=device), last]
-            scores.extend(head(picked)[:, 0].float().cpu().tolist())
-    return scores
+        return score_sequences(model, sequences, pad_token_id, device, batch_size).float().cpu().tolist()
+
+
+def _student_sequence(tokenizer, triple: dict) -> list[int]:
+    if triple.get("student_completion_ids") is not None:
+        # Exact sampled tokens: decoding and re-tokenising a sample need not round-trip.
+        return _prompt_ids(tokenizer, triple["prompt"]) + list(triple["student_completion_ids"])
+    return encode_pair(tokenizer, triple["prompt"], triple["student_response"], triple.get("student_finished", True))
+
+
+def _prompt_ids(tokenizer, prompt: list[dict]) -> list[int]:
+    prompt_text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    return tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
 
 
 def evaluate_triples(model, tokenizer, triples: list[dict], batch_size: int = 8) -> dict:
@@ -273,9 +265,7 @@ def evaluate_triples(model, tokenizer, triples: list[dict], batch_size: int = 8)
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     teacher_seqs = [encode_pair(tokenizer, t["prompt"], t["teacher_response"], True) for t in triples]
-    student_seqs = [
-        encode_pair(tokenizer, t["prompt"], t["student_response"], t.get("student_finished", True)) for t in triples
-    ]
+    student_seqs = [_student_sequence(tokenizer, t) for t in triples]
     t_scores = last_token_scores(model, teacher_seqs, pad, batch_size)
     s_scores = last_token_scores(model, student_seqs, pad, batch_size)
     diffs = [t - s for t, s in zip(t_scores, s_scores)]
