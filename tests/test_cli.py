@@ -394,3 +394,11 @@ def test_train_gad_end_to_end_through_the_console_entry(tiny_model_dir, tiny_dat
     assert disc.config.num_labels == 1 and student.config.vocab_size == disc.config.vocab_size
     card = (out / "discriminator" / "README.md").read_text()
     assert "2511.10643" in card and tiny_data_dir in card  # the CLI passes the data set to the card
+
+
+def test_vllm_serve_reaches_the_real_server_entry(tiny_model_dir, capsys):
+    """Unmocked: `gad-trl vllm-serve ... --dry-run` goes through gad_trl.vllm.serve_main and prints the vLLM command."""
+    pytest.importorskip("gad_trl.vllm.serve")
+    assert cli_main.main(["vllm-serve", "--model", tiny_model_dir, "--weight-sync", "reload", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "serve" in out and tiny_model_dir in out

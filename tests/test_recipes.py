@@ -93,3 +93,16 @@ def test_tiny_recipe_runs_end_to_end(stage, tmp_path, monkeypatch):
     assert (out / "model.safetensors").exists()
     assert (out / "discriminator" / "model.safetensors").exists() == (stage == "gad")
     assert list((out / "runs").rglob("events.out.tfevents*"))  # report_to: tensorboard
+
+
+def test_documented_vllm_serve_commands_parse():
+    """The `gad-trl vllm-serve` lines in the recipes' comments use flags the server really has."""
+    import shlex
+
+    serve = pytest.importorskip("gad_trl.vllm.serve")
+    lines = [line.split("gad-trl vllm-serve", 1)[1] for p in [*TRAINING_RECIPES, RECIPES / "README.md"]
+             for line in p.read_text().splitlines() if "gad-trl vllm-serve --" in line]
+    assert lines
+    for rest in lines:
+        args = serve.build_parser().parse_args(shlex.split(rest))  # exits (SystemExit) on an unknown flag
+        assert args.model
