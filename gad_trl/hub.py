@@ -160,8 +160,10 @@ def _dataset_name(trainer, dataset_name):
 
 def _hub_id(value: str | None) -> str | None:
     """A Hub repo id, or None for local paths (those don't belong in card metadata)."""
-    if not value or os.path.isdir(value) or os.path.isabs(value) or value.startswith("."):
+    if not value or os.path.exists(value) or os.path.isabs(value) or value.startswith((".", "~")):
         return None
+    if Path(value).suffix.lower() in (".json", ".jsonl", ".parquet", ".csv", ".arrow", ".txt"):
+        return None  # a data file, not a repo
     return value if value.count("/") <= 1 else None
 
 

@@ -113,6 +113,9 @@ def test_local_paths_stay_out_of_card_metadata():
     meta = card.split("---\n")[1]
     assert "base_model" not in meta and "datasets" not in meta
     assert "/data/train.parquet" in card  # still named in the text
+    card = gad_hub.discriminator_card(args, dataset_name="data/train.jsonl", base_model="./student")
+    meta = card.split("---\n")[1]
+    assert "base_model" not in meta and "datasets" not in meta
 
 
 def test_student_card_section_is_inserted_once(tmp_path):
