@@ -12,6 +12,8 @@ import pytest  # noqa: E402
 
 from gad_trl.testing import save_tiny_model, tiny_gad_rows  # noqa: E402
 
+pytest_plugins = ["tests.vllm_server"]
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):

@@ -1,0 +1,284 @@
+"""vLLM server-mode generation backends for GAD: TRL's NCCL weight sync, or a reload-from-disk sync that runs on CPU.
+
+`patched_vllm_generation(args)` swaps the class that `GRPOTrainer.__init__` instantiates
+(`trl.trainer.grpo_trainer.VLLMGeneration`) for the duration of a `with` block:
+
+- `vllm_weight_sync="nccl"`: `NCCLVLLMGeneration`, TRL's own class (NCCL communicator, weights broadcast to the
+  server) with clearer errors when the server is unreachable or dies.
+- `vllm_weight_sync="reload"`: `ReloadVLLMGeneration`. No NCCL communicator (NCCL is CUDA-only). Each weight sync
+  saves the student (unwrapped; PEFT adapters merged; FSDP/ZeRO-3 parameters gathered, through TRL's own parameter
+  iterator) as `model.safetensors` in `vllm_weight_sync_dir`, then asks the server to load it with the dev-mode
+  `POST /collective_rpc` (`gad_reload_weights`, from `gad_trl.vllm.worker_extension`, or vLLM's `reload_weights`),
+  then resets the server's prefix cache. The directory must be readable by the server (same machine or a shared
+  file system).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import contextmanager
+
+import requests
+from trl.generation.vllm_client import VLLMClient
+from trl.generation.vllm_generation import VLLMGeneration
+
+from .serve import suggested_command
+
+logger = logging.getLogger(__name__)
+
+WORKER_EXTENSION = "gad_trl.vllm.worker_extension.GADWorkerExtension"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class VLLMServerError(ConnectionError):
+    """The vLLM server used for generation can't be reached, died, or rejected a request."""
+
+
+def _model_name_or_path(model) -> str:
+    for obj in (model, getattr(model, "base_model", None), getattr(getattr(model, "base_model", None), "model", None)):
+        name = getattr(obj, "name_or_path", None)
+        if name:
+            return str(name)
+    config = getattr(model, "config", None)
+    return str(getattr(config, "_name_or_path", None) or "<student checkpoint>")
+
+
+def _ties_word_embeddings(model) -> bool:
+    config = getattr(model, "config", None)
+    if config is None:
+        return False
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return bool(getattr(text_config, "tie_word_embeddings", False) or getattr(config, "tie_word_embeddings", False))
+
+
+class _ServerErrorsMixin:
+    """Turns transport errors on the way to the server into `VLLMServerError`s that name the server and the fix."""
+
+    weight_sync = "nccl"
+
+    # Failed connections are retried a few times with a short back-off (TRL's client waits ~60 s before giving up on
+    # a dead server); read errors and 5xx answers keep TRL's retries.
+    _CONNECT_RETRIES = 2
+    _BACKOFF = 0.5
+
+    def _base_url(self) -> str:
+        if self.server_base_url is not None:
+            return self.server_base_url.rstrip("/")
+        return f"http://{self.server_host}:{self.server_port}"
+
+    def _start_command(self) -> str:
+        from urllib.parse import urlparse
+
+        parsed = urlparse(self._base_url())
+        host = parsed.hostname or self.server_host
+        if host in ("0.0.0.0", "localhost"):
+            host = "127.0.0.1"
+        return suggested_command(_model_name_or_path(self.model), host, parsed.port or self.server_port, self.weight_sync)
+
+    def _connect_client(self) -> VLLMClient:
+        url = self._base_url()
+        try:
+            client = VLLMClient(base_url=url, group_port=self.group_port, connection_timeout=self.server_timeout)
+        except (requests.exceptions.RequestException, ConnectionError) as exc:
+            raise VLLMServerError(
+                f"No vLLM server answered at {url} within vllm_server_timeout={self.server_timeout} s "
+                f"(vllm_mode='server', vllm_weight_sync={self.weight_sync!r}). Start one first, e.g.:\n\n"
+                f"    {self._start_command()}\n\n"
+                "or point the trainer at a running server with vllm_server_base_url / vllm_server_host + "
+                "vllm_server_port."
+            ) from exc
+        from requests.adapters import HTTPAdapter
+        from urllib3.util.retry import Retry
+
+        retry = Retry(
+            total=5,
+            connect=self._CONNECT_RETRIES,
+            read=2,
+            status=3,
+            status_forcelist=[500, 502, 503],
+            backoff_factor=self._BACKOFF,
+            allowed_methods=["POST", "GET"],
+        )
+        adapter = HTTPAdapter(max_retries=retry, pool_maxsize=64)
+        client.session.mount("http://", adapter)
+        client.session.mount("https://", adapter)
+        return client
+
+    def _server_died(self, action: str, exc: BaseException) -> VLLMServerError:
+        return VLLMServerError(
+            f"The vLLM server at {self._base_url()} stopped answering while {action} ({type(exc).__name__}: {exc}). "
+            "The training step was aborted before any optimizer update or checkpoint write, so checkpoints already "
+            "in output_dir are intact. Restart the server, e.g.:\n\n"
+            f"    {self._start_command()}\n\n"
+            "then resume with trainer.train(resume_from_checkpoint=True) (or `--resume_from_checkpoint` on the CLI)."
+        )
+
+    def generate(self, *args, **kwargs):
+        try:
+            return super().generate(*args, **kwargs)
+        except VLLMServerError:
+            raise
+        except (requests.exceptions.RequestException, ConnectionError) as exc:
+            if self.mode != "server":
+                raise
+            raise self._server_died("generating completions", exc) from exc
+
+
+class NCCLVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
+    """TRL's `VLLMGeneration` (NCCL weight sync) with clear errors when the server is unreachable or dies."""
+
+    weight_sync = "nccl"
+
+    def _init_vllm(self):
+        if self.mode != "server":
+            return super()._init_vllm()
+        if self.accelerator.is_main_process:
+            self.vllm_client = self._connect_client()
+            self.vllm_client.init_communicator(device=self.accelerator.device)
+        self.accelerator.wait_for_everyone()
+
+    def sync_weights(self):
+        try:
+            return super().sync_weights()
+        except VLLMServerError:
+            raise
+        except (requests.exceptions.RequestException, ConnectionError) as exc:
+            if self.mode != "server":
+                raise
+            raise self._server_died("synchronising weights", exc) from exc
+
+
+class ReloadVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
+    """Server-mode generation whose weight sync goes through the file system and the server's reload RPC.
+
+    Works wherever the server can read `weight_sync_dir` (in particular on CPU, where NCCL is unavailable). Set the
+    directory with the class attribute or the `weight_sync_dir` keyword; `patched_vllm_generation` does it from
+    `GADConfig.vllm_weight_sync_dir` (default `<output_dir>/vllm_weights`).
+    """
+
+    weight_sync = "reload"
+    weight_sync_dir: str | None = None
+
+    def __init__(self, *args, weight_sync_dir: str | None = None, **kwargs):
+        if weight_sync_dir is not None:
+            self.weight_sync_dir = weight_sync_dir
+        self._reload_method = None
+        self.num_weight_syncs = 0
+        super().__init__(*args, **kwargs)
+
+    def _init_vllm(self):
+        if self.mode != "server":
+            return super()._init_vllm()
+        if not self.weight_sync_dir:
+            raise ValueError("vllm_weight_sync='reload' needs a weight_sync_dir (GADConfig.vllm_weight_sync_dir).")
+        self.weight_sync_dir = os.path.abspath(self.weight_sync_dir)
+        if self.accelerator.is_main_process:
+            os.makedirs(self.weight_sync_dir, exist_ok=True)
+            # No init_communicator: the weights travel through `weight_sync_dir`, not NCCL.
+            self.vllm_client = self._connect_client()
+            self._reload_method = self._pick_reload_method()
+        self.accelerator.wait_for_everyone()
+
+    def _pick_reload_method(self) -> str:
+        try:
+            info = self.vllm_client.get_server_info()
+        except (requests.exceptions.RequestException, ConnectionError) as exc:
+            raise self._server_died("reading its configuration", exc) from exc
+        except RuntimeError as exc:  # TRL: the dev-mode endpoints are missing
+            raise VLLMServerError(
+                f"The vLLM server at {self._base_url()} runs without VLLM_SERVER_DEV_MODE=1, so it has no "
+                f"/collective_rpc endpoint to reload weights. Restart it with:\n\n    {self._start_command()}\n"
+            ) from exc
+        extension = (info.get("parallel_config") or {}).get("worker_extension_cls") or ""
+        if extension == WORKER_EXTENSION:
+            return "gad_reload_weights"
+        device = str((info.get("device_config") or {}).get("device_type") or "unknown")
+        if _ties_word_embeddings(self.model) and device in ("cpu", "unknown"):
+            raise VLLMServerError(
+                f"The vLLM server at {self._base_url()} was started without `--worker-extension-cls "
+                f"{WORKER_EXTENSION}`. The student ties its input and output embeddings, and on vLLM's CPU backend "
+                "the plain `reload_weights` RPC leaves the tied lm_head computing with the old weights, so the server "
+                f"would keep sampling from a stale model. Restart it with:\n\n    {self._start_command()}\n"
+            )
+        logger.warning(
+            "The vLLM server at %s has no GAD worker extension; falling back to vLLM's reload_weights RPC. "
+            "Prefer `%s`.",
+            self._base_url(),
+            self._start_command(),
+        )
+        return "reload_weights"
+
+    def _save_weights(self) -> str:
+        """Write the current student weights (gathered, adapters merged) to `<weight_sync_dir>/model.safetensors`."""
+        from safetensors.torch import save_file
+
+        is_main = self.accelerator.is_main_process
+        state = {}
+        # Every process iterates: gathering sharded parameters is a collective operation.
+        for name, param in self._iter_named_params():
+            if is_main and name not in state:
+                state[name] = param.detach().to("cpu", copy=True).contiguous()
+        path = os.path.join(self.weight_sync_dir, WEIGHTS_FILE)
+        if is_main:
+            partial = path + ".partial"  # not matched by the server's *.safetensors glob
+            save_file(state, partial, metadata={"format": "pt"})
+            os.replace(partial, path)  # the server never sees a half-written file
+        return path
+
+    def sync_weights(self):
+        if self.mode != "server":
+            return super().sync_weights()
+        start = time.perf_counter()
+        self._save_weights()
+        if self.accelerator.is_main_process:
+            url = f"{self._base_url()}/collective_rpc"
+            payload = {"method": self._reload_method, "kwargs": {"weights_path": self.weight_sync_dir}}
+            try:
+                response = self.vllm_client.session.post(url, json=payload)
+            except requests.exceptions.RequestException as exc:
+                raise self._server_died("reloading the student weights", exc) from exc
+            if response.status_code != 200:
+                raise VLLMServerError(
+                    f"The vLLM server at {self._base_url()} failed to reload the weights from {self.weight_sync_dir} "
+                    f"({response.status_code}: {response.text[:2000]}). The directory must be readable by the "
+                    "server (same machine or a shared file system)."
+                )
+            try:
+                self.vllm_client.reset_prefix_cache()
+            except (requests.exceptions.RequestException, ConnectionError) as exc:
+                raise self._server_died("resetting its prefix cache", exc) from exc
+            self.num_weight_syncs += 1
+            logger.debug("reload weight sync #%d took %.2f s", self.num_weight_syncs, time.perf_counter() - start)
+        self.accelerator.wait_for_everyone()
+
+
+def vllm_generation_class(args):
+    """The `VLLMGeneration` class a trainer with `args` should use, or `None` to keep TRL's."""
+    if not (getattr(args, "use_vllm", False) and getattr(args, "vllm_mode", None) == "server"):
+        return None
+    weight_sync = getattr(args, "vllm_weight_sync", "nccl")
+    if weight_sync == "nccl":
+        return NCCLVLLMGeneration
+    if weight_sync == "reload":
+        sync_dir = getattr(args, "vllm_weight_sync_dir", None) or os.path.join(args.output_dir, "vllm_weights")
+        return type("ReloadVLLMGeneration", (ReloadVLLMGeneration,), {"weight_sync_dir": sync_dir})
+    raise ValueError(f"vllm_weight_sync must be 'nccl' or 'reload', got {weight_sync!r}.")
+
+
+@contextmanager
+def patched_vllm_generation(args):
+    """While active, `GRPOTrainer.__init__` builds the vLLM backend that `args` asks for (no-op unless server mode)."""
+    cls = vllm_generation_class(args)
+    if cls is None:
+        yield
+        return
+    import trl.trainer.grpo_trainer as grpo_module
+
+    original = grpo_module.VLLMGeneration
+    grpo_module.VLLMGeneration = cls
+    try:
+        yield
+    finally:
+        grpo_module.VLLMGeneration = original

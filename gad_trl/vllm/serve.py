@@ -1,0 +1,144 @@
+"""`gad-trl vllm-serve`: start the vLLM server a GAD run in `vllm_mode="server"` talks to.
+
+TRL 1.16's `trl vllm-serve` is a thin wrapper that execs vLLM's own OpenAI server (`vllm serve`) in dev mode with
+TRL's flags. This module builds the same command and adapts it to the chosen weight-sync backend:
+
+- `--weight-sync nccl` (GPU): exactly TRL's command, including `--weight-transfer-config '{"backend": "nccl"}'`; the
+  trainer pushes the weights over NCCL (`VLLMClient.init_communicator`).
+- `--weight-sync reload` (CPU or any machine without NCCL): no weight-transfer engine; the trainer saves the student
+  as safetensors into a directory the server can read and calls the dev-mode RPC `POST /collective_rpc` with
+  `{"method": "reload_weights", "kwargs": {"weights_path": <dir>}}`.
+
+Both run with `VLLM_SERVER_DEV_MODE=1` (it exposes `/collective_rpc`, `/reset_prefix_cache`, `/server_info` and the
+weight-transfer endpoints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+
+WEIGHT_SYNC_CHOICES = ("nccl", "reload")
+WORKER_EXTENSION = "gad_trl.vllm.worker_extension.GADWorkerExtension"
+
+
+def build_parser(prog: str = "gad-trl vllm-serve") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        allow_abbrev=False,  # unknown options are vLLM's: never let argparse expand them into ours
+        description=(
+            "Serve the student with vLLM for GAD training in vllm_mode='server'. Arguments not listed here are passed "
+            "to `vllm serve` unchanged (e.g. --max-num-seqs 64 --seed 0)."
+        ),
+    )
+    parser.add_argument("--model", required=True, help="Student checkpoint (local folder or Hub id).")
+    parser.add_argument("--host", default="127.0.0.1", help="Interface to listen on (default: 127.0.0.1).")
+    parser.add_argument("--port", type=int, default=8000, help="Port to listen on (default: 8000).")
+    parser.add_argument(
+        "--weight-sync",
+        choices=WEIGHT_SYNC_CHOICES,
+        default="nccl",
+        help="How the trainer sends updated weights: 'nccl' (GPU, TRL's default) or 'reload' (safetensors in a "
+        "directory the server can read + the gad_reload_weights RPC of gad_trl's worker extension; works on CPU). "
+        "Must match GADConfig.vllm_weight_sync.",
+    )
+    parser.add_argument("--tensor-parallel-size", type=int, default=1)
+    parser.add_argument("--data-parallel-size", type=int, default=1)
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--log-level", default="info", help="uvicorn log level (default: info).")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="Print the command and exit without starting the server."
+    )
+    return parser
+
+
+def build_command(args: argparse.Namespace, extra_args: list[str] | None = None) -> list[str]:
+    """The `python -m vllm.entrypoints.cli.main serve ...` command line for `args` (TRL's flags, adapted)."""
+    from trl.scripts.vllm_serve import ScriptArguments
+    from trl.scripts.vllm_serve import build_command as trl_build_command
+
+    script_args = ScriptArguments(
+        model=args.model,
+        host=args.host,
+        port=args.port,
+        tensor_parallel_size=args.tensor_parallel_size,
+        data_parallel_size=args.data_parallel_size,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        dtype=args.dtype,
+        max_model_len=args.max_model_len,
+        enforce_eager=args.enforce_eager,
+        trust_remote_code=args.trust_remote_code,
+        log_level=args.log_level,
+    )
+    command = trl_build_command(script_args)
+    if args.weight_sync == "reload":
+        # No NCCL weight-transfer engine: weights arrive from disk through the reload_weights RPC.
+        i = command.index("--weight-transfer-config")
+        del command[i : i + 2]
+        # `gad_reload_weights` RPC: vLLM's reload_weights plus a fix for tied embeddings (see worker_extension.py).
+        if "--worker-extension-cls" not in (extra_args or []):
+            command += ["--worker-extension-cls", WORKER_EXTENSION]
+    return command + list(extra_args or [])
+
+
+def server_env(base: dict | None = None) -> dict:
+    """The environment the server runs with: dev mode on (reload/reset endpoints); on CPU a small KV cache default."""
+    env = dict(os.environ if base is None else base)
+    env["VLLM_SERVER_DEV_MODE"] = "1"
+    return env
+
+
+def display_command(command: list[str], env: dict | None = None) -> str:
+    """A copy-pasteable shell line for `command` (with the environment variables that matter)."""
+    env = env or {}
+    prefix = [f"{k}={shlex.quote(env[k])}" for k in ("VLLM_SERVER_DEV_MODE", "VLLM_CPU_KVCACHE_SPACE") if k in env]
+    return " ".join(prefix + [shlex.join(command)])
+
+
+def suggested_command(model: str, host: str, port: int, weight_sync: str) -> str:
+    """The `gad-trl vllm-serve` line that starts a server matching a trainer's settings (used in error messages)."""
+    return shlex.join(
+        ["gad-trl", "vllm-serve", "--model", str(model), "--host", str(host), "--port", str(port), "--weight-sync", weight_sync]
+    )
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001 - only a hint
+        return True
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    """Entry point of `gad-trl vllm-serve`: parse, print the exact command, then exec it (never returns on success)."""
+    parser = build_parser()
+    args, extra_args = parser.parse_known_args(argv)
+    command = build_command(args, extra_args)
+    env = server_env()
+    print(f"[gad-trl vllm-serve] weight sync: {args.weight_sync}", flush=True)
+    if args.weight_sync == "nccl" and not _cuda_available():
+        print(
+            "[gad-trl vllm-serve] note: no CUDA device is visible and NCCL weight sync needs one; on CPU use "
+            "--weight-sync reload (and vllm_weight_sync='reload' in the training config).",
+            flush=True,
+        )
+    print(f"[gad-trl vllm-serve] running: {display_command(command, env)}", flush=True)
+    if args.dry_run:
+        return 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(command[0], command, env)
+    return 0  # unreachable
+
+
+if __name__ == "__main__":  # python -m gad_trl.vllm.serve ...
+    sys.exit(serve_main())

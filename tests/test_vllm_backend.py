@@ -1,0 +1,143 @@
+"""vLLM server mode without a running server: `gad-trl vllm-serve` command lines, the backend swap, and the
+start-up error when no server answers (fast; the last ones need vLLM importable, not a server)."""
+
+import socket
+import time
+
+import pytest
+from trl.import_utils import is_vllm_available
+
+from gad_trl import GADConfig
+from gad_trl.vllm import serve_main
+from gad_trl.vllm.serve import WORKER_EXTENSION, build_command, build_parser
+
+needs_vllm = pytest.mark.skipif(not is_vllm_available(), reason="vLLM is not installed (scripts/install_env.sh)")
+
+
+def _command(argv):
+    args, extra = build_parser().parse_known_args(argv)
+    return build_command(args, extra)
+
+
+def test_serve_reload_command_has_worker_extension_and_no_nccl():
+    cmd = _command(["--model", "m", "--port", "8123", "--weight-sync", "reload", "--max-num-seqs", "4"])
+    assert cmd[1:4] == ["-m", "vllm.entrypoints.cli.main", "serve"] and cmd[4] == "m"
+    assert cmd[cmd.index("--port") + 1] == "8123" and cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert "--weight-transfer-config" not in cmd
+    assert cmd[cmd.index("--worker-extension-cls") + 1] == WORKER_EXTENSION
+    assert cmd[cmd.index("--logprobs-mode") + 1] == "processed_logprobs"
+    assert cmd[-2:] == ["--max-num-seqs", "4"]  # passthrough, verbatim
+
+
+def test_serve_nccl_command_is_trls():
+    cmd = _command(["--model", "m", "--weight-sync", "nccl", "--enforce-eager"])
+    assert cmd[cmd.index("--weight-transfer-config") + 1] == '{"backend": "nccl"}'
+    assert "--worker-extension-cls" not in cmd and "--enforce-eager" in cmd
+
+
+def test_serve_main_prints_exact_command(capsys):
+    assert serve_main(["--model", "some/model", "--weight-sync", "reload", "--dry-run", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "VLLM_SERVER_DEV_MODE=1" in out
+    assert "vllm.entrypoints.cli.main serve some/model" in out and "--seed 3" in out
+    assert f"--worker-extension-cls {WORKER_EXTENSION}" in out
+
+
+def test_patched_vllm_generation_swaps_only_in_server_mode(tmp_path):
+    import trl.trainer.grpo_trainer as grpo_module
+
+    from gad_trl.vllm import NCCLVLLMGeneration, ReloadVLLMGeneration, patched_vllm_generation
+
+    original = grpo_module.VLLMGeneration
+
+    def cfg(**kw):
+        return GADConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, **kw)
+
+    with patched_vllm_generation(cfg(use_vllm=True, vllm_mode="server", vllm_weight_sync="reload")):
+        cls = grpo_module.VLLMGeneration
+        assert issubclass(cls, ReloadVLLMGeneration) and issubclass(cls, original)
+        assert cls.weight_sync_dir == str(tmp_path / "vllm_weights")
+    assert grpo_module.VLLMGeneration is original
+    with patched_vllm_generation(
+        cfg(use_vllm=True, vllm_mode="server", vllm_weight_sync="reload", vllm_weight_sync_dir=str(tmp_path / "w"))
+    ):
+        assert grpo_module.VLLMGeneration.weight_sync_dir == str(tmp_path / "w")
+    with patched_vllm_generation(cfg(use_vllm=True, vllm_mode="server")):  # nccl: TRL's class + clearer errors
+        assert grpo_module.VLLMGeneration is NCCLVLLMGeneration and issubclass(NCCLVLLMGeneration, original)
+    for args in (cfg(use_vllm=True, vllm_mode="colocate", vllm_weight_sync="reload"), cfg(use_vllm=False)):
+        with patched_vllm_generation(args):
+            assert grpo_module.VLLMGeneration is original
+    # restored even when the body raises
+    with pytest.raises(KeyError), patched_vllm_generation(cfg(use_vllm=True, vllm_mode="server")):
+        raise KeyError
+    assert grpo_module.VLLMGeneration is original
+
+
+def _unused_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@needs_vllm
+@pytest.mark.parametrize("weight_sync", ["reload", "nccl"])
+def test_unreachable_server_fails_fast_with_start_command(tiny_model_dir, tmp_path, weight_sync):
+    from datasets import Dataset
+
+    from gad_trl import GADTrainer
+    from gad_trl.testing import tiny_gad_rows
+    from gad_trl.vllm import VLLMServerError
+
+    port = _unused_port()
+    args = GADConfig(
+        output_dir=str(tmp_path), report_to="none", use_cpu=True, per_device_train_batch_size=2, num_generations=2,
+        max_completion_length=8, use_vllm=True, vllm_mode="server", vllm_weight_sync=weight_sync,
+        vllm_server_base_url=f"http://127.0.0.1:{port}", vllm_server_timeout=1,
+    )  # fmt: skip
+    start = time.monotonic()
+    with pytest.raises(VLLMServerError) as info:
+        GADTrainer(tiny_model_dir, args=args, train_dataset=Dataset.from_list(tiny_gad_rows(4)))
+    assert time.monotonic() - start < 60
+    message = str(info.value)
+    assert f"http://127.0.0.1:{port}" in message
+    expected = f"gad-trl vllm-serve --model {tiny_model_dir} --host 127.0.0.1 --port {port} --weight-sync {weight_sync}"
+    assert expected in message, message
+    assert isinstance(info.value, ConnectionError)
+
+
+def _bare_reload_backend(tied: bool, server_info):
+    from types import SimpleNamespace
+
+    from gad_trl.vllm.generation import ReloadVLLMGeneration
+
+    backend = ReloadVLLMGeneration.__new__(ReloadVLLMGeneration)  # no server: only the method-picking logic
+    backend.server_base_url, backend.server_host, backend.server_port = "http://10.0.0.7:8001", "0.0.0.0", 8000
+    backend.model = SimpleNamespace(name_or_path="org/student", config=SimpleNamespace(tie_word_embeddings=tied))
+
+    def get_server_info():
+        if isinstance(server_info, Exception):
+            raise server_info
+        return server_info
+
+    backend.vllm_client = SimpleNamespace(get_server_info=get_server_info)
+    return backend
+
+
+def test_reload_backend_picks_the_servers_reload_rpc():
+    from gad_trl.vllm import VLLMServerError
+    from gad_trl.vllm.generation import WORKER_EXTENSION
+
+    with_ext = {"parallel_config": {"worker_extension_cls": WORKER_EXTENSION}}
+    without = {"parallel_config": {"worker_extension_cls": ""}, "device_config": {"device_type": "cpu"}}
+    assert _bare_reload_backend(True, with_ext)._pick_reload_method() == "gad_reload_weights"
+    assert _bare_reload_backend(False, without)._pick_reload_method() == "reload_weights"
+    # tied embeddings + plain reload_weights = stale lm_head on the server: refuse, say how to restart
+    with pytest.raises(VLLMServerError) as info:
+        _bare_reload_backend(True, without)._pick_reload_method()
+    msg = str(info.value)
+    assert "http://10.0.0.7:8001" in msg and f"--worker-extension-cls {WORKER_EXTENSION}" in msg
+    assert "gad-trl vllm-serve --model org/student --host 10.0.0.7 --port 8001 --weight-sync reload" in msg
+    with pytest.raises(VLLMServerError, match="VLLM_SERVER_DEV_MODE=1"):
+        _bare_reload_backend(False, RuntimeError("no dev mode"))._pick_reload_method()
+    on_gpu = {"parallel_config": {"worker_extension_cls": ""}, "device_config": {"device_type": "cuda"}}
+    assert _bare_reload_backend(True, on_gpu)._pick_reload_method() == "reload_weights"
