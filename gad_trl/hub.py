@@ -403,7 +403,9 @@ def push_to_hub(
     for tag in getattr(trainer.model, "model_tags", None) or []:
         if tag not in tags:
             tags.append(tag)
-    trainer.create_model_card(model_name=model_name, tags=tags or None, **kwargs)
+    # TRL's card links `dataset_name` as a Hub data set: pass local paths only to the GAD section, which names them.
+    card_kwargs = dict(kwargs, dataset_name=dataset_name if _hub_id(dataset_name) else None)
+    trainer.create_model_card(model_name=model_name, tags=tags or None, **card_kwargs)
 
     separate = getattr(args, "discriminator_hub_model_id", None)
     disc_dir = Path(args.output_dir) / DISCRIMINATOR_SUBFOLDER

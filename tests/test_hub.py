@@ -204,3 +204,27 @@ def test_push_to_hub_discriminator_in_its_own_repo(entry, tiny_model_dir, tmp_pa
     assert "me/tiny-gad-discriminator" in (fake_hub.repo("me/tiny-gad") / "README.md").read_text()
     disc_card = (fake_hub.repo("me/tiny-gad-discriminator") / "README.md").read_text()
     assert "https://huggingface.co/me/tiny-gad" in disc_card and 'repo = "me/tiny-gad-discriminator"' in disc_card
+
+
+def test_cli_push_to_hub_sends_student_discriminator_and_cards(tiny_model_dir, tmp_path, fake_hub):
+    """`gad-trl train ... --push_to_hub true`: the end-of-run push carries the data set name into both cards."""
+    import json
+
+    import gad_trl.cli.main as cli_main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tiny_gad_rows(8)))
+    recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "gad.yaml")
+    argv = ["train", "--config", recipe, "--model_name_or_path", tiny_model_dir, "--dataset_name", str(data),
+            "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--report_to", "none", "--disable_tqdm", "true",
+            "--push_to_hub", "true", "--hub_model_id", "me/cli-gad"]
+    assert cli_main.main(argv) == 0
+    # Trainer.save_model pushes too when push_to_hub is set (as in `trl grpo`); the last commit is the final one.
+    assert {u["repo_id"] for u in fake_hub.uploads} == {"me/cli-gad"}
+    assert fake_hub.uploads[-1]["commit_message"] == "End of training"
+    repo = fake_hub.repo("me/cli-gad")
+    assert (repo / "model.safetensors").exists() and (repo / "discriminator" / "model.safetensors").exists()
+    student_card = (repo / "README.md").read_text()
+    assert str(data) in student_card and "2511.10643" in student_card and "### Run configuration" in student_card
+    assert str(data) in (repo / "discriminator" / "README.md").read_text()
