@@ -183,6 +183,16 @@ def test_accelerate_config_name_relaunches_through_accelerate():
     assert ns.training_script_args == training_args
 
 
+def test_misspelt_flag_is_reported_not_launched(monkeypatch):
+    launched = []
+    monkeypatch.setattr(train_cli, "launch", lambda argv, **kw: launched.append(argv) or 0)
+    with pytest.raises(ValueError, match=r"--num_generationz"):
+        train_cli.run(["--config", TINY_GAD, "--num_generationz", "3"])
+    assert not launched
+    assert train_cli.run(["--config", TINY_GAD, "--num_processes", "2"]) == 0  # a real accelerate option
+    assert launched == [["--config", TINY_GAD, "--num_processes", "2"]]
+
+
 def test_plain_command_line_has_no_launch_args():
     assert train_cli.split_launch_args(["--config", TINY_GAD, "--max_steps", "2"]) == (
         [],

@@ -300,10 +300,24 @@ def launch(argv: list[str], launch_command_fn=None) -> int:
     return 0
 
 
+def _check_launch_args(launch_args: list[str]) -> None:
+    """Arguments that are neither training fields nor `accelerate launch` options are typos: say so plainly."""
+    from accelerate.commands.launch import launch_command_parser
+
+    known = {opt for action in launch_command_parser()._actions for opt in action.option_strings}
+    unknown = [a.split("=", 1)[0] for a in launch_args if a.startswith("-") and a.split("=", 1)[0] not in known]
+    if unknown:
+        raise ValueError(
+            f"Unknown arguments {unknown}: not fields of GADScriptArguments / the training config / ModelConfig, "
+            "nor `accelerate launch` options. Check `gad-trl train --help`."
+        )
+
+
 def run(argv: list[str]) -> int:
     """Entry point of `gad-trl train`: in-process for a plain command line, through accelerate with launch args."""
     launch_args, _ = split_launch_args(argv)
     if launch_args:
+        _check_launch_args(launch_args)
         return launch(argv)
     script_args, training_args, model_args = parse_args(argv)
     main(script_args, training_args, model_args)
