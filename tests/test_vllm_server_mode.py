@@ -155,6 +155,9 @@ def test_server_dies_mid_run_clear_error_and_resume(vllm_server_factory, vllm_se
     completions_before = vllm_server.count_requests("/v1/completions")
     resumed.train(resume_from_checkpoint=True)
     assert resumed.state.global_step == 3
+    # The shared server held another test's weights: the resumed run pushed checkpoint-2's before generating.
+    step3 = [h for h in resumed.state.log_history if h.get("step") == 3 and "loss" in h][0]
+    assert step3["sampling/sampling_logp_difference/mean"] < 0.02, step3
     steps_logged = [h["step"] for h in resumed.state.log_history if "loss" in h]
     assert steps_logged == [1, 2, 3]  # 1-2 restored from checkpoint-2's state, 3 trained now
     assert vllm_server.count_requests("/v1/completions") - completions_before == 1  # only step 3 was generated
@@ -190,3 +193,24 @@ def test_weight_sync_merges_peft_adapters(vllm_server, tiny_model_dir, tmp_path)
 
     saved = load_file(str(tmp_path / "vllm_weights" / "model.safetensors"))
     assert "model.layers.0.self_attn.q_proj.weight" in saved and not any("lora" in k for k in saved)
+
+
+def test_server_that_cannot_start_skips_with_its_log(tmp_path, monkeypatch):
+    """The fixtures' start-up path: a server that dies while starting becomes a skip whose reason carries the
+    server's own error (or a failure with GAD_TRL_REQUIRE_VLLM=1)."""
+    from tests import vllm_server as plugin
+
+    plugin._require_vllm()
+    bad = tmp_path / "not-a-model"
+    bad.mkdir()
+    (bad / "config.json").write_text("{}")
+    monkeypatch.delenv("GAD_TRL_REQUIRE_VLLM", raising=False)
+    with pytest.raises(pytest.skip.Exception) as info:
+        plugin._start(str(bad), tmp_path / "bad.log")
+    reason = str(info.value)
+    assert "could not start a vLLM server" in reason and "exited with code" in reason
+    assert "model_type" in reason  # vLLM's own complaint, from the server log tail
+    monkeypatch.setenv("GAD_TRL_REQUIRE_VLLM", "1")
+    monkeypatch.setattr(plugin.VLLMServer, "start", lambda self, timeout=0: (_ for _ in ()).throw(RuntimeError("x")))
+    with pytest.raises(pytest.fail.Exception, match="could not start a vLLM server"):
+        plugin._start(str(bad), tmp_path / "bad2.log")

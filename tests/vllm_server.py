@@ -54,7 +54,7 @@ class VLLMServer:
         self.url = f"http://{self.host}:{self.port}"
         self.log_path = Path(log_path)
         self.command = [
-            sys.executable, "-m", "gad_trl.vllm.serve", "--model", self.model, "--host", self.host,
+            sys.executable, "-m", "gad_trl.vllm", "--model", self.model, "--host", self.host,
             "--port", str(self.port), "--weight-sync", weight_sync, *SERVER_ARGS, *extra_args,
         ]  # fmt: skip
         self.proc = None

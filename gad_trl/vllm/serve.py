@@ -139,6 +139,3 @@ def serve_main(argv: list[str] | None = None) -> int:
     os.execve(command[0], command, env)
     return 0  # unreachable
 
-
-if __name__ == "__main__":  # python -m gad_trl.vllm.serve ...
-    sys.exit(serve_main())
