@@ -16,7 +16,6 @@ weight-transfer endpoints).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
