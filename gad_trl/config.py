@@ -129,7 +129,7 @@ class GADConfig(GRPOConfig):
     )
     vllm_weight_sync_dir: str | None = field(
         default=None,
-        metadata={"help": "Directory shared with the server for 'reload' sync; None = <output_dir>/vllm_weights."},
+        metadata={"help": "Directory shared with the server for 'reload' sync; None = <output_dir>/_vllm_weights."},
     )
 
     # Hub
@@ -137,6 +137,16 @@ class GADConfig(GRPOConfig):
         default=None,
         metadata={
             "help": "Hub repo for the discriminator. None = the `discriminator/` sub-folder of the student's repo."
+        },
+    )
+
+    # Fixed held-out evaluation of the discriminator (GAD_SPEC.md, last paragraph)
+    discriminator_heldout_size: int = field(
+        default=0,
+        metadata={
+            "help": "Prompts of the eval set drawn once (with `seed`), each with its teacher response and one student "
+            "response sampled once; every evaluation then logs the discriminator's accuracy on these fixed triples "
+            "under `eval_discriminator_heldout/`. 0 = off. The triples are cached in <output_dir>/heldout_triples.jsonl."
         },
     )
 
@@ -158,7 +168,7 @@ class GADConfig(GRPOConfig):
                 f"discriminator_loss_type={self.discriminator_loss_type!r} is not supported; "
                 f"choose one of {', '.join(LOSS_TYPES)}."
             )
-        for name in ("critic_warmup_steps", "sft_warmup_steps", "discriminator_warmup_steps"):
+        for name in ("critic_warmup_steps", "sft_warmup_steps", "discriminator_warmup_steps", "discriminator_heldout_size"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if self.discriminator_mini_batch_size is not None and self.discriminator_mini_batch_size < 1:

@@ -15,7 +15,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import disable_dropout_in_model
 
 from .config import GADConfig
-from .data import PROMPT_COLUMN, prepare_gad_dataset
+from .data import prepare_gad_dataset
 from .discriminator import load_discriminator, score_sequences
 from .health import HealthMonitor
 from .losses import discriminator_loss
@@ -134,7 +134,9 @@ class GADTrainer(GRPOTrainer):
                 "Load it with AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)."
             )
 
-        with _vllm_context(args):
+        from .vllm import patched_vllm_generation
+
+        with patched_vllm_generation(args):
             super().__init__(
                 model=model,
                 reward_funcs=[_discriminator_reward],
@@ -169,7 +171,9 @@ class GADTrainer(GRPOTrainer):
         self._health = HealthMonitor(logger)
         self._gad_prompt_ids = None
 
-        for callback in _default_callbacks():
+        from .callbacks import default_callbacks
+
+        for callback in default_callbacks():
             self.add_callback(callback)
 
     # ------------------------------------------------------------------ schedule
@@ -380,6 +384,64 @@ class GADTrainer(GRPOTrainer):
         self._metrics["train"]["sft/loss"].append(loss.item())
         return loss / self.current_gradient_accumulation_steps
 
+    # ------------------------------------------------------------------ fixed held-out evaluation
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        if self.args.discriminator_heldout_size > 0:
+            heldout = {
+                f"{metric_key_prefix}_discriminator_heldout/{k}": v
+                for k, v in self.evaluate_discriminator_heldout().items()
+                if isinstance(v, (int, float))
+            }
+            self.log(heldout)
+            metrics.update(heldout)
+        return metrics
+
+    def evaluate_discriminator_heldout(self) -> dict:
+        """The discriminator's accuracy and score gap on the fixed held-out triples (sampled on first use)."""
+        from .heldout import evaluate_triples
+
+        self.discriminator.eval()
+        try:
+            return evaluate_triples(self.discriminator, self.processing_class, self._heldout_triples(),
+                                    self.args.per_device_eval_batch_size)
+        finally:
+            self.discriminator.train()
+
+    def _heldout_triples(self) -> list[dict]:
+        from .heldout import load_triples, sample_triples, save_triples
+
+        if getattr(self, "_gad_heldout", None) is not None:
+            return self._gad_heldout
+        path = os.path.join(self.args.output_dir, "heldout_triples.jsonl")
+        if os.path.isfile(path):  # a resumed run keeps the triples of its first evaluation
+            self._gad_heldout, _ = load_triples(path)
+            return self._gad_heldout
+        dataset = self.eval_dataset
+        if dataset is None or isinstance(dataset, dict):
+            raise ValueError(
+                "discriminator_heldout_size > 0 needs a single eval_dataset (the held-out prompts are drawn from it)."
+            )
+        if not isinstance(dataset[0]["prompt"], list):
+            raise ValueError("The fixed held-out evaluation needs conversational prompts (lists of messages).")
+        import random
+
+        n = min(self.args.discriminator_heldout_size, len(dataset))
+        indices = sorted(random.Random(self.args.seed).sample(range(len(dataset)), n))
+        column = self.args.teacher_response_column
+        rows = [{"prompt": dataset[i]["prompt"], "teacher_response": dataset[i][column]} for i in indices]
+        student = self.accelerator.unwrap_model(self.model)
+        devices = [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
+        # Sample with its own seed without moving the training RNG (resumed runs must see the same random stream).
+        with torch.random.fork_rng(devices=devices):
+            triples = sample_triples(student, self.processing_class, rows, self.args.seed,
+                                     self.max_completion_length, self.temperature, self.args.per_device_eval_batch_size)
+        student.train(self.model.training)
+        if self.args.should_save:
+            save_triples(path, triples, {"seed": self.args.seed, "num_samples": n})
+        self._gad_heldout = triples
+        return triples
+
     # ------------------------------------------------------------------ saving / resuming
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         super().save_model(output_dir, _internal_call)
@@ -391,11 +453,16 @@ class GADTrainer(GRPOTrainer):
             self._write_discriminator_card(disc_dir)
 
     def _write_discriminator_card(self, disc_dir: str) -> None:
-        try:
-            from .hub import write_discriminator_card
-        except ImportError:
-            return
+        from .hub import write_discriminator_card
+
         write_discriminator_card(self, disc_dir)
+
+    def push_to_hub(self, commit_message="End of training", blocking=True, token=None, revision=None, **kwargs):
+        """Upload the student and the discriminator (the `discriminator/` sub-folder, or its own repo when
+        `discriminator_hub_model_id` is set), with GAD model cards. See `gad_trl.hub.push_to_hub`."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, commit_message=commit_message, blocking=blocking, token=token, revision=revision, **kwargs)
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
@@ -431,22 +498,6 @@ class GADTrainer(GRPOTrainer):
         scheduler_path = os.path.join(checkpoint, DISCRIMINATOR_SCHEDULER_NAME)
         if os.path.isfile(scheduler_path) and self.discriminator_lr_scheduler is not None:
             self.discriminator_lr_scheduler.load_state_dict(torch.load(scheduler_path))
-
-
-def _vllm_context(args):
-    try:
-        from .vllm import patched_vllm_generation
-    except ImportError:  # TODO(lead): remove once gad_trl.vllm lands
-        return nullcontext()
-    return patched_vllm_generation(args)
-
-
-def _default_callbacks():
-    try:
-        from .callbacks import default_callbacks
-    except ImportError:  # TODO(lead): remove once gad_trl.callbacks lands
-        return []
-    return default_callbacks()
 
 
 def _pad(sequences, pad_token_id, device):

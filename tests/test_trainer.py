@@ -186,3 +186,34 @@ def test_evaluation_logs_discriminator_metrics(tiny_model_dir, tmp_path):
     metrics = trainer.evaluate()
     assert "eval_discriminator/accuracy" in metrics and "eval_discriminator/score_diff" in metrics
     assert same_params(disc0, params_of(trainer.discriminator))  # evaluation never updates D
+
+
+def test_fixed_heldout_triples_are_sampled_once_and_scored_at_every_evaluation(tiny_model_dir, tmp_path):
+    import json
+
+    from datasets import Dataset
+
+    from gad_trl.testing import tiny_gad_rows
+
+    args = make_args(tmp_path, max_steps=2, per_device_eval_batch_size=4, discriminator_heldout_size=3)
+    trainer = GADTrainer(tiny_model_dir, args=args, train_dataset=Dataset.from_list(tiny_gad_rows(8)),
+                         eval_dataset=Dataset.from_list(tiny_gad_rows(6, seed=1)))
+    rng_before = torch.random.get_rng_state()
+    trainer._heldout_triples()
+    assert torch.equal(rng_before, torch.random.get_rng_state())  # sampling the triples leaves the training RNG alone
+    first = trainer.evaluate()
+    cache = tmp_path / "heldout_triples.jsonl"
+    triples_first = cache.read_text()
+    assert len(triples_first.strip().splitlines()) == 1 + 3  # metadata + 3 triples
+    trainer.train()
+    second = trainer.evaluate()
+    assert cache.read_text() == triples_first  # same prompts, teacher and student responses
+    for metrics in (first, second):
+        assert 0.0 <= metrics["eval_discriminator_heldout/accuracy"] <= 1.0
+        assert "eval_discriminator_heldout/score_diff" in metrics
+    # the discriminator trained in between, so its held-out scores moved
+    assert first["eval_discriminator_heldout/score_diff"] != second["eval_discriminator_heldout/score_diff"]
+    logged = [h for h in trainer.state.log_history if "eval_discriminator_heldout/accuracy" in h]
+    assert logged[-1]["eval_discriminator_heldout/score_diff"] == second["eval_discriminator_heldout/score_diff"]
+    rows = [json.loads(line) for line in triples_first.splitlines()[1:]]
+    assert {r["teacher_response"] for r in rows} <= set(Dataset.from_list(tiny_gad_rows(6, seed=1))["teacher_response"])

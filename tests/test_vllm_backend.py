@@ -56,7 +56,7 @@ def test_patched_vllm_generation_swaps_only_in_server_mode(tmp_path):
     with patched_vllm_generation(cfg(use_vllm=True, vllm_mode="server", vllm_weight_sync="reload")):
         cls = grpo_module.VLLMGeneration
         assert issubclass(cls, ReloadVLLMGeneration) and issubclass(cls, original)
-        assert cls.weight_sync_dir == str(tmp_path / "vllm_weights")
+        assert cls.weight_sync_dir == str(tmp_path / "_vllm_weights")
     assert grpo_module.VLLMGeneration is original
     with patched_vllm_generation(
         cfg(use_vllm=True, vllm_mode="server", vllm_weight_sync="reload", vllm_weight_sync_dir=str(tmp_path / "w"))

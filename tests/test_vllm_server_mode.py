@@ -162,7 +162,7 @@ def test_server_dies_mid_run_clear_error_and_resume(vllm_server_factory, vllm_se
     assert steps_logged == [1, 2, 3]  # 1-2 restored from checkpoint-2's state, 3 trained now
     assert vllm_server.count_requests("/v1/completions") - completions_before == 1  # only step 3 was generated
     assert (out / "checkpoint-3" / "trainer_state.json").exists()
-    assert os.path.isfile(out / "vllm_weights" / "model.safetensors")
+    assert os.path.isfile(out / "_vllm_weights" / "model.safetensors")
 
 
 def test_weight_sync_merges_peft_adapters(vllm_server, tiny_model_dir, tmp_path):
@@ -191,7 +191,7 @@ def test_weight_sync_merges_peft_adapters(vllm_server, tiny_model_dir, tmp_path)
     assert not any(getattr(m, "merged", False) for m in trainer.model.modules())
     from safetensors.torch import load_file
 
-    saved = load_file(str(tmp_path / "vllm_weights" / "model.safetensors"))
+    saved = load_file(str(tmp_path / "_vllm_weights" / "model.safetensors"))
     assert "model.layers.0.self_attn.q_proj.weight" in saved and not any("lora" in k for k in saved)
 
 

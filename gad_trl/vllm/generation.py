@@ -155,7 +155,7 @@ class ReloadVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
 
     Works wherever the server can read `weight_sync_dir` (in particular on CPU, where NCCL is unavailable). Set the
     directory with the class attribute or the `weight_sync_dir` keyword; `patched_vllm_generation` does it from
-    `GADConfig.vllm_weight_sync_dir` (default `<output_dir>/vllm_weights`).
+    `GADConfig.vllm_weight_sync_dir` (default `<output_dir>/_vllm_weights`).
     """
 
     weight_sync = "reload"
@@ -262,7 +262,7 @@ def vllm_generation_class(args):
     if weight_sync == "nccl":
         return NCCLVLLMGeneration
     if weight_sync == "reload":
-        sync_dir = getattr(args, "vllm_weight_sync_dir", None) or os.path.join(args.output_dir, "vllm_weights")
+        sync_dir = getattr(args, "vllm_weight_sync_dir", None) or os.path.join(args.output_dir, "_vllm_weights")
         return type("ReloadVLLMGeneration", (ReloadVLLMGeneration,), {"weight_sync_dir": sync_dir})
     raise ValueError(f"vllm_weight_sync must be 'nccl' or 'reload', got {weight_sync!r}.")
 
