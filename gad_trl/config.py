@@ -9,6 +9,15 @@ from trl import GRPOConfig
 from .losses import DEFAULT_CONSTANTS, LOSS_TYPES
 
 
+def default_bf16_where_supported(config) -> None:
+    """TRL defaults to bf16 and then refuses to start on a machine without it (a CPU box, an old GPU); GAD's configs
+    pick bf16 only where it runs, so one recipe starts on a laptop and on a cluster. An explicit value is kept."""
+    if config.bf16 is None and not config.fp16 and not config.use_cpu:
+        import torch
+
+        config.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
 @dataclass
 class GADConfig(GRPOConfig):
     r"""
@@ -156,12 +165,7 @@ class GADConfig(GRPOConfig):
     )
 
     def __post_init__(self):
-        if self.bf16 is None and not self.fp16 and not self.use_cpu:
-            # TRL defaults to bf16 and then refuses to start on a machine without it (a CPU box, an old GPU); GAD
-            # picks bf16 only where it runs, so the same recipe starts on a laptop and on a cluster.
-            import torch
-
-            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        default_bf16_where_supported(self)
         super().__post_init__()
         if self.discriminator_loss_type not in LOSS_TYPES:
             raise ValueError(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
-from ..config import GADConfig
+from ..config import GADConfig, default_bf16_where_supported
 
 STAGES = ("gad", "seqkd")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -69,11 +69,7 @@ class SeqKDConfig(SFTConfig):
     )
 
     def __post_init__(self):
-        if self.bf16 is None and not self.fp16 and not self.use_cpu:
-            # Same rule as GADConfig: bf16 only where it runs, so one recipe starts on a laptop and on a cluster.
-            import torch
-
-            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        default_bf16_where_supported(self)  # same rule as GADConfig
         super().__post_init__()
 
 
