@@ -22,10 +22,11 @@ def test_save_model_writes_a_reloadable_discriminator(tiny_model_dir, tmp_path):
     assert same_params(params_of(trainer.discriminator), params_of(disc))
     assert same_params(params_of(trainer.model), params_of(student))
     # The reloaded model scores like the trainer's one, at the last token.
-    ids = torch.tensor([tok("HELLO WORLD")["input_ids"] + [tok.eos_token_id]])
+    device = trainer.accelerator.device
+    ids = torch.tensor([tok("HELLO WORLD")["input_ids"] + [tok.eos_token_id]], device=device)
     mask = torch.ones_like(ids)
     with torch.no_grad():
-        assert torch.allclose(last_token_scores(disc, ids, mask), last_token_scores(trainer.discriminator, ids, mask))
+        assert torch.allclose(last_token_scores(disc.to(device), ids, mask), last_token_scores(trainer.discriminator, ids, mask))
 
 
 def test_checkpoint_holds_discriminator_optimizer_and_scheduler(tiny_model_dir, tmp_path):

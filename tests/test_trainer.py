@@ -125,7 +125,9 @@ def test_mini_batched_discriminator_update_matches_one_pass(tiny_model_dir, tmp_
                                per_device_train_batch_size=8)
         trainer.train()
         results.append(params_of(trainer.discriminator))
-        tolerance = 1e-3 if trainer.args.bf16 else 1e-5  # bf16 rounding depends on how rows are batched
+        # bf16 rounding depends on how rows are batched and can flip a tiny gradient's sign; Adam then moves that
+        # weight by up to lr the other way, hence 2.5 * lr on GPU. Float32 (CPU) agrees to rounding.
+        tolerance = 2.5 * trainer.args.discriminator_learning_rate if trainer.args.bf16 else 1e-5
     assert same_params(results[0], results[1], atol=tolerance)
 
 
