@@ -286,12 +286,13 @@ class GADTrainer(GRPOTrainer):
     def _loss_kwargs(self) -> dict:
         return {"loss_type": self.args.discriminator_loss_type, **self.args.discriminator_loss_constants()}
 
-    def _score(self, sequences: list[list[int]]) -> torch.Tensor:
+    def _score(self, sequences: list[list[int]], batch_size: int | None = None) -> torch.Tensor:
+        """Discriminator scores of token sequences, in chunks of `batch_size` (default: discriminator_mini_batch_size)."""
         context = self.accelerator.autocast() if self.args.bf16 or self.args.fp16 else nullcontext()
         with context:
             return score_sequences(
                 self.discriminator, sequences, self._tokenizer.pad_token_id, self.accelerator.device,
-                self.args.discriminator_mini_batch_size,
+                batch_size or self.args.discriminator_mini_batch_size,
             )
 
     def _discriminator_update(self, teacher_seqs, student_seqs, index):
@@ -313,7 +314,7 @@ class GADTrainer(GRPOTrainer):
             (grad_scores,) = torch.autograd.grad(loss, leaf)
             chunk = self.args.discriminator_mini_batch_size
             for start in range(0, len(sequences), chunk):
-                part = self._score_with_grad(sequences[start : start + chunk])
+                part = self._score(sequences[start : start + chunk], batch_size=chunk)
                 (part * grad_scores[start : start + chunk]).sum().backward()
         self._all_reduce_discriminator_grads()
         max_norm = self.args.discriminator_max_grad_norm
@@ -328,11 +329,6 @@ class GADTrainer(GRPOTrainer):
             self.discriminator_lr_scheduler.step()
         self.discriminator_optimizer.zero_grad(set_to_none=True)
         return scores[num_teacher:].detach(), info
-
-    def _score_with_grad(self, sequences):
-        context = self.accelerator.autocast() if self.args.bf16 or self.args.fp16 else nullcontext()
-        with context:
-            return score_sequences(self.discriminator, sequences, self._tokenizer.pad_token_id, self.accelerator.device)
 
     def _all_reduce_discriminator_grads(self):
         # The discriminator is replicated on every process (not wrapped in DDP): average its gradients by hand.
