@@ -1,0 +1,206 @@
+"""Shared helpers of the benchmarks: student pre-training, generation, judging and discriminator scoring."""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+import torch  # noqa: E402
+
+from gad_trl.testing import build_tiny_model, build_tiny_tokenizer  # noqa: E402
+
+from .tasks import Task, corrupt, make_split, truncate  # noqa: E402
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def build_tokenizer():
+    """The tiny word-level tokenizer; every word the registered tasks use is already in its vocabulary."""
+    return build_tiny_tokenizer()
+
+
+def chat_prompt(tok, prompt_text: str) -> str:
+    return tok.apply_chat_template([{"role": "user", "content": prompt_text}], tokenize=False, add_generation_prompt=True)
+
+
+def encode_pair(tok, prompt_text: str, response: str) -> tuple[list[int], list[int]]:
+    """Prompt ids (chat template, generation prompt) and response ids + EOS, as GAD scores them (see spec, Symmetry)."""
+    p = tok(chat_prompt(tok, prompt_text), add_special_tokens=False).input_ids
+    r = tok(response, add_special_tokens=False).input_ids + [tok.eos_token_id]
+    return p, r
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Student pre-training on a perturbed ("weaker teacher") distribution of disjoint prompts
+# --------------------------------------------------------------------------------------------------------------------
+def pretrain_student(
+    tok,
+    tasks: list[Task],
+    seed: int,
+    out_dir: str | Path,
+    exclude_prompts: set[str],
+    steps: int = 600,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    corrupt_prob: float = 0.3,
+    truncate_prob: float = 0.7,
+    hidden_size: int = 128,
+    num_layers: int = 2,
+    n_per_task: int = 2000,
+    log_every: int = 0,
+) -> dict:
+    """Random-init tiny Qwen2 trained by cross-entropy on answers of a *weaker teacher*, on prompts disjoint from the
+    train/eval prompts: the task programs' answers, each corrupted (swap/replace/drop/duplicate one word) with
+    probability `corrupt_prob` (random noise), and cut short by their last word with probability `truncate_prob` (a
+    systematic habit: with `truncate_prob > 0.5` stopping early is the student's *mode*, which greedy decoding
+    follows). Both perturbations are task-agnostic, so a new task needs no extra code. The result knows the tasks'
+    formats but answers worse than the teacher: the 'instruct student' that distillation starts from. Saves model +
+    tokenizer to `out_dir`."""
+    seed_everything(seed)
+    model = build_tiny_model(tok, seed=seed, hidden_size=hidden_size, num_layers=num_layers)
+    rows = make_split(tasks, n_per_task, seed=f"pretrain-{seed}", exclude=exclude_prompts)
+    rows = [r for r in rows if r["prompt_text"] not in exclude_prompts]
+    rng = random.Random(seed)
+    examples = []
+    for r in rows:
+        ans = corrupt(r["teacher_response"], rng) if rng.random() < corrupt_prob else r["teacher_response"]
+        if rng.random() < truncate_prob:
+            ans = truncate(ans)
+        p, a = encode_pair(tok, r["prompt_text"], ans)
+        examples.append((p, a))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * max(0.0, 1 - s / steps))
+    model.train()
+    t0 = time.perf_counter()
+    losses = []
+    for step in range(steps):
+        batch = [examples[rng.randrange(len(examples))] for _ in range(batch_size)]
+        loss = _lm_loss(model, tok, batch)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if log_every and step % log_every == 0:
+            print(f"  pretrain step {step} loss {statistics.mean(losses[-log_every:]):.3f}", flush=True)
+    model.eval()
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return {"final_loss": statistics.mean(losses[-50:]), "seconds": time.perf_counter() - t0, "examples": len(rows)}
+
+
+def _lm_loss(model, tok, batch):
+    seqs = [p + a for p, a in batch]
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), tok.pad_token_id)
+    labels = torch.full((len(seqs), L), -100)
+    att = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, (p, a) in enumerate(batch):
+        s = p + a
+        ids[i, : len(s)] = torch.tensor(s)
+        att[i, : len(s)] = 1
+        labels[i, len(p) : len(s)] = torch.tensor(a)
+    ids, att, labels = (x.to(model.device) for x in (ids, att, labels))
+    return model(input_ids=ids, attention_mask=att, labels=labels).loss
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Generation and judging
+# --------------------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def generate(model, tok, prompt_texts: list[str], max_new_tokens=40, batch_size=64, do_sample=False, temperature=0.8,
+             seed=0) -> list[str]:
+    tok.padding_side = "left"
+    model.eval()
+    out = []
+    if do_sample:
+        torch.manual_seed(seed)
+    for i in range(0, len(prompt_texts), batch_size):
+        chunk = [chat_prompt(tok, p) for p in prompt_texts[i : i + batch_size]]
+        enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        kwargs = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if do_sample else dict(do_sample=False)
+        gen = model.generate(
+            **enc, max_new_tokens=max_new_tokens, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **kwargs
+        )
+        for row in gen[:, enc["input_ids"].shape[1] :]:
+            row = row.tolist()
+            if tok.eos_token_id in row:
+                row = row[: row.index(tok.eos_token_id)]
+            out.append(tok.decode(row, skip_special_tokens=True).strip())
+    return out
+
+
+def judge_rows(tasks_by_name: dict[str, Task], rows: list[dict], answers: list[str]) -> dict[str, float]:
+    per_task: dict[str, list[float]] = {}
+    for r, a in zip(rows, answers):
+        per_task.setdefault(r["task"], []).append(tasks_by_name[r["task"]].judge(r["prompt_text"], a))
+    scores = {k: statistics.mean(v) for k, v in per_task.items()}
+    scores["mean"] = statistics.mean(scores[k] for k in per_task)
+    return scores
+
+
+def evaluate(model, tok, tasks_by_name, rows, **gen_kwargs) -> tuple[dict[str, float], list[str]]:
+    answers = generate(model, tok, [r["prompt_text"] for r in rows], **gen_kwargs)
+    scores = judge_rows(tasks_by_name, rows, answers)
+    scores["len"] = statistics.mean(len(tok(a, add_special_tokens=False).input_ids) for a in answers)
+    return scores, answers
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Discriminator scoring (last valid token, EOS included, as the spec defines it)
+# --------------------------------------------------------------------------------------------------------------------
+def pad_right(seqs: list[list[int]], pad_id: int, device=None):
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    att = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        att[i, : len(s)] = 1
+    last = att.sum(1) - 1
+    return ids.to(device), att.to(device), last.to(device)
+
+
+def last_token_scores(disc, ids, att, last) -> torch.Tensor:
+    """Scalar head output at the last valid token of each row (right padding). Computed from the backbone's hidden
+    states so it does not depend on the model's pad-token pooling."""
+    backbone = getattr(disc, disc.base_model_prefix)
+    hidden = backbone(input_ids=ids, attention_mask=att).last_hidden_state
+    h = hidden[torch.arange(ids.shape[0], device=ids.device), last]
+    return disc.score(h).squeeze(-1).float()
+
+
+@torch.no_grad()
+def disc_scores(disc, tok, prompt_texts: list[str], responses: list[str], batch_size: int = 64) -> torch.Tensor:
+    disc.eval()
+    out = []
+    for i in range(0, len(prompt_texts), batch_size):
+        seqs = [sum(encode_pair(tok, p, r), []) for p, r in zip(prompt_texts[i : i + batch_size], responses[i : i + batch_size])]
+        ids, att, last = pad_right(seqs, tok.pad_token_id, next(disc.parameters()).device)
+        out.append(last_token_scores(disc, ids, att, last).cpu())
+    return torch.cat(out)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    return (statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0)

@@ -1,0 +1,514 @@
+"""Cost benchmark: GAD step vs a GRPO step with a frozen reward model of the same size, and the discriminator's cost.
+
+    .venv/bin/python -m benchmarks.cost            # CPU or CUDA (auto)
+    .venv/bin/python -m benchmarks.cost --quick
+
+Part 1 (trainers, end to end). `GADTrainer` (GRPO phase: no warm-up) and TRL's `GRPOTrainer` with
+`reward_funcs=AutoModelForSequenceClassification` built from the same checkpoint (so the reward model has exactly the
+discriminator's size), same prompts, same batch, same generation length (every completion is forced to
+`max_completion_length` tokens with `min_new_tokens`, so both trainers process identical shapes). Rounds alternate
+GRPO, GAD, GRPO, GAD, ... each in a fresh subprocess (clean peak memory; alternation spreads machine-load drift over
+both). Per step:
+  - generation   = TRL's `transformers.generate` profiling block
+  - rewards      = the trainer's `_calculate_rewards` (timed by a wrapper): the frozen RM's no-grad forward (GRPO), or GAD's whole
+                   discriminator step (forward with grad, loss, backward, clip, AdamW step) whose detached scores are
+                   the rewards
+  - policy       = step time - `_prepare_inputs` (student forward/backward in `compute_loss`, optimizer step)
+  - other        = `_prepare_inputs` - generation - rewards (tokenisation, padding, advantages, metrics)
+The timings come from TRL's own `profiling_context` blocks (collected by patching `ProfilingContext._log_metrics`),
+the step time from a callback (`on_step_begin`/`on_step_end`); CUDA is synchronised at each boundary.
+
+Part 2 (discriminator primitives, batches shaped like GAD's: B prompts x G completions, plus the teacher responses).
+Each variant is one discriminator update producing the rewards, timed over several repeats after warm-up:
+  - frozen RM scoring          no-grad forward over the B*G completions (what GRPO with a reward model pays)
+  - GAD floor                  one forward with grad over B*G completions + B teacher responses, backward, AdamW step;
+                               rewards = detached scores of that forward (the trainer's default path)
+  - teacher scored G times     same, but each teacher response repeated for each of its G completions (2*B*G rows)
+  - separate scoring pass      a no-grad forward over B*G + B rows for the rewards, then the training forward/backward
+  - both (naive)               teacher G times and a separate scoring pass
+Peak memory: CUDA `max_memory_allocated`; CPU peak RSS of a fresh subprocess per variant (minus the RSS after loading).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU runs)")
+    p.add_argument("--hidden-size", type=int, default=None, help="default: 256 on CPU, 1024 on CUDA")
+    p.add_argument("--num-layers", type=int, default=None, help="default: 4 on CPU, 8 on CUDA")
+    p.add_argument("--prompts", type=int, default=None, help="B: prompts per step (default 8 CPU / 32 CUDA)")
+    p.add_argument("--num-generations", type=int, default=8, help="G")
+    p.add_argument("--completion-length", type=int, default=None, help="C (default 32 CPU / 128 CUDA)")
+    p.add_argument("--steps", type=int, default=None, help="measured steps per round")
+    p.add_argument("--warmup-steps", type=int, default=2, help="unmeasured steps at the start of each round")
+    p.add_argument("--rounds", type=int, default=None, help="alternating GRPO/GAD rounds (subprocesses)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per primitive variant")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
+    p.add_argument("--trainers", default="grpo,gad,gad_separate,gad_ckpt",
+                   help="grpo, gad, gad_separate (separate no-grad scoring pass), gad_ckpt (discriminator gradient "
+                   "checkpointing); grpo and gad are required for the ratio")
+    p.add_argument("--skip-trainers", action="store_true")
+    p.add_argument("--skip-primitives", action="store_true")
+    p.add_argument("--workdir", default="/tmp/gad_bench_cost")
+    p.add_argument("--out", default=None)
+    a = p.parse_args(argv)
+    import torch
+
+    if a.device == "auto":
+        a.device = "cuda" if torch.cuda.is_available() else "cpu"
+    gpu = a.device == "cuda"
+    q = a.quick
+    a.hidden_size = a.hidden_size or (1024 if gpu else (128 if q else 256))
+    a.num_layers = a.num_layers or (8 if gpu else (2 if q else 4))
+    a.prompts = a.prompts or (32 if gpu else (4 if q else 8))
+    a.completion_length = a.completion_length or (128 if gpu else (16 if q else 32))
+    a.steps = a.steps or (3 if q else 5)
+    a.rounds = a.rounds or (1 if q else 2)
+    a.repeats = a.repeats or (3 if q else 5)
+    suffix = ("_quick" if q else "") + ("_cuda" if gpu else "_cpu")
+    a.out = a.out or str(RESULTS_DIR / f"cost{suffix}.md")
+    return a
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------------------------
+def _sync(device):
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _rss_mb():
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _peak_rss_mb():
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build_checkpoint(a) -> str:
+    from gad_trl.testing import build_tiny_model, build_tiny_tokenizer
+
+    path = Path(a.workdir) / f"model_h{a.hidden_size}_l{a.num_layers}"
+    if not (path / "config.json").exists():
+        tok = build_tiny_tokenizer()
+        model = build_tiny_model(tok, seed=0, hidden_size=a.hidden_size, num_layers=a.num_layers)
+        model.config.max_position_embeddings = 4096
+        model.save_pretrained(path)
+        tok.save_pretrained(path)
+    return str(path)
+
+
+def rows(n, seed=0):
+    from .tasks import get_tasks, make_split
+
+    tasks = get_tasks()
+    per = -(-n // len(tasks))
+    out = make_split(tasks, per, seed=f"cost-{seed}")
+    return [{"prompt": r["prompt"], "teacher_response": r["teacher_response"]} for r in out][:n]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Part 1: trainers
+# --------------------------------------------------------------------------------------------------------------------
+def _trainer_round(kind: str, a_dict: dict, ckpt: str, queue):
+    """One round in a subprocess: build the trainer, run warm-up + measured steps, report per-step timings."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from transformers.utils import logging as hf_logging
+
+    import trl.extras.profiling as prof
+
+    hf_logging.set_verbosity_error()
+    a = argparse.Namespace(**a_dict)
+    torch.set_num_threads(a.threads)
+    device = a.device
+    records: list[tuple[int, str, float]] = []
+    state = {"step": 0}
+
+    orig_enter, orig_exit = prof.ProfilingContext.__enter__, prof.ProfilingContext.__exit__
+
+    def enter(self):
+        _sync(device)
+        return orig_enter(self)
+
+    def exit_(self, *exc):
+        _sync(device)
+        return orig_exit(self, *exc)
+
+    def log_metrics(self, duration):
+        records.append((state["step"], self.name.split(".", 1)[1], duration))
+
+    prof.ProfilingContext.__enter__ = enter
+    prof.ProfilingContext.__exit__ = exit_
+    prof.ProfilingContext._log_metrics = log_metrics
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, st, control, **kw):
+            _sync(device)
+            self.t0 = time.perf_counter()
+            state["step"] = st.global_step
+
+        def on_step_end(self, args, st, control, **kw):
+            _sync(device)
+            records.append((state["step"], "step", time.perf_counter() - self.t0))
+
+    total = a.warmup_steps + a.steps
+    B, G = a.prompts, a.num_generations
+    common = dict(
+        output_dir=str(Path(a.workdir) / f"out_{kind}"),
+        per_device_train_batch_size=B * G,
+        num_generations=G,
+        gradient_accumulation_steps=1,
+        max_steps=total,
+        learning_rate=1e-6,
+        beta=0.0,
+        temperature=0.8,
+        max_completion_length=a.completion_length,
+        generation_kwargs={"min_new_tokens": a.completion_length},
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        disable_tqdm=True,
+        use_cpu=device == "cpu",
+        bf16=a.bf16,
+        dataloader_num_workers=0,
+        use_vllm=False,
+    )
+    ds = Dataset.from_list(rows(B * total))
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    model = AutoModelForCausalLM.from_pretrained(ckpt)
+    if kind in ("gad", "gad_separate", "gad_ckpt"):
+        from gad_trl import GADConfig, GADTrainer
+
+        # gad_separate: discriminator_mini_batch_size = all rows in one chunk, which makes the trainer score them in a
+        # no-grad pass first and then re-run the forward with gradients (its bounded-memory path): the trainer-level
+        # cost of *not* reusing the training forward for the rewards.
+        # gad_ckpt: gradient checkpointing in the discriminator too (TRL's GRPOConfig checkpoints the policy by default).
+        extra = {"discriminator_mini_batch_size": B * G + B} if kind == "gad_separate" else {}
+        if kind == "gad_ckpt":
+            extra = {"discriminator_gradient_checkpointing": True}
+        cfg = GADConfig(**common, discriminator_learning_rate=1e-6, **extra)
+        trainer = GADTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
+    else:
+        from trl import GRPOConfig, GRPOTrainer
+
+        rm = AutoModelForSequenceClassification.from_pretrained(ckpt, num_labels=1)
+        rm.config.pad_token_id = tok.pad_token_id
+        cfg = GRPOConfig(**common)
+        trainer = GRPOTrainer(model=model, reward_funcs=[rm], args=cfg, train_dataset=ds, processing_class=tok,
+                              reward_processing_classes=[tok])
+    trainer.add_callback(StepTimer())
+    # Time the reward computation with our own wrapper: GADTrainer overrides `_calculate_rewards` (its discriminator
+    # step) without TRL's profiling decorator, so TRL's block would not see it.
+    inner = trainer._calculate_rewards
+
+    def timed_rewards(*args_, **kwargs_):
+        _sync(device)
+        t = time.perf_counter()
+        try:
+            return inner(*args_, **kwargs_)
+        finally:
+            _sync(device)
+            records.append((state["step"], "rewards_timer", time.perf_counter() - t))
+
+    trainer._calculate_rewards = timed_rewards
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    rss0 = _rss_mb()
+    trainer.train()
+    # Aggregate measured steps
+    per_step: dict[int, dict[str, float]] = {}
+    for step, name, d in records:
+        per_step.setdefault(step, {}).setdefault(name, 0.0)
+        per_step[step][name] += d
+    measured = [per_step[s] for s in sorted(per_step) if s >= a.warmup_steps]
+    out = {"kind": kind, "steps": measured, "rss_before_train_mb": rss0, "peak_rss_mb": _peak_rss_mb()}
+    if device == "cuda":
+        out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    lens = [h.get("completions/mean_length") for h in trainer.state.log_history if "completions/mean_length" in h]
+    out["completion_mean_length"] = statistics.mean(lens) if lens else None
+    queue.put(out)
+
+
+def _split(step: dict) -> dict:
+    gen = sum(v for k, v in step.items() if k.startswith("transformers.generate"))
+    rew = step.get("rewards_timer", 0.0)
+    prep = step.get("_prepare_inputs", 0.0)
+    total = step["step"]
+    return {"total": total, "generation": gen, "rewards": rew, "policy": total - prep,
+            "other": prep - gen - rew}
+
+
+def run_trainers(a, ckpt):
+    kinds = tuple(a.trainers.split(","))
+    results = {k: [] for k in kinds}
+    for r in range(a.rounds):
+        for kind in kinds:
+            out = _subprocess(_trainer_round, kind, vars(a), ckpt)
+            print(f"  round {r} {kind}: " + ", ".join(
+                f"{k}={statistics.median(_split(s)[k] for s in out['steps']):.3f}s"
+                for k in ("total", "generation", "rewards", "policy")), flush=True)
+            results[kind].append(out)
+    return results
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Part 2: discriminator primitives
+# --------------------------------------------------------------------------------------------------------------------
+VARIANTS = {
+    "frozen_rm": "frozen RM scoring (GRPO's reward cost): no-grad fwd over B*G",
+    "floor": "GAD floor: fwd+bwd over B*G + B (teacher once), rewards = detached scores",
+    "teacher_xG": "teacher scored G times: fwd+bwd over 2*B*G",
+    "separate_pass": "separate no-grad scoring pass + fwd+bwd over B*G + B",
+    "naive": "teacher G times + separate scoring pass",
+}
+
+
+def _primitives(variants: list[str], a_dict: dict, ckpt: str, repeats: int, queue):
+    """Time the variants interleaved (round-robin, so machine-load drift hits all alike) in one process; with one
+    variant and repeats=1 it is the memory probe of that variant alone (fresh process: clean peak RSS)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    from gad_trl.discriminator import score_sequences
+    from gad_trl.losses import discriminator_loss
+
+    hf_logging.set_verbosity_error()
+    a = argparse.Namespace(**a_dict)
+    torch.set_num_threads(a.threads)
+    device = a.device
+    torch.manual_seed(0)
+    disc = AutoModelForSequenceClassification.from_pretrained(ckpt, num_labels=1).to(device)
+    disc.config.pad_token_id = 0
+    opt = torch.optim.AdamW(disc.parameters(), lr=1e-6)
+    B, G, C = a.prompts, a.num_generations, a.completion_length
+    vocab = disc.config.vocab_size
+    gen = torch.Generator().manual_seed(0)
+    # Prompts of 24 tokens (like the tasks' chat prompts), student completions of C tokens, teacher responses of
+    # C tokens (as long as the student's).
+    P = 24
+    prompts = [torch.randint(4, vocab, (P,), generator=gen).tolist() for _ in range(B)]
+    students = [prompts[i // G] + torch.randint(4, vocab, (C,), generator=gen).tolist() for i in range(B * G)]
+    teachers = [p + torch.randint(4, vocab, (C,), generator=gen).tolist() for p in prompts]
+    index = torch.tensor([i // G for i in range(B * G)], device=device)
+
+    def score(seqs):
+        if a.bf16:
+            with torch.autocast(device_type=device, dtype=torch.bfloat16):
+                return score_sequences(disc, seqs, 0, device)
+        return score_sequences(disc, seqs, 0, device)
+
+    def run_once(variant):
+        if variant == "frozen_rm":
+            with torch.no_grad():
+                return score(students)
+        once = variant in ("floor", "separate_pass")
+        teach = teachers if once else [teachers[i // G] for i in range(B * G)]
+        idx = index if once else torch.arange(B * G, device=device)
+        rewards = None
+        if variant in ("separate_pass", "naive"):
+            with torch.no_grad():
+                rewards = score(teach + students)[len(teach):]
+        scores = score(teach + students)
+        loss, _ = discriminator_loss(scores[: len(teach)][idx], scores[len(teach):])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(disc.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return scores[len(teach):].detach() if rewards is None else rewards
+
+    rss0 = _rss_mb()
+    for v in variants:  # warm-up (allocator, optimizer state)
+        run_once(v)
+        run_once(v)
+    times = {v: [] for v in variants}
+    for _ in range(repeats):
+        for v in variants:
+            _sync(device)
+            t0 = time.perf_counter()
+            run_once(v)
+            _sync(device)
+            times[v].append(time.perf_counter() - t0)
+    out = {"times": times, "rss_before_mb": rss0, "peak_rss_mb": _peak_rss_mb()}
+    if device == "cuda":
+        out["cuda_peak_over_weights_mb"] = {}
+        for v in variants:
+            opt.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base_alloc = torch.cuda.memory_allocated()
+            run_once(v)
+            torch.cuda.synchronize()
+            out["cuda_peak_over_weights_mb"][v] = (torch.cuda.max_memory_allocated() - base_alloc) / 2**20
+    queue.put(out)
+
+
+def _subprocess(target, *args):
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, q))
+    proc.start()
+    out = q.get()
+    proc.join()
+    return out
+
+
+def run_primitives(a, ckpt):
+    variants = list(VARIANTS)
+    timed = _subprocess(_primitives, variants, vars(a), ckpt, a.repeats)
+    res = {v: {"times": timed["times"][v]} for v in variants}
+    if a.device == "cuda":
+        for v in variants:
+            res[v]["cuda_peak_over_weights_mb"] = timed["cuda_peak_over_weights_mb"][v]
+    else:
+        for v in variants:  # peak RSS of each variant alone, in a fresh process
+            probe = _subprocess(_primitives, [v], vars(a), ckpt, 1)
+            res[v]["peak_rss_mb"] = probe["peak_rss_mb"]
+    for v in variants:
+        print(f"  {v}: median {statistics.median(res[v]['times']):.4f}s", flush=True)
+    return res
+
+
+# --------------------------------------------------------------------------------------------------------------------
+def _med(xs):
+    return statistics.median(xs)
+
+
+def report(a, ckpt, trainers, prims, wall, out_path):
+    import torch
+
+    lines = [f"# Cost benchmark ({a.device}{', quick' if a.quick else ''})\n"]
+    dev = torch.cuda.get_device_name(0) if a.device == "cuda" else f"CPU, {a.threads} torch thread(s)"
+    n_params = None
+    try:
+        from transformers import AutoConfig
+
+        c = AutoConfig.from_pretrained(ckpt)
+        n_params = f"hidden {c.hidden_size}, {c.num_hidden_layers} layers, vocab {c.vocab_size}"
+    except Exception:
+        pass
+    lines.append(f"Command: `.venv/bin/python -m benchmarks.cost{' --quick' if a.quick else ''}"
+                 f"{' --device ' + a.device}{' --bf16' if a.bf16 else ''}` on {dev}; wall time {wall / 60:.1f} min. Model: tiny Qwen2 ({n_params}); "
+                 f"discriminator and reward model = the same checkpoint with a 1-output head. Batch: B={a.prompts} prompts "
+                 f"x G={a.num_generations} completions of exactly C={a.completion_length} tokens (min_new_tokens), "
+                 f"fp32{' + bf16 autocast' if a.bf16 else ''}, beta=0.\n")
+    if trainers:
+        lines.append("## 1. One training step: GAD vs GRPO with a frozen reward model\n")
+        lines.append(f"Median over {a.steps} measured steps x {a.rounds} round(s) (after {a.warmup_steps} warm-up steps "
+                     "per round), seconds per step.\n")
+        lines.append("| trainer | step | generation | rewards (D step / RM fwd) | policy | other | peak mem |")
+        lines.append("|---|---|---|---|---|---|---|")
+        med = {}
+        labels = {"grpo": "GRPO + frozen RM", "gad": "GAD",
+                  "gad_separate": "GAD, separate no-grad scoring pass (discriminator_mini_batch_size=all)",
+                  "gad_ckpt": "GAD, discriminator_gradient_checkpointing=True"}
+        for kind, label in labels.items():
+            if kind not in trainers:
+                continue
+            splits = [_split(s) for r in trainers[kind] for s in r["steps"]]
+            med[kind] = {k: _med([s[k] for s in splits]) for k in splits[0]}
+            if a.device == "cuda":
+                mem = f"{max(r['cuda_peak_mb'] for r in trainers[kind]):.0f} MB CUDA"
+            else:
+                mem = f"{max(r['peak_rss_mb'] for r in trainers[kind]):.0f} MB RSS"
+            m = med[kind]
+            lines.append(f"| {label} | {m['total']:.3f} | {m['generation']:.3f} | {m['rewards']:.3f} | "
+                         f"{m['policy']:.3f} | {m['other']:.3f} | {mem} |")
+        g, d = med["grpo"], med["gad"]
+        lines.append(f"| **ratio GAD / GRPO** | **{d['total'] / g['total']:.2f}x** | {d['generation'] / g['generation']:.2f}x "
+                     f"| {d['rewards'] / g['rewards']:.2f}x | {d['policy'] / g['policy']:.2f}x | | |")
+        lines.append("")
+        lines.append("Policy gradient checkpointing is on in every row (TRL's GRPOConfig default).\n")
+        sep = med.get("gad_separate")
+        if sep:
+            lines.append(f"Trainer-level gain of reusing the discriminator's training forward for the rewards: discriminator "
+                         f"step {sep['rewards']:.4f}s with a separate scoring pass vs {d['rewards']:.4f}s reused "
+                         f"({sep['rewards'] / d['rewards']:.2f}x); whole step {sep['total'] / d['total']:.2f}x.\n")
+        lines.append(f"Share of the GAD step: generation {100 * d['generation'] / d['total']:.0f}%, discriminator "
+                     f"{100 * d['rewards'] / d['total']:.0f}%, policy {100 * d['policy'] / d['total']:.0f}%, other "
+                     f"{100 * d['other'] / d['total']:.0f}%. GAD's extra time per step over GRPO+RM: "
+                     f"{d['total'] - g['total']:+.3f}s, of which discriminator-vs-RM {d['rewards'] - g['rewards']:+.3f}s.\n")
+        if prims:
+            floor = _med(prims["floor"]["times"])
+            lines.append(f"Discriminator step inside the trainer vs its floor (part 2, same shapes): "
+                         f"{d['rewards']:.4f}s / {floor:.4f}s = **{d['rewards'] / floor:.2f}x** (the trainer's block also "
+                         f"tokenises the teacher responses, builds pairs and logs metrics).\n")
+    if prims:
+        lines.append("## 2. Discriminator primitives (one update + rewards, shapes as in GAD)\n")
+        lines.append(f"B={a.prompts}, G={a.num_generations}, prompt 24 + completion {a.completion_length} tokens; "
+                     f"median of {a.repeats} repeats after 2 warm-up, variants interleaved round-robin in one process; "+("peak CUDA memory per variant alone (over the weights)" if a.device == "cuda" else "peak RSS of each variant alone in a fresh process")+".\n")
+        mem_col = "peak CUDA over weights" if a.device == "cuda" else "peak RSS (process)"
+        lines.append(f"| variant | rows scored with grad | median s (min) | median vs floor | {mem_col} |")
+        lines.append("|---|---|---|---|---|")
+        floor = _med(prims["floor"]["times"])
+        B, G = a.prompts, a.num_generations
+        rows_grad = {"frozen_rm": f"0 (+{B * G} no-grad)", "floor": f"{B * G + B}", "teacher_xG": f"{2 * B * G}",
+                     "separate_pass": f"{B * G + B} (+{B * G + B} no-grad)", "naive": f"{2 * B * G} (+{2 * B * G} no-grad)"}
+        for v, desc in VARIANTS.items():
+            t = _med(prims[v]["times"])
+            mem = (f"{prims[v]['cuda_peak_over_weights_mb']:.0f} MB" if a.device == "cuda"
+                   else f"{prims[v]['peak_rss_mb']:.0f} MB")
+            lines.append(f"| {desc} | {rows_grad[v]} | {t:.4f} ({min(prims[v]['times']):.4f}) | {t / floor:.2f}x | {mem} |")
+        lines.append("")
+        lines.append(
+            f"Gain of scoring each teacher response once per prompt: {_med(prims['teacher_xG']['times']) / floor:.2f}x "
+            f"faster than G times. Gain of reusing the training forward for the rewards: "
+            f"{_med(prims['separate_pass']['times']) / floor:.2f}x faster than a separate scoring pass. Both: "
+            f"{_med(prims['naive']['times']) / floor:.2f}x. The GAD floor costs "
+            f"{floor / _med(prims['frozen_rm']['times']):.1f}x a frozen RM's scoring of the same completions.\n")
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    out.with_suffix(".json").write_text(json.dumps({"args": vars(a), "trainers": trainers, "primitives": prims,
+                                                    "wall_s": wall}, indent=1, default=str))
+    print("\n".join(lines))
+    print(f"\nwrote {out} and {out.with_suffix('.json')}")
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    t0 = time.perf_counter()
+    ckpt = build_checkpoint(a)
+    trainers = prims = None
+    if not a.skip_trainers:
+        print("part 1: trainers", flush=True)
+        trainers = run_trainers(a, ckpt)
+    if not a.skip_primitives:
+        print("part 2: discriminator primitives", flush=True)
+        prims = run_primitives(a, ckpt)
+    report(a, ckpt, trainers, prims, time.perf_counter() - t0, a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

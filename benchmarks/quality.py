@@ -1,0 +1,397 @@
+"""Quality benchmark: synthetic black-box distillation on CPU, before / SeqKD / GAD, judged by rules.
+
+    .venv/bin/python -m benchmarks.quality            # full run (3 seeds)
+    .venv/bin/python -m benchmarks.quality --quick    # smaller run
+
+Setup (all offline, all measured; see benchmarks/README.md):
+- Teacher: programs (benchmarks/tasks.py) that answer prompts of several task kinds. Only their *text* is used.
+- Student: a tiny Qwen2 pre-trained from random init on a *weaker teacher* (the same task programs with one token
+  corrupted in half of the answers) over prompts disjoint from the train/eval prompts, so it knows the formats but
+  makes mistakes, like an instruct model before distillation.
+- Methods, all from that same student: SeqKD (TRL SFTTrainer on the teacher text), SeqKD-long (SFT for as many
+  epochs as GAD trains in total: a compute-matched control), GAD (GADTrainer: critic warm-up, SFT warm-up, then GRPO on
+  discriminator rewards).
+- Judge: the tasks' rule-based judges on held-out prompts, greedy decoding (score in [0, 1]; teacher = 1 by
+  construction, measured as a sanity check).
+- Discriminator held-out accuracy: a fixed set of (prompt, teacher answer, student answer) triples, the student
+  answers sampled once (T=0.8, fixed seed) from the starting student; accuracy = fraction with D(teacher) > D(student).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from .common import (
+    RESULTS_DIR,
+    build_tokenizer,
+    disc_scores,
+    evaluate,
+    generate,
+    mean_std,
+    peak_rss_mb,
+    pretrain_student,
+    seed_everything,
+)
+from .tasks import get_tasks, make_split
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smaller run: fewer prompts, steps and seeds")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; quick: 0,1)")
+    p.add_argument("--tasks", default=None, help="comma-separated task names (default: all registered)")
+    p.add_argument("--methods", default="seqkd,seqkd_long,gad")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--workdir", default="/tmp/gad_bench_quality")
+    p.add_argument("--reuse-base", action="store_true",
+                   help="reuse a pre-trained student found in --workdir with the same settings")
+    p.add_argument("--out", default=None, help="markdown results file (default benchmarks/results/quality[_quick].md)")
+    # sizes
+    p.add_argument("--n-train", type=int, default=None, help="train prompts per task")
+    p.add_argument("--n-eval", type=int, default=None, help="eval prompts per task")
+    p.add_argument("--n-disc", type=int, default=None, help="held-out discriminator triples per task")
+    p.add_argument("--hidden-size", type=int, default=128)
+    p.add_argument("--num-layers", type=int, default=2)
+    p.add_argument("--pretrain-steps", type=int, default=None)
+    # schedule
+    p.add_argument("--prompts-per-step", type=int, default=8)
+    p.add_argument("--num-generations", type=int, default=8)
+    p.add_argument("--critic-warmup-steps", type=int, default=None)
+    p.add_argument("--sft-warmup-epochs", type=float, default=1.0)
+    p.add_argument("--gad-epochs", type=float, default=None, help="epochs of the GRPO phase")
+    p.add_argument("--lr", type=float, default=3e-5, help="student LR (SeqKD, and GAD's SFT warm-up and GRPO phases)")
+    p.add_argument("--gad-lr", type=float, default=None, help="student LR in GAD (default --lr)")
+    p.add_argument("--disc-lr", type=float, default=3e-4, help="discriminator LR")
+    p.add_argument("--disc-loss", default="bradley_terry")
+    p.add_argument("--beta", type=float, default=0.0, help="KL coefficient of GAD's GRPO phase")
+    p.add_argument("--max-completion-length", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.8)
+    a = p.parse_args(argv)
+    q = a.quick
+    a.seeds = [int(s) for s in (a.seeds or ("0,1" if q else "0,1,2")).split(",")]
+    a.n_train = a.n_train or (40 if q else 96)
+    a.n_eval = a.n_eval or (30 if q else 50)
+    a.n_disc = a.n_disc or (16 if q else 32)
+    a.pretrain_steps = a.pretrain_steps or (500 if q else 800)
+    a.critic_warmup_steps = (10 if q else 20) if a.critic_warmup_steps is None else a.critic_warmup_steps
+    a.gad_epochs = a.gad_epochs if a.gad_epochs is not None else (1.0 if q else 2.0)
+    a.gad_lr = a.gad_lr or a.lr
+    a.methods = [m for m in a.methods.split(",") if m]
+    a.out = a.out or str(RESULTS_DIR / ("quality_quick.md" if q else "quality.md"))
+    return a
+
+
+def _row_subset(rows):
+    return [{"prompt": r["prompt"], "teacher_response": r["teacher_response"]} for r in rows]
+
+
+def run_seqkd(base_dir, tok, train_rows, epochs, args, seed, out_dir):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    ds = Dataset.from_list(
+        [{"prompt": r["prompt"], "completion": [{"role": "assistant", "content": r["teacher_response"]}]} for r in train_rows]
+    )
+    cfg = SFTConfig(
+        output_dir=out_dir,
+        per_device_train_batch_size=args.prompts_per_step,
+        num_train_epochs=epochs,
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        max_grad_norm=1.0,
+        logging_steps=10,
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        disable_tqdm=True,
+        use_cpu=True,
+        dataloader_num_workers=0,
+    )
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
+    t0 = time.perf_counter()
+    trainer.train()
+    return trainer.model, {"train_s": time.perf_counter() - t0, "steps": trainer.state.global_step}
+
+
+def run_gad(base_dir, tok, train_rows, args, seed, out_dir):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    from gad_trl import GADConfig, GADTrainer
+
+    steps_per_epoch = max(1, len(train_rows) // args.prompts_per_step)
+    sft_steps = round(args.sft_warmup_epochs * steps_per_epoch)
+    gad_steps = round(args.gad_epochs * steps_per_epoch)
+    max_steps = args.critic_warmup_steps + sft_steps + gad_steps
+    cfg = GADConfig(
+        output_dir=out_dir,
+        per_device_train_batch_size=args.prompts_per_step * args.num_generations,
+        num_generations=args.num_generations,
+        gradient_accumulation_steps=1,
+        max_steps=max_steps,
+        learning_rate=args.gad_lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        max_grad_norm=1.0,
+        beta=args.beta,
+        temperature=args.temperature,
+        max_completion_length=args.max_completion_length,
+        critic_warmup_steps=args.critic_warmup_steps,
+        sft_warmup_steps=sft_steps,
+        discriminator_learning_rate=args.disc_lr,
+        discriminator_lr_scheduler_type="constant",
+        discriminator_loss_type=args.disc_loss,
+        logging_steps=5,
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        disable_tqdm=True,
+        use_cpu=True,
+        dataloader_num_workers=0,
+        use_vllm=False,
+    )
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    trainer = GADTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(_row_subset(train_rows)),
+                         processing_class=tok)
+    t0 = time.perf_counter()
+    trainer.train()
+    info = {"train_s": time.perf_counter() - t0, "steps": trainer.state.global_step,
+            "schedule": f"{args.critic_warmup_steps} critic + {sft_steps} SFT + {gad_steps} GRPO steps"}
+    logs = [h for h in trainer.state.log_history if "discriminator/accuracy" in h]
+    if logs:
+        last = logs[-1]
+        info["train_d_acc_last"] = last.get("discriminator/accuracy")
+        info["train_score_diff_last"] = last.get("discriminator/score_diff")
+        info["completion_len_last"] = last.get("completions/mean_length")
+        info["log"] = [
+            {k: h.get(k) for k in ("step", "discriminator/accuracy", "discriminator/score_diff", "reward_std",
+                                   "completions/mean_length", "sft/loss", "loss") if k in h}
+            for h in logs
+        ]
+    return trainer.model, trainer.discriminator, info
+
+
+def evaluate_both(model, tok, tasks_by_name, eval_rows, args):
+    """Greedy judge scores, plus the mean judge score of one sampled answer per prompt (T=args.temperature, fixed
+    seed) under the key `sampled`."""
+    scores, _ = evaluate(model, tok, tasks_by_name, eval_rows, max_new_tokens=args.max_completion_length)
+    sampled, _ = evaluate(model, tok, tasks_by_name, eval_rows, max_new_tokens=args.max_completion_length,
+                          do_sample=True, temperature=args.temperature, seed=4321)
+    scores["sampled"] = sampled["mean"]
+    return scores
+
+
+def _spearman(x: list[float], y: list[float]) -> float:
+    def ranks(v):
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2
+            i = j + 1
+        return r
+
+    rx, ry = ranks(x), ranks(y)
+    mx, my = statistics.mean(rx), statistics.mean(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sx = sum((a - mx) ** 2 for a in rx) ** 0.5
+    sy = sum((b - my) ** 2 for b in ry) ** 0.5
+    return cov / (sx * sy) if sx and sy else float("nan")
+
+
+def disc_judge_agreement(disc, tok, tasks_by_name, rows, answers) -> float:
+    """Spearman correlation between the discriminator's score of a student answer and the judge's score of it: does
+    the GAD reward track what the judge measures?"""
+    d = disc_scores(disc, tok, [r["prompt_text"] for r in rows], answers).tolist()
+    j = [tasks_by_name[r["task"]].judge(r["prompt_text"], a) for r, a in zip(rows, answers)]
+    return _spearman(d, j)
+
+
+def heldout_disc_accuracy(disc, tok, triples) -> float:
+    prompts = [p for p, _, _ in triples]
+    t = disc_scores(disc, tok, prompts, [tt for _, tt, _ in triples])
+    s = disc_scores(disc, tok, prompts, [ss for _, _, ss in triples])
+    return (t > s).float().mean().item()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+    t_start = time.perf_counter()
+    tasks = get_tasks(args.tasks)
+    tasks_by_name = {t.name: t for t in tasks}
+    tok = build_tokenizer()
+    train_rows = make_split(tasks, args.n_train, seed="train")
+    train_prompts = {r["prompt_text"] for r in train_rows}
+    eval_rows = make_split(tasks, args.n_eval, seed="eval", exclude=train_prompts)
+    disc_rows = make_split(tasks, args.n_disc, seed="disc-heldout", exclude=train_prompts)
+    reserved = train_prompts | {r["prompt_text"] for r in eval_rows} | {r["prompt_text"] for r in disc_rows}
+    teacher_scores = {
+        **{k: statistics.mean(tasks_by_name[k].judge(r["prompt_text"], r["teacher_response"]) for r in eval_rows
+                              if r["task"] == k) for k in tasks_by_name}
+    }
+    teacher_scores["mean"] = statistics.mean(teacher_scores[k] for k in tasks_by_name)
+
+    work = Path(args.workdir)
+    results = {"args": {k: v for k, v in vars(args).items()}, "seeds": {}}
+    for seed in args.seeds:
+        print(f"=== seed {seed}", flush=True)
+        res = {}
+        base_dir = str(work / f"base_{seed}")
+        key = json.dumps({"seed": seed, "steps": args.pretrain_steps, "hidden": args.hidden_size,
+                          "layers": args.num_layers, "tasks": sorted(tasks_by_name), "reserved": len(reserved)})
+        marker = Path(base_dir) / "pretrain_key.json"
+        if args.reuse_base and marker.exists() and json.loads(marker.read_text())["key"] == key:
+            info = json.loads(marker.read_text())["info"]  # same settings: reuse the pre-trained student
+        else:
+            info = pretrain_student(tok, tasks, seed, base_dir, reserved, steps=args.pretrain_steps,
+                                    hidden_size=args.hidden_size, num_layers=args.num_layers)
+            marker.write_text(json.dumps({"key": key, "info": info}))
+        print(f"  pretrain {info}", flush=True)
+        res["pretrain"] = info
+        base = AutoModelForCausalLM.from_pretrained(base_dir)
+        res["before"] = evaluate_both(base, tok, tasks_by_name, eval_rows, args)
+        print(f"  before {res['before']}", flush=True)
+        # Fixed held-out discriminator triples: the starting student's answers, sampled once with a fixed seed.
+        student_answers = generate(base, tok, [r["prompt_text"] for r in disc_rows], do_sample=True,
+                                   temperature=args.temperature, seed=1234, max_new_tokens=args.max_completion_length)
+        triples = [(r["prompt_text"], r["teacher_response"], a) for r, a in zip(disc_rows, student_answers)]
+        res["triples_identical_to_teacher"] = sum(t == s for _, t, s in triples) / len(triples)
+
+        if "seqkd" in args.methods:
+            seed_everything(seed)
+            m, info = run_seqkd(base_dir, tok, train_rows, args.sft_warmup_epochs, args, seed, str(work / f"seqkd_{seed}"))
+            res["seqkd"] = evaluate_both(m, tok, tasks_by_name, eval_rows, args)
+            res["seqkd"].update(info)
+            print(f"  seqkd {res['seqkd']}", flush=True)
+        if "seqkd_long" in args.methods:
+            seed_everything(seed)
+            total_epochs = args.sft_warmup_epochs + args.gad_epochs
+            m, info = run_seqkd(base_dir, tok, train_rows, total_epochs, args, seed, str(work / f"seqkdl_{seed}"))
+            res["seqkd_long"] = evaluate_both(m, tok, tasks_by_name, eval_rows, args)
+            res["seqkd_long"].update(info)
+            print(f"  seqkd_long {res['seqkd_long']}", flush=True)
+        if "gad" in args.methods:
+            seed_everything(seed)
+            m, disc, info = run_gad(base_dir, tok, train_rows, args, seed, str(work / f"gad_{seed}"))
+            m.to("cpu")
+            disc.to("cpu")
+            res["gad"] = evaluate_both(m, tok, tasks_by_name, eval_rows, args)
+            res["gad"].update({k: v for k, v in info.items() if k != "log"})
+            res["gad"]["heldout_d_acc"] = heldout_disc_accuracy(disc, tok, triples)
+            # Also against the final GAD student's own (fresh, fixed-seed) samples on the same prompts.
+            final_answers = generate(m, tok, [r["prompt_text"] for r in disc_rows], do_sample=True,
+                                     temperature=args.temperature, seed=1234, max_new_tokens=args.max_completion_length)
+            res["gad"]["final_student_d_acc"] = heldout_disc_accuracy(
+                disc, tok, [(r["prompt_text"], r["teacher_response"], a) for r, a in zip(disc_rows, final_answers)]
+            )
+            res["gad"]["d_judge_spearman"] = disc_judge_agreement(disc, tok, tasks_by_name, disc_rows, student_answers)
+            res["gad_log"] = info.get("log", [])
+            print(f"  gad {res['gad']}", flush=True)
+        results["seeds"][seed] = res
+
+    results["teacher"] = teacher_scores
+    results["wall_s"] = time.perf_counter() - t_start
+    results["peak_rss_mb"] = peak_rss_mb()
+    write_report(args, tasks, results)
+    return results
+
+
+def write_report(args, tasks, results):
+    names = [t.name for t in tasks]
+    seeds = list(results["seeds"])
+    methods = ["before"] + [m for m in ("seqkd", "seqkd_long", "gad") if m in args.methods]
+    labels = {"before": "before (pre-trained student)", "seqkd": f"SeqKD ({args.sft_warmup_epochs:g} ep SFT)",
+              "seqkd_long": f"SeqKD-long ({args.sft_warmup_epochs + args.gad_epochs:g} ep SFT, epoch-matched to GAD)",
+              "gad": "GAD (critic + SFT warm-up + GRPO)"}
+    lines = []
+    title = "Quality benchmark (quick)" if args.quick else "Quality benchmark"
+    lines.append(f"# {title}\n")
+    argv = " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("quality.py") else ("--quick" if args.quick else "")
+    lines.append(f"Command: `.venv/bin/python -m benchmarks.quality{' ' + argv if argv else ''}` "
+                 f"(wall time {results['wall_s'] / 60:.1f} min on CPU, {args.threads} thread(s), peak RSS "
+                 f"{results['peak_rss_mb']:.0f} MB). Seeds: {seeds}. Judge score in [0, 1], greedy decoding, "
+                 f"{args.n_eval} held-out prompts per task; mean ± std over seeds.\n")
+    header = "| method | " + " | ".join(names) + " | **mean** | mean, sampled T=0.8 | mean length (tokens) |"
+    lines.append(header)
+    lines.append("|" + "---|" * (len(names) + 4))
+    t = results["teacher"]
+    lines.append("| teacher (program) | " + " | ".join(f"{t[n]:.3f}" for n in names) + f" | {t['mean']:.3f} | | |")
+    for m in methods:
+        cells = []
+        for n in names + ["mean", "sampled", "len"]:
+            mu, sd = mean_std([results["seeds"][s][m][n] for s in seeds])
+            cells.append(f"{mu:.3f} ± {sd:.3f}" if n != "len" else f"{mu:.1f}")
+        lines.append(f"| {labels[m]} | " + " | ".join(cells) + " |")
+    lines.append("")
+    if "gad" in methods:
+        lines.append("Discriminator (GAD) after training:\n")
+        lines.append("| metric | mean ± std over seeds | per seed |")
+        lines.append("|---|---|---|")
+        for key, desc in (("heldout_d_acc", "held-out accuracy, fixed triples (starting student's samples)"),
+                          ("final_student_d_acc", "held-out accuracy vs the final GAD student's samples"),
+                          ("d_judge_spearman", "Spearman(D score, judge score) of the starting student's held-out samples"),
+                          ("train_d_acc_last", "last logged training accuracy"),
+                          ("train_score_diff_last", "last logged score_diff (t - s)")):
+            vals = [results["seeds"][s]["gad"].get(key) for s in seeds]
+            vals = [v for v in vals if v is not None]
+            if vals:
+                mu, sd = mean_std(vals)
+                lines.append(f"| {desc} | {mu:.3f} ± {sd:.3f} | {', '.join(f'{v:.3f}' for v in vals)} |")
+        lines.append("")
+    lines.append("Training cost per seed (CPU seconds of `trainer.train()`):\n")
+    lines.append("| method | optimizer steps | train s (mean) |")
+    lines.append("|---|---|---|")
+    for m in methods[1:]:
+        st = [results["seeds"][s][m]["steps"] for s in seeds]
+        ts = [results["seeds"][s][m]["train_s"] for s in seeds]
+        extra = f" ({results['seeds'][seeds[0]]['gad']['schedule']})" if m == "gad" else ""
+        lines.append(f"| {labels[m]} | {st[0]}{extra} | {statistics.mean(ts):.0f} |")
+    pt = [results["seeds"][s]["pretrain"] for s in seeds]
+    lines.append(f"| student pre-training (weaker teacher) | {args.pretrain_steps} | "
+                 f"{statistics.mean(p['seconds'] for p in pt):.0f} |")
+    lines.append("")
+    lines.append("Settings: " + ", ".join(f"{k}={v}" for k, v in results["args"].items()
+                                          if k not in ("out", "workdir", "quick")) + "\n")
+    # GAD training trajectory of the first seed
+    s0 = seeds[0]
+    log = results["seeds"][s0].get("gad_log") or []
+    if log:
+        lines.append(f"GAD training log (seed {s0}; logged every 5 steps):\n")
+        keys = [k for k in ("step", "discriminator/accuracy", "discriminator/score_diff", "reward_std",
+                            "completions/mean_length", "sft/loss", "loss") if any(k in h for h in log)]
+        lines.append("| " + " | ".join(keys) + " |")
+        lines.append("|" + "---|" * len(keys))
+        for h in log:
+            lines.append("| " + " | ".join("" if h.get(k) is None else f"{h[k]:.3g}" for k in keys) + " |")
+        lines.append("")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
+    print("\n".join(lines))
+    print(f"\nwrote {out} and {out.with_suffix('.json')}")
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

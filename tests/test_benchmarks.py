@@ -1,0 +1,93 @@
+"""Smoke tests of the benchmark suite's task API and judges (no training, a few seconds)."""
+
+import random
+
+import pytest
+
+from benchmarks.tasks import TASKS, corrupt, get_tasks, make_split, register_task, tokens, truncate
+
+
+def test_registry_has_three_tasks_of_different_kinds():
+    assert {"reverse", "numbered_list", "arithmetic"} <= set(TASKS)
+
+
+@pytest.mark.parametrize("name", ["reverse", "numbered_list", "arithmetic"])
+def test_teacher_answers_score_one_and_perturbed_ones_less(name):
+    task = TASKS[name]
+    rng = random.Random(0)
+    perturbed = []
+    for _ in range(50):
+        prompt, answer = task.make_example(rng)
+        assert task.judge(prompt, answer) == 1.0, (prompt, answer)
+        assert 0.0 <= task.judge(prompt, "") < 1.0
+        perturbed.append(task.judge(prompt, truncate(corrupt(answer, rng))))
+        assert 0.0 <= perturbed[-1] <= 1.0
+    assert sum(perturbed) / len(perturbed) < 0.9
+
+
+def test_teacher_answers_survive_the_tiny_tokenizer_round_trip():
+    from gad_trl.testing import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    rng = random.Random(1)
+    for task in get_tasks():
+        for _ in range(10):
+            prompt, answer = task.make_example(rng)
+            ids = tok(answer, add_special_tokens=False).input_ids
+            assert tok.unk_token_id is None or tok.unk_token_id not in ids
+            assert task.judge(prompt, tok.decode(ids, skip_special_tokens=True)) == 1.0
+
+
+def test_reverse_accepts_every_style_and_rejects_wrong_order():
+    judge = TASKS["reverse"].judge
+    p = "reverse : water house light"
+    for ans in ("light house water", "light , house , water", "result : light house water", "light, house, water"):
+        assert judge(p, ans) == 1.0, ans
+    assert judge(p, "water house light") < 1.0
+    assert judge(p, "result : light , house water") < 1.0
+
+
+def test_arithmetic_partial_credit():
+    judge = TASKS["arithmetic"].judge
+    p = "sum 3 plus 4 plus 5"
+    assert judge(p, "3 plus 4 equals 7 , 7 plus 5 equals 12 , so the answer is 12") == 1.0
+    assert judge(p, "3 plus 4 equals 7 , 7 plus 5 equals 1 2 , so the answer is 1 2") == 1.0  # digit tokens
+    assert judge(p, "3 plus 4 equals 7 , 7 plus 5 equals 12 , so the answer is") == 0.5
+    assert judge(p, "so the answer is 12") == 0.5
+    assert tokens("1 2 plus 3") == ["12", "plus", "3"]
+
+
+def test_numbered_list_counts_lines():
+    judge = TASKS["numbered_list"].judge
+    p = "list : water house"
+    assert judge(p, "1 . water\n2 . house") == 1.0
+    assert judge(p, "1. water \n 2. house") == 1.0
+    assert judge(p, "1 . water") == 0.5
+    assert judge(p, "1 . water\n2 . house\n3 . light") == pytest.approx(2 / 3)
+
+
+def test_a_new_task_plugs_in_as_one_function_pair():
+    def make(rng):
+        w = rng.choice(["up", "down"])
+        return f"say {w}", w
+
+    def judge(prompt, answer):
+        return float(answer.strip() == prompt.split()[-1])
+
+    try:
+        register_task("echo_test", make, judge)
+        (task,) = get_tasks("echo_test")
+        rows = make_split([task], 2, seed=0)
+        assert len(rows) == 2 and rows[0]["prompt"][0]["role"] == "user"
+        assert all(task.judge(r["prompt_text"], r["teacher_response"]) == 1.0 for r in rows)
+    finally:
+        TASKS.pop("echo_test", None)
+
+
+def test_splits_are_disjoint_and_deterministic():
+    tasks = get_tasks()
+    train = make_split(tasks, 20, seed="train")
+    assert train == make_split(tasks, 20, seed="train")
+    held = make_split(tasks, 20, seed="eval", exclude={r["prompt_text"] for r in train})
+    assert not {r["prompt_text"] for r in train} & {r["prompt_text"] for r in held}
+    assert {r["task"] for r in train} == {t.name for t in tasks}
