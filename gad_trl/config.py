@@ -90,8 +90,12 @@ class GADConfig(GRPOConfig):
             "whose detached scores are the rewards; a number bounds memory at the cost of a second, no-grad pass."
         },
     )
-    discriminator_gradient_checkpointing: bool = field(
-        default=False, metadata={"help": "Enable gradient checkpointing in the discriminator backbone."}
+    discriminator_gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Gradient checkpointing in the discriminator backbone. None = follow `gradient_checkpointing`: "
+            "without it the discriminator's fwd+bwd over every completion dominates peak memory (benchmarks/)."
+        },
     )
 
     # Discriminator loss

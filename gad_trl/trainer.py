@@ -152,8 +152,11 @@ class GADTrainer(GRPOTrainer):
         self.discriminator = discriminator.to(self.accelerator.device)
         if args.disable_dropout:
             disable_dropout_in_model(self.discriminator)
-        if args.discriminator_gradient_checkpointing:
-            self.discriminator.gradient_checkpointing_enable()
+        checkpointing = args.discriminator_gradient_checkpointing
+        if checkpointing is None:
+            checkpointing = args.gradient_checkpointing
+        if checkpointing:
+            self.discriminator.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
         self.discriminator.train()
         if hasattr(self.discriminator, "add_model_tags"):
             self.discriminator.add_model_tags(["gad", "discriminator"])

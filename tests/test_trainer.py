@@ -219,3 +219,14 @@ def test_fixed_heldout_triples_are_sampled_once_and_scored_at_every_evaluation(t
     assert logged[-1]["eval_discriminator_heldout/score_diff"] == second["eval_discriminator_heldout/score_diff"]
     rows = [json.loads(line) for line in triples_first.splitlines()[1:]]
     assert {r["teacher_response"] for r in rows} <= set(Dataset.from_list(tiny_gad_rows(6, seed=1))["teacher_response"])
+
+
+@pytest.mark.parametrize("policy, disc, expected", [(True, None, True), (False, None, False), (True, False, False), (False, True, True)])
+def test_discriminator_gradient_checkpointing_follows_the_policy_by_default(tiny_model_dir, tmp_path, policy, disc, expected):
+    trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=1, gradient_checkpointing=policy,
+                           discriminator_gradient_checkpointing=disc)
+    assert trainer.discriminator.is_gradient_checkpointing is expected
+    if expected:
+        disc0 = params_of(trainer.discriminator)
+        trainer.train()  # the discriminator still learns through checkpointed layers
+        assert not same_params(disc0, params_of(trainer.discriminator))
