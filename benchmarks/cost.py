@@ -213,9 +213,11 @@ def _trainer_round(kind: str, a_dict: dict, ckpt: str, queue):
         # no-grad pass first and then re-run the forward with gradients (its bounded-memory path): the trainer-level
         # cost of *not* reusing the training forward for the rewards.
         # gad_ckpt: gradient checkpointing in the discriminator too (TRL's GRPOConfig checkpoints the policy by default).
-        extra = {"discriminator_mini_batch_size": B * G + B} if kind == "gad_separate" else {}
-        if kind == "gad_ckpt":
-            extra = {"discriminator_gradient_checkpointing": True}
+        # The discriminator's checkpointing is explicit in every row (its default follows the policy's, which TRL
+        # turns on), so the rows keep measuring what their names say.
+        extra = {"discriminator_gradient_checkpointing": kind == "gad_ckpt"}
+        if kind == "gad_separate":
+            extra["discriminator_mini_batch_size"] = B * G + B
         cfg = GADConfig(**common, discriminator_learning_rate=1e-6, **extra)
         trainer = GADTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
     else:
