@@ -12,6 +12,7 @@ from transformers import AutoTokenizer, PreTrainedModel, TrainerCallback, get_sc
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 from trl import GRPOTrainer
+from trl.extras.profiling import profiling_decorator
 from trl.trainer.utils import disable_dropout_in_model
 
 from .config import GADConfig
@@ -254,6 +255,7 @@ class GADTrainer(GRPOTrainer):
         return teacher_seqs, teacher_completions, teacher_index, student_seqs, truncated
 
     # ------------------------------------------------------------------ discriminator step (= reward computation)
+    @profiling_decorator  # as in GRPOTrainer: the discriminator step shows up in TRL's profiling timings
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         mode = "train" if self.model.training else "eval"
         device = self.accelerator.device
