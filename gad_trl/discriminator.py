@@ -23,6 +23,9 @@ def load_discriminator(
     """
     init_kwargs = dict(init_kwargs or {})
     init_kwargs.pop("device_map", None)  # the trainer places the discriminator itself
+    # Like TRL's create_model_from_path: float32 unless asked otherwise (transformers 5 would take the checkpoint's
+    # dtype, often bf16, and AdamW on bf16 weights loses small updates).
+    init_kwargs.setdefault("dtype", torch.float32)
     source = discriminator_model_name_or_path or (student if isinstance(student, str) else None)
     if source is not None:
         disc = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, **init_kwargs)
