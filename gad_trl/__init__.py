@@ -2,15 +2,19 @@
 
 __version__ = "0.1.0"
 
-from .config import GADConfig
 from .losses import LOSS_TYPES, discriminator_loss
 
 __all__ = ["GADConfig", "GADTrainer", "LOSS_TYPES", "discriminator_loss", "__version__"]
 
 
 def __getattr__(name):
-    # The trainer pulls in TRL's GRPOTrainer (and through it accelerate/transformers' Trainer): import it lazily so
-    # `import gad_trl` stays cheap for the CLI's --help and the loss utilities.
+    # GADConfig and GADTrainer pull in TRL (and through it transformers and huggingface_hub, which read HF_* variables
+    # at import time): import them lazily so `import gad_trl` stays cheap for the CLI's --help and lets
+    # `gad_trl.testing.use_offline_env()` run before any of them is imported.
+    if name == "GADConfig":
+        from .config import GADConfig
+
+        return GADConfig
     if name == "GADTrainer":
         from .trainer import GADTrainer
 

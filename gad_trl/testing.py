@@ -40,6 +40,22 @@ _WORDS = (
 _CHARS = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:;!?-+=*/()[]'\"#")
 
 
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "WANDB_DISABLED": "true",
+}
+
+
+def use_offline_env() -> None:
+    """No Hub, no W&B, no tokenizer threads (tests, benchmarks). Call before transformers is imported; values
+    already set in the environment win."""
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def _corpus() -> list[str]:
     rng = random.Random(0)
     lines = [" ".join(rng.choice(_WORDS) for _ in range(12)) for _ in range(400)]

@@ -1,16 +1,10 @@
 """Shared fixtures: an offline tiny Qwen2 + tokenizer saved once per session, and small GAD data sets."""
 
-import os
+from gad_trl.testing import save_tiny_model, tiny_gad_rows, use_offline_env
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("WANDB_DISABLED", "true")
+use_offline_env()  # before pytest plugins and tests import transformers / huggingface_hub
 
 import pytest  # noqa: E402
-
-from gad_trl.testing import save_tiny_model, tiny_gad_rows  # noqa: E402
 
 pytest_plugins = ["tests.vllm_server"]
 
