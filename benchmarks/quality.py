@@ -103,10 +103,22 @@ def run_seqkd(base_dir, tok, train_rows, epochs, args, seed, out_dir):
         per_device_train_batch_size=args.prompts_per_step,
         num_train_epochs=epochs,
         learning_rate=args.lr,
+        logging_steps=10,
+        **cpu_run_kwargs(seed),
+    )
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
+    t0 = time.perf_counter()
+    trainer.train()
+    return trainer.model, {"train_s": time.perf_counter() - t0, "steps": trainer.state.global_step}
+
+
+def cpu_run_kwargs(seed: int) -> dict:
+    """Settings SeqKD and GAD share: constant LR, clip 1.0, no saving or reporting, CPU, quiet."""
+    return dict(
         lr_scheduler_type="constant",
         warmup_steps=0,
         max_grad_norm=1.0,
-        logging_steps=10,
         save_strategy="no",
         report_to="none",
         seed=seed,
@@ -114,11 +126,6 @@ def run_seqkd(base_dir, tok, train_rows, epochs, args, seed, out_dir):
         use_cpu=True,
         dataloader_num_workers=0,
     )
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
-    t0 = time.perf_counter()
-    trainer.train()
-    return trainer.model, {"train_s": time.perf_counter() - t0, "steps": trainer.state.global_step}
 
 
 def run_gad(base_dir, tok, train_rows, args, seed, out_dir):
@@ -138,9 +145,6 @@ def run_gad(base_dir, tok, train_rows, args, seed, out_dir):
         gradient_accumulation_steps=1,
         max_steps=max_steps,
         learning_rate=args.gad_lr,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        max_grad_norm=1.0,
         beta=args.beta,
         temperature=args.temperature,
         max_completion_length=args.max_completion_length,
@@ -150,12 +154,7 @@ def run_gad(base_dir, tok, train_rows, args, seed, out_dir):
         discriminator_lr_scheduler_type="constant",
         discriminator_loss_type=args.disc_loss,
         logging_steps=5,
-        save_strategy="no",
-        report_to="none",
-        seed=seed,
-        disable_tqdm=True,
-        use_cpu=True,
-        dataloader_num_workers=0,
+        **cpu_run_kwargs(seed),
         use_vllm=False,
     )
     model = AutoModelForCausalLM.from_pretrained(base_dir)

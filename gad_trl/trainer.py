@@ -17,7 +17,7 @@ from trl.trainer.utils import disable_dropout_in_model
 
 from .config import GADConfig
 from .data import prepare_gad_dataset
-from .discriminator import load_discriminator, score_sequences
+from .discriminator import load_discriminator, pad_right, score_sequences
 from .health import HealthMonitor
 from .losses import discriminator_loss
 
@@ -349,7 +349,7 @@ class GADTrainer(GRPOTrainer):
         if self.model.training and self.args.sft_warmup_steps > 0:
             # Teacher tokens ride along with each completion row so they are shuffled/split with it; only read in
             # the SFT warm-up phase.
-            ids, mask = _pad(self._gad_teacher_completions, self._tokenizer.pad_token_id, self.accelerator.device)
+            ids, mask = pad_right(self._gad_teacher_completions, self._tokenizer.pad_token_id, self.accelerator.device)
             output["teacher_completion_ids"] = ids
             output["teacher_completion_mask"] = mask
             output["teacher_index"] = torch.tensor(self._gad_teacher_index, device=self.accelerator.device)
@@ -499,10 +499,4 @@ class GADTrainer(GRPOTrainer):
         scheduler_path = os.path.join(checkpoint, DISCRIMINATOR_SCHEDULER_NAME)
         if os.path.isfile(scheduler_path) and self.discriminator_lr_scheduler is not None:
             self.discriminator_lr_scheduler.load_state_dict(torch.load(scheduler_path))
-
-
-def _pad(sequences, pad_token_id, device):
-    from .discriminator import pad_right
-
-    return pad_right(sequences, pad_token_id, device)
 
