@@ -11,6 +11,8 @@ import json
 import os
 from pathlib import Path
 
+from .end_of_turn import end_of_turn_token_id
+
 CACHE_FORMAT = "gad_trl.heldout_triples.v1"
 
 
@@ -98,11 +100,14 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return ids
 
 
-def encode_pair(tokenizer, prompt: list[dict], response: str, finished: bool = True) -> list[int]:
-    """Token ids the discriminator reads: chat-templated prompt + response (no special tokens) + EOS if finished."""
+def encode_pair(
+    tokenizer, prompt: list[dict], response: str, finished: bool = True, end_token_id: int | None = None
+) -> list[int]:
+    """Token ids the discriminator reads: chat-templated prompt + response (no special tokens) + the end-of-turn token
+    if finished (`end_token_id`, default: the one the chat template closes assistant turns with, as in training)."""
     ids = _prompt_ids(tokenizer, prompt) + tokenizer(response, add_special_tokens=False)["input_ids"]
-    if finished and tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
+    if finished:
+        ids.append(end_token_id if end_token_id is not None else end_of_turn_token_id(tokenizer))
     return ids
 
 
@@ -118,11 +123,12 @@ def last_token_scores(model, sequences: list[list[int]], pad_token_id: int, batc
         return score_sequences(model, sequences, pad_token_id, device, batch_size).float().cpu().tolist()
 
 
-def _student_sequence(tokenizer, triple: dict) -> list[int]:
+def _student_sequence(tokenizer, triple: dict, end_token_id: int) -> list[int]:
     if triple.get("student_completion_ids") is not None:
         # Exact sampled tokens: decoding and re-tokenising a sample need not round-trip.
         return _prompt_ids(tokenizer, triple["prompt"]) + list(triple["student_completion_ids"])
-    return encode_pair(tokenizer, triple["prompt"], triple["student_response"], triple.get("student_finished", True))
+    finished = triple.get("student_finished", True)
+    return encode_pair(tokenizer, triple["prompt"], triple["student_response"], finished, end_token_id)
 
 
 def _prompt_ids(tokenizer, prompt: list[dict]) -> list[int]:
@@ -135,8 +141,9 @@ def evaluate_triples(model, tokenizer, triples: list[dict], batch_size: int = 8)
     import statistics
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    teacher_seqs = [encode_pair(tokenizer, t["prompt"], t["teacher_response"], True) for t in triples]
-    student_seqs = [_student_sequence(tokenizer, t) for t in triples]
+    end = end_of_turn_token_id(tokenizer)
+    teacher_seqs = [encode_pair(tokenizer, t["prompt"], t["teacher_response"], True, end) for t in triples]
+    student_seqs = [_student_sequence(tokenizer, t, end) for t in triples]
     t_scores = last_token_scores(model, teacher_seqs, pad, batch_size)
     s_scores = last_token_scores(model, student_seqs, pad, batch_size)
     diffs = [t - s for t, s in zip(t_scores, s_scores)]

@@ -18,6 +18,7 @@ from trl.trainer.utils import disable_dropout_in_model
 from .config import GADConfig
 from .data import prepare_gad_dataset
 from .discriminator import load_discriminator, pad_right, score_sequences
+from .end_of_turn import end_of_turn_token_id
 from .health import HealthMonitor
 from .losses import discriminator_loss
 
@@ -171,7 +172,7 @@ class GADTrainer(GRPOTrainer):
             betas=(args.discriminator_adam_beta1, args.discriminator_adam_beta2),
         )
         self.discriminator_lr_scheduler = None  # built in create_scheduler, once max_steps is known
-        self._teacher_eos = (self.eos_token_ids or [processing_class.eos_token_id])[0]
+        self._teacher_eos = end_of_turn_token_id(self._tokenizer, self.eos_token_ids)
         self._health = HealthMonitor(logger)
         self._gad_prompt_ids = None
 
