@@ -3,10 +3,35 @@
 from __future__ import annotations
 
 import copy
+import os
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
+
+
+@contextmanager
+def replicated_loading(deepspeed_plugin=None):
+    """Load a model whole on every process, whatever the launcher set up for the student.
+
+    The discriminator is replicated (its gradients are all-reduced by the trainer), never sharded, so it must not be
+    built the sharded way: under DeepSpeed ZeRO-3 with `zero3_init_flag`, transformers would partition it at
+    creation (`deepspeed.zero.Init`) into empty parameters that only a DeepSpeed engine can use; under FSDP with
+    `cpu_ram_efficient_loading`, every process but local rank 0 would get all-zero weights and wait for a broadcast
+    from an FSDP wrapper that the discriminator never gets.
+    """
+    zero3_off = deepspeed_plugin.zero3_init_context_manager(enable=False) if deepspeed_plugin is not None else nullcontext()
+    saved = os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING")
+    os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "false"
+    try:
+        with zero3_off:
+            yield
+    finally:
+        if saved is None:
+            os.environ.pop("FSDP_CPU_RAM_EFFICIENT_LOADING", None)
+        else:
+            os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = saved
 
 
 def load_discriminator(
@@ -14,13 +39,21 @@ def load_discriminator(
     discriminator_model_name_or_path: str | None = None,
     init_kwargs: dict | None = None,
     pad_token_id: int | None = None,
+    deepspeed_plugin=None,
 ) -> PreTrainedModel:
     """Build the discriminator as an `AutoModelForSequenceClassification` with `num_labels=1`.
 
     - `discriminator_model_name_or_path` given: loaded from it (Hub id or local dir).
     - else, `student` a path/Hub id: loaded from the same checkpoint (backbone = student weights, new value head).
     - else, `student` a model instance: same architecture, backbone weights copied from the student in memory.
+
+    Always whole on each process (`replicated_loading`), also under ZeRO-3 / FSDP launchers.
     """
+    with replicated_loading(deepspeed_plugin):
+        return _load_discriminator(student, discriminator_model_name_or_path, init_kwargs, pad_token_id)
+
+
+def _load_discriminator(student, discriminator_model_name_or_path, init_kwargs, pad_token_id) -> PreTrainedModel:
     init_kwargs = dict(init_kwargs or {})
     init_kwargs.pop("device_map", None)  # the trainer places the discriminator itself
     # Like TRL's create_model_from_path: float32 unless asked otherwise (transformers 5 would take the checkpoint's

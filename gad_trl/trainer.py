@@ -17,7 +17,7 @@ from trl.trainer.utils import disable_dropout_in_model
 
 from .config import GADConfig
 from .data import prepare_gad_dataset
-from .discriminator import load_discriminator, pad_right, score_sequences
+from .discriminator import load_discriminator, pad_right, replicated_loading, score_sequences
 from .end_of_turn import end_of_turn_token_id
 from .health import HealthMonitor
 from .losses import discriminator_loss
@@ -39,6 +39,19 @@ def _discriminator_reward(prompts, completions, **kwargs):
 
 
 _discriminator_reward.__name__ = "discriminator"
+
+
+def _warn_if_half_precision(discriminator, learning_rate: float) -> None:
+    # The discriminator has a plain AdamW (no fp32 master weights, unlike DeepSpeed/FSDP mixed precision for the
+    # student): in bf16, a weight moves only if its update exceeds ~0.4% of its size, so most updates at lr 1e-6 vanish.
+    dtypes = {p.dtype for p in discriminator.parameters() if p.requires_grad}
+    half = sorted(str(d).removeprefix("torch.") for d in dtypes & {torch.bfloat16, torch.float16})
+    if half:
+        logger.warning(
+            f"The discriminator's trainable weights are {'/'.join(half)} and its AdamW keeps no float32 copy: updates "
+            f"at discriminator_learning_rate={learning_rate:g} smaller than {half[0]}'s resolution are lost. Load it in "
+            "float32 (discriminator_init_kwargs: {dtype: float32}) where memory allows, or raise its learning rate."
+        )
 
 
 class GADTrainer(GRPOTrainer):
@@ -129,6 +142,7 @@ class GADTrainer(GRPOTrainer):
                 discriminator if isinstance(discriminator, str) else args.discriminator_model_name_or_path,
                 init_kwargs,
                 processing_class.pad_token_id,
+                deepspeed_plugin=getattr(args, "deepspeed_plugin", None),
             )
         elif getattr(discriminator.config, "num_labels", None) != 1:
             raise ValueError(
@@ -160,6 +174,7 @@ class GADTrainer(GRPOTrainer):
         if checkpointing:
             self.discriminator.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
         self.discriminator.train()
+        _warn_if_half_precision(self.discriminator, args.discriminator_learning_rate)
         if hasattr(self.discriminator, "add_model_tags"):
             self.discriminator.add_model_tags(["gad", "discriminator"])
         # Plain optimizer on purpose: one passed through accelerator.prepare only steps when accelerate's
@@ -282,12 +297,25 @@ class GADTrainer(GRPOTrainer):
         info["teacher_truncated_ratio"] = teacher_cut / max(len(teacher_seqs), 1)
         info["num_teacher_sequences"] = float(len(teacher_seqs))
         info["phase"] = float(_PHASE_IDS[self.current_phase()])
+        info = self._average_over_processes(info)
         for name, value in info.items():
             self._metrics[mode][f"discriminator/{name}"].append(value)
         if mode == "train" and self.args.warn_on_unhealthy_metrics and self.accelerator.is_main_process:
             self._health.check(info, self.args.discriminator_loss_type, self.state.global_step)
         # GRPOTrainer normalises rewards per group across processes: return them gathered, shape (B_total, 1).
         return gather(student_scores.detach().to(device).unsqueeze(1))
+
+    def _average_over_processes(self, info: dict) -> dict:
+        """Each process measured its own pairs; log the mean over processes (equal batches per process), so every
+        rank logs the same numbers (num_teacher_sequences: the total)."""
+        if self.accelerator.num_processes <= 1:
+            return info
+        names = sorted(info)
+        values = torch.tensor([float(info[n]) for n in names], device=self.accelerator.device, dtype=torch.float64)
+        mean = self.accelerator.gather(values.unsqueeze(0)).mean(dim=0)
+        out = dict(zip(names, mean.tolist()))
+        out["num_teacher_sequences"] *= self.accelerator.num_processes
+        return out
 
     def _loss_kwargs(self) -> dict:
         return {"loss_type": self.args.discriminator_loss_type, **self.args.discriminator_loss_constants()}
@@ -342,7 +370,9 @@ class GADTrainer(GRPOTrainer):
             return
         for p in self.discriminator.parameters():
             if p.grad is not None:
-                torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.AVG)
+                # SUM then divide: ReduceOp.AVG exists only on NCCL, not on gloo (multi-process CPU runs).
+                torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
+                p.grad.div_(self.accelerator.num_processes)
 
     # ------------------------------------------------------------------ student loss by phase
     def _generate_and_score_completions(self, inputs):
@@ -488,7 +518,8 @@ class GADTrainer(GRPOTrainer):
             )
         from transformers import AutoModelForSequenceClassification
 
-        saved = AutoModelForSequenceClassification.from_pretrained(disc_dir, num_labels=1, dtype=self.discriminator.dtype)
+        with replicated_loading(getattr(self.args, "deepspeed_plugin", None)):
+            saved = AutoModelForSequenceClassification.from_pretrained(disc_dir, num_labels=1, dtype=self.discriminator.dtype)
         self.discriminator.load_state_dict(saved.state_dict())
         del saved
         map_location = self.accelerator.device

@@ -73,3 +73,27 @@ def test_model_card_names_gad_and_the_paper(tiny_model_dir, tmp_path):
     card = (tmp_path / "README.md").read_text()
     assert "GAD" in card and "2511.10643" in card and "Black-Box On-Policy Distillation" in card
     assert os.path.exists(tmp_path / "checkpoint-1" / "discriminator" / "config.json")
+
+
+def test_reloaded_discriminator_scores_like_the_trainer_as_a_plain_reward_model(tiny_model_dir, tmp_path):
+    """`AutoModelForSequenceClassification.from_pretrained(.../discriminator)` and a plain forward (transformers'
+    pooling: last non-pad token) give the trainer's scores: the last token, EOS included (pad != EOS here)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from gad_trl.discriminator import pad_right
+
+    trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=1)
+    trainer.train()
+    trainer.save_model()
+    disc = AutoModelForSequenceClassification.from_pretrained(tmp_path / "discriminator").eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "discriminator")
+    messages = [{"role": "user", "content": "write the sun"}]
+    prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    sequences = [prompt + trainer._teacher_completion_ids(text)[0] for text in ["THE", "THE SUN IS UP", "A"]]
+    assert all(seq[-1] == tok.convert_tokens_to_ids("<|im_end|>") != tok.pad_token_id for seq in sequences)
+    ids, mask = pad_right(sequences, tok.pad_token_id, "cpu")
+    with torch.no_grad():
+        plain = disc(input_ids=ids, attention_mask=mask).logits[:, 0]
+        trainer.discriminator.eval()
+        expected = trainer._score(sequences).cpu()
+    torch.testing.assert_close(plain, expected, atol=1e-5, rtol=0)

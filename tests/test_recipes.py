@@ -51,6 +51,9 @@ def test_paper_gad_recipe_matches_the_paper():
     completions_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size
     assert completions_per_step // args.num_generations == 256  # prompts per optimizer step
     assert args.steps_per_generation == args.gradient_accumulation_steps and args.num_iterations == 1
+    # memory: the discriminator's forward/backward is chunked, and its (replicated) copy is bf16 on purpose
+    assert args.discriminator_mini_batch_size == 8 and args.discriminator_gradient_checkpointing
+    assert args.discriminator_init_kwargs == {"dtype": "bfloat16", "attn_implementation": "sdpa"}
 
 
 def test_paper_seqkd_recipe_matches_the_paper():

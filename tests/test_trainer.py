@@ -230,3 +230,15 @@ def test_discriminator_gradient_checkpointing_follows_the_policy_by_default(tiny
         disc0 = params_of(trainer.discriminator)
         trainer.train()  # the discriminator still learns through checkpointed layers
         assert not same_params(disc0, params_of(trainer.discriminator))
+
+
+def test_half_precision_discriminator_warns(tiny_model_dir, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="gad_trl.trainer"):
+        trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=1)
+    assert trainer.discriminator.dtype == torch.float32 and "keeps no float32 copy" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="gad_trl.trainer"):
+        trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=1, discriminator_init_kwargs={"dtype": "bfloat16"})
+    assert trainer.discriminator.dtype == torch.bfloat16
+    assert "bfloat16 and its AdamW keeps no float32 copy" in caplog.text and "dtype: float32" in caplog.text

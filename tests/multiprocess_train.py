@@ -1,0 +1,43 @@
+"""Run by tests/test_multiprocess.py under `torch.distributed.run` (2 CPU processes, gloo): trains GADTrainer for 2
+steps and writes each rank's discriminator checksums and logged metrics to `<out>/rank<k>.json`.
+`--no-all-reduce` switches the discriminator's gradient averaging off (shows what the test would catch)."""
+
+import json
+import sys
+
+from gad_trl.testing import tiny_gad_rows, use_offline_env
+
+use_offline_env()
+
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+
+from gad_trl import GADConfig, GADTrainer  # noqa: E402
+
+model_dir, out = sys.argv[1], sys.argv[2]
+args = GADConfig(
+    output_dir=out, report_to="none", use_cpu=True, per_device_train_batch_size=4, num_generations=4,
+    max_completion_length=8, max_steps=2, logging_steps=1, save_strategy="no", gradient_checkpointing=False,
+    learning_rate=1e-3, discriminator_learning_rate=1e-2, seed=0, disable_tqdm=True, warn_on_unhealthy_metrics=False,
+)  # fmt: skip
+trainer = GADTrainer(model_dir, args=args, train_dataset=Dataset.from_list(tiny_gad_rows(16, seed=0)))
+if "--no-all-reduce" in sys.argv:
+    trainer._all_reduce_discriminator_grads = lambda: None
+before = {k: v.clone() for k, v in trainer.discriminator.state_dict().items()}
+trainer.train()
+state = trainer.discriminator.state_dict()
+rank = trainer.accelerator.process_index
+logged = [h for h in trainer.state.log_history if "discriminator/accuracy" in h]
+with open(f"{out}/rank{rank}.json", "w") as f:
+    json.dump(
+        {
+            "world_size": trainer.accelerator.num_processes,
+            "distributed_type": str(trainer.accelerator.distributed_type),
+            "changed": any(not torch.equal(before[k], state[k]) for k in state),
+            "checksums": [float(state[k].double().sum()) for k in sorted(state)],
+            "teacher_prompts": [h["discriminator/num_teacher_sequences"] for h in logged],
+            "accuracy": [h["discriminator/accuracy"] for h in logged],
+            "loss": [h["discriminator/loss"] for h in logged],
+        },
+        f,
+    )

@@ -1,0 +1,87 @@
+"""The discriminator is replicated, never sharded: it loads whole on every process even when the launcher set up
+DeepSpeed ZeRO-3 (zero.Init at creation) or FSDP's CPU-RAM-efficient loading (zeros on every rank but 0)."""
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+from gad_trl.discriminator import load_discriminator, replicated_loading
+
+FSDP_RANK1_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    import torch, torch.distributed as dist
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from gad_trl.discriminator import load_discriminator
+
+    model_dir = sys.argv[1]
+    student = AutoModelForCausalLM.from_pretrained(model_dir)  # reference weights, loaded before FSDP is set up
+    key = "model.layers.0.self_attn.q_proj.weight"
+    # What `accelerate launch` with fsdp_cpu_ram_efficient_loading sets, on a process that is not local rank 0.
+    os.environ.update(ACCELERATE_USE_FSDP="true", FSDP_CPU_RAM_EFFICIENT_LOADING="true", LOCAL_RANK="1",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2])
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    plain = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
+    disc = load_discriminator(model_dir, None, {}, 0)
+    print(json.dumps({
+        "plain_is_zero": bool(plain.state_dict()[key].abs().sum() == 0),
+        "disc_equals_student": bool(torch.equal(disc.state_dict()[key], student.state_dict()[key])),
+        "env_after": os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING"),
+    }))
+    dist.destroy_process_group()
+    """
+)
+
+
+def test_fsdp_ram_efficient_loading_does_not_zero_the_discriminator(tiny_model_dir, tmp_path):
+    # In a subprocess: a process group in the test process would make later trainers think they are distributed.
+    from tests.vllm_server import free_port
+
+    script = tmp_path / "rank1.py"
+    script.write_text(FSDP_RANK1_SCRIPT)
+    out = subprocess.run(
+        [sys.executable, str(script), tiny_model_dir, str(free_port())], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["plain_is_zero"], "transformers no longer zeroes non-rank-0 weights: the hazard is gone, re-check"
+    assert result["disc_equals_student"]
+    assert result["env_after"] == "true"  # restored for the student's own loading
+
+
+class FakeDeepSpeedPlugin:
+    """Records accelerate's `DeepSpeedPlugin.zero3_init_context_manager(enable=False)` calls."""
+
+    def __init__(self):
+        self.zero3_init_flag, self.calls = True, []
+
+    @contextlib.contextmanager
+    def zero3_init_context_manager(self, enable=False):
+        old, self.zero3_init_flag = self.zero3_init_flag, enable
+        self.calls.append(enable)
+        try:
+            yield
+        finally:
+            self.zero3_init_flag = old
+
+
+def test_zero3_init_is_switched_off_while_the_discriminator_loads(tiny_model_dir, monkeypatch):
+    from transformers import AutoModelForSequenceClassification
+
+    plugin = FakeDeepSpeedPlugin()
+    seen = []
+    original = AutoModelForSequenceClassification.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        seen.append(plugin.zero3_init_flag)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", classmethod(spy))
+    load_discriminator(tiny_model_dir, None, {}, 0, deepspeed_plugin=plugin)
+    assert plugin.calls == [False] and seen == [False] and plugin.zero3_init_flag is True
+    with replicated_loading(None):  # no DeepSpeed: nothing to switch off
+        assert os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "false"
