@@ -101,7 +101,8 @@ def test_unreachable_server_fails_fast_with_start_command(tiny_model_dir, tmp_pa
     message = str(info.value)
     assert f"http://127.0.0.1:{port}" in message
     expected = f"gad-trl vllm-serve --model {tiny_model_dir} --host 127.0.0.1 --port {port} --weight-sync {weight_sync}"
-    assert expected in message, message
+    # a float32 student on CPU: the server must not fall back to vLLM's CPU default (bfloat16)
+    assert expected + " --dtype float32 --enforce-eager" in message, message
     assert isinstance(info.value, ConnectionError)
 
 
@@ -141,3 +142,11 @@ def test_reload_backend_picks_the_servers_reload_rpc():
         _bare_reload_backend(False, RuntimeError("no dev mode"))._pick_reload_method()
     on_gpu = {"parallel_config": {"worker_extension_cls": ""}, "device_config": {"device_type": "cuda"}}
     assert _bare_reload_backend(True, on_gpu)._pick_reload_method() == "reload_weights"
+
+
+def test_server_env_sizes_the_cpu_kv_cache_unless_set():
+    from gad_trl.vllm.serve import server_env
+
+    assert server_env({}, cuda=False) == {"VLLM_SERVER_DEV_MODE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    assert server_env({"VLLM_CPU_KVCACHE_SPACE": "8"}, cuda=False)["VLLM_CPU_KVCACHE_SPACE"] == "8"
+    assert server_env({}, cuda=True) == {"VLLM_SERVER_DEV_MODE": "1"}

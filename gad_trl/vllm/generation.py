@@ -21,14 +21,14 @@ import time
 from contextlib import contextmanager
 
 import requests
+import torch
 from trl.generation.vllm_client import VLLMClient
 from trl.generation.vllm_generation import VLLMGeneration
 
-from .serve import suggested_command
+from .serve import WORKER_EXTENSION, suggested_command
 
 logger = logging.getLogger(__name__)
 
-WORKER_EXTENSION = "gad_trl.vllm.worker_extension.GADWorkerExtension"
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -75,7 +75,12 @@ class _ServerErrorsMixin:
         host = parsed.hostname or self.server_host
         if host in ("0.0.0.0", "localhost"):
             host = "127.0.0.1"
-        return suggested_command(_model_name_or_path(self.model), host, parsed.port or self.server_port, self.weight_sync)
+        accelerator = getattr(self, "accelerator", None)
+        on_cpu = accelerator is not None and accelerator.device.type == "cpu"
+        cpu_float32 = on_cpu and getattr(self.model, "dtype", None) == torch.float32
+        return suggested_command(
+            _model_name_or_path(self.model), host, parsed.port or self.server_port, self.weight_sync, cpu_float32
+        )
 
     def _connect_client(self) -> VLLMClient:
         url = self._base_url()

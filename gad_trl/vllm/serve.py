@@ -87,10 +87,16 @@ def build_command(args: argparse.Namespace, extra_args: list[str] | None = None)
     return command + list(extra_args or [])
 
 
-def server_env(base: dict | None = None) -> dict:
-    """The environment the server runs with: dev mode on (reload/reset endpoints); on CPU a small KV cache default."""
+CPU_KVCACHE_GIB = "1"
+
+
+def server_env(base: dict | None = None, cuda: bool | None = None) -> dict:
+    """The environment the server runs with: dev mode on (reload/reset endpoints); without CUDA, a 1 GiB KV cache
+    unless VLLM_CPU_KVCACHE_SPACE is set (vLLM's CPU backend would otherwise size it from the machine's memory)."""
     env = dict(os.environ if base is None else base)
     env["VLLM_SERVER_DEV_MODE"] = "1"
+    if not (_cuda_available() if cuda is None else cuda):
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
     return env
 
 
@@ -101,11 +107,17 @@ def display_command(command: list[str], env: dict | None = None) -> str:
     return " ".join(prefix + [shlex.join(command)])
 
 
-def suggested_command(model: str, host: str, port: int, weight_sync: str) -> str:
-    """The `gad-trl vllm-serve` line that starts a server matching a trainer's settings (used in error messages)."""
-    return shlex.join(
-        ["gad-trl", "vllm-serve", "--model", str(model), "--host", str(host), "--port", str(port), "--weight-sync", weight_sync]
-    )
+def suggested_command(model: str, host: str, port: int, weight_sync: str, cpu_float32: bool = False) -> str:
+    """The `gad-trl vllm-serve` line that starts a server matching a trainer's settings (used in error messages).
+
+    `cpu_float32`: the trainer runs on CPU with a float32 student; the server then needs `--dtype float32` (vLLM's CPU
+    backend picks bfloat16 under `auto`, and its samples would drift from the trainer's log-probs), and eager mode
+    halves its start-up time."""
+    command = ["gad-trl", "vllm-serve", "--model", str(model), "--host", str(host), "--port", str(port),
+               "--weight-sync", weight_sync]  # fmt: skip
+    if cpu_float32:
+        command += ["--dtype", "float32", "--enforce-eager"]
+    return shlex.join(command)
 
 
 def _cuda_available() -> bool:
