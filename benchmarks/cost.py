@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.cost            # CPU or CUDA (auto)
     .venv/bin/python -m benchmarks.cost --quick
+    .venv/bin/python -m benchmarks.cost --vllm    # generation through a vLLM server (started for the run)
 
 Part 1 (trainers, end to end). `GADTrainer` (GRPO phase: no warm-up) and TRL's `GRPOTrainer` with
 `reward_funcs=AutoModelForSequenceClassification` built from the same checkpoint (so the reward model has exactly the
@@ -9,12 +10,13 @@ discriminator's size), same prompts, same batch, same generation length (every c
 `max_completion_length` tokens with `min_new_tokens`, so both trainers process identical shapes). Rounds alternate
 GRPO, GAD, GRPO, GAD, ... each in a fresh subprocess (clean peak memory; alternation spreads machine-load drift over
 both). Per step:
-  - generation   = TRL's `transformers.generate` profiling block
+  - generation   = TRL's `transformers.generate` (or, with --vllm, `vLLM.generate`) profiling block
+  - weight sync  = TRL's `sync_weights` block (--vllm: the student's weights pushed to the server each step)
   - rewards      = the trainer's `_calculate_rewards` (timed by a wrapper): the frozen RM's no-grad forward (GRPO), or GAD's whole
                    discriminator step (forward with grad, loss, backward, clip, AdamW step) whose detached scores are
                    the rewards
   - policy       = step time - `_prepare_inputs` (student forward/backward in `compute_loss`, optimizer step)
-  - other        = `_prepare_inputs` - generation - rewards (tokenisation, padding, advantages, metrics)
+  - other        = `_prepare_inputs` - generation - weight sync - rewards (tokenisation, padding, advantages, metrics)
 The timings come from TRL's own `profiling_context` blocks (collected by patching `ProfilingContext._log_metrics`),
 the step time from a callback (`on_step_begin`/`on_step_end`); CUDA is synchronised at each boundary.
 
@@ -65,11 +67,19 @@ def parse_args(argv=None):
     p.add_argument("--trainers", default="grpo,gad,gad_separate,gad_ckpt",
                    help="grpo, gad, gad_separate (separate no-grad scoring pass), gad_ckpt (discriminator gradient "
                    "checkpointing); grpo and gad are required for the ratio")
+    p.add_argument("--vllm", action="store_true",
+                   help="part 1 generates with a vLLM server (TRL server mode), started here for the run; both trainers "
+                   "use the same server and weight sync")
+    p.add_argument("--vllm-weight-sync", default="reload", choices=["reload", "nccl"],
+                   help="reload (default: works on CPU and with the server on the trainer's own GPU) or nccl (the "
+                   "server on another GPU: start it yourself and pass --vllm-url)")
+    p.add_argument("--vllm-url", default=None, help="use this running server instead of starting one")
     p.add_argument("--skip-trainers", action="store_true")
     p.add_argument("--skip-primitives", action="store_true")
     p.add_argument("--workdir", default="/tmp/gad_bench_cost")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
+    a.argv = argv  # recorded in the report as the command that produced it
     import torch
 
     if a.device == "auto":
@@ -83,7 +93,7 @@ def parse_args(argv=None):
     a.steps = a.steps or (3 if q else 5)
     a.rounds = a.rounds or (1 if q else 2)
     a.repeats = a.repeats or (3 if q else 5)
-    suffix = ("_quick" if q else "") + ("_cuda" if gpu else "_cpu")
+    suffix = ("_quick" if q else "") + ("_vllm" if a.vllm else "") + ("_cuda" if gpu else "_cpu")
     a.out = a.out or str(RESULTS_DIR / f"cost{suffix}.md")
     return a
 
@@ -201,6 +211,10 @@ def _trainer_round(kind: str, a_dict: dict, ckpt: str, queue):
         dataloader_num_workers=0,
         use_vllm=False,
     )
+    if a.vllm:
+        # vLLM's SamplingParams spell min_new_tokens `min_tokens`; every completion is C tokens on both trainers.
+        common.update(use_vllm=True, vllm_mode="server", vllm_server_base_url=a.vllm_url, vllm_server_timeout=60,
+                      generation_kwargs={"min_tokens": a.completion_length})
     ds = Dataset.from_list(rows(B * total))
     tok = AutoTokenizer.from_pretrained(ckpt)
     model = AutoModelForCausalLM.from_pretrained(ckpt)
@@ -216,19 +230,26 @@ def _trainer_round(kind: str, a_dict: dict, ckpt: str, queue):
         extra = {"discriminator_gradient_checkpointing": kind == "gad_ckpt"}
         if kind == "gad_separate":
             extra["discriminator_mini_batch_size"] = B * G + B
+        if a.vllm:
+            extra["vllm_weight_sync"] = a.vllm_weight_sync
         cfg = GADConfig(**common, discriminator_learning_rate=1e-6, **extra)
         trainer = GADTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
     else:
         from trl import GRPOConfig, GRPOTrainer
 
+        from gad_trl.vllm import patched_vllm_generation
+
         rm = AutoModelForSequenceClassification.from_pretrained(ckpt, num_labels=1)
         rm.config.pad_token_id = tok.pad_token_id
         cfg = GRPOConfig(**common)
-        trainer = GRPOTrainer(model=model, reward_funcs=[rm], args=cfg, train_dataset=ds, processing_class=tok,
-                              reward_processing_classes=[tok])
+        # The baseline syncs weights to the server the same way as GAD (reload works on CPU, where TRL's NCCL can't).
+        cfg.vllm_weight_sync = a.vllm_weight_sync
+        with patched_vllm_generation(cfg):
+            trainer = GRPOTrainer(model=model, reward_funcs=[rm], args=cfg, train_dataset=ds, processing_class=tok,
+                                  reward_processing_classes=[tok])
     trainer.add_callback(StepTimer())
-    # Time the reward computation with our own wrapper: GADTrainer overrides `_calculate_rewards` (its discriminator
-    # step) without TRL's profiling decorator, so TRL's block would not see it.
+    # Time the reward computation with one wrapper for both trainers (GAD's `_calculate_rewards` is the whole
+    # discriminator step; GRPO's is the frozen RM's forward), independent of which profiling blocks each one has.
     inner = trainer._calculate_rewards
 
     def timed_rewards(*args_, **kwargs_):
@@ -260,15 +281,32 @@ def _trainer_round(kind: str, a_dict: dict, ckpt: str, queue):
 
 
 def _split(step: dict) -> dict:
-    gen = sum(v for k, v in step.items() if k.startswith("transformers.generate"))
+    gen = sum(v for k, v in step.items() if k.startswith(("transformers.generate", "vLLM.generate")))
+    sync = step.get("sync_weights", 0.0)  # vLLM server mode: pushing the student's weights to the server
     rew = step.get("rewards_timer", 0.0)
     prep = step.get("_prepare_inputs", 0.0)
     total = step["step"]
-    return {"total": total, "generation": gen, "rewards": rew, "policy": total - prep,
-            "other": prep - gen - rew}
+    return {"total": total, "generation": gen, "weight_sync": sync, "rewards": rew, "policy": total - prep,
+            "other": prep - gen - sync - rew}
 
 
 def run_trainers(a, ckpt):
+    if a.vllm and a.vllm_url is None:
+        from gad_trl.vllm import VLLMServer
+
+        log = Path(a.workdir) / "vllm_server.log"
+        print(f"  starting a vLLM server for {ckpt} (weight sync {a.vllm_weight_sync}; log {log})", flush=True)
+        server = VLLMServer(ckpt, log, weight_sync=a.vllm_weight_sync).start()
+        a.vllm_url = server.url
+        try:
+            return _run_trainers(a, ckpt)
+        finally:
+            server.kill()
+            a.vllm_url = None
+    return _run_trainers(a, ckpt)
+
+
+def _run_trainers(a, ckpt):
     kinds = tuple(a.trainers.split(","))
     results = {k: [] for k in kinds}
     for r in range(a.rounds):
@@ -276,7 +314,7 @@ def run_trainers(a, ckpt):
             out = _subprocess(_trainer_round, kind, vars(a), ckpt)
             print(f"  round {r} {kind}: " + ", ".join(
                 f"{k}={statistics.median(_split(s)[k] for s in out['steps']):.3f}s"
-                for k in ("total", "generation", "rewards", "policy")), flush=True)
+                for k in ("total", "generation", "weight_sync", "rewards", "policy")), flush=True)
             results[kind].append(out)
     return results
 
@@ -417,17 +455,20 @@ def report(a, ckpt, trainers, prims, wall, out_path):
         n_params = f"hidden {c.hidden_size}, {c.num_hidden_layers} layers, vocab {c.vocab_size}"
     except Exception:
         pass
-    lines.append(f"Command: `.venv/bin/python -m benchmarks.cost{' --quick' if a.quick else ''}"
-                 f"{' --device ' + a.device}{' --bf16' if a.bf16 else ''}` on {dev}; wall time {wall / 60:.1f} min. Model: tiny Qwen2 ({n_params}); "
+    lines.append(f"Command: `python -m benchmarks.cost {' '.join(sys.argv[1:]) if a.argv is None else ' '.join(a.argv)}`"
+                 f" (device {a.device}) on {dev}; wall time {wall / 60:.1f} min. Model: tiny Qwen2 ({n_params}); "
                  f"discriminator and reward model = the same checkpoint with a 1-output head. Batch: B={a.prompts} prompts "
                  f"x G={a.num_generations} completions of exactly C={a.completion_length} tokens (min_new_tokens), "
-                 f"fp32{' + bf16 autocast' if a.bf16 else ''}, beta=0.\n")
+                 f"fp32{' + bf16 autocast' if a.bf16 else ''}, beta=0. Generation: "
+                 + (f"a vLLM server (TRL server mode, `gad-trl vllm-serve`), weights pushed every step by "
+                    f"`{a.vllm_weight_sync}` sync, the same for both trainers.\n" if a.vllm
+                    else "transformers `generate` in the trainer process.\n"))
     if trainers:
         lines.append("## 1. One training step: GAD vs GRPO with a frozen reward model\n")
         lines.append(f"Median over {a.steps} measured steps x {a.rounds} round(s) (after {a.warmup_steps} warm-up steps "
                      "per round), seconds per step.\n")
-        lines.append("| trainer | step | generation | rewards (D step / RM fwd) | policy | other | peak mem |")
-        lines.append("|---|---|---|---|---|---|---|")
+        lines.append("| trainer | step | generation | weight sync | rewards (D step / RM fwd) | policy | other | peak mem |")
+        lines.append("|---|---|---|---|---|---|---|---|")
         med = {}
         labels = {"grpo": "GRPO + frozen RM", "gad": "GAD",
                   "gad_separate": "GAD, separate no-grad scoring pass (discriminator_mini_batch_size=all)",
@@ -442,11 +483,12 @@ def report(a, ckpt, trainers, prims, wall, out_path):
             else:
                 mem = f"{max(r['peak_rss_mb'] for r in trainers[kind]):.0f} MB RSS"
             m = med[kind]
-            lines.append(f"| {label} | {m['total']:.3f} | {m['generation']:.3f} | {m['rewards']:.3f} | "
-                         f"{m['policy']:.3f} | {m['other']:.3f} | {mem} |")
+            lines.append(f"| {label} | {m['total']:.3f} | {m['generation']:.3f} | {m.get('weight_sync', 0.0):.3f} | "
+                         f"{m['rewards']:.3f} | {m['policy']:.3f} | {m['other']:.3f} | {mem} |")
         g, d = med["grpo"], med["gad"]
+        sync_ratio = f"{d['weight_sync'] / g['weight_sync']:.2f}x" if g.get("weight_sync") else ""
         lines.append(f"| **ratio GAD / GRPO** | **{d['total'] / g['total']:.2f}x** | {d['generation'] / g['generation']:.2f}x "
-                     f"| {d['rewards'] / g['rewards']:.2f}x | {d['policy'] / g['policy']:.2f}x | | |")
+                     f"| {sync_ratio} | {d['rewards'] / g['rewards']:.2f}x | {d['policy'] / g['policy']:.2f}x | | |")
         lines.append("")
         lines.append("Policy gradient checkpointing is on in every row (TRL's GRPOConfig default).\n")
         sep = med.get("gad_separate")
@@ -454,7 +496,10 @@ def report(a, ckpt, trainers, prims, wall, out_path):
             lines.append(f"Trainer-level gain of reusing the discriminator's training forward for the rewards: discriminator "
                          f"step {sep['rewards']:.4f}s with a separate scoring pass vs {d['rewards']:.4f}s reused "
                          f"({sep['rewards'] / d['rewards']:.2f}x); whole step {sep['total'] / d['total']:.2f}x.\n")
-        lines.append(f"Share of the GAD step: generation {100 * d['generation'] / d['total']:.0f}%, discriminator "
+        if a.vllm:
+            lines.append("Peak memory is the trainer process's only (the vLLM server runs in its own processes).\n")
+        lines.append(f"Share of the GAD step: generation {100 * d['generation'] / d['total']:.0f}%, "
+                     f"weight sync {100 * d['weight_sync'] / d['total']:.0f}%, discriminator "
                      f"{100 * d['rewards'] / d['total']:.0f}%, policy {100 * d['policy'] / d['total']:.0f}%, other "
                      f"{100 * d['other'] / d['total']:.0f}%. GAD's extra time per step over GRPO+RM: "
                      f"{d['total'] - g['total']:+.3f}s, of which discriminator-vs-RM {d['rewards'] - g['rewards']:+.3f}s.\n")

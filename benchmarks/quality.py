@@ -5,9 +5,9 @@
 
 Setup (all offline, all measured; see benchmarks/README.md):
 - Teacher: programs (benchmarks/tasks.py) that answer prompts of several task kinds. Only their *text* is used.
-- Student: a tiny Qwen2 pre-trained from random init on a *weaker teacher* (the same task programs with one token
-  corrupted in half of the answers) over prompts disjoint from the train/eval prompts, so it knows the formats but
-  makes mistakes, like an instruct model before distillation.
+- Student: a tiny Qwen2 pre-trained from random init on a *weaker teacher* (the same task programs with one word
+  corrupted in 30% of the answers and the last word dropped in 70%) over prompts disjoint from the train/eval prompts,
+  so it knows the formats but stops early and makes mistakes, like an instruct model before distillation.
 - Methods, all from that same student: SeqKD (TRL SFTTrainer on the teacher text), SeqKD-long (SFT for as many
   epochs as GAD trains in total: a compute-matched control), GAD (GADTrainer: critic warm-up, SFT warm-up, then GRPO on
   discriminator rewards).
@@ -50,6 +50,7 @@ def parse_args(argv=None):
     p.add_argument("--workdir", default="/tmp/gad_bench_quality")
     p.add_argument("--reuse-base", action="store_true",
                    help="reuse a pre-trained student found in --workdir with the same settings")
+    p.add_argument("--title", default=None, help="report heading (default: 'Quality benchmark[ (quick)]')")
     p.add_argument("--out", default=None, help="markdown results file (default benchmarks/results/quality[_quick].md)")
     # sizes
     p.add_argument("--n-train", type=int, default=None, help="train prompts per task")
@@ -324,10 +325,11 @@ def write_report(args, tasks, results):
               "seqkd_long": f"SeqKD-long ({args.sft_warmup_epochs + args.gad_epochs:g} ep SFT, epoch-matched to GAD)",
               "gad": "GAD (critic + SFT warm-up + GRPO)"}
     lines = []
-    title = "Quality benchmark (quick)" if args.quick else "Quality benchmark"
+    title = args.title or ("Quality benchmark (quick)" if args.quick else "Quality benchmark")
     lines.append(f"# {title}\n")
     argv = " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("quality.py") else ("--quick" if args.quick else "")
-    lines.append(f"Command: `.venv/bin/python -m benchmarks.quality{' ' + argv if argv else ''}` "
+    reused = " (pre-trained students reused from the work dir: `--reuse-base`)" if args.reuse_base else ""
+    lines.append(f"Command: `.venv/bin/python -m benchmarks.quality{' ' + argv if argv else ''}`{reused} "
                  f"(wall time {results['wall_s'] / 60:.1f} min on CPU, {args.threads} thread(s), peak RSS "
                  f"{results['peak_rss_mb']:.0f} MB). Seeds: {seeds}. Judge score in [0, 1], greedy decoding, "
                  f"{args.n_eval} held-out prompts per task; mean ± std over seeds.\n")

@@ -14,9 +14,9 @@ and `benchmarks/quality.py --tasks my_task,...` picks it up; nothing in the trai
 of the paper's GPT-4o judge: it reads only the prompt and the answer text and checks them against the teacher's rules
 (not against one reference string), so any valid answer style scores 1.
 
-Text handling: the tiny tokenizer is word-level with single digits, so decoded text looks like "1 2 plus 7 equals
-1 9" or "1. water". Judges therefore compare *normalised token lists* (`tokens()`), where consecutive digits form one
-number, never raw strings.
+Text handling: the tiny tokenizer is a byte-level BPE trained on a toy corpus, and a tiny student's decoded text can
+space words and digits unevenly ("1 2 plus 7 equals 1 9", "1. water"). Judges therefore compare *normalised token
+lists* (`tokens()`), where consecutive digits form one number, never raw strings.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.vllm_server import free_port
+from gad_trl.vllm.launcher import free_port
 
 SCRIPT = Path(__file__).with_name("multiprocess_train.py")
 

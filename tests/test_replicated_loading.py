@@ -38,7 +38,7 @@ FSDP_RANK1_SCRIPT = textwrap.dedent(
 
 def test_fsdp_ram_efficient_loading_does_not_zero_the_discriminator(tiny_model_dir, tmp_path):
     # In a subprocess: a process group in the test process would make later trainers think they are distributed.
-    from tests.vllm_server import free_port
+    from gad_trl.vllm.launcher import free_port
 
     script = tmp_path / "rank1.py"
     script.write_text(FSDP_RANK1_SCRIPT)

@@ -3,11 +3,13 @@
 Importing this package does not import vLLM; the backends need `trl.generation` (and vLLM installed to run).
 """
 
+from .launcher import VLLMServer
 from .serve import build_command, serve_main, suggested_command
 
 __all__ = [
     "NCCLVLLMGeneration",
     "ReloadVLLMGeneration",
+    "VLLMServer",
     "VLLMServerError",
     "build_command",
     "patched_vllm_generation",
