@@ -458,7 +458,7 @@ def report(a, ckpt, trainers, prims, wall, out_path):
     lines.append(f"Command: `python -m benchmarks.cost {' '.join(sys.argv[1:]) if a.argv is None else ' '.join(a.argv)}`"
                  f" (device {a.device}) on {dev}; wall time {wall / 60:.1f} min. Model: tiny Qwen2 ({n_params}); "
                  f"discriminator and reward model = the same checkpoint with a 1-output head. Batch: B={a.prompts} prompts "
-                 f"x G={a.num_generations} completions of exactly C={a.completion_length} tokens (min_new_tokens), "
+                 f"x G={a.num_generations} completions of exactly C={a.completion_length} tokens ({'min_tokens' if a.vllm else 'min_new_tokens'}), "
                  f"fp32{' + bf16 autocast' if a.bf16 else ''}, beta=0. Generation: "
                  + (f"a vLLM server (TRL server mode, `gad-trl vllm-serve`), weights pushed every step by "
                     f"`{a.vllm_weight_sync}` sync, the same for both trainers.\n" if a.vllm

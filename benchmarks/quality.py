@@ -37,7 +37,7 @@ from .common import (
     pretrain_student,
     seed_everything,
 )
-from .tasks import get_tasks, make_split
+from .tasks import check_held_out, get_tasks, make_split
 
 
 def parse_args(argv=None):
@@ -245,6 +245,8 @@ def main(argv=None):
     train_prompts = {r["prompt_text"] for r in train_rows}
     eval_rows = make_split(tasks, args.n_eval, seed="eval", exclude=train_prompts)
     disc_rows = make_split(tasks, args.n_disc, seed="disc-heldout", exclude=train_prompts)
+    check_held_out(train_prompts, eval_rows, "--n-eval")
+    check_held_out(train_prompts, disc_rows, "--n-disc")
     reserved = train_prompts | {r["prompt_text"] for r in eval_rows} | {r["prompt_text"] for r in disc_rows}
     teacher_scores = {
         **{k: statistics.mean(tasks_by_name[k].judge(r["prompt_text"], r["teacher_response"]) for r in eval_rows

@@ -256,3 +256,14 @@ def make_split(tasks: list[Task], n_per_task: int, seed: int, exclude: set[str] 
             )
             got += 1
     return rows
+
+
+def check_held_out(train_prompts: set[str], rows: list[dict], flag: str) -> None:
+    """Held-out rows must not repeat a train prompt. `make_split` admits repeats only once a task's prompt space is
+    exhausted (a small plugged-in task), so this turns that case into a clear error instead of a silent leak."""
+    leaked = sorted({r["task"] for r in rows if r["prompt_text"] in train_prompts})
+    if leaked:
+        raise ValueError(
+            f"Task(s) {', '.join(leaked)} have too few distinct prompts: held-out rows repeat train prompts. Lower "
+            f"--n-train or {flag}, or make the task's prompt maker produce more distinct prompts."
+        )

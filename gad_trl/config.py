@@ -79,7 +79,9 @@ class GADConfig(GRPOConfig):
     discriminator_lr_scheduler_type: str = field(
         default="constant_with_warmup", metadata={"help": "Discriminator LR schedule (transformers' get_scheduler)."}
     )
-    discriminator_warmup_steps: int = field(default=0, metadata={"help": "Discriminator LR warm-up steps."})
+    discriminator_warmup_steps: int = field(
+        default=0, metadata={"help": "Discriminator LR warm-up, in discriminator updates (one per generation batch)."}
+    )
     discriminator_max_grad_norm: float | None = field(
         default=None, metadata={"help": "Gradient clipping of the discriminator; None = max_grad_norm."}
     )
@@ -144,6 +146,14 @@ class GADConfig(GRPOConfig):
         default=None,
         metadata={"help": "Directory shared with the server for 'reload' sync; None = <output_dir>/_vllm_weights."},
     )
+    vllm_request_timeout: float | None = field(
+        default=1800.0,
+        metadata={
+            "help": "Seconds one request to the vLLM server (a generation batch, a weight sync) may wait for its "
+            "answer before the step fails with VLLMServerError; None = wait forever (TRL's behaviour). It guards "
+            "against a server that is alive but hung: raise it if one generation batch really takes longer."
+        },
+    )
 
     # Hub
     discriminator_hub_model_id: str | None = field(
@@ -179,6 +189,10 @@ class GADConfig(GRPOConfig):
         for name in ("critic_warmup_steps", "sft_warmup_steps", "discriminator_warmup_steps", "discriminator_heldout_size"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.vllm_request_timeout is not None and self.vllm_request_timeout <= 0:
+            raise ValueError(
+                f"vllm_request_timeout must be a positive number of seconds or None, got {self.vllm_request_timeout}."
+            )
         if self.discriminator_mini_batch_size is not None and self.discriminator_mini_batch_size < 1:
             raise ValueError(
                 f"discriminator_mini_batch_size must be a positive integer or None, got {self.discriminator_mini_batch_size}."

@@ -9,7 +9,6 @@ from contextlib import nullcontext
 import torch
 from accelerate.utils import gather
 from transformers import AutoTokenizer, PreTrainedModel, TrainerCallback, get_scheduler
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 from trl import GRPOTrainer
 from trl.extras.profiling import profiling_decorator
@@ -224,11 +223,16 @@ class GADTrainer(GRPOTrainer):
                     "counting during the critic warm-up (the student is still frozen: it gets no gradient)."
                 )
         if self.discriminator_lr_scheduler is None:
+            # The discriminator steps once per generation batch, i.e. every steps_per_generation * num_iterations
+            # micro-batches, while the student steps every gradient_accumulation_steps: size its schedule in its own
+            # updates (equal to the student's steps with TRL's defaults).
+            micro_steps = num_training_steps * self.args.gradient_accumulation_steps
+            updates = -(-micro_steps // (self.args.steps_per_generation * self.num_iterations))
             self.discriminator_lr_scheduler = get_scheduler(
                 self.args.discriminator_lr_scheduler_type,
                 optimizer=self.discriminator_optimizer,
                 num_warmup_steps=self.args.discriminator_warmup_steps,
-                num_training_steps=num_training_steps,
+                num_training_steps=max(updates, 1),
             )
         return self.lr_scheduler
 
@@ -496,14 +500,15 @@ class GADTrainer(GRPOTrainer):
 
         return push_to_hub(self, commit_message=commit_message, blocking=blocking, token=token, revision=revision, **kwargs)
 
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        # Next to the student's states, inside Trainer._save_checkpoint: written before a checkpoint is pushed
+        # (hub_strategy="checkpoint") and skipped with save_only_model, like the student's.
+        super()._save_optimizer_and_scheduler(output_dir)
         if self.args.should_save:
-            checkpoint = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            torch.save(self.discriminator_optimizer.state_dict(), os.path.join(checkpoint, DISCRIMINATOR_OPTIMIZER_NAME))
+            torch.save(self.discriminator_optimizer.state_dict(), os.path.join(output_dir, DISCRIMINATOR_OPTIMIZER_NAME))
             if self.discriminator_lr_scheduler is not None:
                 torch.save(
-                    self.discriminator_lr_scheduler.state_dict(), os.path.join(checkpoint, DISCRIMINATOR_SCHEDULER_NAME)
+                    self.discriminator_lr_scheduler.state_dict(), os.path.join(output_dir, DISCRIMINATOR_SCHEDULER_NAME)
                 )
 
     def _load_optimizer_and_scheduler(self, checkpoint):

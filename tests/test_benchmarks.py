@@ -91,3 +91,14 @@ def test_splits_are_disjoint_and_deterministic():
     held = make_split(tasks, 20, seed="eval", exclude={r["prompt_text"] for r in train})
     assert not {r["prompt_text"] for r in train} & {r["prompt_text"] for r in held}
     assert {r["task"] for r in train} == {t.name for t in tasks}
+
+
+def test_a_small_task_cannot_leak_train_prompts_into_held_out_rows():
+    from benchmarks.tasks import Task, check_held_out
+
+    tiny = Task("two_prompts", lambda rng: (rng.choice(["say up", "say down"]), "ok"), lambda p, a: 1.0)
+    train = make_split([tiny], 2, seed="train")
+    held_out = make_split([tiny], 2, seed="eval", exclude={r["prompt_text"] for r in train})
+    with pytest.raises(ValueError, match="two_prompts have too few distinct prompts.*--n-eval"):
+        check_held_out({r["prompt_text"] for r in train}, held_out, "--n-eval")
+    check_held_out({"never asked"}, held_out, "--n-eval")  # disjoint: fine

@@ -149,6 +149,8 @@ def test_config_and_constructor_errors(tiny_model_dir, tmp_path):
         make_args(tmp_path, discriminator_loss_type="bt")
     with pytest.raises(ValueError, match="critic_warmup_steps must be >= 0"):
         make_args(tmp_path, critic_warmup_steps=-1)
+    with pytest.raises(ValueError, match="vllm_request_timeout must be a positive number of seconds or None"):
+        make_args(tmp_path, vllm_request_timeout=0)
     from trl import GRPOConfig
 
     with pytest.raises(TypeError, match="needs a GADConfig"):
@@ -242,3 +244,15 @@ def test_half_precision_discriminator_warns(tiny_model_dir, tmp_path, caplog):
         trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=1, discriminator_init_kwargs={"dtype": "bfloat16"})
     assert trainer.discriminator.dtype == torch.bfloat16
     assert "bfloat16 and its AdamW keeps no float32 copy" in caplog.text and "dtype: float32" in caplog.text
+
+
+def test_discriminator_schedule_counts_its_own_updates(tiny_model_dir, tmp_path):
+    """num_iterations=2: one generation batch (one discriminator update) per two student steps; a linear schedule
+    over the run must still reach zero at the end, in 2 updates for 4 student steps."""
+    trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=4, num_iterations=2,
+                           discriminator_lr_scheduler_type="linear")
+    trainer.train()
+    assert trainer.discriminator_lr_scheduler.last_epoch == 2
+    assert trainer.discriminator_optimizer.param_groups[0]["lr"] == 0.0
+    lrs = [h["discriminator/learning_rate"] for h in trainer.state.log_history if "discriminator/learning_rate" in h]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(5e-4)  # before each of the 2 updates

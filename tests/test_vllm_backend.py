@@ -150,3 +150,69 @@ def test_server_env_sizes_the_cpu_kv_cache_unless_set():
     assert server_env({}, cuda=False) == {"VLLM_SERVER_DEV_MODE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
     assert server_env({"VLLM_CPU_KVCACHE_SPACE": "8"}, cuda=False)["VLLM_CPU_KVCACHE_SPACE"] == "8"
     assert server_env({}, cuda=True) == {"VLLM_SERVER_DEV_MODE": "1"}
+
+
+class _HungServer:
+    """A local HTTP server that answers /health (the client's start-up check) and then never answers anything else:
+    a vLLM server that is alive but stuck."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        release = self.release = threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path.startswith("/health"):
+                    self.send_response(200)
+                    self.end_headers()
+                else:
+                    release.wait(60)
+
+            def do_POST(self):
+                release.wait(60)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@needs_vllm
+def test_hung_server_times_out_into_a_clear_error():
+    import requests
+    from types import SimpleNamespace
+
+    from gad_trl.vllm import VLLMServerError
+    from gad_trl.vllm.generation import vllm_generation_class
+
+    args = SimpleNamespace(use_vllm=True, vllm_mode="server", vllm_weight_sync="nccl", vllm_request_timeout=0.5,
+                           output_dir="unused")
+    cls = vllm_generation_class(args)
+    assert cls.request_timeout == 0.5
+    server = _HungServer()
+    try:
+        backend = cls.__new__(cls)  # only the client plumbing: no model, no NCCL group
+        backend.server_base_url, backend.server_host, backend.server_port = server.url, "127.0.0.1", 0
+        backend.server_timeout, backend.group_port = 5, 51216
+        backend.model = SimpleNamespace(name_or_path="org/student", config=None)
+        client = backend._connect_client()
+        start = time.monotonic()
+        with pytest.raises(requests.exceptions.RequestException) as info:
+            client.session.post(f"{server.url}/generate/", json={})
+        elapsed = time.monotonic() - start
+        assert elapsed < 15, elapsed  # 3 tries (2 read retries) of 0.5 s plus back-off, not forever
+        assert isinstance(info.value, (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError))
+        error = backend._server_died("generating completions", info.value)
+        assert isinstance(error, VLLMServerError) and server.url in str(error) and "resume_from_checkpoint" in str(error)
+    finally:
+        server.close()

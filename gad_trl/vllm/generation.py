@@ -22,6 +22,7 @@ from contextlib import contextmanager
 
 import requests
 import torch
+from requests.adapters import HTTPAdapter
 from trl.generation.vllm_client import VLLMClient
 from trl.generation.vllm_generation import VLLMGeneration
 
@@ -53,10 +54,25 @@ def _ties_word_embeddings(model) -> bool:
     return bool(getattr(text_config, "tie_word_embeddings", False) or getattr(config, "tie_word_embeddings", False))
 
 
+class _TimeoutHTTPAdapter(HTTPAdapter):
+    """An HTTPAdapter that gives every request a timeout when the caller set none (TRL's client sets none, so a
+    server that is alive but hung would block training forever)."""
+
+    def __init__(self, *args, timeout: float | None = None, **kwargs):
+        self.timeout = timeout
+        super().__init__(*args, **kwargs)
+
+    def send(self, request, **kwargs):
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout
+        return super().send(request, **kwargs)
+
+
 class _ServerErrorsMixin:
     """Turns transport errors on the way to the server into `VLLMServerError`s that name the server and the fix."""
 
     weight_sync = "nccl"
+    request_timeout: float | None = None  # seconds a request may wait for the server's answer; None = no limit
 
     # Failed connections are retried a few times with a short back-off (TRL's client waits ~60 s before giving up on
     # a dead server); read errors and 5xx answers keep TRL's retries.
@@ -94,7 +110,6 @@ class _ServerErrorsMixin:
                 "or point the trainer at a running server with vllm_server_base_url / vllm_server_host + "
                 "vllm_server_port."
             ) from exc
-        from requests.adapters import HTTPAdapter
         from urllib3.util.retry import Retry
 
         retry = Retry(
@@ -106,7 +121,7 @@ class _ServerErrorsMixin:
             backoff_factor=self._BACKOFF,
             allowed_methods=["POST", "GET"],
         )
-        adapter = HTTPAdapter(max_retries=retry, pool_maxsize=64)
+        adapter = _TimeoutHTTPAdapter(timeout=self.request_timeout, max_retries=retry, pool_maxsize=64)
         client.session.mount("http://", adapter)
         client.session.mount("https://", adapter)
         return client
@@ -264,11 +279,14 @@ def vllm_generation_class(args):
     if not (getattr(args, "use_vllm", False) and getattr(args, "vllm_mode", None) == "server"):
         return None
     weight_sync = getattr(args, "vllm_weight_sync", "nccl")
+    settings = {"request_timeout": getattr(args, "vllm_request_timeout", None)}
     if weight_sync == "nccl":
-        return NCCLVLLMGeneration
+        return type("NCCLVLLMGeneration", (NCCLVLLMGeneration,), settings)
     if weight_sync == "reload":
-        sync_dir = getattr(args, "vllm_weight_sync_dir", None) or os.path.join(args.output_dir, "_vllm_weights")
-        return type("ReloadVLLMGeneration", (ReloadVLLMGeneration,), {"weight_sync_dir": sync_dir})
+        settings["weight_sync_dir"] = getattr(args, "vllm_weight_sync_dir", None) or os.path.join(
+            args.output_dir, "_vllm_weights"
+        )
+        return type("ReloadVLLMGeneration", (ReloadVLLMGeneration,), settings)
     raise ValueError(f"vllm_weight_sync must be 'nccl' or 'reload', got {weight_sync!r}.")
 
 
