@@ -63,7 +63,9 @@ def test_patched_vllm_generation_swaps_only_in_server_mode(tmp_path):
     ):
         assert grpo_module.VLLMGeneration.weight_sync_dir == str(tmp_path / "w")
     with patched_vllm_generation(cfg(use_vllm=True, vllm_mode="server")):  # nccl: TRL's class + clearer errors
-        assert grpo_module.VLLMGeneration is NCCLVLLMGeneration and issubclass(NCCLVLLMGeneration, original)
+        cls = grpo_module.VLLMGeneration
+        assert issubclass(cls, NCCLVLLMGeneration) and issubclass(NCCLVLLMGeneration, original)
+        assert cls.request_timeout == 1800.0
     for args in (cfg(use_vllm=True, vllm_mode="colocate", vllm_weight_sync="reload"), cfg(use_vllm=False)):
         with patched_vllm_generation(args):
             assert grpo_module.VLLMGeneration is original
@@ -154,9 +156,9 @@ def test_server_env_sizes_the_cpu_kv_cache_unless_set():
 
 class _HungServer:
     """A local HTTP server that answers /health (the client's start-up check) and then never answers anything else:
-    a vLLM server that is alive but stuck."""
+    a vLLM server that is alive but stuck. With `models=True` it also answers the client's start-up `/v1/models`."""
 
-    def __init__(self):
+    def __init__(self, models: bool = True):
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -167,6 +169,13 @@ class _HungServer:
                 if self.path.startswith("/health"):
                     self.send_response(200)
                     self.end_headers()
+                elif self.path.startswith("/v1/models") and models:
+                    body = b'{"data": [{"id": "org/student"}]}'
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
                 else:
                     release.wait(60)
 
@@ -216,3 +225,14 @@ def test_hung_server_times_out_into_a_clear_error():
         assert isinstance(error, VLLMServerError) and server.url in str(error) and "resume_from_checkpoint" in str(error)
     finally:
         server.close()
+
+    # Stuck already at start-up (the client's own GET /v1/models): a clear error too, not a hang.
+    stuck = _HungServer(models=False)
+    try:
+        backend.server_base_url = stuck.url
+        start = time.monotonic()
+        with pytest.raises(VLLMServerError, match="vllm_request_timeout=0.5 s per request"):
+            backend._connect_client()
+        assert time.monotonic() - start < 15
+    finally:
+        stuck.close()

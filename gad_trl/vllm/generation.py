@@ -68,16 +68,48 @@ class _TimeoutHTTPAdapter(HTTPAdapter):
         return super().send(request, **kwargs)
 
 
+class _GADVLLMClient(VLLMClient):
+    """TRL's client with GAD's transport policy on its session from its first request on: a timeout on every request
+    (`_TimeoutHTTPAdapter`) and few, quick retries, so a dead or hung server is reported within seconds (plus the
+    timeout) instead of after TRL's minute of back-off, or never."""
+
+    # Failed connections are retried a few times with a short back-off; read errors and 5xx answers a few times too.
+    CONNECT_RETRIES = 2
+    BACKOFF = 0.5
+
+    def __init__(self, *args, request_timeout: float | None = None, **kwargs):
+        self._request_timeout = request_timeout  # before super().__init__, whose `GET /v1/models` goes through _get
+        super().__init__(*args, **kwargs)
+        self._mount_gad_adapter()
+
+    def _get(self, url: str, **kwargs) -> dict:
+        self._mount_gad_adapter()
+        return super()._get(url, **kwargs)
+
+    def _mount_gad_adapter(self) -> None:
+        if getattr(self, "_gad_adapter", None) is not None:
+            return
+        from urllib3.util.retry import Retry
+
+        retry = Retry(
+            total=5,
+            connect=self.CONNECT_RETRIES,
+            read=2,
+            status=3,
+            status_forcelist=[500, 502, 503],
+            backoff_factor=self.BACKOFF,
+            allowed_methods=["POST", "GET"],
+        )
+        self._gad_adapter = _TimeoutHTTPAdapter(timeout=self._request_timeout, max_retries=retry, pool_maxsize=64)
+        self.session.mount("http://", self._gad_adapter)
+        self.session.mount("https://", self._gad_adapter)
+
+
 class _ServerErrorsMixin:
     """Turns transport errors on the way to the server into `VLLMServerError`s that name the server and the fix."""
 
     weight_sync = "nccl"
     request_timeout: float | None = None  # seconds a request may wait for the server's answer; None = no limit
-
-    # Failed connections are retried a few times with a short back-off (TRL's client waits ~60 s before giving up on
-    # a dead server); read errors and 5xx answers keep TRL's retries.
-    _CONNECT_RETRIES = 2
-    _BACKOFF = 0.5
 
     def _base_url(self) -> str:
         if self.server_base_url is not None:
@@ -101,30 +133,19 @@ class _ServerErrorsMixin:
     def _connect_client(self) -> VLLMClient:
         url = self._base_url()
         try:
-            client = VLLMClient(base_url=url, group_port=self.group_port, connection_timeout=self.server_timeout)
+            return _GADVLLMClient(
+                base_url=url, group_port=self.group_port, connection_timeout=self.server_timeout,
+                request_timeout=self.request_timeout,
+            )  # fmt: skip
         except (requests.exceptions.RequestException, ConnectionError) as exc:
             raise VLLMServerError(
                 f"No vLLM server answered at {url} within vllm_server_timeout={self.server_timeout} s "
-                f"(vllm_mode='server', vllm_weight_sync={self.weight_sync!r}). Start one first, e.g.:\n\n"
+                f"(vllm_mode='server', vllm_weight_sync={self.weight_sync!r}, vllm_request_timeout="
+                f"{self.request_timeout} s per request). Start one first, e.g.:\n\n"
                 f"    {self._start_command()}\n\n"
                 "or point the trainer at a running server with vllm_server_base_url / vllm_server_host + "
                 "vllm_server_port."
             ) from exc
-        from urllib3.util.retry import Retry
-
-        retry = Retry(
-            total=5,
-            connect=self._CONNECT_RETRIES,
-            read=2,
-            status=3,
-            status_forcelist=[500, 502, 503],
-            backoff_factor=self._BACKOFF,
-            allowed_methods=["POST", "GET"],
-        )
-        adapter = _TimeoutHTTPAdapter(timeout=self.request_timeout, max_retries=retry, pool_maxsize=64)
-        client.session.mount("http://", adapter)
-        client.session.mount("https://", adapter)
-        return client
 
     def _server_died(self, action: str, exc: BaseException) -> VLLMServerError:
         return VLLMServerError(
