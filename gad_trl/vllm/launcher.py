@@ -17,12 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-from .serve import server_env
+from .serve import CPU_FLOAT32_ARGS, _cuda_available, server_env
 
 DEFAULT_START_TIMEOUT = 240.0
-# float32 so the server's greedy decoding matches transformers' (vLLM's CPU backend would otherwise pick bfloat16 for a
-# float32 checkpoint); eager mode skips torch.compile (half the start-up time on CPU).
-CPU_SERVER_ARGS = ("--dtype", "float32", "--enforce-eager", "--max-model-len", "512", "--max-num-seqs", "16")
+# CPU_FLOAT32_ARGS: greedy decoding then matches transformers' on the float32 checkpoint; short contexts and few
+# sequences keep the CPU server small.
+CPU_SERVER_ARGS = (*CPU_FLOAT32_ARGS, "--max-model-len", "512", "--max-num-seqs", "16")
 
 
 def free_port() -> int:
@@ -37,8 +37,6 @@ class VLLMServer:
     def __init__(self, model: str, log_path: str | os.PathLike, weight_sync: str = "reload", extra_args=None):
         """`extra_args`: `vllm serve` options; default CPU_SERVER_ARGS on a machine without CUDA, none otherwise."""
         if extra_args is None:
-            from .serve import _cuda_available
-
             extra_args = () if _cuda_available() else CPU_SERVER_ARGS
         self.model = str(model)
         self.port = free_port()

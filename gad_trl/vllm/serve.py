@@ -88,6 +88,9 @@ def build_command(args: argparse.Namespace, extra_args: list[str] | None = None)
 
 
 CPU_KVCACHE_GIB = "1"
+# A float32 student served on CPU: vLLM's CPU backend picks bfloat16 under `--dtype auto` (its samples would drift from
+# the trainer's log-probs), and eager mode skips torch.compile (half the start-up time).
+CPU_FLOAT32_ARGS = ("--dtype", "float32", "--enforce-eager")
 
 
 def server_env(base: dict | None = None, cuda: bool | None = None) -> dict:
@@ -110,13 +113,11 @@ def display_command(command: list[str], env: dict | None = None) -> str:
 def suggested_command(model: str, host: str, port: int, weight_sync: str, cpu_float32: bool = False) -> str:
     """The `gad-trl vllm-serve` line that starts a server matching a trainer's settings (used in error messages).
 
-    `cpu_float32`: the trainer runs on CPU with a float32 student; the server then needs `--dtype float32` (vLLM's CPU
-    backend picks bfloat16 under `auto`, and its samples would drift from the trainer's log-probs), and eager mode
-    halves its start-up time."""
+    `cpu_float32`: the trainer runs on CPU with a float32 student; the server then gets CPU_FLOAT32_ARGS."""
     command = ["gad-trl", "vllm-serve", "--model", str(model), "--host", str(host), "--port", str(port),
                "--weight-sync", weight_sync]  # fmt: skip
     if cpu_float32:
-        command += ["--dtype", "float32", "--enforce-eager"]
+        command += CPU_FLOAT32_ARGS
     return shlex.join(command)
 
 
