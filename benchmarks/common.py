@@ -15,6 +15,9 @@ use_offline_env()
 
 import torch  # noqa: E402
 
+from gad_trl.data import prompt_ids, teacher_completion_ids  # noqa: E402
+from gad_trl.discriminator import score_sequences  # noqa: E402
+from gad_trl.end_of_turn import end_of_turn_token_id  # noqa: E402
 from gad_trl.testing import build_tiny_model, build_tiny_tokenizer  # noqa: E402
 
 from .tasks import Task, corrupt, make_split, truncate  # noqa: E402
@@ -32,9 +35,9 @@ def chat_prompt(tok, prompt_text: str) -> str:
 
 
 def encode_pair(tok, prompt_text: str, response: str) -> tuple[list[int], list[int]]:
-    """Prompt ids (chat template, generation prompt) and response ids + EOS, as GAD scores them (see spec, Symmetry)."""
-    p = tok(chat_prompt(tok, prompt_text), add_special_tokens=False).input_ids
-    r = tok(response, add_special_tokens=False).input_ids + [tok.eos_token_id]
+    """Prompt ids and response ids + end-of-turn token, as GAD encodes them (`gad_trl.data`, the symmetry rule)."""
+    p = prompt_ids(tok, [{"role": "user", "content": prompt_text}])
+    r, _ = teacher_completion_ids(tok, response, end_of_turn_token_id(tok))
     return p, r
 
 
@@ -162,37 +165,14 @@ def evaluate(model, tok, tasks_by_name, rows, **gen_kwargs) -> tuple[dict[str, f
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Discriminator scoring (last valid token, EOS included, as the spec defines it)
+# Discriminator scoring (last valid token, end-of-turn token included: gad_trl.discriminator)
 # --------------------------------------------------------------------------------------------------------------------
-def pad_right(seqs: list[list[int]], pad_id: int, device=None):
-    L = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    att = torch.zeros((len(seqs), L), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        att[i, : len(s)] = 1
-    last = att.sum(1) - 1
-    return ids.to(device), att.to(device), last.to(device)
-
-
-def last_token_scores(disc, ids, att, last) -> torch.Tensor:
-    """Scalar head output at the last valid token of each row (right padding). Computed from the backbone's hidden
-    states so it does not depend on the model's pad-token pooling."""
-    backbone = getattr(disc, disc.base_model_prefix)
-    hidden = backbone(input_ids=ids, attention_mask=att).last_hidden_state
-    h = hidden[torch.arange(ids.shape[0], device=ids.device), last]
-    return disc.score(h).squeeze(-1).float()
-
-
 @torch.no_grad()
 def disc_scores(disc, tok, prompt_texts: list[str], responses: list[str], batch_size: int = 64) -> torch.Tensor:
+    """Discriminator scores of (prompt, response) pairs, computed as the trainer computes them (`score_sequences`)."""
     disc.eval()
-    out = []
-    for i in range(0, len(prompt_texts), batch_size):
-        seqs = [sum(encode_pair(tok, p, r), []) for p, r in zip(prompt_texts[i : i + batch_size], responses[i : i + batch_size])]
-        ids, att, last = pad_right(seqs, tok.pad_token_id, next(disc.parameters()).device)
-        out.append(last_token_scores(disc, ids, att, last).cpu())
-    return torch.cat(out)
+    seqs = [sum(encode_pair(tok, p, r), []) for p, r in zip(prompt_texts, responses)]
+    return score_sequences(disc, seqs, tok.pad_token_id, next(disc.parameters()).device, batch_size).cpu()
 
 
 def peak_rss_mb() -> float:

@@ -192,3 +192,86 @@ def _check_chat_template(tokenizer, row: int, column: str) -> None:
             f"Row {row}: column '{column}' holds chat messages but the tokenizer has no chat template. Set one "
             "(tokenizer.chat_template = ...), use an instruct checkpoint, or give plain-text prompts."
         )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Rows -> tokens: the one place where prompts and teacher responses become the token ids the discriminator reads.
+# The "symmetry" rule (docs/algorithm.md): a teacher response is tokenised without special tokens, followed by the
+# token a finished student completion ends with, and cut at max_completion_length like a student completion, so the
+# discriminator cannot tell the two sides apart by their framing. The trainer, the held-out evaluation, the length
+# analysis and the benchmarks all call these functions.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def prompt_messages(row: dict, index: int | str | None = None) -> list[dict]:
+    """The prompt of a GAD row as chat messages: TRL `prompt` (messages or text) or verl `content` (messages).
+
+    Validation is `normalize_prompt`'s (the trainer's), so every command rejects exactly the rows the trainer rejects.
+    """
+    if row.get(PROMPT_COLUMN) is not None:
+        column = PROMPT_COLUMN
+    elif row.get(VERL_PROMPT_COLUMN) is not None:
+        column = VERL_PROMPT_COLUMN
+    else:
+        raise GADDataError(f"Row {index}: no prompt; expected a 'prompt' (TRL) or 'content' (verl) column.")
+    prompt = normalize_prompt(row[column], index, column)
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return prompt
+
+
+def teacher_text(row: dict, column: str = "teacher_response", index: int | str | None = None) -> str:
+    """The teacher's answer of a row as text; a missing or empty answer is an error naming the row and the column."""
+    if column not in row:
+        raise GADDataError(f"Row {index}: the teacher response column '{column}' is missing (columns: {sorted(row)}).")
+    return normalize_teacher_response(row[column], index, column)
+
+
+def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of the chat-templated prompt with the generation prompt, as the student reads it."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def prompt_token_length(tokenizer, messages: list[dict]) -> int:
+    """Tokens of the prompt as the student reads it (`prompt_ids`); without a chat template, the joined contents."""
+    if tokenizer.chat_template is None:
+        return len(tokenizer("\n".join(m["content"] for m in messages))["input_ids"])
+    return len(prompt_ids(tokenizer, messages))
+
+
+def teacher_completion_ids(
+    tokenizer, response: str, end_token_id: int | None, max_completion_length: int | None = None
+) -> tuple[list[int], bool]:
+    """A response's tokens as a finished student completion looks: no special tokens, then `end_token_id` (the
+    end-of-turn token, `end_of_turn.end_of_turn_token_id`; None for an unfinished response), cut to
+    `max_completion_length` like a student completion. Returns `(ids, truncated)`."""
+    ids = tokenizer(text=response, add_special_tokens=False)["input_ids"]
+    if end_token_id is not None:
+        ids = ids + [end_token_id]
+    if max_completion_length is not None and len(ids) > max_completion_length:
+        return ids[:max_completion_length], True
+    return ids, False
+
+
+def encode_pair(
+    tokenizer,
+    prompt: list[dict],
+    response: str,
+    finished: bool = True,
+    end_token_id: int | None = None,
+    max_completion_length: int | None = None,
+) -> list[int]:
+    """Token ids the discriminator reads for (prompt, response): `prompt_ids` + `teacher_completion_ids`.
+
+    `finished` responses end with `end_token_id` (default: the token the chat template closes assistant turns with,
+    as in training); `max_completion_length` cuts the response as the trainer cuts it.
+    """
+    if finished and end_token_id is None:
+        from .end_of_turn import end_of_turn_token_id
+
+        end_token_id = end_of_turn_token_id(tokenizer)
+    completion, _ = teacher_completion_ids(
+        tokenizer, response, end_token_id if finished else None, max_completion_length
+    )
+    return prompt_ids(tokenizer, prompt) + completion

@@ -1,4 +1,4 @@
-"""`GADTrainer`: TRL's `GRPOTrainer` whose reward is a discriminator trained jointly, every step (GAD_SPEC.md)."""
+"""`GADTrainer`: TRL's `GRPOTrainer` whose reward is a discriminator trained jointly, every step (docs/algorithm.md)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from trl.extras.profiling import profiling_decorator
 from trl.trainer.utils import disable_dropout_in_model
 
 from .config import GADConfig
-from .data import prepare_gad_dataset
+from .data import prepare_gad_dataset, teacher_completion_ids
 from .discriminator import load_discriminator, pad_right, replicated_loading, score_sequences
 from .end_of_turn import end_of_turn_token_id
 from .health import HealthMonitor
@@ -188,7 +188,17 @@ class GADTrainer(GRPOTrainer):
         self.discriminator_lr_scheduler = None  # built in create_scheduler, once max_steps is known
         self._teacher_eos = end_of_turn_token_id(self._tokenizer, self.eos_token_ids)
         self._health = HealthMonitor(logger)
-        self._gad_prompt_ids = None
+        # Per-batch state handed between TRL's hooks, all set for the generation batch in flight:
+        # `_generate` -> the prompt ids the completions continue (the discriminator's inputs start with them);
+        # `_calculate_rewards` -> per completion row, its teacher's completion ids and teacher index, which
+        # `_generate_and_score_completions` attaches to the batch for the SFT warm-up.
+        self._batch_prompt_ids: list[list[int]] | None = None
+        self._batch_teacher_completions: list[list[int]] | None = None
+        self._batch_teacher_index: list[int] | None = None
+        # Fixed held-out triples: drawn at the first evaluation that needs them (`_heldout_triples`); a file left in
+        # output_dir is reused only by a run resumed from a checkpoint (`train(resume_from_checkpoint=...)`).
+        self._heldout: list[dict] | None = None
+        self._resumed_run = False
 
         from .callbacks import default_callbacks
 
@@ -244,22 +254,18 @@ class GADTrainer(GRPOTrainer):
 
     def _generate(self, prompts: list):
         outputs = super()._generate(prompts)
-        self._gad_prompt_ids = outputs[0]  # the tokenised prompts the completions continue; reused for D's inputs
+        self._batch_prompt_ids = outputs[0]  # the tokenised prompts the completions continue; reused for D's inputs
         return outputs
 
     def _teacher_completion_ids(self, teacher_text: str) -> tuple[list[int], bool]:
-        """Teacher tokens as a finished student completion would look: no special tokens, then the EOS the student
-        ends with (GAD_SPEC, "Symmetry"). Cut to max_completion_length like a student completion; returns
-        (ids, truncated)."""
-        ids = self.processing_class(text=teacher_text, add_special_tokens=False)["input_ids"] + [self._teacher_eos]
-        if self.max_completion_length is not None and len(ids) > self.max_completion_length:
-            return ids[: self.max_completion_length], True
-        return ids, False
+        """`gad_trl.data.teacher_completion_ids` with this run's tokenizer, end-of-turn token and length limit (the
+        symmetry rule, docs/algorithm.md); returns (ids, truncated)."""
+        return teacher_completion_ids(self.processing_class, teacher_text, self._teacher_eos, self.max_completion_length)
 
     def _build_pairs(self, inputs, completion_ids_list):
         """Unique teacher sequences (one per prompt, not G) and, for each completion, the index of its teacher."""
         column = self.args.teacher_response_column
-        prompt_ids = self._gad_prompt_ids
+        prompt_ids = self._batch_prompt_ids
         teacher_index, teacher_seqs, teacher_completions, keys = [], [], [], {}
         truncated = 0
         for i, row in enumerate(inputs):
@@ -282,8 +288,8 @@ class GADTrainer(GRPOTrainer):
         teacher_seqs, teacher_completions, teacher_index, student_seqs, teacher_cut = self._build_pairs(
             inputs, completion_ids_list
         )
-        self._gad_teacher_completions = [teacher_completions[j] for j in teacher_index]
-        self._gad_teacher_index = teacher_index
+        self._batch_teacher_completions = [teacher_completions[j] for j in teacher_index]
+        self._batch_teacher_index = teacher_index
         index = torch.tensor(teacher_index, device=device)
         eos_and_pad = {*self.eos_token_ids, self._tokenizer.pad_token_id}
         student_cut = sum(1 for ids in completion_ids_list if len(ids) == 0 or ids[-1] not in eos_and_pad)
@@ -384,10 +390,10 @@ class GADTrainer(GRPOTrainer):
         if self.model.training and self.args.sft_warmup_steps > 0:
             # Teacher tokens ride along with each completion row so they are shuffled/split with it; only read in
             # the SFT warm-up phase.
-            ids, mask = pad_right(self._gad_teacher_completions, self._tokenizer.pad_token_id, self.accelerator.device)
+            ids, mask = pad_right(self._batch_teacher_completions, self._tokenizer.pad_token_id, self.accelerator.device)
             output["teacher_completion_ids"] = ids
             output["teacher_completion_mask"] = mask
-            output["teacher_index"] = torch.tensor(self._gad_teacher_index, device=self.accelerator.device)
+            output["teacher_index"] = torch.tensor(self._batch_teacher_index, device=self.accelerator.device)
         return output
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -440,19 +446,20 @@ class GADTrainer(GRPOTrainer):
         self.discriminator.eval()
         try:
             return evaluate_triples(self.discriminator, self.processing_class, self._heldout_triples(),
-                                    self.args.per_device_eval_batch_size)
+                                    self.args.per_device_eval_batch_size, self.max_completion_length)
         finally:
             self.discriminator.train()
 
-    def _heldout_triples(self) -> list[dict]:
-        from .heldout import load_triples, sample_triples, save_triples
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        # Only a resumed run may reuse the held-out triples found in output_dir (a new run draws its own).
+        self._resumed_run = bool(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
-        if getattr(self, "_gad_heldout", None) is not None:
-            return self._gad_heldout
-        path = os.path.join(self.args.output_dir, "heldout_triples.jsonl")
-        if os.path.isfile(path):  # a resumed run keeps the triples of its first evaluation
-            self._gad_heldout, _ = load_triples(path)
-            return self._gad_heldout
+    def _heldout_triples(self) -> list[dict]:
+        from .heldout import draw_rows, load_or_sample, rows_digest, sample_triples
+
+        if self._heldout is not None:
+            return self._heldout
         dataset = self.eval_dataset
         if dataset is None or isinstance(dataset, dict):
             raise ValueError(
@@ -460,23 +467,33 @@ class GADTrainer(GRPOTrainer):
             )
         if not isinstance(dataset[0]["prompt"], list):
             raise ValueError("The fixed held-out evaluation needs conversational prompts (lists of messages).")
-        import random
-
-        n = min(self.args.discriminator_heldout_size, len(dataset))
-        indices = sorted(random.Random(self.args.seed).sample(range(len(dataset)), n))
         column = self.args.teacher_response_column
-        rows = [{"prompt": dataset[i]["prompt"], "teacher_response": dataset[i][column]} for i in indices]
+        rows = draw_rows(dataset, self.args.discriminator_heldout_size, self.args.seed, column)
         student = self.accelerator.unwrap_model(self.model)
-        devices = [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
-        # Sample with its own seed without moving the training RNG (resumed runs must see the same random stream).
-        with torch.random.fork_rng(devices=devices):
-            triples = sample_triples(student, self.processing_class, rows, self.args.seed,
-                                     self.max_completion_length, self.temperature, self.args.per_device_eval_batch_size)
-        student.train(self.model.training)
-        if self.args.should_save:
-            save_triples(path, triples, {"seed": self.args.seed, "num_samples": n})
-        self._gad_heldout = triples
-        return triples
+        key = {
+            "eval_rows": len(dataset),
+            "drawn_rows_digest": rows_digest(rows),  # which prompts and teacher responses: the data and the draw
+            "num_samples": len(rows),
+            "seed": self.args.seed,
+            "teacher_response_column": column,
+            "student": str(getattr(student.config, "_name_or_path", "")),
+            "max_completion_length": self.max_completion_length,
+            "temperature": self.temperature,
+        }
+
+        def sample() -> list[dict]:
+            devices = [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
+            # Own seed, without moving the training RNG (resumed runs must see the same random stream).
+            with torch.random.fork_rng(devices=devices):
+                triples = sample_triples(student, self.processing_class, rows, self.args.seed,
+                                         self.max_completion_length, self.temperature,
+                                         self.args.per_device_eval_batch_size)
+            student.train(self.model.training)
+            return triples
+
+        path = os.path.join(self.args.output_dir, "heldout_triples.jsonl")
+        self._heldout, _, _ = load_or_sample(path, key, sample, reuse=self._resumed_run, save=self.args.should_save)
+        return self._heldout
 
     # ------------------------------------------------------------------ saving / resuming
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):

@@ -274,7 +274,12 @@ def tiny_discriminator(tiny_model_dir, tmp_path_factory):
 def test_scores_are_taken_at_the_last_token(tiny_discriminator):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from gad_trl.cli.eval_discriminator import encode_pair, last_token_scores
+    from gad_trl.data import encode_pair
+    from gad_trl.discriminator import score_sequences
+
+    def last_token_scores(model, sequences, pad_token_id, batch_size=8):
+        with torch.no_grad():
+            return score_sequences(model, sequences, pad_token_id, "cpu", batch_size).tolist()
 
     disc = AutoModelForSequenceClassification.from_pretrained(tiny_discriminator, num_labels=1).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_discriminator)
@@ -312,12 +317,15 @@ def test_heldout_set_is_sampled_once_and_reused(tiny_discriminator, tiny_model_d
         raise AssertionError("the held-out set must not be sampled again")
 
     monkeypatch.setattr(ev, "sample_triples", no_resampling)
-    # Even a different student / seed reuses the cached set when the cache path is given.
-    second = ev.evaluate(_eval_args(tiny_discriminator, "/nonexistent", tiny_data_dir, cache, seed=7))
+    second = ev.evaluate(_eval_args(tiny_discriminator, tiny_model_dir, tiny_data_dir, cache))
     assert not second["heldout_created"] and Path(cache).read_text() == content
     for key in ("accuracy", "score_diff", "teacher_scores", "student_scores"):
         assert second[key] == first[key]
-    assert second["heldout"]["seed"] == 42 and second["heldout"]["student"] == tiny_model_dir
+    assert second["heldout"]["seed"] == 42 and second["heldout"]["student"] == str(Path(tiny_model_dir).resolve())
+    # Only the cache path and the discriminator: the cache's own settings are used.
+    third = ev.evaluate(ev.EvalDiscriminatorArguments(
+        discriminator_name_or_path=tiny_discriminator, heldout_cache=cache, num_samples=5, max_new_tokens=6))
+    assert third["teacher_scores"] == first["teacher_scores"]
 
 
 def test_heldout_sampling_is_seeded(tiny_discriminator, tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch):
@@ -337,7 +345,13 @@ def test_heldout_sampling_is_seeded(tiny_discriminator, tiny_model_dir, tiny_dat
 def test_accuracy_and_score_gap(tiny_discriminator):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from gad_trl.cli.eval_discriminator import encode_pair, evaluate_triples, last_token_scores
+    from gad_trl.data import encode_pair
+    from gad_trl.discriminator import score_sequences
+    from gad_trl.heldout import evaluate_triples
+
+    def last_token_scores(model, sequences, pad_token_id, batch_size=8):
+        with torch.no_grad():
+            return score_sequences(model, sequences, pad_token_id, "cpu", batch_size).tolist()
 
     disc = AutoModelForSequenceClassification.from_pretrained(tiny_discriminator, num_labels=1)
     tokenizer = AutoTokenizer.from_pretrained(tiny_discriminator)

@@ -57,7 +57,9 @@ def suggest_max_length(values: list[int], q: float = 99.0, round_to: int = 64) -
 
 
 def analyze(args: AnalyzeLengthsArguments, tokenizer=None, dataset=None) -> dict:
-    from .utils import load_any_dataset, prompt_messages, prompt_token_length, teacher_text
+    from ..data import prompt_messages, prompt_token_length, teacher_completion_ids, teacher_text
+    from ..end_of_turn import end_of_turn_token_id
+    from .utils import load_any_dataset
 
     if tokenizer is None:
         from transformers import AutoTokenizer
@@ -70,11 +72,12 @@ def analyze(args: AnalyzeLengthsArguments, tokenizer=None, dataset=None) -> dict
     if len(dataset) == 0:
         raise ValueError("The data set is empty.")
 
-    eos = 1 if tokenizer.eos_token_id is not None else 0
+    # As the trainer encodes teacher responses (uncut: the point is to choose the cut).
+    end = end_of_turn_token_id(tokenizer) if tokenizer.eos_token_id is not None else None
     teacher_lengths, prompt_lengths = [], []
     for i, row in enumerate(dataset):
-        text = teacher_text(row, args.teacher_response_column, i)
-        teacher_lengths.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]) + eos)
+        ids, _ = teacher_completion_ids(tokenizer, teacher_text(row, args.teacher_response_column, i), end)
+        teacher_lengths.append(len(ids))
         prompt_lengths.append(prompt_token_length(tokenizer, prompt_messages(row, i)))
 
     suggestion = suggest_max_length(teacher_lengths, args.percentile, args.round_to)

@@ -1,10 +1,12 @@
 """`gad-trl eval-discriminator`: discriminator accuracy and score gap on a fixed held-out set of triples.
 
-Training-set discriminator accuracy is measured on fresh student samples every step and can mislead (GAD_SPEC.md).
+Training-set discriminator accuracy is measured on fresh student samples every step and can mislead
+(docs/algorithm.md).
 This command measures it on a *fixed* held-out set: `num_samples` prompts drawn with `seed` from the evaluation split,
 their teacher responses, and one student response per prompt sampled with the same seed. The triples are written
-once to `heldout_cache` (JSONL, first line = metadata) and reused by every later call, so numbers from successive
-checkpoints are comparable. Scores are the discriminator head's output at the last token of the response (the
+once to `heldout_cache` (JSONL, first line = the settings they were drawn with) and reused by every later call with
+the same settings (other settings are an error, never a silent reuse), so numbers from successive checkpoints are
+comparable. Scores are the discriminator head's output at the last token of the response (the
 end-of-turn token when the response is finished), computed by the trainer's own `score_sequences`; student responses
 are scored on their sampled token ids (kept in the cache next to the decoded text).
 
@@ -22,16 +24,7 @@ from pathlib import Path
 
 from trl import TrlParser
 
-from ..heldout import (  # noqa: F401  (re-exported: the command's building blocks)
-    CACHE_FORMAT,
-    encode_pair,
-    evaluate_triples,
-    last_token_scores,
-    load_triples,
-    sample_triples,
-    save_triples,
-)
-
+from ..heldout import draw_rows, evaluate_triples, load_or_sample, sample_triples
 
 
 @dataclass
@@ -58,7 +51,8 @@ class EvalDiscriminatorArguments:
     batch_size: int = field(default=8, metadata={"help": "Sequences per forward (sampling and scoring)."})
     heldout_cache: str | None = field(
         default=None,
-        metadata={"help": "JSONL file of the held-out triples: written on the first call, reused afterwards. "
+        metadata={"help": "JSONL file of the held-out triples: written on the first call, reused by calls with the same "
+                  "sampling settings (other settings are an error naming them). "
                   "Default: $GAD_TRL_CACHE (or ~/.cache/gad_trl)/heldout-<hash of the sampling settings>.jsonl."},
     )
     output_json: str | None = field(default=None, metadata={"help": "Also write the metrics to this JSON file."})
@@ -70,13 +64,24 @@ class EvalDiscriminatorArguments:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _sampling_key(args: EvalDiscriminatorArguments, student: str) -> dict:
+def _local_or_id(name: str | None) -> str | None:
+    """A local path made absolute (so the same relative path typed in two projects is two keys); a Hub id as is."""
+    if not name:
+        return name
+    path = Path(os.path.expanduser(name))
+    if path.exists() or ("{split}" in name and path.parent.is_dir()):
+        return str(path.parent.resolve() / path.name) if "{split}" in name else str(path.resolve())
+    return name
+
+
+def _sampling_key(args: EvalDiscriminatorArguments, student: str | None) -> dict:
+    """What a held-out set is drawn from; stored in the cache and checked on reuse (None: not asked, any value)."""
     return {
-        "dataset_name": args.dataset_name,
+        "dataset_name": _local_or_id(args.dataset_name),
         "dataset_config": args.dataset_config,
         "dataset_split": args.dataset_split,
         "teacher_response_column": args.teacher_response_column,
-        "student": student,
+        "student": _local_or_id(student),
         "num_samples": args.num_samples,
         "seed": args.seed,
         "max_new_tokens": args.max_new_tokens,
@@ -90,54 +95,32 @@ def default_cache_path(key: dict) -> Path:
     return root / f"heldout-{digest}.jsonl"
 
 
-def draw_rows(dataset, num_samples: int, seed: int, teacher_response_column: str) -> list[dict]:
-    """`num_samples` rows drawn without replacement with `seed`, as `{"prompt": messages, "teacher_response": text}`."""
-    import random
-
-    from .utils import prompt_messages, teacher_text
-
-    n = len(dataset)
-    indices = sorted(random.Random(seed).sample(range(n), min(num_samples, n)))
-    rows = []
-    for i in indices:
-        row = dataset[i]
-        rows.append(
-            {
-                "prompt": prompt_messages(row, i),
-                "teacher_response": teacher_text(row, teacher_response_column, i),
-                "row": i,
-            }
-        )
-    return rows
-
-
 def load_or_create_heldout(args: EvalDiscriminatorArguments) -> tuple[list[dict], dict, Path, bool]:
-    """(triples, metadata, cache path, created): reuse the cache when it exists, else sample it once and save it."""
+    """(triples, metadata, cache path, created): reuse the cache when it was drawn with these settings (an error when
+    it was drawn with others), else sample it once and save it."""
     student = args.student_name_or_path or _default_student(args.discriminator_name_or_path)
     key = _sampling_key(args, student)
     path = Path(args.heldout_cache) if args.heldout_cache else default_cache_path(key)
-    if path.exists():
-        triples, metadata = load_triples(path)
-        return triples, metadata, path, False
-    if not args.dataset_name:
-        raise ValueError(f"No held-out cache at {path}; `dataset_name` is needed to sample one.")
-    if student is None:
-        raise ValueError(f"No held-out cache at {path}; `student_name_or_path` is needed to sample one.")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .utils import load_any_dataset
+    def sample() -> list[dict]:
+        if not args.dataset_name:
+            raise ValueError(f"No held-out cache at {path}; `dataset_name` is needed to sample one.")
+        if student is None:
+            raise ValueError(f"No held-out cache at {path}; `student_name_or_path` is needed to sample one.")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dataset = load_any_dataset(args.dataset_name, args.dataset_config)
-    if args.dataset_split not in dataset:
-        raise KeyError(f"Split {args.dataset_split!r} not in {args.dataset_name!r} (splits: {list(dataset)}).")
-    rows = draw_rows(dataset[args.dataset_split], args.num_samples, args.seed, args.teacher_response_column)
-    tokenizer = AutoTokenizer.from_pretrained(student, trust_remote_code=args.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(student, trust_remote_code=args.trust_remote_code)
-    triples = sample_triples(model, tokenizer, rows, args.seed, args.max_new_tokens, args.temperature, args.batch_size)
-    for t, r in zip(triples, rows):
-        t["row"] = r["row"]
-    save_triples(path, triples, key)
-    return triples, key, path, True
+        from .utils import load_any_dataset
+
+        dataset = load_any_dataset(args.dataset_name, args.dataset_config)
+        if args.dataset_split not in dataset:
+            raise KeyError(f"Split {args.dataset_split!r} not in {args.dataset_name!r} (splits: {list(dataset)}).")
+        rows = draw_rows(dataset[args.dataset_split], args.num_samples, args.seed, args.teacher_response_column)
+        tokenizer = AutoTokenizer.from_pretrained(student, trust_remote_code=args.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(student, trust_remote_code=args.trust_remote_code)
+        return sample_triples(model, tokenizer, rows, args.seed, args.max_new_tokens, args.temperature, args.batch_size)
+
+    triples, metadata, created = load_or_sample(path, key, sample)
+    return triples, metadata, path, created
 
 
 def _default_student(discriminator_path: str) -> str | None:
@@ -166,7 +149,9 @@ def evaluate(args: EvalDiscriminatorArguments) -> dict:
     model = AutoModelForSequenceClassification.from_pretrained(
         disc_path, num_labels=1, trust_remote_code=args.trust_remote_code
     )
-    metrics = evaluate_triples(model, tokenizer, triples, args.batch_size)
+    # Teacher responses are cut at the student's length limit, as the trainer cuts them.
+    max_length = metadata.get("max_new_tokens", args.max_new_tokens)
+    metrics = evaluate_triples(model, tokenizer, triples, args.batch_size, max_completion_length=max_length)
     metrics.update(
         {"discriminator": disc_path, "heldout_cache": str(path), "heldout_created": created, "heldout": metadata}
     )
@@ -192,14 +177,3 @@ def run(argv: list[str]) -> int:
         with open(args.output_json, "w") as f:
             json.dump(metrics, f, indent=2)
     return 0
-
-
-__all__ = [
-    "EvalDiscriminatorArguments",
-    "encode_pair",
-    "evaluate",
-    "evaluate_triples",
-    "last_token_scores",
-    "load_or_create_heldout",
-    "sample_triples",
-]

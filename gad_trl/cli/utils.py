@@ -1,9 +1,13 @@
-"""Helpers shared by the `gad-trl` subcommands: data set loading and row conversion."""
+"""Helpers shared by the `gad-trl` subcommands: data set loading, SeqKD rows, the prompt-length filter.
+
+Row and token helpers live in `gad_trl.data`."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from ..data import prompt_messages, prompt_token_length, teacher_text
 
 FILE_BUILDERS = {
     ".parquet": "parquet",
@@ -50,34 +54,6 @@ def load_any_dataset(dataset_name: str, dataset_config: str | None = None, strea
     return ds
 
 
-def prompt_messages(row: dict, index: int | None = None) -> list[dict]:
-    """The prompt of a GAD row as chat messages: TRL `prompt` (messages or text) or verl `content` (messages).
-
-    Validation is `gad_trl.data`'s (the trainer's), so the CLI rejects exactly the rows the trainer rejects.
-    """
-    from ..data import PROMPT_COLUMN, VERL_PROMPT_COLUMN, GADDataError, normalize_prompt
-
-    if row.get(PROMPT_COLUMN) is not None:
-        column = PROMPT_COLUMN
-    elif row.get(VERL_PROMPT_COLUMN) is not None:
-        column = VERL_PROMPT_COLUMN
-    else:
-        raise GADDataError(f"Row {index}: no prompt; expected a 'prompt' (TRL) or 'content' (verl) column.")
-    prompt = normalize_prompt(row[column], index, column)
-    if isinstance(prompt, str):
-        return [{"role": "user", "content": prompt}]
-    return prompt
-
-
-def teacher_text(row: dict, column: str = "teacher_response", index: int | None = None) -> str:
-    """The teacher's answer of a row as text; a missing or empty answer is an error naming the row and the column."""
-    from ..data import GADDataError, normalize_teacher_response
-
-    if column not in row:
-        raise GADDataError(f"Row {index}: the teacher response column '{column}' is missing (columns: {sorted(row)}).")
-    return normalize_teacher_response(row[column], index, column)
-
-
 def to_seqkd_dataset(dataset, teacher_response_column: str = "teacher_response"):
     """Convert GAD rows to TRL's conversational prompt-completion format for `SFTTrainer` (SeqKD).
 
@@ -92,14 +68,6 @@ def to_seqkd_dataset(dataset, teacher_response_column: str = "teacher_response")
         }
 
     return dataset.map(convert, with_indices=True, remove_columns=dataset.column_names)
-
-
-def prompt_token_length(tokenizer, messages: list[dict]) -> int:
-    """Tokens of the chat-templated prompt with the generation prompt, as the student reads it."""
-    if tokenizer.chat_template is None:
-        return len(tokenizer("\n".join(m["content"] for m in messages))["input_ids"])
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def filter_long_prompts(dataset, tokenizer, max_prompt_length: int):

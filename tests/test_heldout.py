@@ -1,0 +1,105 @@
+"""`gad_trl.heldout`: held-out caches are checked against what they were drawn from, never trusted blindly, and
+held-out teacher responses are encoded (and cut) exactly as the trainer encodes them."""
+
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+
+from gad_trl.data import encode_pair, prompt_ids
+from gad_trl.heldout import HeldoutCacheMismatch, load_or_sample, save_triples
+from gad_trl.testing import tiny_gad_rows
+from tests.gad_helpers import make_args
+
+TRIPLE = {"prompt": [{"role": "user", "content": "write sum"}], "teacher_response": "SUM",
+          "student_response": "sum", "student_finished": True}
+
+
+def test_cache_is_reused_only_with_the_settings_it_was_drawn_with(tmp_path):
+    path = tmp_path / "h.jsonl"
+    key = {"dataset_name": "/data/a", "dataset_split": "test", "num_samples": 4, "seed": 1}
+    draws = []
+
+    def sample():
+        draws.append(1)
+        return [dict(TRIPLE, row=len(draws))]
+
+    first, _, created = load_or_sample(path, key, sample)
+    again, _, created_again = load_or_sample(path, dict(key), sample)
+    assert created and not created_again and again == first and len(draws) == 1
+    for change in ({"seed": 2}, {"num_samples": 8}, {"dataset_split": "train"}, {"dataset_name": "/data/b"}):
+        with pytest.raises(HeldoutCacheMismatch, match=next(iter(change))):
+            load_or_sample(path, {**key, **change}, sample)
+    assert len(draws) == 1
+    # None = not asked (e.g. evaluating from the cache alone): any stored value matches.
+    assert load_or_sample(path, {**key, "dataset_name": None}, sample)[0] == first
+    # A new run (reuse=False) draws again and replaces the file.
+    replaced, _, created = load_or_sample(path, {**key, "seed": 2}, sample, reuse=False)
+    assert created and replaced != first and json.loads(path.read_text().splitlines()[0])["seed"] == 2
+
+
+def test_cache_of_the_old_format_is_refused(tmp_path):
+    path = tmp_path / "old.jsonl"
+    path.write_text(json.dumps({"format": "gad_trl.heldout_triples.v1", "seed": 42}) + "\n" + json.dumps(TRIPLE) + "\n")
+    with pytest.raises(HeldoutCacheMismatch, match="delete it"):
+        load_or_sample(path, {"seed": 42}, lambda: [TRIPLE])
+
+
+def test_default_cache_name_differs_for_the_same_relative_path_in_two_projects(tmp_path, monkeypatch):
+    from gad_trl.cli.eval_discriminator import EvalDiscriminatorArguments, _sampling_key, default_cache_path
+
+    paths = []
+    for project in ("p1", "p2"):
+        (tmp_path / project / "data").mkdir(parents=True)
+        monkeypatch.chdir(tmp_path / project)
+        args = EvalDiscriminatorArguments(discriminator_name_or_path="out/discriminator", dataset_name="data",
+                                          student_name_or_path="Qwen/Qwen2.5-0.5B-Instruct")
+        key = _sampling_key(args, args.student_name_or_path)
+        assert key["dataset_name"] == str(tmp_path / project / "data") and key["student"] == "Qwen/Qwen2.5-0.5B-Instruct"
+        paths.append(default_cache_path(key))
+    assert paths[0] != paths[1]
+
+
+@pytest.fixture(scope="module")
+def trainer(tiny_model_dir, tmp_path_factory):
+    from gad_trl import GADTrainer
+
+    out = tmp_path_factory.mktemp("heldout-run")
+    args = make_args(out, max_completion_length=3, per_device_eval_batch_size=4, discriminator_heldout_size=3)
+    return GADTrainer(tiny_model_dir, args=args, train_dataset=Dataset.from_list(tiny_gad_rows(8)),
+                      eval_dataset=Dataset.from_list(tiny_gad_rows(6, seed=1)))
+
+
+def test_new_run_does_not_reuse_triples_left_by_an_earlier_run(trainer):
+    stale = [dict(TRIPLE, teacher_response="LEFT BY AN EARLIER RUN")]
+    path = f"{trainer.args.output_dir}/heldout_triples.jsonl"
+    save_triples(path, stale, {"seed": trainer.args.seed, "num_samples": 1})
+    triples = trainer._heldout_triples()
+    assert len(triples) == 3 and all(t["teacher_response"] != "LEFT BY AN EARLIER RUN" for t in triples)
+    assert "LEFT BY AN EARLIER RUN" not in open(path).read()
+
+
+def test_heldout_teacher_is_cut_at_max_completion_length_as_in_training(trainer):
+    tok = trainer.processing_class
+    long_answer = "SUM PLUS ONE TWO THREE FOUR FIVE"
+    triple = dict(TRIPLE, teacher_response=long_answer)
+    # What the trainer feeds its discriminator for this row (prompt ids + cut teacher completion).
+    trainer._batch_prompt_ids = [prompt_ids(tok, triple["prompt"])]
+    teacher_seqs, _, _, _, truncated = trainer._build_pairs(
+        [{"prompt": triple["prompt"], trainer.args.teacher_response_column: long_answer}], [[tok.eos_token_id]]
+    )
+    held_out = encode_pair(tok, triple["prompt"], long_answer, True, trainer._teacher_eos, trainer.max_completion_length)
+    assert truncated == 1 and teacher_seqs[0] == held_out
+    assert len(held_out) == len(trainer._batch_prompt_ids[0]) + 3
+
+    from gad_trl.discriminator import score_sequences
+    from gad_trl.heldout import evaluate_triples
+
+    scores = evaluate_triples(trainer.discriminator, tok, [triple], max_completion_length=trainer.max_completion_length)
+    with torch.no_grad():
+        expected = score_sequences(trainer.discriminator, [held_out], tok.pad_token_id, trainer.accelerator.device).item()
+        uncut = score_sequences(trainer.discriminator, [encode_pair(tok, triple["prompt"], long_answer)],
+                                tok.pad_token_id, trainer.accelerator.device).item()
+    assert scores["teacher_scores"][0] == pytest.approx(expected, abs=1e-5 if not trainer.args.bf16 else 3e-2)
+    assert abs(uncut - expected) > 1e-6
