@@ -1,10 +1,15 @@
-"""`GADConfig`: TRL's `GRPOConfig` plus the discriminator, the warm-up schedule and the teacher column."""
+"""The package's configuration classes, one home for all of them (as TRL's `<method>_config.py`):
+
+- `GADConfig`: TRL's `GRPOConfig` plus the discriminator, the warm-up schedule and the teacher column;
+- `SeqKDConfig`: TRL's `SFTConfig` for the SeqKD baseline (`gad-trl seqkd`);
+- `GADScriptArguments`: TRL's `ScriptArguments` plus the data options of the `gad-trl gad` / `gad-trl seqkd` scripts.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from trl import GRPOConfig
+from trl import GRPOConfig, ScriptArguments, SFTConfig
 
 from .losses import DEFAULT_CONSTANTS, LOSS_TYPES
 
@@ -214,3 +219,79 @@ class GADConfig(GRPOConfig):
     def discriminator_loss_constants(self) -> dict[str, float]:
         """The loss constants of `discriminator_loss`, read from the `discriminator_*` fields."""
         return {name: getattr(self, f"discriminator_{name}") for name in DEFAULT_CONSTANTS}
+
+
+@dataclass
+class SeqKDConfig(SFTConfig):
+    r"""
+    Configuration class for the SeqKD baseline (`gad-trl seqkd`, TRL's `SFTTrainer` on the teacher responses): every
+    [`~trl.SFTConfig`] field, plus the ones below.
+
+    Parameters:
+        learning_rate (`float`, *optional*, defaults to `5e-6`):
+            SeqKD learning rate. Paper: 5e-6.
+        teacher_response_column (`str`, *optional*, defaults to `"teacher_response"`):
+            Dataset column holding the teacher's response text.
+    """
+
+    learning_rate: float = field(default=5e-6, metadata={"help": "SeqKD learning rate. Paper: 5e-6."})
+    teacher_response_column: str = field(
+        default="teacher_response", metadata={"help": "Dataset column holding the teacher's response text."}
+    )
+
+    def __post_init__(self):
+        default_bf16_where_supported(self)  # same rule as GADConfig
+        super().__post_init__()
+
+
+STAGES = ("gad", "seqkd")
+
+
+@dataclass
+class GADScriptArguments(ScriptArguments):
+    r"""
+    Script arguments of `gad-trl gad` and `gad-trl seqkd`: TRL's [`~trl.ScriptArguments`] (dataset_name,
+    dataset_config, splits, streaming) plus the ones below. `dataset_name` is a Hub id, a local directory, or a
+    `.parquet` / `.json` / `.jsonl` file (a `{split}` placeholder in a file path loads one file per split).
+
+    Parameters:
+        stage (`str` or `None`, *optional*, defaults to `None`):
+            Which trainer a recipe is for: `gad` (GADTrainer) or `seqkd` (TRL's SFTTrainer on the teacher responses -
+            the paper's SeqKD baseline and an optional first stage). Read by `gad-trl train` to pick the command;
+            `gad-trl gad` / `gad-trl seqkd` refuse a recipe of the other stage.
+        dataset_test_size (`float` or `None`, *optional*, defaults to `None`):
+            Carve a held-out split of this fraction (or row count if >= 1) from the train split when the data set has
+            no `dataset_test_split`. Used when `eval_strategy` is not `no`.
+        max_prompt_length (`int` or `None`, *optional*, defaults to `None`):
+            Drop rows whose chat-templated prompt is longer than this many tokens (as verl's filter_overlong_prompts;
+            TRL 1.16's GRPOConfig has no prompt limit). Paper: 2048.
+        max_train_samples (`int` or `None`, *optional*, defaults to `None`):
+            Keep only the first N training rows (smoke tests, debugging).
+    """
+
+    stage: str | None = field(
+        default=None,
+        metadata={
+            "help": "Which trainer a recipe is for: `gad` (GADTrainer) or `seqkd` (TRL's SFTTrainer on the teacher "
+            "responses - the paper's SeqKD baseline and an optional first stage). Read by `gad-trl train` to pick the "
+            "command; `gad-trl gad` / `gad-trl seqkd` refuse a recipe of the other stage.",
+            "choices": list(STAGES),
+        },
+    )
+    dataset_test_size: float | None = field(
+        default=None,
+        metadata={
+            "help": "Carve a held-out split of this fraction (or row count if >= 1) from the train split when the "
+            "data set has no `dataset_test_split`. Used when `eval_strategy` is not `no`."
+        },
+    )
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Drop rows whose chat-templated prompt is longer than this many tokens (as verl's "
+            "filter_overlong_prompts; TRL 1.16's GRPOConfig has no prompt limit). Paper: 2048."
+        },
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N training rows (smoke tests, debugging)."}
+    )

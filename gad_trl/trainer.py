@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import textwrap
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 from accelerate.utils import gather
@@ -51,6 +51,30 @@ def _warn_if_half_precision(discriminator, learning_rate: float) -> None:
             f"at discriminator_learning_rate={learning_rate:g} smaller than {half[0]}'s resolution are lost. Load it in "
             "float32 (discriminator_init_kwargs: {dtype: float32}) where memory allows, or raise its learning rate."
         )
+
+
+@contextmanager
+def _upload_ignoring(pattern: str | None):
+    """Within `Trainer.push_to_hub`, also leave `pattern` out of the student's upload (its ignore list is fixed)."""
+    import transformers.trainer as hf_trainer
+
+    if pattern is None:
+        yield
+        return
+    get_api = hf_trainer.hf_api
+
+    class _Api:
+        def __getattr__(self, name):
+            return getattr(get_api(), name)
+
+        def upload_folder(self, *, ignore_patterns=None, **kwargs):
+            return get_api().upload_folder(ignore_patterns=[*(ignore_patterns or []), pattern], **kwargs)
+
+    hf_trainer.hf_api = _Api
+    try:
+        yield
+    finally:
+        hf_trainer.hf_api = get_api
 
 
 class GADTrainer(GRPOTrainer):
@@ -199,6 +223,9 @@ class GADTrainer(GRPOTrainer):
         # output_dir is reused only by a run resumed from a checkpoint (`train(resume_from_checkpoint=...)`).
         self._heldout: list[dict] | None = None
         self._resumed_run = False
+        # The teacher data set's name (Hub id or path), named in the model cards; `gad-trl gad` sets it,
+        # `push_to_hub(dataset_name=...)` too.
+        self.dataset_name: str | None = None
 
         from .callbacks import default_callbacks
 
@@ -510,12 +537,34 @@ class GADTrainer(GRPOTrainer):
 
         write_discriminator_card(self, disc_dir)
 
-    def push_to_hub(self, commit_message="End of training", blocking=True, token=None, revision=None, **kwargs):
-        """Upload the student and the discriminator (the `discriminator/` sub-folder, or its own repo when
-        `discriminator_hub_model_id` is set), with GAD model cards. See `gad_trl.hub.push_to_hub`."""
-        from .hub import push_to_hub
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        """TRL's student card (its template, GAD's name and paper) plus the GAD section (`gad_trl.hub`)."""
+        from .hub import DISCRIMINATOR_SUBFOLDER, append_student_card_section, hub_id, student_card_section
 
-        return push_to_hub(self, commit_message=commit_message, blocking=blocking, token=token, revision=revision, **kwargs)
+        self.dataset_name = dataset_name or self.dataset_name
+        # TRL links `dataset_name` as a Hub data set: local paths are named in the GAD section only.
+        super().create_model_card(model_name=model_name, dataset_name=hub_id(self.dataset_name), tags=tags)
+        if self.is_world_process_zero():
+            location = self.args.discriminator_hub_model_id or f"{self.hub_model_id}/{DISCRIMINATOR_SUBFOLDER}"
+            append_student_card_section(os.path.join(self.args.output_dir, "README.md"),
+                                        student_card_section(self, discriminator_location=location))
+
+    def push_to_hub(self, commit_message="End of training", blocking=True, token=None, revision=None, **kwargs):
+        """TRL's `push_to_hub`: the student with its card, and the discriminator in the same commit (`discriminator/`
+        sub-folder) or, with `discriminator_hub_model_id`, in its own repo."""
+        from .hub import DISCRIMINATOR_SUBFOLDER, push_discriminator
+
+        self.dataset_name = kwargs.pop("dataset_name", None) or self.dataset_name
+        own_repo = self.args.discriminator_hub_model_id
+        with _upload_ignoring(f"{DISCRIMINATOR_SUBFOLDER}/*" if own_repo else None):
+            result = super().push_to_hub(commit_message, blocking, token, revision,
+                                         dataset_name=self.dataset_name, **kwargs)
+        disc_dir = os.path.join(self.args.output_dir, DISCRIMINATOR_SUBFOLDER)
+        if own_repo and self.is_world_process_zero():
+            push_discriminator(disc_dir, own_repo, commit_message or "GAD discriminator",
+                               token if token is not None else self.args.hub_token, self.args.hub_private_repo,
+                               revision if revision is not None else self.args.hub_revision, blocking)
+        return result
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         # Next to the student's states, inside Trainer._save_checkpoint: written before a checkpoint is pushed

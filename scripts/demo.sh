@@ -16,7 +16,7 @@ GAD="$V/bin/gad-trl"
 
 "$GAD" make-tiny "$OUT/tiny"
 "$GAD" analyze-lengths --model_name_or_path "$OUT/tiny/model" --dataset_name "$OUT/tiny/data" --round_to 8
-"$GAD" train --config recipes/tiny/gad.yaml \
+"$GAD" gad --config recipes/tiny/gad.yaml \
   --model_name_or_path "$OUT/tiny/model" --dataset_name "$OUT/tiny/data" --output_dir "$OUT/tiny-gad" \
   ${MAX_STEPS:+--max_steps "$MAX_STEPS"}
 "$GAD" eval-discriminator --discriminator_name_or_path "$OUT/tiny-gad/discriminator" \

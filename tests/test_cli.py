@@ -171,7 +171,7 @@ def test_filter_long_prompts(tiny_model_dir):
 def test_accelerate_config_name_relaunches_through_accelerate():
     argv = ["--config", TINY_GAD, "--accelerate_config", "zero3", "--num_processes", "2", "--max_steps", "3"]
     launch_args, training_args = train_cli.split_launch_args(argv)
-    assert launch_args[:2] == ["--config_file", str(REPO / "recipes" / "accelerate_configs" / "zero3.yaml")]
+    assert launch_args[:2] == ["--config_file", str(REPO / "gad_trl" / "accelerate_configs" / "zero3.yaml")]
     assert launch_args[2:] == ["--num_processes", "2"]
     assert training_args == ["--config", TINY_GAD, "--max_steps", "3"]
 

@@ -9,8 +9,8 @@ from gad_trl.cli import train as train_cli
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
-TRAINING_RECIPES = sorted(p for p in RECIPES.rglob("*.yaml") if "accelerate_configs" not in p.parts)
-ACCELERATE_CONFIGS = sorted((RECIPES / "accelerate_configs").glob("*.yaml"))
+TRAINING_RECIPES = sorted(RECIPES.rglob("*.yaml"))
+ACCELERATE_CONFIGS = sorted((REPO / "gad_trl" / "accelerate_configs").glob("*.yaml"))  # package data
 
 
 def _id(path):
@@ -91,7 +91,7 @@ def test_tiny_recipe_runs_end_to_end(stage, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert cli_main.main(["make-tiny", "outputs/tiny", "--num_train", "16", "--num_test", "4"]) == 0
     recipe = str(RECIPES / "tiny" / f"{stage}.yaml")
-    assert cli_main.main(["train", "--config", recipe, "--max_steps", "4", "--disable_tqdm", "true"]) == 0
+    assert cli_main.main([stage, "--config", recipe, "--max_steps", "4", "--disable_tqdm", "true"]) == 0
     out = tmp_path / "outputs" / f"tiny-{stage}"
     assert (out / "model.safetensors").exists()
     assert (out / "discriminator" / "model.safetensors").exists() == (stage == "gad")

@@ -1,7 +1,9 @@
 """`gad-trl`: the GAD command line, in the style of `trl <command>`.
 
     gad-trl make-tiny outputs/tiny                       # offline tiny model + toy data set
-    gad-trl train --config recipes/tiny/gad.yaml         # GAD (or `stage: seqkd` for the SeqKD baseline)
+    gad-trl gad --config recipes/tiny/gad.yaml           # GAD (GADTrainer)
+    gad-trl seqkd --config recipes/tiny/seqkd.yaml       # SeqKD baseline (TRL's SFTTrainer on the teacher responses)
+    gad-trl train --config recipes/tiny/gad.yaml         # either, following the recipe's `stage:` key
     gad-trl analyze-lengths --model_name_or_path M --dataset_name D
     gad-trl eval-discriminator --discriminator_name_or_path OUT/discriminator --dataset_name D
     gad-trl vllm-serve --model M                         # vLLM server for `vllm_mode: server`
@@ -18,7 +20,9 @@ import sys
 
 # name -> (module under gad_trl.cli, help). Modules are imported only when their command runs, so `--help` is fast.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("train", "Train a student with GAD (or `--stage seqkd`: SFT on the teacher responses)"),
+    "gad": ("gad", "Train a student with GAD (GADTrainer)"),
+    "seqkd": ("seqkd", "SeqKD baseline: SFT of the student on the teacher responses (TRL's SFTTrainer)"),
+    "train": ("train", "Run a recipe with the trainer its `stage:` key names (gad or seqkd)"),
     "analyze-lengths": ("analyze_lengths", "Teacher response token lengths and a suggested max_completion_length"),
     "eval-discriminator": ("eval_discriminator", "Discriminator accuracy / score gap on a fixed held-out set"),
     "make-tiny": ("make_tiny", "Write an offline tiny model and toy data set (for recipes/tiny)"),

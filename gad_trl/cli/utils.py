@@ -1,4 +1,5 @@
-"""Helpers shared by the `gad-trl` subcommands: data set loading, SeqKD rows, the prompt-length filter.
+"""Helpers shared by the `gad-trl` subcommands: data set loading, SeqKD rows, the prompt-length filter, and the
+steps every training script shares (splits, model kwargs, train-save-push).
 
 Row and token helpers live in `gad_trl.data`."""
 
@@ -87,3 +88,100 @@ def filter_long_prompts(dataset, tokenizer, max_prompt_length: int):
     if len(keep) == 0:
         raise ValueError(f"Every prompt is longer than max_prompt_length={max_prompt_length} tokens.")
     return keep
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The training scripts' shared steps (`gad-trl gad`, `gad-trl seqkd`)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def model_init_kwargs(training_args, model_args) -> dict:
+    """`from_pretrained` kwargs from TRL's `ModelConfig` (revision, dtype, attention, quantization), as TRL's scripts
+    build them; `training_args.model_init_kwargs` wins."""
+    from trl import get_quantization_config
+
+    kwargs = dict(
+        revision=model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+        attn_implementation=model_args.attn_implementation,
+        dtype=model_args.dtype,
+    )
+    quantization_config = get_quantization_config(model_args)
+    if quantization_config is not None:
+        from trl import get_kbit_device_map
+
+        kwargs["quantization_config"] = quantization_config
+        kwargs["device_map"] = get_kbit_device_map()
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if training_args.model_init_kwargs is not None:
+        kwargs.update(training_args.model_init_kwargs)
+    return kwargs
+
+
+def load_splits(script_args, training_args):
+    """(train, eval or None) from the script arguments."""
+    if not script_args.dataset_name:
+        raise ValueError("`dataset_name` is required (a Hub id, a local directory or a .parquet/.json/.jsonl file).")
+    dataset = load_any_dataset(script_args.dataset_name, script_args.dataset_config, script_args.dataset_streaming)
+    if script_args.dataset_train_split not in dataset:
+        raise KeyError(
+            f"Split {script_args.dataset_train_split!r} not in {script_args.dataset_name!r} (splits: {list(dataset)})."
+        )
+    train = dataset[script_args.dataset_train_split]
+    eval_dataset = None
+    wants_eval = training_args.eval_strategy != "no"
+    if script_args.dataset_test_split in dataset:
+        eval_dataset = dataset[script_args.dataset_test_split] if wants_eval else None
+    elif script_args.dataset_test_size:
+        size = script_args.dataset_test_size
+        split = train.train_test_split(test_size=int(size) if size >= 1 else size, seed=training_args.seed)
+        train, eval_dataset = split["train"], (split["test"] if wants_eval else None)
+    elif wants_eval:
+        raise ValueError(
+            f"eval_strategy={training_args.eval_strategy!r} but {script_args.dataset_name!r} has no split "
+            f"{script_args.dataset_test_split!r}; set `dataset_test_split` or `dataset_test_size`."
+        )
+    if script_args.max_train_samples is not None:
+        train = train.select(range(min(script_args.max_train_samples, len(train))))
+    return train, eval_dataset
+
+
+def apply_prompt_filter(script_args, model_args, training_args, train_dataset, eval_dataset):
+    """Drop the rows whose templated prompt exceeds `max_prompt_length` tokens (no-op when it is None)."""
+    if script_args.max_prompt_length is None:
+        return train_dataset, eval_dataset
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+    )
+    train_dataset = filter_long_prompts(train_dataset, tokenizer, script_args.max_prompt_length)
+    if eval_dataset is not None:
+        eval_dataset = filter_long_prompts(eval_dataset, tokenizer, script_args.max_prompt_length)
+    return train_dataset, eval_dataset
+
+
+def train_and_save(trainer, script_args, training_args, name: str):
+    """Train (resuming if asked), save to `output_dir`, push when `push_to_hub`: the end of every training script."""
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.accelerator.print(f"Training completed ({name}).")
+    trainer.save_model(training_args.output_dir)
+    trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+        trainer.accelerator.print(f"Model pushed to the Hub: https://huggingface.co/{trainer.hub_model_id}.")
+    end = getattr(trainer, "end", None)
+    if callable(end):
+        end()
+    return trainer
+
+
+def check_stage(script_args, command: str) -> None:
+    """A recipe written for the other trainer (`stage:`) is an error naming the command to run it with."""
+    if script_args.stage not in (None, command):
+        raise ValueError(
+            f"This recipe says `stage: {script_args.stage}`, but `gad-trl {command}` runs the {command} trainer: run "
+            f"it with `gad-trl {script_args.stage}` (or `gad-trl train`, which follows `stage:`)."
+        )

@@ -1,0 +1,64 @@
+"""`gad-trl gad`: a GAD run (GADTrainer: GRPO student + adversarial discriminator), as TRL's `trl grpo` script.
+
+`TrlParser` over (`GADScriptArguments`, `GADConfig`, `ModelConfig`); YAML through `--config`, flags override the
+YAML. With `--accelerate_config <file or name>` (or any `accelerate launch` flag such as `--num_processes`) the run is
+re-launched through `accelerate launch`.
+
+    gad-trl gad --config recipes/tiny/gad.yaml
+    gad-trl gad --config recipes/Qwen2.5-7B-Instruct/gad/config_lmsys.yaml --accelerate_config zero3
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from trl import ModelConfig, TrlParser
+
+from ..config import GADConfig, GADScriptArguments
+from . import launch as _launch
+from .utils import apply_prompt_filter, check_stage, load_splits, model_init_kwargs, train_and_save
+
+MODULE = "gad_trl.cli.gad"
+
+
+def make_parser(prog: str | None = None) -> TrlParser:
+    return TrlParser((GADScriptArguments, GADConfig, ModelConfig), prog=prog or "gad-trl gad")
+
+
+def build_trainer(script_args, training_args, model_args, callbacks=None):
+    """The `GADTrainer` of a `gad-trl gad` run; not trained."""
+    from trl import get_peft_config
+
+    from ..trainer import GADTrainer
+
+    check_stage(script_args, "gad")
+    if not model_args.model_name_or_path:
+        raise ValueError("`model_name_or_path` is required.")
+    training_args.model_init_kwargs = model_init_kwargs(training_args, model_args)
+    train_dataset, eval_dataset = load_splits(script_args, training_args)
+    train_dataset, eval_dataset = apply_prompt_filter(script_args, model_args, training_args, train_dataset, eval_dataset)
+    trainer = GADTrainer(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        peft_config=get_peft_config(model_args),
+        callbacks=callbacks,
+    )
+    trainer.dataset_name = script_args.dataset_name  # named in the model cards (see GADTrainer.dataset_name)
+    return trainer
+
+
+def main(script_args, training_args, model_args):
+    return train_and_save(build_trainer(script_args, training_args, model_args), script_args, training_args, "gad")
+
+
+def run(argv: list[str]) -> int:
+    parser = make_parser()
+    return _launch.run_script(argv, parser, main, lambda a: _launch.launch(a, parser, MODULE), "gad")
+
+
+if __name__ == "__main__":  # `accelerate launch --module gad_trl.cli.gad ...`
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main(*make_parser().parse_args_and_config(sys.argv[1:]))

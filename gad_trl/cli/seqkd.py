@@ -1,0 +1,70 @@
+"""`gad-trl seqkd`: the SeqKD baseline (TRL's `SFTTrainer` on the teacher responses), as TRL's `trl sft` script.
+
+The paper's SeqKD baseline and an optional first stage before GAD. `TrlParser` over (`GADScriptArguments`,
+`SeqKDConfig`, `ModelConfig`); rows are converted to TRL's conversational prompt-completion format, so the loss is
+on the teacher response only. Launching works as for `gad-trl gad`.
+
+    gad-trl seqkd --config recipes/tiny/seqkd.yaml --learning_rate 1e-5
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from trl import ModelConfig, TrlParser
+
+from ..config import GADScriptArguments, SeqKDConfig
+from . import launch as _launch
+from .utils import (
+    apply_prompt_filter,
+    check_stage,
+    load_splits,
+    model_init_kwargs,
+    to_seqkd_dataset,
+    train_and_save,
+)
+
+MODULE = "gad_trl.cli.seqkd"
+
+
+def make_parser(prog: str | None = None) -> TrlParser:
+    return TrlParser((GADScriptArguments, SeqKDConfig, ModelConfig), prog=prog or "gad-trl seqkd")
+
+
+def build_trainer(script_args, training_args, model_args, callbacks=None):
+    """The `SFTTrainer` of a `gad-trl seqkd` run; not trained."""
+    from trl import SFTTrainer, get_peft_config
+
+    check_stage(script_args, "seqkd")
+    if not model_args.model_name_or_path:
+        raise ValueError("`model_name_or_path` is required.")
+    training_args.model_init_kwargs = model_init_kwargs(training_args, model_args)
+    train_dataset, eval_dataset = load_splits(script_args, training_args)
+    train_dataset, eval_dataset = apply_prompt_filter(script_args, model_args, training_args, train_dataset, eval_dataset)
+    column = training_args.teacher_response_column
+    train_dataset = to_seqkd_dataset(train_dataset, column)
+    if eval_dataset is not None:
+        eval_dataset = to_seqkd_dataset(eval_dataset, column)
+    return SFTTrainer(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        peft_config=get_peft_config(model_args),
+        callbacks=callbacks,
+    )
+
+
+def main(script_args, training_args, model_args):
+    return train_and_save(build_trainer(script_args, training_args, model_args), script_args, training_args, "seqkd")
+
+
+def run(argv: list[str]) -> int:
+    parser = make_parser()
+    return _launch.run_script(argv, parser, main, lambda a: _launch.launch(a, parser, MODULE), "seqkd")
+
+
+if __name__ == "__main__":  # `accelerate launch --module gad_trl.cli.seqkd ...`
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main(*make_parser().parse_args_and_config(sys.argv[1:]))
