@@ -168,7 +168,7 @@ class GADConfig(GRPOConfig):
         },
     )
 
-    # Fixed held-out evaluation of the discriminator (GAD_SPEC.md, last paragraph)
+    # Fixed held-out evaluation of the discriminator (docs/algorithm.md, "Monitoring")
     discriminator_heldout_size: int = field(
         default=0,
         metadata={
@@ -178,7 +178,7 @@ class GADConfig(GRPOConfig):
         },
     )
 
-    # Health checks (GAD_SPEC.md, "Healthy ranges"): warnings, never hard stops.
+    # Health checks (docs/algorithm.md, "Monitoring"): warnings, never hard stops.
     warn_on_unhealthy_metrics: bool = field(
         default=True, metadata={"help": "Log a warning when discriminator metrics leave the healthy ranges."}
     )

@@ -1,6 +1,6 @@
 """Normalise and validate GAD data sets: one row per prompt, with the teacher's response as text.
 
-Accepted prompt formats (GAD_SPEC.md, "Data"):
+Accepted prompt formats (docs/algorithm.md, "Data"):
 - TRL conversational: `prompt` = list of `{"role", "content"}` messages;
 - verl / GAD parquet: `content` = list of messages (renamed to `prompt`);
 - standard: `prompt` = a plain string.

@@ -102,7 +102,7 @@ def last_token_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask:
     """Scores `(B,)`: the value head applied to the hidden state of the last attended token of each row.
 
     The position comes from `attention_mask`, not from the pad token, so an EOS that equals the pad token is still
-    the scored token (GAD_SPEC: "the last valid token of the response, EOS included").
+    the scored token (docs/algorithm.md, "Roles": the last real token of the response).
     """
     hidden = backbone(model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     positions = torch.arange(attention_mask.size(1), device=attention_mask.device)

@@ -1,4 +1,5 @@
-"""The token a finished assistant turn ends with: what the teacher's responses get appended (GAD_SPEC, "Symmetry").
+"""The token a finished assistant turn ends with: what the teacher's responses get appended (docs/algorithm.md,
+"Symmetry").
 
 The first of a model's `generation_config.eos_token_id` is not always that token: Llama-3.x-Instruct lists
 `<|end_of_text|>` before `<|eot_id|>`, Gemma-it lists `<eos>` before `<end_of_turn>`, yet their student completions

@@ -1,5 +1,5 @@
-"""Warnings when discriminator metrics leave the healthy ranges of GAD_SPEC.md ("Healthy ranges and known failure
-modes"). They are observations from 7-8B runs: warnings only, never hard stops."""
+"""Warnings when discriminator metrics leave the healthy ranges of docs/algorithm.md ("Monitoring"). They are
+observations from 7-8B runs: warnings only, never hard stops."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Discriminator losses of GAD (see GAD_SPEC.md, "Discriminator losses").
+"""Discriminator losses of GAD (docs/algorithm.md, "Discriminator losses").
 
 All variants take raw last-token scores of pairs (teacher response of a prompt, one student completion of the same
 prompt) and return the mean loss over pairs plus a dict of detached floats for logging.
@@ -45,7 +45,7 @@ def discriminator_loss(
             `overconfidence_margin`).
 
     Returns:
-        `(loss, info)`: the scalar loss (differentiable) and the metrics of the spec as floats: `loss`, `accuracy`,
+        `(loss, info)`: the scalar loss (differentiable) and the metrics of docs/algorithm.md as floats: `loss`, `accuracy`,
         `teacher_score_mean/std`, `student_score_mean/std`, `score_diff`, plus each term of the variant.
     """
     if loss_type not in LOSS_TYPES:

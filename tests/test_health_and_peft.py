@@ -1,4 +1,4 @@
-"""Health warnings (GAD_SPEC 'Healthy ranges') and a PEFT (LoRA) student."""
+"""Health warnings (docs/algorithm.md, 'Monitoring') and a PEFT (LoRA) student."""
 
 import logging
 

@@ -1,4 +1,4 @@
-"""Discriminator loss variants against values computed by hand from the formulas in GAD_SPEC.md."""
+"""Discriminator loss variants against values computed by hand from the formulas in docs/algorithm.md."""
 
 import math
 
