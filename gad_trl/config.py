@@ -27,26 +27,109 @@ def default_bf16_where_supported(config) -> None:
 class GADConfig(GRPOConfig):
     r"""
     Configuration class for [`GADTrainer`]: every [`~trl.GRPOConfig`] field, plus the ones below. Defaults follow the
-    GAD paper (arXiv 2511.10643) where it gives a value.
+    GAD paper (arXiv 2511.10643) where it gives a value; the algorithm is described in `docs/algorithm.md`. Each
+    field's `help` (shown by `gad-trl gad --help`) carries the same text as here.
 
-    Parameters that control the schedule (one run, counted in optimizer steps = `global_step`):
-        critic_warmup_steps (`int`, defaults to `0`): steps at the start where only the discriminator learns; the
-            student is frozen (learning rate 0, no policy loss).
-        sft_warmup_steps (`int`, defaults to `0`): steps after the critic warm-up where the student is trained by
-            cross-entropy on the teacher responses (instead of GRPO) while the discriminator keeps learning.
+    Parameters:
+        > Parameters that differ from GRPOConfig's defaults (the paper's values)
 
-    Parameters that control the discriminator:
-        discriminator_model_name_or_path (`str` or `None`): backbone of the discriminator; `None` initialises it from
-            the student's weights. Loaded with `AutoModelForSequenceClassification.from_pretrained(num_labels=1)`.
-        discriminator_learning_rate, discriminator_weight_decay, discriminator_lr_scheduler_type,
-        discriminator_warmup_steps, discriminator_max_grad_norm: its own optimizer (AdamW), scheduler and clipping.
-        discriminator_loss_type: `bradley_terry` (paper), `hinge`, `two_sided_hinge` or `balanced`, with every
-            constant a field (`discriminator_margin`, ...).
-        discriminator_mini_batch_size: sequences per discriminator forward; `None` scores the whole generation batch
-            in one forward whose detached scores are the rewards.
+        learning_rate (`float`, *optional*, defaults to `1e-6`):
+            Student (policy) learning rate. Paper: 1e-6.
+        temperature (`float`, *optional*, defaults to `0.8`):
+            Sampling temperature of the student. Paper: 0.8.
 
-    Data:
-        teacher_response_column (`str`, defaults to `"teacher_response"`): column with the teacher's answer.
+        > Parameters that control the schedule (counted in optimizer steps, `global_step`)
+
+        critic_warmup_steps (`int`, *optional*, defaults to `0`):
+            Optimizer steps at the start where only the discriminator learns; the student is frozen (learning rate
+            0, no policy loss).
+        sft_warmup_steps (`int`, *optional*, defaults to `0`):
+            Optimizer steps after `critic_warmup_steps` where the student is trained by cross-entropy on the teacher
+            responses (instead of GRPO) while the discriminator keeps learning.
+
+        > Parameters that control the data
+
+        teacher_response_column (`str`, *optional*, defaults to `"teacher_response"`):
+            Dataset column holding the teacher's response text.
+
+        > Parameters that control the discriminator model and its optimizer
+
+        discriminator_model_name_or_path (`str` or `None`, *optional*, defaults to `None`):
+            Discriminator backbone; None = initialise from the student's weights.
+        discriminator_init_kwargs (`dict` or `str` or `None`, *optional*, defaults to `None`):
+            Keyword arguments for the discriminator's from_pretrained; defaults to model_init_kwargs.
+        discriminator_learning_rate (`float`, *optional*, defaults to `1e-6`):
+            Discriminator learning rate.
+        discriminator_weight_decay (`float`, *optional*, defaults to `0.0`):
+            Discriminator AdamW weight decay.
+        discriminator_adam_beta1 (`float`, *optional*, defaults to `0.9`):
+            Discriminator AdamW beta1.
+        discriminator_adam_beta2 (`float`, *optional*, defaults to `0.999`):
+            Discriminator AdamW beta2.
+        discriminator_lr_scheduler_type (`str`, *optional*, defaults to `"constant_with_warmup"`):
+            Discriminator LR schedule (transformers' get_scheduler).
+        discriminator_warmup_steps (`int`, *optional*, defaults to `0`):
+            Discriminator LR warm-up, in discriminator updates (one per generation batch).
+        discriminator_max_grad_norm (`float` or `None`, *optional*, defaults to `None`):
+            Gradient clipping of the discriminator; None = max_grad_norm.
+        discriminator_mini_batch_size (`int` or `None`, *optional*, defaults to `None`):
+            Sequences per discriminator forward/backward. None = one forward over the generation batch whose
+            detached scores are the rewards; a number bounds memory at the cost of a second, no-grad pass.
+        discriminator_gradient_checkpointing (`bool` or `None`, *optional*, defaults to `None`):
+            Gradient checkpointing in the discriminator backbone. None = follow `gradient_checkpointing`: without it
+            the discriminator's fwd+bwd over every completion dominates peak memory (benchmarks/).
+
+        > Parameters that control the discriminator loss (docs/algorithm.md, "Discriminator losses")
+
+        discriminator_loss_type (`str`, *optional*, defaults to `"bradley_terry"`):
+            Discriminator loss: `bradley_terry` (the paper's), `hinge`, `two_sided_hinge` or `balanced`
+            (docs/algorithm.md, "Discriminator losses").
+        discriminator_margin (`float`, *optional*, defaults to `1.0`):
+            m: lower margin on d = t - s (hinge variants).
+        discriminator_upper_margin (`float`, *optional*, defaults to `5.0`):
+            M: upper margin on d (two_sided_hinge).
+        discriminator_temperature (`float`, *optional*, defaults to `2.0`):
+            T of the soft BCE term: -log sigmoid(clip(d/T)).
+        discriminator_clip (`float`, *optional*, defaults to `10.0`):
+            Clip of d/T in the soft BCE term.
+        discriminator_hinge_bce_weight (`float`, *optional*, defaults to `0.5`):
+            Weight of the soft BCE term (hinge variants).
+        discriminator_balanced_bce_weight (`float`, *optional*, defaults to `1.5`):
+            balanced: weight of the soft BCE term.
+        discriminator_score_reg_weight (`float`, *optional*, defaults to `0.005`):
+            balanced: weight of mean(t^2) + mean(s^2).
+        discriminator_overconfidence_weight (`float`, *optional*, defaults to `0.5`):
+            balanced: weight of relu(d - overconfidence_margin)^2.
+        discriminator_overconfidence_margin (`float`, *optional*, defaults to `1.5`):
+            balanced: margin of the penalty.
+
+        > Parameters that control generation through a vLLM server (`vllm_mode="server"`)
+
+        vllm_weight_sync (`str`, *optional*, defaults to `"nccl"`):
+            How updated student weights reach a vLLM server (vllm_mode='server'): 'nccl' (TRL's default, CUDA) or
+            'reload' (save to vllm_weight_sync_dir, then the server's reload_weights RPC; CPU-friendly).
+        vllm_weight_sync_dir (`str` or `None`, *optional*, defaults to `None`):
+            Directory shared with the server for 'reload' sync; None = <output_dir>/_vllm_weights.
+        vllm_request_timeout (`float` or `None`, *optional*, defaults to `1800.0`):
+            Seconds one request to the vLLM server (a generation batch, a weight sync) may wait for its answer
+            before the step fails with VLLMServerError; None = wait forever (TRL's behaviour). It guards against a
+            server that is alive but hung: raise it if one generation batch really takes longer.
+
+        > Parameters that control the Hub upload
+
+        discriminator_hub_model_id (`str` or `None`, *optional*, defaults to `None`):
+            Hub repo for the discriminator. None = the `discriminator/` sub-folder of the student's repo.
+
+        > Parameters that control monitoring (docs/algorithm.md, "Monitoring")
+
+        discriminator_heldout_size (`int`, *optional*, defaults to `0`):
+            Prompts of the eval set drawn once (with `seed`), each with its teacher response and one student
+            response sampled once; every evaluation then logs the discriminator's accuracy on these fixed triples
+            under `eval_discriminator_heldout/`. 0 = off. The triples are cached in
+            <output_dir>/heldout_triples.jsonl, which only a run resumed from a checkpoint reuses (with the same
+            settings; other settings are an error).
+        warn_on_unhealthy_metrics (`bool`, *optional*, defaults to `True`):
+            Log a warning when discriminator metrics leave the healthy ranges.
     """
 
     _VALID_DICT_FIELDS = GRPOConfig._VALID_DICT_FIELDS + ["discriminator_init_kwargs"]
@@ -57,11 +140,18 @@ class GADConfig(GRPOConfig):
 
     # Schedule
     critic_warmup_steps: int = field(
-        default=0, metadata={"help": "Steps where only the discriminator learns and the student is frozen."}
+        default=0,
+        metadata={
+            "help": "Optimizer steps at the start where only the discriminator learns; the student is frozen (learning "
+            "rate 0, no policy loss)."
+        },
     )
     sft_warmup_steps: int = field(
         default=0,
-        metadata={"help": "Steps (after critic_warmup_steps) of cross-entropy SFT of the student on teacher responses."},
+        metadata={
+            "help": "Optimizer steps after `critic_warmup_steps` where the student is trained by cross-entropy on the "
+            "teacher responses (instead of GRPO) while the discriminator keeps learning."
+        },
     )
 
     # Data
@@ -107,7 +197,12 @@ class GADConfig(GRPOConfig):
 
     # Discriminator loss
     discriminator_loss_type: str = field(
-        default="bradley_terry", metadata={"help": f"One of {', '.join(LOSS_TYPES)}.", "choices": list(LOSS_TYPES)}
+        default="bradley_terry",
+        metadata={
+            "help": "Discriminator loss: `bradley_terry` (the paper's), `hinge`, `two_sided_hinge` or `balanced` "
+            "(docs/algorithm.md, \"Discriminator losses\").",
+            "choices": list(LOSS_TYPES),
+        },
     )
     discriminator_margin: float = field(
         default=DEFAULT_CONSTANTS["margin"], metadata={"help": "m: lower margin on d = t - s (hinge variants)."}
@@ -174,7 +269,8 @@ class GADConfig(GRPOConfig):
         metadata={
             "help": "Prompts of the eval set drawn once (with `seed`), each with its teacher response and one student "
             "response sampled once; every evaluation then logs the discriminator's accuracy on these fixed triples "
-            "under `eval_discriminator_heldout/`. 0 = off. The triples are cached in <output_dir>/heldout_triples.jsonl."
+            "under `eval_discriminator_heldout/`. 0 = off. The triples are cached in <output_dir>/heldout_triples.jsonl, "
+            "which only a run resumed from a checkpoint reuses (with the same settings; other settings are an error)."
         },
     )
 
