@@ -227,9 +227,12 @@ class GADTrainer(GRPOTrainer):
         # `push_to_hub(dataset_name=...)` too.
         self.dataset_name: str | None = None
 
+        from transformers.trainer_callback import ProgressCallback
+
         from .callbacks import default_callbacks
 
-        for callback in default_callbacks():
+        progress = next((cb for cb in self.callback_handler.callbacks if isinstance(cb, ProgressCallback)), None)
+        for callback in default_callbacks(progress):
             self.add_callback(callback)
 
     # ------------------------------------------------------------------ schedule

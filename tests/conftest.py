@@ -1,4 +1,5 @@
-"""Shared fixtures: an offline tiny Qwen2 + tokenizer saved once per session, and small GAD data sets."""
+"""Shared fixtures: an offline tiny Qwen2 + tokenizer and a discriminator built from it, saved once per session, and
+small GAD data sets."""
 
 from gad_trl.testing import save_tiny_model, tiny_gad_rows, use_offline_env
 
@@ -20,3 +21,31 @@ def tiny_dataset():
     from datasets import Dataset
 
     return Dataset.from_list(tiny_gad_rows(8, seed=0))
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory):
+    """A data folder as `gad-trl make-tiny` writes it: train.jsonl + test.jsonl."""
+    from gad_trl.testing import write_jsonl
+
+    root = tmp_path_factory.mktemp("tiny-data")
+    rows = tiny_gad_rows(40, seed=1)
+    write_jsonl(rows[:32], root / "train.jsonl")
+    write_jsonl(rows[32:], root / "test.jsonl")
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_discriminator(tiny_model_dir, tmp_path_factory):
+    """A saved discriminator (value head on the tiny student) with the student's tokenizer."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = tmp_path_factory.mktemp("disc")
+    torch.manual_seed(0)
+    disc = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    disc.config.pad_token_id = tokenizer.pad_token_id
+    disc.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

@@ -1,10 +1,16 @@
 """Small builders shared by the trainer tests."""
 
+from pathlib import Path
+
 import torch
 from datasets import Dataset
 
 from gad_trl import GADConfig, GADTrainer
 from gad_trl.testing import tiny_gad_rows
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_GAD = str(REPO / "recipes" / "tiny" / "gad.yaml")
+TINY_SEQKD = str(REPO / "recipes" / "tiny" / "seqkd.yaml")
 
 
 def make_args(output_dir, **overrides):

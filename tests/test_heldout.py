@@ -103,3 +103,55 @@ def test_heldout_teacher_is_cut_at_max_completion_length_as_in_training(trainer)
                                 tok.pad_token_id, trainer.accelerator.device).item()
     assert scores["teacher_scores"][0] == pytest.approx(expected, abs=1e-5 if not trainer.args.bf16 else 3e-2)
     assert abs(uncut - expected) > 1e-6
+
+
+def test_scores_are_taken_at_the_last_token(tiny_discriminator):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from gad_trl.data import encode_pair
+    from gad_trl.discriminator import score_sequences
+
+    def last_token_scores(model, sequences, pad_token_id, batch_size=8):
+        with torch.no_grad():
+            return score_sequences(model, sequences, pad_token_id, "cpu", batch_size).tolist()
+
+    disc = AutoModelForSequenceClassification.from_pretrained(tiny_discriminator, num_labels=1).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_discriminator)
+    prompt = [{"role": "user", "content": "write sum plus"}]
+    seqs = [encode_pair(tokenizer, prompt, "SUM PLUS"), encode_pair(tokenizer, prompt, "SUM"),
+            encode_pair(tokenizer, prompt, "SUM PLUS two", finished=False)]
+    assert seqs[0][-1] == tokenizer.eos_token_id and seqs[2][-1] != tokenizer.eos_token_id
+    batched = last_token_scores(disc, seqs, tokenizer.pad_token_id, batch_size=3)
+    with torch.no_grad():
+        for seq, score in zip(seqs, batched):
+            hidden = disc.model(input_ids=torch.tensor([seq])).last_hidden_state  # unpadded, one sequence
+            assert score == pytest.approx(disc.score(hidden[0, -1]).item(), abs=1e-5)
+            # Not a pooled score: the second-to-last token gives a different value.
+            assert abs(disc.score(hidden[0, -2]).item() - score) > 1e-6
+
+
+def test_accuracy_and_score_gap(tiny_discriminator):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from gad_trl.data import encode_pair
+    from gad_trl.discriminator import score_sequences
+    from gad_trl.heldout import evaluate_triples
+
+    def last_token_scores(model, sequences, pad_token_id, batch_size=8):
+        with torch.no_grad():
+            return score_sequences(model, sequences, pad_token_id, "cpu", batch_size).tolist()
+
+    disc = AutoModelForSequenceClassification.from_pretrained(tiny_discriminator, num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_discriminator)
+    rows = tiny_gad_rows(6, seed=5)
+    identical = [{"prompt": r["prompt"], "teacher_response": r["teacher_response"],
+                  "student_response": r["teacher_response"], "student_finished": True} for r in rows]
+    metrics = evaluate_triples(disc, tokenizer, identical)
+    assert metrics["accuracy"] == 0.0 and metrics["score_diff"] == pytest.approx(0.0, abs=1e-6)
+
+    other = [dict(t, student_response="zero one two three") for t in identical]
+    metrics = evaluate_triples(disc, tokenizer, other)
+    t = last_token_scores(disc, [encode_pair(tokenizer, r["prompt"], r["teacher_response"]) for r in other], tokenizer.pad_token_id)
+    s = last_token_scores(disc, [encode_pair(tokenizer, r["prompt"], r["student_response"]) for r in other], tokenizer.pad_token_id)
+    assert metrics["accuracy"] == pytest.approx(sum(a > b for a, b in zip(t, s)) / len(t))
+    assert metrics["score_diff"] == pytest.approx(sum(a - b for a, b in zip(t, s)) / len(t), abs=1e-6)

@@ -10,14 +10,11 @@ re-launched through `accelerate launch`.
 
 from __future__ import annotations
 
-import os
-import sys
-
 from trl import ModelConfig, TrlParser
 
 from ..config import GADConfig, GADScriptArguments
 from . import launch as _launch
-from .utils import apply_prompt_filter, check_stage, load_splits, model_init_kwargs, train_and_save
+from .utils import prepare_run, train_and_save
 
 MODULE = "gad_trl.cli.gad"
 
@@ -32,12 +29,7 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
 
     from ..trainer import GADTrainer
 
-    check_stage(script_args, "gad")
-    if not model_args.model_name_or_path:
-        raise ValueError("`model_name_or_path` is required.")
-    training_args.model_init_kwargs = model_init_kwargs(training_args, model_args)
-    train_dataset, eval_dataset = load_splits(script_args, training_args)
-    train_dataset, eval_dataset = apply_prompt_filter(script_args, model_args, training_args, train_dataset, eval_dataset)
+    train_dataset, eval_dataset = prepare_run(script_args, training_args, model_args, "gad")
     trainer = GADTrainer(
         model=model_args.model_name_or_path,
         args=training_args,
@@ -55,10 +47,8 @@ def main(script_args, training_args, model_args):
 
 
 def run(argv: list[str]) -> int:
-    parser = make_parser()
-    return _launch.run_script(argv, parser, main, lambda a: _launch.launch(a, parser, MODULE), "gad")
+    return _launch.run_script(argv, make_parser(), main, MODULE, "gad")
 
 
 if __name__ == "__main__":  # `accelerate launch --module gad_trl.cli.gad ...`
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    main(*make_parser().parse_args_and_config(sys.argv[1:]))
+    _launch.main_in_launched_process(make_parser(), main)

@@ -73,11 +73,21 @@ def launch(argv: list[str], parser, module: str, launch_command_fn=None) -> int:
     return 0
 
 
-def run_script(argv: list[str], parser, main, launch_fn, command: str) -> int:
-    """A training command's entry point: in-process for a plain command line, `launch_fn(argv)` with launch args."""
+def run_script(argv: list[str], parser, main, module: str, command: str, launch_fn=None) -> int:
+    """A training command's entry point: in-process for a plain command line, else `accelerate launch` of `module`
+    (or `launch_fn(argv)`)."""
     launch_args, _ = split_launch_args(argv, parser)
     if launch_args:
         check_launch_args(launch_args, command)
-        return launch_fn(argv)
+        return launch_fn(argv) if launch_fn is not None else launch(argv, parser, module)
     main(*parser.parse_args_and_config(list(argv)))
     return 0
+
+
+def main_in_launched_process(parser, main) -> None:
+    """`python -m gad_trl.cli.<command>` under `accelerate launch`: parse sys.argv and run."""
+    import os
+    import sys
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main(*parser.parse_args_and_config(sys.argv[1:]))

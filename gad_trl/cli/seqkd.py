@@ -9,21 +9,11 @@ on the teacher response only. Launching works as for `gad-trl gad`.
 
 from __future__ import annotations
 
-import os
-import sys
-
 from trl import ModelConfig, TrlParser
 
 from ..config import GADScriptArguments, SeqKDConfig
 from . import launch as _launch
-from .utils import (
-    apply_prompt_filter,
-    check_stage,
-    load_splits,
-    model_init_kwargs,
-    to_seqkd_dataset,
-    train_and_save,
-)
+from .utils import prepare_run, to_seqkd_dataset, train_and_save
 
 MODULE = "gad_trl.cli.seqkd"
 
@@ -36,12 +26,7 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
     """The `SFTTrainer` of a `gad-trl seqkd` run; not trained."""
     from trl import SFTTrainer, get_peft_config
 
-    check_stage(script_args, "seqkd")
-    if not model_args.model_name_or_path:
-        raise ValueError("`model_name_or_path` is required.")
-    training_args.model_init_kwargs = model_init_kwargs(training_args, model_args)
-    train_dataset, eval_dataset = load_splits(script_args, training_args)
-    train_dataset, eval_dataset = apply_prompt_filter(script_args, model_args, training_args, train_dataset, eval_dataset)
+    train_dataset, eval_dataset = prepare_run(script_args, training_args, model_args, "seqkd")
     column = training_args.teacher_response_column
     train_dataset = to_seqkd_dataset(train_dataset, column)
     if eval_dataset is not None:
@@ -61,10 +46,8 @@ def main(script_args, training_args, model_args):
 
 
 def run(argv: list[str]) -> int:
-    parser = make_parser()
-    return _launch.run_script(argv, parser, main, lambda a: _launch.launch(a, parser, MODULE), "seqkd")
+    return _launch.run_script(argv, make_parser(), main, MODULE, "seqkd")
 
 
 if __name__ == "__main__":  # `accelerate launch --module gad_trl.cli.seqkd ...`
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    main(*make_parser().parse_args_and_config(sys.argv[1:]))
+    _launch.main_in_launched_process(make_parser(), main)

@@ -81,7 +81,7 @@ def run(argv: list[str]) -> int:
         script_args.stage = stage
         return main(script_args, training_args, model_args)
 
-    return _launch.run_script(argv, make_parser(stage), main_with_stage, lambda a: launch(a), "train")
+    return _launch.run_script(argv, make_parser(stage), main_with_stage, MODULE, "train", lambda a: launch(a))
 
 
 if __name__ == "__main__":  # `accelerate launch --module gad_trl.cli.train ...`

@@ -163,6 +163,17 @@ def apply_prompt_filter(script_args, model_args, training_args, train_dataset, e
     return train_dataset, eval_dataset
 
 
+def prepare_run(script_args, training_args, model_args, command: str):
+    """The first steps of every training script: check the recipe's stage and the model, set the model's init kwargs,
+    load the splits and drop over-long prompts. Returns `(train_dataset, eval_dataset or None)`."""
+    check_stage(script_args, command)
+    if not model_args.model_name_or_path:
+        raise ValueError("`model_name_or_path` is required.")
+    training_args.model_init_kwargs = model_init_kwargs(training_args, model_args)
+    train_dataset, eval_dataset = load_splits(script_args, training_args)
+    return apply_prompt_filter(script_args, model_args, training_args, train_dataset, eval_dataset)
+
+
 def train_and_save(trainer, script_args, training_args, name: str):
     """Train (resuming if asked), save to `output_dir`, push when `push_to_hub`: the end of every training script."""
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
