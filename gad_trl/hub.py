@@ -1,22 +1,19 @@
-"""Model cards of a GAD run, rendered from `gad_trl/templates/` as TRL renders its own (`ModelCard.from_template`).
-
-The student's card is TRL's (`GADTrainer.create_model_card`) plus `student_card_section`; the discriminator's card
-(`discriminator_card`) is written next to its weights by `GADTrainer.save_model`; `GADTrainer.push_to_hub` is TRL's,
-plus `push_discriminator` for a discriminator in its own repo. `run_config_yaml` renders a config into a card.
-"""
+"""Model cards of a GAD run from `gad_trl/templates/`, as TRL renders its own: the student's is TRL's plus
+`student_card_section` (`GADTrainer.create_model_card`), the discriminator's is `discriminator_card` (written by
+`GADTrainer.save_model`). `run_config_yaml` renders a config into a card; `push_discriminator` uploads to its own repo."""
 
 from __future__ import annotations
 
 import dataclasses
-import enum
+import json
 import os
 from importlib.resources import files
 from pathlib import Path
 
 DISCRIMINATOR_SUBFOLDER = "discriminator"
 GAD_SECTION_MARKER, GAD_SECTION_END = "<!-- gad_trl:run -->", "<!-- /gad_trl:run -->"
-PAPER = {"paper_id": "2511.10643", "paper_url": "https://arxiv.org/abs/2511.10643",
-         "paper_title": "Black-Box On-Policy Distillation of Large Language Models"}
+PAPER_ID, PAPER_TITLE = "2511.10643", "Black-Box On-Policy Distillation of Large Language Models"
+PAPER = {"paper_id": PAPER_ID, "paper_url": f"https://arxiv.org/abs/{PAPER_ID}", "paper_title": PAPER_TITLE}
 CITATION = """@article{ye2025blackbox,
     title        = {{Black-Box On-Policy Distillation of Large Language Models}},
     author       = {Tianzhu Ye and Li Dong and Zewen Chi and Xun Wu and Shaohan Huang and Furu Wei},
@@ -25,13 +22,10 @@ CITATION = """@article{ye2025blackbox,
     url          = {https://arxiv.org/abs/2511.10643},
 }"""
 # Fields always shown in the run's config, even at their default value.
-KEY_FIELDS = {
-    "learning_rate", "num_generations", "temperature", "max_completion_length", "per_device_train_batch_size",
-    "gradient_accumulation_steps", "max_grad_norm", "beta", "loss_type", "scale_rewards", "num_train_epochs",
-    "max_steps", "critic_warmup_steps", "sft_warmup_steps", "teacher_response_column",
-    "discriminator_model_name_or_path", "discriminator_loss_type", "discriminator_learning_rate",
-    "discriminator_max_grad_norm", "use_vllm", "vllm_mode", "seed",
-}
+KEY_FIELDS = set("""learning_rate num_generations temperature max_completion_length per_device_train_batch_size
+    gradient_accumulation_steps max_grad_norm beta loss_type scale_rewards num_train_epochs max_steps critic_warmup_steps
+    sft_warmup_steps teacher_response_column discriminator_model_name_or_path discriminator_loss_type
+    discriminator_learning_rate discriminator_max_grad_norm use_vllm vllm_mode seed""".split())
 _SECRET_SUFFIXES = ("token", "api_key", "secret", "password")
 # Bookkeeping fields that TrainingArguments.__post_init__ rewrites on every run: they say nothing about the recipe.
 _NOISY_FIELDS = {
@@ -43,14 +37,8 @@ _FINAL_METRICS = ("discriminator/accuracy", "discriminator/score_diff", "discrim
                   "completions/mean_length")
 
 
-def _jsonable(value):
-    if isinstance(value, enum.Enum):  # IntervalStrategy, SchedulerType, ... (str enums: check before str)
-        return _jsonable(value.value)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
+def _jsonable(value):  # as a card shows it: enums as their values, tuples as lists, other objects as strings
+    return json.loads(json.dumps(value, default=str))
 
 
 def run_config(args) -> dict:
@@ -149,7 +137,6 @@ def push_discriminator(save_dir, repo_id, commit_message="GAD discriminator", to
                        revision=None, blocking=True):
     """Upload a saved discriminator folder (weights, tokenizer, README.md) to its own repo `repo_id`."""
     from huggingface_hub import HfApi
-
     from . import __version__
 
     api = HfApi(library_name="gad_trl", library_version=__version__)

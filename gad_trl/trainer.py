@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import textwrap
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -19,6 +18,7 @@ from .data import prepare_gad_dataset, teacher_completion_ids
 from .discriminator import load_discriminator, pad_right, replicated_loading, score_sequences
 from .end_of_turn import end_of_turn_token_id
 from .health import HealthMonitor
+from .hub import CITATION, PAPER_ID, PAPER_TITLE
 from .losses import discriminator_loss
 
 logger = logging.get_logger(__name__)
@@ -103,18 +103,7 @@ class GADTrainer(GRPOTrainer):
 
     _tag_names = ["trl", "gad", "grpo"]
     _name = "GAD"
-    _paper = {
-        "title": "Black-Box On-Policy Distillation of Large Language Models",
-        "id": "2511.10643",
-        # docstyle-ignore
-        "citation": textwrap.dedent("""\
-            @article{ye2025blackbox,
-                title        = {{Black-Box On-Policy Distillation of Large Language Models}},
-                author       = {Tianzhu Ye and Li Dong and Zewen Chi and Xun Wu and Shaohan Huang and Furu Wei},
-                year         = 2025,
-                eprint       = {arXiv:2511.10643},
-            }"""),
-    }
+    _paper = {"title": PAPER_TITLE, "id": PAPER_ID, "citation": CITATION}  # the card's "Citations" (TRL's hook)
 
     def __init__(
         self,
