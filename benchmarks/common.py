@@ -16,6 +16,7 @@ use_offline_env()
 import torch  # noqa: E402
 
 from gad_trl.data import prompt_ids, teacher_completion_ids  # noqa: E402
+from gad_trl.data import prompt_text as templated_prompt  # noqa: E402
 from gad_trl.discriminator import score_sequences  # noqa: E402
 from gad_trl.end_of_turn import end_of_turn_token_id  # noqa: E402
 from gad_trl.testing import build_tiny_model, build_tiny_tokenizer  # noqa: E402
@@ -31,7 +32,7 @@ def build_tokenizer():
 
 
 def chat_prompt(tok, prompt_text: str) -> str:
-    return tok.apply_chat_template([{"role": "user", "content": prompt_text}], tokenize=False, add_generation_prompt=True)
+    return templated_prompt(tok, [{"role": "user", "content": prompt_text}])
 
 
 def encode_pair(tok, prompt_text: str, response: str) -> tuple[list[int], list[int]]:

@@ -227,10 +227,14 @@ def teacher_text(row: dict, column: str = "teacher_response", index: int | str |
     return normalize_teacher_response(row[column], index, column)
 
 
+def prompt_text(tokenizer, messages: list[dict]) -> str:
+    """The chat-templated prompt with the generation prompt: the text the student continues."""
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
 def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """Token ids of the chat-templated prompt with the generation prompt, as the student reads it."""
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    """Token ids of `prompt_text` (no special tokens added: the template wrote them), as the student reads it."""
+    return tokenizer(prompt_text(tokenizer, messages), add_special_tokens=False)["input_ids"]
 
 
 def prompt_token_length(tokenizer, messages: list[dict]) -> int:

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from .data import encode_pair, prompt_ids, prompt_messages, teacher_text
+from .data import encode_pair, prompt_ids, prompt_messages, prompt_text, teacher_text
 from .end_of_turn import end_of_turn_token_id
 
 logger = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def sample_triples(
     try:
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
-            texts = [tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False) for r in batch]
+            texts = [prompt_text(tokenizer, r["prompt"]) for r in batch]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             with torch.no_grad():
                 out = model.generate(
