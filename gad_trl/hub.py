@@ -87,7 +87,7 @@ def student_card_section(trainer_or_args, dataset_name=None, discriminator_locat
     from jinja2 import Template
 
     _, _, context = _context(trainer_or_args, dataset_name)
-    template = Template(files("gad_trl.templates").joinpath("student_card_section.md").read_text())
+    template = Template(files("gad_trl").joinpath("templates", "student_card_section.md").read_text())
     return template.render(**context, dataset_is_hub_id=hub_id(context["dataset_name"]) is not None,
                            discriminator_location=discriminator_location)
 
@@ -117,7 +117,7 @@ def discriminator_card(trainer_or_args, dataset_name=None, student_model_id=None
         tags=["gad", "discriminator", "reward-model", "trl", "generative-adversarial-distillation"],
     )
     card = ModelCard.from_template(
-        card_data, template_str=files("gad_trl.templates").joinpath("discriminator_card.md").read_text(), **context,
+        card_data, template_str=files("gad_trl").joinpath("templates", "discriminator_card.md").read_text(), **context,
         student_model_id=student_model_id, student_is_hub_id=hub_id(student_model_id) is not None,
         own_repo=args.discriminator_hub_model_id, loss_type=args.discriminator_loss_type,
         learning_rate=args.discriminator_learning_rate, steps=trainer.state.global_step if trainer else None,

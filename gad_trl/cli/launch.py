@@ -15,12 +15,11 @@ def resolve_accelerate_config(name: str) -> str:
     """A path for `--accelerate_config`: a file, a config shipped with gad_trl, or one shipped with TRL."""
     if Path(name).is_file():
         return name
-    for package in ("gad_trl.accelerate_configs", "trl.accelerate_configs"):
-        candidate = resources.files(package).joinpath(f"{name}.yaml")
+    ours = resources.files("gad_trl") / "accelerate_configs"  # package data (pyproject.toml)
+    for candidate in (ours / f"{name}.yaml", resources.files("trl.accelerate_configs") / f"{name}.yaml"):
         if candidate.is_file():
             return str(candidate)
-    shipped = sorted(p.name.removesuffix(".yaml") for p in resources.files("gad_trl.accelerate_configs").iterdir()
-                     if p.name.endswith(".yaml"))
+    shipped = sorted(p.name.removesuffix(".yaml") for p in ours.iterdir() if p.name.endswith(".yaml"))
     raise ValueError(
         f"Accelerate config {name!r} is neither a file nor a config shipped with gad_trl ({', '.join(shipped)}) or "
         "TRL (trl/accelerate_configs)."
