@@ -129,3 +129,18 @@ def test_each_trainer_command_parses_its_recipe_and_refuses_the_other_stage():
         gad.build_trainer(*train_cli.parse_args(["--config", TINY_SEQKD]))
     with pytest.raises(ValueError, match="run it with `gad-trl gad`"):
         seqkd.build_trainer(*train_cli.parse_args(["--config", TINY_GAD]))
+
+
+@pytest.mark.parametrize("command", ["gad", "seqkd"])
+def test_trainer_commands_relaunch_their_own_module(command):
+    import importlib
+
+    from gad_trl.cli import launch
+
+    module = importlib.import_module(f"gad_trl.cli.{command}")
+    recipe = TINY_GAD if command == "gad" else TINY_SEQKD
+    launched = []
+    argv = ["--config", recipe, "--accelerate_config", "ddp", "--num_processes", "2"]
+    assert launch.launch(argv, module.make_parser(), module.MODULE, launch_command_fn=launched.append) == 0
+    assert launched[0].training_script == f"gad_trl.cli.{command}" and launched[0].num_processes == 2
+    assert launched[0].config_file.endswith("ddp.yaml") and launched[0].training_script_args == ["--config", recipe]
