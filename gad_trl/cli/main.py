@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "Run a recipe with the trainer its `stage:` key names (gad or seqkd)"),
     "analyze-lengths": ("analyze_lengths", "Teacher response token lengths and a suggested max_completion_length"),
     "eval-discriminator": ("eval_discriminator", "Discriminator accuracy / score gap on a fixed held-out set"),
+    "estimate-memory": ("estimate_memory", "Per-GPU memory of student, reference and discriminator for each mode"),
     "make-tiny": ("make_tiny", "Write an offline tiny model and toy data set (for recipes/tiny)"),
     "vllm-serve": (None, "Serve the student with vLLM for `vllm_mode: server` (gad_trl.vllm)"),
     "env": (None, "Print the versions of gad_trl and its main dependencies"),

@@ -1,0 +1,395 @@
+"""Memory estimate (`gad_trl.memory`, `gad-trl estimate-memory`) against measured peaks on CPU with tiny models.
+
+    python -m benchmarks.memory                 # writes benchmarks/results/memory_cpu.md + .json
+    python -m benchmarks.memory --quick         # smaller shapes, no file written unless --out is given
+
+For each mode it builds the real objects the mode puts on a GPU (student, reference, discriminator; LoRA adapters and
+4-bit bases through peft/bitsandbytes) from a tiny Qwen2 in float32, takes one AdamW step on each trained model, then
+
+- weights / gradients / optimizer states: the exact bytes of their tensor storages (Params4bit packed data and quant
+  state included) against the estimate;
+- each phase (student update, discriminator update, reference forward): the peak of the bytes allocated by torch's
+  CPU allocator while it runs (torch.profiler with profile_memory=True: every allocation and free, summed in time
+  order), plus the resident bytes measured above, against the estimate of that phase. The student update runs TRL's
+  fused-LM-head forward (`add_fused_lm_head`, as GRPOTrainer does) and backward; the discriminator update runs the
+  trainer's scoring function on one mini-batch with gradients; the reference a forward without gradients.
+
+`--e2e` adds one real `GADTrainer` step (replicated, transformers generation) profiled the same way. Only modes that
+this package or peft can build today are measured; the sharded modes need several processes and are not covered here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+from gad_trl.testing import use_offline_env
+
+use_offline_env()
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+from gad_trl import memory  # noqa: E402
+
+RESULTS_DIR = Path(__file__).parent / "results"
+MiB = 1024**2
+TARGET = 0.15  # the estimate should be within 15% of the measured peak
+MEASURED_MODES = ("replicated", "lora", "qlora", "shared_base", "shared_base_qlora")
+
+
+# ---------------------------------------------------------------------------------------------------------- measuring
+def allocation_peak(fn) -> tuple[int, object]:
+    """(peak bytes allocated above the starting level while `fn` runs, fn's result), from the profiler's memory
+    events (CPU allocator), summed in time order."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    events = sorted(
+        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+    )
+    level = peak = 0
+    for _, nbytes in events:
+        level += nbytes
+        peak = max(peak, level)
+    return peak, result
+
+
+def tensor_bytes(tensors) -> int:
+    """Bytes of the distinct storages behind `tensors` (a tied or shared weight counts once)."""
+    seen, total = set(), 0
+    for t in tensors:
+        if t is None:
+            continue
+        storage = t.untyped_storage()
+        if storage.data_ptr() in seen:
+            continue
+        seen.add(storage.data_ptr())
+        total += storage.nbytes()
+    return total
+
+
+def weight_tensors(module: nn.Module):
+    for p in module.parameters():
+        yield p
+        state = getattr(p, "quant_state", None)  # bitsandbytes Params4bit: absmax (+ nested state), code
+        if state is not None:
+            yield from (v for v in state.as_dict(packed=False).values() if isinstance(v, torch.Tensor))
+
+
+def optimizer_bytes(opt) -> int:
+    return tensor_bytes(t for state in opt.state.values() for t in state.values() if isinstance(t, torch.Tensor))
+
+
+def grad_bytes(params) -> int:
+    return tensor_bytes(p.grad for p in params if p.grad is not None)
+
+
+# ---------------------------------------------------------------------------------------------------------- models
+def tiny_config(a):
+    from transformers import Qwen2Config
+
+    return Qwen2Config(
+        hidden_size=a.hidden_size, intermediate_size=a.intermediate_size, num_hidden_layers=a.num_layers,
+        num_attention_heads=4, num_key_value_heads=2, vocab_size=a.vocab_size, tie_word_embeddings=False,
+        attn_implementation="sdpa", pad_token_id=0, num_labels=1,
+    )
+
+
+def save_tiny(a, path: Path) -> str:
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(tiny_config(a)).save_pretrained(path)
+    return str(path)
+
+
+def load(path: str, kind: str, quantized: bool):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BitsAndBytesConfig
+
+    kwargs = dict(dtype=torch.float32)
+    if quantized:
+        kwargs.update(
+            quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                   bnb_4bit_compute_dtype=torch.float32),
+            device_map="cpu",
+        )
+    cls = AutoModelForCausalLM if kind == "causal" else AutoModelForSequenceClassification
+    extra = {} if kind == "causal" else {"num_labels": 1}
+    return cls.from_pretrained(path, **kwargs, **extra)
+
+
+def lora_config(task_type: str, a):
+    from peft import LoraConfig
+
+    return LoraConfig(r=a.lora_r, lora_alpha=2 * a.lora_r, lora_dropout=0.05, task_type=task_type)  # TRL's defaults
+
+
+class Setup:
+    """The models of one mode: student (+ its optimizer), reference, discriminator scorer (+ its optimizer)."""
+
+    def __init__(self, mode: str, path: str, a):
+        from peft import get_peft_model
+        from trl.trainer.utils import add_fused_lm_head
+
+        from gad_trl.discriminator import last_token_scores
+
+        quantized = mode.endswith("qlora")
+        peft = mode != "replicated"
+        self.student = load(path, "causal", quantized)
+        add_fused_lm_head(self.student, temperature=0.8, outputs=("log_probs", "entropy"))
+        self.reference = None
+        self.head = None
+        if mode == "replicated":
+            self.reference = load(path, "causal", False)
+            add_fused_lm_head(self.reference, temperature=0.8)
+            self.disc = load(path, "seqcls", False)
+            self.score = lambda ids, mask: last_token_scores(self.disc, ids, mask)
+        elif mode.startswith("shared_base"):
+            self.student = get_peft_model(self.student, lora_config("CAUSAL_LM", a), adapter_name="student")
+            self.student.add_adapter("discriminator", lora_config("CAUSAL_LM", a))
+            self.head = nn.Linear(a.hidden_size, 1, bias=False)
+            body = self.student.base_model.model.model
+
+            def score(ids, mask):
+                self.student.base_model.set_adapter("discriminator")
+                hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
+                return self.head(hidden[:, -1]).squeeze(-1)
+
+            self.score = score
+            self.disc = self.student
+        else:  # lora / qlora: the discriminator has its own base
+            self.student = get_peft_model(self.student, lora_config("CAUSAL_LM", a))
+            self.disc = get_peft_model(load(path, "seqcls", quantized), lora_config("SEQ_CLS", a))
+            self.score = lambda ids, mask: self.disc(input_ids=ids, attention_mask=mask).logits.squeeze(-1)
+        if mode.startswith("shared_base"):
+            student_params = [p for n, p in self.student.named_parameters() if ".student." in n]
+            disc_params = [p for n, p in self.student.named_parameters() if ".discriminator." in n]
+            disc_params += list(self.head.parameters())
+            for p in student_params + disc_params:
+                p.requires_grad_(True)
+        else:
+            student_params = [p for p in self.student.parameters() if p.requires_grad]
+            disc_params = [p for p in self.disc.parameters() if p.requires_grad]
+        self.student_params, self.disc_params = student_params, disc_params
+        self.student_opt = torch.optim.AdamW(student_params, lr=1e-4)
+        self.disc_opt = torch.optim.AdamW(disc_params, lr=1e-4)
+        self.mode = mode
+        self.peft = peft
+
+    def set_checkpointing(self, on: bool):
+        models = [self.student] if self.disc is self.student else [self.student, self.disc]
+        for m in models:
+            if on:
+                m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                if self.peft:
+                    m.enable_input_require_grads()
+            m.train()
+
+    # ---- phases
+    def student_loss(self, ids, mask):
+        if self.mode.startswith("shared_base"):
+            self.student.base_model.set_adapter("student")
+        labels = ids.masked_fill(mask == 0, -100)
+        return self.student(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True).log_probs.sum()
+
+    def reference_forward(self, ids, mask):
+        labels = ids.masked_fill(mask == 0, -100)
+        with torch.no_grad():
+            if self.reference is not None:
+                return self.reference(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True).log_probs
+            with self.student.disable_adapter():
+                return self.student(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True).log_probs
+
+    def resident_bytes(self) -> dict:
+        student_w = tensor_bytes(weight_tensors(self.student))
+        out = {
+            "student_weights": student_w,
+            "reference_weights": tensor_bytes(weight_tensors(self.reference)) if self.reference is not None else 0,
+            "student_optimizer": optimizer_bytes(self.student_opt),
+            "discriminator_optimizer": optimizer_bytes(self.disc_opt),
+        }
+        if self.disc is self.student:  # shared base: the discriminator owns its adapter + head only
+            disc_adapter = tensor_bytes(p for n, p in self.student.named_parameters() if ".discriminator." in n)
+            out["student_weights"] = student_w - disc_adapter
+            out["discriminator_weights"] = disc_adapter + tensor_bytes(self.head.parameters())
+        else:
+            out["discriminator_weights"] = tensor_bytes(weight_tensors(self.disc))
+        return out
+
+
+def batch(n: int, length: int, vocab: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (n, length), generator=g)
+    return ids, torch.ones_like(ids)
+
+
+def measure_mode(mode: str, path: str, a, checkpointing: bool) -> dict:
+    torch.manual_seed(0)
+    setup = Setup(mode, path, a)
+    setup.set_checkpointing(checkpointing)
+    length = a.prompt_length + a.completion_length
+    s_ids, s_mask = batch(a.batch_size, length, a.vocab_size, 1)
+    d_ids, d_mask = batch(a.disc_mini_batch, length, a.vocab_size, 2)
+
+    def student_step():
+        setup.student_loss(s_ids, s_mask).backward()
+        return grad_bytes(setup.student_params)
+
+    def disc_step():
+        setup.score(d_ids, d_mask).sum().backward()
+        return grad_bytes(setup.disc_params)
+
+    # One full step of each optimizer first, so AdamW's moments exist (resident from then on), as after step 1.
+    for step, opt in ((student_step, setup.student_opt), (disc_step, setup.disc_opt)):
+        step()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    resident = setup.resident_bytes()
+    base = sum(resident.values())
+    s_peak, s_grads = allocation_peak(student_step)
+    setup.student_opt.zero_grad(set_to_none=True)
+    d_peak, d_grads = allocation_peak(disc_step)
+    setup.disc_opt.zero_grad(set_to_none=True)
+    r_peak, _ = allocation_peak(lambda: setup.reference_forward(s_ids, s_mask))
+    return {
+        "resident": resident,
+        "student_gradients": s_grads,
+        "discriminator_gradients": d_grads,
+        "phases": {
+            "student update": base + s_peak,
+            "discriminator update": base + d_peak,
+            "reference forward": base + r_peak,
+        },
+    }
+
+
+def estimate_mode(mode: str, path: str, a, checkpointing: bool) -> memory.ModeEstimate:
+    shape = memory.count_model(path, lora_r=a.lora_r, lora_alpha=2 * a.lora_r)
+    settings = memory.RunSettings(
+        num_gpus=1, per_device_train_batch_size=a.batch_size, steps_per_generation=1, num_generations=a.batch_size,
+        prompt_length=a.prompt_length, max_completion_length=a.completion_length,
+        gradient_checkpointing=checkpointing, discriminator_mini_batch_size=a.disc_mini_batch, beta=0.04,
+        student_dtype="float32", discriminator_dtype="float32", bf16=False, use_vllm=True, device="cpu",
+    )
+    return memory.estimate(shape, shape, settings, mode)
+
+
+def compare(mode: str, measured: dict, est: memory.ModeEstimate) -> list[dict]:
+    r = measured["resident"]
+    pairs = [
+        ("student weights", r["student_weights"], est.student.weights),
+        ("student gradients", measured["student_gradients"], est.student.gradients),
+        ("student optimizer", r["student_optimizer"], est.student.optimizer),
+        ("reference weights", r["reference_weights"], est.reference.weights),
+        ("discriminator weights", r["discriminator_weights"], est.discriminator.weights),
+        ("discriminator gradients", measured["discriminator_gradients"], est.discriminator.gradients),
+        ("discriminator optimizer", r["discriminator_optimizer"], est.discriminator.optimizer),
+    ]
+    pairs += [(f"peak: {name}", measured["phases"][name], est.phases[name]) for name in measured["phases"]]
+    pairs.append(("peak of the step", max(measured["phases"].values()), max(est.phases[n] for n in measured["phases"])))
+    rows = []
+    for name, got, want in pairs:
+        error = (want - got) / got if got else (0.0 if want == 0 else float("inf"))
+        rows.append({"mode": mode, "quantity": name, "measured": got, "estimated": want, "error": error,
+                     "within_target": abs(error) <= TARGET})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------- report
+def fmt_bytes(x: int) -> str:
+    return f"{x / MiB:.3f}"
+
+
+def markdown(rows: list[dict], a, command: str, seconds: float) -> str:
+    lines = [
+        "# Memory estimate vs measured peaks (CPU, tiny Qwen2, float32)",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {platform.processor() or platform.machine()}, {platform.platform()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; {seconds:.0f} s.",
+        "",
+        f"Model: hidden {a.hidden_size}, MLP {a.intermediate_size}, {a.num_layers} layers, 4 heads / 2 KV heads, vocab "
+        f"{a.vocab_size}. Student batch {a.batch_size} x {a.prompt_length + a.completion_length} tokens, "
+        f"discriminator mini-batch {a.disc_mini_batch}, LoRA r={a.lora_r} (PEFT default targets). Measured: exact "
+        "tensor-storage bytes for weights / gradients / AdamW states; phase peaks = resident bytes + the CPU "
+        "allocator's peak while the phase runs (torch.profiler memory events). Error = (estimate - measured) / "
+        f"measured; target |error| <= {TARGET:.0%}.",
+        "",
+        "| mode | checkpointing | quantity | measured MiB | estimated MiB | error |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        mark = "" if row["within_target"] else " **miss**"
+        lines.append(
+            f"| {row['mode']} | {row['checkpointing']} | {row['quantity']} | {fmt_bytes(row['measured'])} | "
+            f"{fmt_bytes(row['estimated'])} | {100 * row['error']:+.1f}%{mark} |"
+        )
+    misses = [r for r in rows if not r["within_target"]]
+    lines += ["", f"{len(rows) - len(misses)} of {len(rows)} quantities within {TARGET:.0%}."]
+    if misses:
+        lines.append("Misses: " + "; ".join(f"{r['mode']} / {r['quantity']} ({100 * r['error']:+.1f}%)" for r in misses))
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smaller shapes (a smoke run)")
+    p.add_argument("--modes", nargs="+", default=list(MEASURED_MODES), choices=list(MEASURED_MODES))
+    p.add_argument("--hidden-size", type=int, default=256)
+    p.add_argument("--intermediate-size", type=int, default=768)
+    p.add_argument("--num-layers", type=int, default=6)
+    p.add_argument("--vocab-size", type=int, default=2048)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--prompt-length", type=int, default=64)
+    p.add_argument("--completion-length", type=int, default=192)
+    p.add_argument("--disc-mini-batch", type=int, default=4)
+    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=None, help="results file stem (default: results/memory_cpu unless --quick)")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.hidden_size, a.intermediate_size, a.num_layers, a.completion_length, a.vocab_size = 128, 384, 2, 64, 1024
+    return a
+
+
+def main(argv=None):
+    import sys
+
+    a = parse_args(argv)
+    torch.set_num_threads(a.threads)
+    t0 = time.perf_counter()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_tiny(a, Path(tmp) / "model")
+        for mode in a.modes:
+            for checkpointing in ((False, True) if mode == "replicated" else (True,)):
+                measured = measure_mode(mode, path, a, checkpointing)
+                est = estimate_mode(mode, path, a, checkpointing)
+                for row in compare(mode, measured, est):
+                    row["checkpointing"] = checkpointing
+                    rows.append(row)
+                    print(
+                        f"{mode:<18} ckpt={checkpointing!s:<5} {row['quantity']:<28} measured {fmt_bytes(row['measured']):>9} "
+                        f"MiB  estimated {fmt_bytes(row['estimated']):>9} MiB  {100 * row['error']:+6.1f}%"
+                        + ("" if row["within_target"] else "  MISS"),
+                        flush=True,
+                    )
+    seconds = time.perf_counter() - t0
+    command = "python -m benchmarks.memory " + " ".join(sys.argv[1:] if argv is None else argv)
+    out = a.out or (None if a.quick else str(RESULTS_DIR / "memory_cpu"))
+    if out:
+        Path(out + ".md").write_text(markdown(rows, a, command.strip(), seconds))
+        Path(out + ".json").write_text(json.dumps({"command": command.strip(), "args": vars(a), "rows": rows}, indent=2))
+        print(f"wrote {out}.md and {out}.json")
+    misses = sum(not r["within_target"] for r in rows)
+    print(f"{len(rows) - misses} of {len(rows)} within {TARGET:.0%}; {seconds:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""`gad-trl estimate-memory`: per-GPU memory of student, reference and discriminator for each training mode.
+
+Reads only the model's config (a local directory or a Hub id; no weights) and the run's settings, which come from a
+recipe (`--config recipe.yaml`) and/or the same flags `gad-trl train` takes; the logic lives in `gad_trl.memory`.
+
+    gad-trl estimate-memory --config recipes/Qwen2.5-7B-Instruct/gad/config_lmsys.yaml --num_gpus 8 --gpu_memory_gb 80
+    gad-trl estimate-memory --model_name_or_path Qwen/Qwen2.5-1.5B-Instruct --per_device_train_batch_size 8 \
+        --max_completion_length 512 --prompt_length 512 --gradient_checkpointing --modes qlora shared_base_qlora
+    gad-trl estimate-memory --config recipe.yaml --setups 1x24 1x80 8x80 --report_format markdown   # README table
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+
+from trl import ModelConfig, TrlParser
+
+from ..config import GADConfig
+from ..memory import GiB, MODES, MemoryEstimateError, RunSettings, count_model, estimate, format_report
+from .train import GADScriptArguments
+
+SETUP_PATTERN = re.compile(r"^(\d+)x(\d+(?:\.\d+)?)$")
+
+
+@dataclass
+class EstimateMemoryArguments:
+    num_gpus: int = field(default=1, metadata={"help": "Training GPUs (the vLLM server's GPUs are not counted)."})
+    modes: list[str] = field(
+        default_factory=lambda: list(MODES),
+        metadata={"help": "Modes to estimate: " + "; ".join(f"`{k}`: {v}" for k, v in MODES.items()) + "."},
+    )
+    gpu_memory_gb: float | None = field(
+        default=None, metadata={"help": "Memory of one GPU in GB: the report says whether each mode fits (10% headroom)."}
+    )
+    setups: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Several `<num_gpus>x<GB>` setups at once, e.g. `1x24 1x80 8x80`: one column each (overrides "
+            "num_gpus and gpu_memory_gb)."
+        },
+    )
+    prompt_length: int | None = field(
+        default=None,
+        metadata={"help": "Prompt tokens per sequence; default `max_prompt_length` of the recipe, else 512."},
+    )
+    report_format: str = field(
+        default="text", metadata={"help": "`text` (breakdown + assumptions), `markdown` (table) or `json`.",
+                                  "choices": ["text", "markdown", "json"]}
+    )
+    output_json: str | None = field(default=None, metadata={"help": "Also write the estimates to this JSON file."})
+
+
+def parse_setups(setups: list[str]) -> list[tuple[int, float]]:
+    out = []
+    for item in setups:
+        match = SETUP_PATTERN.match(item.strip())
+        if not match:
+            raise MemoryEstimateError(f"Setup {item!r} is not `<num_gpus>x<GB>` (e.g. 8x80).")
+        out.append((int(match.group(1)), float(match.group(2))))
+    return out
+
+
+def _explicit_bf16(argv: list[str]) -> bool | None:
+    """bf16 as the user wrote it (flag or YAML), or None: on a machine without a GPU GADConfig turns an unset bf16 off,
+    but the estimate is for the GPUs the recipe will run on."""
+    for i, arg in enumerate(argv):
+        if arg == "--bf16":
+            nxt = argv[i + 1] if i + 1 < len(argv) else ""
+            return nxt.lower() not in ("false", "0", "no") if nxt and not nxt.startswith("--") else True
+        if arg.startswith("--bf16="):
+            return arg.split("=", 1)[1].lower() not in ("false", "0", "no")
+    if "--config" in argv and argv.index("--config") + 1 < len(argv):
+        import yaml
+
+        with open(argv[argv.index("--config") + 1]) as f:
+            config = yaml.safe_load(f) or {}
+        if isinstance(config, dict) and config.get("bf16") is not None:
+            return bool(config["bf16"])
+    return None
+
+
+def _dtype_name(value, config) -> str:
+    import torch
+
+    if value in (None, "auto"):
+        value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
+    if isinstance(value, torch.dtype):
+        value = str(value).removeprefix("torch.")
+    return str(value)
+
+
+def settings_from_args(
+    script_args, training_args, model_args, args, student_config, num_gpus: int, bf16: bool | None = None
+) -> RunSettings:
+    """RunSettings from the recipe's parsed arguments, resolved as the trainer resolves them."""
+    init_kwargs = dict(training_args.model_init_kwargs or {})
+    student_dtype = _dtype_name(init_kwargs.get("dtype", model_args.dtype), student_config)
+    disc_kwargs = training_args.discriminator_init_kwargs
+    # load_discriminator: discriminator_init_kwargs, else the student's init kwargs; float32 when they name no dtype.
+    if disc_kwargs is None:
+        disc_dtype = student_dtype
+    else:
+        disc_dtype = _dtype_name(disc_kwargs.get("dtype", "float32"), student_config)
+    prompt_length = args.prompt_length or script_args.max_prompt_length or 512
+    if bf16 is None:
+        bf16 = not training_args.use_cpu and not training_args.fp16
+    return RunSettings(
+        num_gpus=num_gpus,
+        per_device_train_batch_size=training_args.per_device_train_batch_size,
+        steps_per_generation=training_args.steps_per_generation or training_args.gradient_accumulation_steps,
+        num_generations=training_args.num_generations,
+        prompt_length=prompt_length,
+        max_completion_length=training_args.max_completion_length,
+        gradient_checkpointing=bool(training_args.gradient_checkpointing),
+        discriminator_gradient_checkpointing=training_args.discriminator_gradient_checkpointing,
+        discriminator_mini_batch_size=training_args.discriminator_mini_batch_size,
+        beta=training_args.beta,
+        student_dtype=student_dtype,
+        discriminator_dtype=disc_dtype,
+        bf16=bf16,
+        use_vllm=bool(training_args.use_vllm),
+        use_bnb_nested_quant=model_args.use_bnb_nested_quant,
+        lora_dropout=model_args.lora_dropout,
+    )
+
+
+def format_markdown(estimates_by_setup: dict[tuple[int, float], list], modes: list[str]) -> str:
+    setups = list(estimates_by_setup)
+    header = "| mode | " + " | ".join(f"{n}x{gb:g} GB" for n, gb in setups) + " |"
+    lines = [header, "|" + "---|" * (len(setups) + 1)]
+    for i, mode in enumerate(modes):
+        cells = []
+        for setup in setups:
+            est = estimates_by_setup[setup][i]
+            fits = est.peak <= setup[1] * 1e9 * 0.9
+            cells.append(f"{est.peak / GiB:.1f} GiB {'fits' if fits else '**no**'}")
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def make_parser(prog: str | None = None) -> TrlParser:
+    return TrlParser(
+        (EstimateMemoryArguments, GADScriptArguments, GADConfig, ModelConfig), prog=prog or "gad-trl estimate-memory"
+    )
+
+
+def run(argv: list[str]) -> int:
+    argv = list(argv)
+    args, script_args, training_args, model_args = make_parser().parse_args_and_config(argv)
+    try:
+        return _run(args, script_args, training_args, model_args, _explicit_bf16(argv))
+    except MemoryEstimateError as err:
+        print(f"gad-trl estimate-memory: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args, script_args, training_args, model_args, bf16: bool | None = None) -> int:
+    unknown = [m for m in args.modes if m not in MODES]
+    if unknown:
+        raise MemoryEstimateError(f"Unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}.")
+    if not model_args.model_name_or_path:
+        raise MemoryEstimateError("--model_name_or_path is required (a local model directory or a Hub id).")
+    setups = parse_setups(args.setups) if args.setups else [(args.num_gpus, args.gpu_memory_gb)]
+    for n, _ in setups:
+        if n < 1:
+            raise MemoryEstimateError(f"num_gpus must be >= 1, got {n}.")
+    lora = dict(lora_r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_target_modules=model_args.lora_target_modules)
+    student = count_model(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code, **lora)
+    disc_name = training_args.discriminator_model_name_or_path
+    discriminator = count_model(disc_name, **lora) if disc_name else student
+    from ..memory import load_model_config
+
+    student_config, _ = load_model_config(model_args.model_name_or_path, training_args.trust_remote_code)
+    modes = [m for m in args.modes if not (m.startswith("shared_base") and disc_name and disc_name != student.name)]
+    by_setup = {}
+    for n, gb in setups:
+        settings = settings_from_args(script_args, training_args, model_args, args, student_config, n, bf16)
+        by_setup[(n, gb)] = (settings, [estimate(student, discriminator, settings, m) for m in modes])
+
+    if args.report_format == "markdown":
+        print(format_markdown({k: v[1] for k, v in by_setup.items()}, modes))
+    elif args.report_format == "json":
+        print(json.dumps(_as_json(student, discriminator, by_setup), indent=2))
+    else:
+        for (n, gb), (settings, estimates) in by_setup.items():
+            print(format_report(student, discriminator, settings, estimates, gb))
+    if args.output_json:
+        with open(args.output_json, "w") as f:
+            json.dump(_as_json(student, discriminator, by_setup), f, indent=2)
+    return 0
+
+
+def _as_json(student, discriminator, by_setup) -> dict:
+    from dataclasses import asdict
+
+    from ..memory import ASSUMPTIONS
+
+    return {
+        "student": asdict(student),
+        "discriminator": asdict(discriminator),
+        "setups": [
+            {"num_gpus": n, "gpu_memory_gb": gb, "settings": asdict(s), "estimates": [e.to_dict() for e in ests]}
+            for (n, gb), (s, ests) in by_setup.items()
+        ],
+        "assumptions": ASSUMPTIONS,
+    }
