@@ -237,12 +237,16 @@ def measure_mode(mode: str, path: str, a, checkpointing: bool) -> dict:
     s_ids, s_mask = batch(a.batch_size, length, a.vocab_size, 1)
     d_ids, d_mask = batch(a.disc_mini_batch, length, a.vocab_size, 2)
 
+    # As in training: two micro-batches accumulate into the student's gradients (gradient_accumulation_steps=2), and
+    # the discriminator's generation batch is scored in two mini-batches with gradients.
     def student_step():
-        setup.student_loss(s_ids, s_mask).backward()
+        for _ in range(2):
+            setup.student_loss(s_ids, s_mask).backward()
         return grad_bytes(setup.student_params)
 
     def disc_step():
-        setup.score(d_ids, d_mask).sum().backward()
+        for _ in range(2):
+            setup.score(d_ids, d_mask).sum().backward()
         return grad_bytes(setup.disc_params)
 
     # One full step of each optimizer first, so AdamW's moments exist (resident from then on), as after step 1.
@@ -257,22 +261,30 @@ def measure_mode(mode: str, path: str, a, checkpointing: bool) -> dict:
     d_peak, d_grads = allocation_peak(disc_step)
     setup.disc_opt.zero_grad(set_to_none=True)
     r_peak, _ = allocation_peak(lambda: setup.reference_forward(s_ids, s_mask))
+    phases = {
+        "student update": base + s_peak,
+        "discriminator update": base + d_peak,
+        "reference forward": base + r_peak,
+    }
+    if mode == "replicated" and not checkpointing:
+        # The trainer right-pads: the same discriminator batch with padding (a boolean 4-D mask reaches SDPA).
+        d_mask[: a.disc_mini_batch // 2, -length // 4 :] = 0
+        p_peak, _ = allocation_peak(disc_step)
+        setup.disc_opt.zero_grad(set_to_none=True)
+        phases["discriminator update, padded batch"] = base + p_peak
     return {
         "resident": resident,
         "student_gradients": s_grads,
         "discriminator_gradients": d_grads,
-        "phases": {
-            "student update": base + s_peak,
-            "discriminator update": base + d_peak,
-            "reference forward": base + r_peak,
-        },
+        "phases": phases,
     }
 
 
 def estimate_mode(mode: str, path: str, a, checkpointing: bool) -> memory.ModeEstimate:
     shape = memory.count_model(path, lora_r=a.lora_r, lora_alpha=2 * a.lora_r)
     settings = memory.RunSettings(
-        num_gpus=1, per_device_train_batch_size=a.batch_size, steps_per_generation=1, num_generations=a.batch_size,
+        num_gpus=1, per_device_train_batch_size=a.batch_size, gradient_accumulation_steps=2, steps_per_generation=2,
+        num_generations=a.batch_size,
         prompt_length=a.prompt_length, max_completion_length=a.completion_length,
         gradient_checkpointing=checkpointing, discriminator_mini_batch_size=a.disc_mini_batch, beta=0.04,
         student_dtype="float32", discriminator_dtype="float32", bf16=False, use_vllm=True, device="cpu",
@@ -291,14 +303,94 @@ def compare(mode: str, measured: dict, est: memory.ModeEstimate) -> list[dict]:
         ("discriminator gradients", measured["discriminator_gradients"], est.discriminator.gradients),
         ("discriminator optimizer", r["discriminator_optimizer"], est.discriminator.optimizer),
     ]
-    pairs += [(f"peak: {name}", measured["phases"][name], est.phases[name]) for name in measured["phases"]]
-    pairs.append(("peak of the step", max(measured["phases"].values()), max(est.phases[n] for n in measured["phases"])))
+    est_phases = {name: est.phases[name.split(",")[0]] for name in measured["phases"]}
+    pairs += [(f"peak: {name}", measured["phases"][name], est_phases[name]) for name in measured["phases"]]
+    # The same phases without the resident bytes (exact on both sides): the activation (+ gradient) part alone.
+    base_measured = sum(r.values())
+    base_est = est.student.resident + est.reference.resident + est.discriminator.resident + sum(est.extras.values())
+    pairs += [
+        (f"above resident: {name}", measured["phases"][name] - base_measured, est_phases[name] - base_est)
+        for name in measured["phases"]
+    ]
+    pairs.append(("peak of the step", max(measured["phases"].values()), max(est_phases.values())))
     rows = []
     for name, got, want in pairs:
         error = (want - got) / got if got else (0.0 if want == 0 else float("inf"))
         rows.append({"mode": mode, "quantity": name, "measured": got, "estimated": want, "error": error,
                      "within_target": abs(error) <= TARGET})
     return rows
+
+
+# ---------------------------------------------------------------------------------------------------------- e2e
+def measure_trainer_step(a, workdir: Path) -> list[dict]:
+    """One real GADTrainer step (replicated, generation with transformers on the training device, GAD phase),
+    profiled from its start to its end, against the estimate's peak for the same settings."""
+    from transformers import AutoTokenizer, TrainerCallback
+
+    from gad_trl import GADConfig, GADTrainer
+    from gad_trl.testing import save_tiny_model, tiny_gad_rows
+
+    from datasets import Dataset
+
+    path = save_tiny_model(workdir / "e2e_model", hidden_size=a.hidden_size, num_layers=a.num_layers)
+    tok = AutoTokenizer.from_pretrained(path)
+    rows = tiny_gad_rows(64)
+    prompt_length = max(
+        len(tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+        for r in rows
+    )
+    completion = a.completion_length
+    args = GADConfig(
+        output_dir=str(workdir / "e2e_out"), per_device_train_batch_size=8, num_generations=4, steps_per_generation=1,
+        max_completion_length=completion, max_steps=2, beta=0.04, use_cpu=True, bf16=False, report_to=[],
+        save_strategy="no", logging_steps=1, discriminator_mini_batch_size=None, gradient_checkpointing=False,
+        temperature=1.0, seed=0, disable_tqdm=True,
+    )
+    state = {}
+
+    class ProfileSecondStep(TrainerCallback):
+        def on_step_begin(self, args, st, control, **kwargs):
+            if st.global_step == 1:  # AdamW moments of both optimizers exist from step 1 on
+                trainer = state["trainer"]
+                models = [trainer.model, trainer.ref_model, trainer.discriminator]
+                state["resident"] = tensor_bytes(t for m in models for t in weight_tensors(m)) + optimizer_bytes(
+                    trainer.optimizer
+                ) + optimizer_bytes(trainer.discriminator_optimizer)
+                state["prof"] = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+                state["prof"].__enter__()
+
+        def on_step_end(self, args, st, control, **kwargs):
+            if "prof" in state and "peak" not in state:
+                prof = state["prof"]
+                prof.__exit__(None, None, None)
+                events = sorted(
+                    (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+                )
+                level = peak = 0
+                for _, nbytes in events:
+                    level += nbytes
+                    peak = max(peak, level)
+                state["peak"] = peak
+
+    trainer = GADTrainer(model=path, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                         callbacks=[ProfileSecondStep()])
+    state["trainer"] = trainer
+    trainer.train()
+    measured = state["resident"] + state["peak"]
+
+    shape = memory.count_model(path)
+    settings = memory.RunSettings(
+        num_gpus=1, per_device_train_batch_size=8, steps_per_generation=1, num_generations=4,
+        prompt_length=prompt_length, max_completion_length=completion, gradient_checkpointing=False,
+        discriminator_mini_batch_size=None, beta=0.04, student_dtype="float32", discriminator_dtype="float32",
+        bf16=False, use_vllm=False, device="cpu",
+    )
+    est = memory.estimate(shape, shape, settings, "replicated")
+    error = (est.peak - measured) / measured
+    return [{
+        "mode": "replicated (GADTrainer step)", "checkpointing": False, "quantity": f"peak of the step ({est.peak_phase})",
+        "measured": measured, "estimated": est.peak, "error": error, "within_target": abs(error) <= TARGET,
+    }]
 
 
 # ---------------------------------------------------------------------------------------------------------- report
@@ -351,6 +443,7 @@ def parse_args(argv=None):
     p.add_argument("--disc-mini-batch", type=int, default=4)
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-e2e", action="store_true", help="skip the profiled GADTrainer step")
     p.add_argument("--out", default=None, help="results file stem (default: results/memory_cpu unless --quick)")
     a = p.parse_args(argv)
     if a.quick:
@@ -380,6 +473,11 @@ def main(argv=None):
                         + ("" if row["within_target"] else "  MISS"),
                         flush=True,
                     )
+        if not a.no_e2e:
+            for row in measure_trainer_step(a, Path(tmp)):
+                rows.append(row)
+                print(f"{row['mode']}: {row['quantity']} measured {fmt_bytes(row['measured'])} MiB  estimated "
+                      f"{fmt_bytes(row['estimated'])} MiB  {100 * row['error']:+.1f}%", flush=True)
     seconds = time.perf_counter() - t0
     command = "python -m benchmarks.memory " + " ".join(sys.argv[1:] if argv is None else argv)
     out = a.out or (None if a.quick else str(RESULTS_DIR / "memory_cpu"))

@@ -60,7 +60,9 @@ ASSUMPTIONS = [
     "`lora_target_modules` or PEFT's default for the architecture. Adapters are replicated on every GPU.",
     "Peak = the largest of the phases (generation, reference forward, discriminator update, student update): "
     "weights and optimizer states stay resident, gradients live only during their model's update (zero_grad with "
-    "set_to_none), the student's gradients are freed before the next generation batch is scored.",
+    "set_to_none), the student's gradients are freed before the next generation batch is scored. In an update, "
+    "gradients and activations add up when several micro-batches (gradient_accumulation_steps > 1) or discriminator "
+    "mini-batches accumulate; a single backward peaks at max(activations + head gradient, gradients + one layer).",
     "Generation with `use_vllm: true` runs on the vLLM server's own GPU(s): not counted. Without vLLM the student "
     "generates in place: its KV cache for the whole generation batch is counted (and, sharded, the gathered weights).",
     "Not counted: the CUDA context and kernels (~0.5-1 GiB per GPU), allocator fragmentation, NCCL buffers, "
@@ -93,6 +95,8 @@ KNOWN_ARCHITECTURES: dict[str, dict] = {
 }
 for _name in list(KNOWN_ARCHITECTURES):  # the base models share their Instruct sibling's architecture
     KNOWN_ARCHITECTURES[_name.removesuffix("-Instruct")] = KNOWN_ARCHITECTURES[_name]
+
+SHARDED_MODES = ("sharded_student", "sharded")  # need num_gpus >= 2
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -260,6 +264,7 @@ class RunSettings:
 
     num_gpus: int = 1
     per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
     steps_per_generation: int = 1
     num_generations: int = 8
     prompt_length: int = 512
@@ -279,7 +284,7 @@ class RunSettings:
     def __post_init__(self):
         if self.num_gpus < 1:
             raise MemoryEstimateError(f"num_gpus must be >= 1, got {self.num_gpus}.")
-        for name in ("per_device_train_batch_size", "steps_per_generation", "num_generations", "max_completion_length"):
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "steps_per_generation", "num_generations", "max_completion_length"):
             if getattr(self, name) < 1:
                 raise MemoryEstimateError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if self.prompt_length < 0:
@@ -344,6 +349,21 @@ def backbone_training_bytes(
         stored = shape.num_layers * layer
     mask = batch * length * length  # SDPA's boolean 4-D padding mask, built once per forward
     return tokens * (stored + fixed + working) + mask
+
+
+def last_layer_backward_bytes(shape: ModelShape, batch: int, length: int, a: int) -> int:
+    """Activations still alive when backward reaches the first decoder layer: that layer's and the working set."""
+    return batch * length * (layer_activation_bytes_per_token(shape, a) + a * (shape.intermediate_size + shape.hidden_size))
+
+
+def update_peak(part: Part, end_activations: int, first_gradients: int, accumulates: bool) -> int:
+    """Bytes above the resident ones while a model's update runs. Backward frees each layer's activations as it
+    allocates that layer's gradients, so a first backward peaks at its start (all activations + the gradients of the
+    head, computed first) or its end (all gradients + the first layer's activations). A later micro-batch or
+    mini-batch runs its whole forward/backward on top of the gradients of the earlier ones: both add up."""
+    if accumulates:
+        return part.gradients + part.activations
+    return max(part.activations + first_gradients, part.gradients + end_activations)
 
 
 def fused_lm_head_bytes(shape: ModelShape, batch: int, settings: RunSettings, a: int, head_trained: bool, grad: bool):
@@ -414,6 +434,8 @@ def estimate(student: ModelShape, discriminator: ModelShape, settings: RunSettin
     """Per-GPU memory of `mode` (one of MODES) for a student and a discriminator architecture."""
     if mode not in MODES:
         raise MemoryEstimateError(f"Unknown mode {mode!r}; choose from {', '.join(MODES)}.")
+    if mode in SHARDED_MODES and settings.num_gpus < 2:
+        raise MemoryEstimateError(f"Mode {mode} shards over several GPUs: it needs num_gpus >= 2 (got {settings.num_gpus}).")
     shared = mode.startswith("shared_base")
     if shared and discriminator.name != student.name:
         raise MemoryEstimateError(
@@ -491,9 +513,18 @@ def estimate(student: ModelShape, discriminator: ModelShape, settings: RunSettin
 
     # ---- phases
     resident = st.resident + ref.resident + dp.resident + sum(extras.values())
+    head_share = 0 if peft else student.vocab_size * student.hidden_size / P  # LM-head gradient comes first
+    disc_chunks = math.ceil((s.generation_batch + math.ceil(s.generation_batch / s.num_generations)) / s.discriminator_batch)
     phases = {
-        "discriminator update": resident + dp.gradients + dp.activations,
-        "student update": resident + st.gradients + st.activations,
+        "discriminator update": resident + update_peak(
+            dp, last_layer_backward_bytes(discriminator, s.discriminator_batch, length, a_d), 0, disc_chunks > 1
+        ),
+        "student update": resident + update_peak(
+            st,
+            last_layer_backward_bytes(student, s.per_device_train_batch_size, length, a_s),
+            int(st.gradients * head_share),
+            s.gradient_accumulation_steps > 1,
+        ),
         "reference forward": resident + ref.activations,
     }
     kv = 0
@@ -528,7 +559,15 @@ def format_estimate(est: ModeEstimate, gpu_memory_gb: float | None = None) -> st
     return "\n".join(f"  {row}" for row in rows)
 
 
-def format_report(student: ModelShape, discriminator: ModelShape, settings: RunSettings, estimates, gpu_memory_gb=None) -> str:
+def estimate_modes(student: ModelShape, discriminator: ModelShape, settings: RunSettings, modes) -> dict:
+    """`{mode: ModeEstimate}`; None for a sharded mode on one GPU (not applicable)."""
+    return {
+        m: None if m in SHARDED_MODES and settings.num_gpus < 2 else estimate(student, discriminator, settings, m)
+        for m in modes
+    }
+
+
+def format_report(student: ModelShape, discriminator: ModelShape, settings: RunSettings, estimates: dict, gpu_memory_gb=None) -> str:
     s = settings
     lines = [
         f"Student {student.name}: {student.causal_lm_params / 1e9:.3f}B parameters (config: {student.config_source})",
@@ -547,10 +586,10 @@ def format_report(student: ModelShape, discriminator: ModelShape, settings: RunS
         f"{s.gradient_checkpointing}, discriminator {s.discriminator_checkpointing}; compute "
         f"{'bf16' if s.bf16 else 'float32'}; {s.num_gpus} GPU(s)"
     )
-    for est in estimates:
+    for mode, est in estimates.items():
         lines.append("")
-        lines.append(f"[{est.mode}] {MODES[est.mode]}")
-        lines.append(format_estimate(est, gpu_memory_gb))
+        lines.append(f"[{mode}] {MODES[mode]}")
+        lines.append(format_estimate(est, gpu_memory_gb) if est is not None else "  n/a: sharding needs num_gpus >= 2")
     lines.append("")
     lines.append("Assumptions:")
     lines.extend(f"  - {a}" for a in ASSUMPTIONS)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from trl import ModelConfig, TrlParser
 
 from ..config import GADConfig
-from ..memory import GiB, MODES, MemoryEstimateError, RunSettings, count_model, estimate, format_report
+from ..memory import GiB, MODES, MemoryEstimateError, RunSettings, count_model, estimate_modes, format_report
 from .train import GADScriptArguments
 
 SETUP_PATTERN = re.compile(r"^(\d+)x(\d+(?:\.\d+)?)$")
@@ -110,6 +110,7 @@ def settings_from_args(
     return RunSettings(
         num_gpus=num_gpus,
         per_device_train_batch_size=training_args.per_device_train_batch_size,
+        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
         steps_per_generation=training_args.steps_per_generation or training_args.gradient_accumulation_steps,
         num_generations=training_args.num_generations,
         prompt_length=prompt_length,
@@ -127,16 +128,20 @@ def settings_from_args(
     )
 
 
-def format_markdown(estimates_by_setup: dict[tuple[int, float], list], modes: list[str]) -> str:
+def format_markdown(estimates_by_setup: dict[tuple[int, float | None], dict], modes: list[str]) -> str:
+    """One row per mode, one column per `<num_gpus> x <GB>` setup: peak GiB per GPU and whether it fits (10% headroom)."""
     setups = list(estimates_by_setup)
-    header = "| mode | " + " | ".join(f"{n}x{gb:g} GB" for n, gb in setups) + " |"
+    header = "| mode | " + " | ".join(f"{n}x{gb:g} GB" if gb else f"{n} GPU(s)" for n, gb in setups) + " |"
     lines = [header, "|" + "---|" * (len(setups) + 1)]
-    for i, mode in enumerate(modes):
+    for mode in modes:
         cells = []
         for setup in setups:
-            est = estimates_by_setup[setup][i]
-            fits = est.peak <= setup[1] * 1e9 * 0.9
-            cells.append(f"{est.peak / GiB:.1f} GiB {'fits' if fits else '**no**'}")
+            est = estimates_by_setup[setup][mode]
+            if est is None:
+                cells.append("n/a (1 GPU)")
+                continue
+            verdict = "" if not setup[1] else (" fits" if est.peak <= setup[1] * 1e9 * 0.9 else " **no**")
+            cells.append(f"{est.peak / GiB:.1f} GiB{verdict}")
         lines.append(f"| {mode} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -178,7 +183,7 @@ def _run(args, script_args, training_args, model_args, bf16: bool | None = None)
     by_setup = {}
     for n, gb in setups:
         settings = settings_from_args(script_args, training_args, model_args, args, student_config, n, bf16)
-        by_setup[(n, gb)] = (settings, [estimate(student, discriminator, settings, m) for m in modes])
+        by_setup[(n, gb)] = (settings, estimate_modes(student, discriminator, settings, modes))
 
     if args.report_format == "markdown":
         print(format_markdown({k: v[1] for k, v in by_setup.items()}, modes))
@@ -202,7 +207,7 @@ def _as_json(student, discriminator, by_setup) -> dict:
         "student": asdict(student),
         "discriminator": asdict(discriminator),
         "setups": [
-            {"num_gpus": n, "gpu_memory_gb": gb, "settings": asdict(s), "estimates": [e.to_dict() for e in ests]}
+            {"num_gpus": n, "gpu_memory_gb": gb, "settings": asdict(s), "estimates": {m: (e.to_dict() if e else None) for m, e in ests.items()}}
             for (n, gb), (s, ests) in by_setup.items()
         ],
         "assumptions": ASSUMPTIONS,
