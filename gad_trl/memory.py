@@ -65,6 +65,8 @@ ASSUMPTIONS = [
     "mini-batches accumulate; a single backward peaks at max(activations + head gradient, gradients + one layer).",
     "Generation with `use_vllm: true` runs on the vLLM server's own GPU(s): not counted. Without vLLM the student "
     "generates in place: its KV cache for the whole generation batch is counted (and, sharded, the gathered weights).",
+    "Optimizers are torch AdamW (`optim: adamw_torch`, two moments per trained parameter); 8-bit or paged optimizers "
+    "need less. 'Fits' compares the peak with 90% of the GPU's memory, 1 GB = 10^9 bytes.",
     "Not counted: the CUDA context and kernels (~0.5-1 GiB per GPU), allocator fragmentation, NCCL buffers, "
     "dataloader tensors. Keep 10-15% headroom.",
 ]
@@ -97,6 +99,7 @@ for _name in list(KNOWN_ARCHITECTURES):  # the base models share their Instruct 
     KNOWN_ARCHITECTURES[_name.removesuffix("-Instruct")] = KNOWN_ARCHITECTURES[_name]
 
 SHARDED_MODES = ("sharded_student", "sharded")  # need num_gpus >= 2
+PEFT_MODES = ("lora", "qlora", "shared_base", "shared_base_qlora")
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -157,8 +160,8 @@ class ModelShape:
     discriminator_quantized_params: int
     layer_params: int  # one decoder layer
     root_params: int  # parameters outside the decoder layers (embeddings, final norm, LM head)
-    lora_params: int  # LoRA A+B of one adapter with the given settings
-    lora_input_width_per_layer: int  # sum of in_features of the LoRA-targeted Linears of one layer (dropout copies)
+    lora_params: int | None  # LoRA A+B of one adapter with the given settings (None: peft not installed)
+    lora_input_width_per_layer: int | None  # sum of in_features of the LoRA-targeted Linears of one layer (dropout copies)
     lora_target_modules: list[str] = field(default_factory=list)
 
 
@@ -187,6 +190,25 @@ def _quantized_params(model) -> int:
     )
 
 
+def _count_lora(config, lora_r, lora_alpha, lora_target_modules):
+    """(adapter parameters, in_features of the adapted Linears of one layer, target names) as peft builds them;
+    (None, None, []) without peft."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        return None, None, []
+    targets = lora_target_modules
+    if isinstance(targets, list) and len(targets) == 1 and targets[0] == "all-linear":
+        targets = "all-linear"
+    model = get_peft_model(
+        _meta_model(config, "causal"),
+        LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules=targets, task_type="CAUSAL_LM"),
+    )
+    params = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    first_layer = [m for n, m in model.named_modules() if hasattr(m, "lora_A") and ".layers.0." in f".{n}."]
+    return params, sum(m.in_features for m in first_layer), sorted(model.peft_config["default"].target_modules)
+
+
 def count_model(
     name_or_path: str,
     lora_r: int = 16,
@@ -196,8 +218,6 @@ def count_model(
     config=None,
 ) -> ModelShape:
     """Count the parameters of the student (causal LM), the discriminator and a LoRA adapter from the config."""
-    from peft import LoraConfig, get_peft_model
-
     source = "given config"
     if config is None:
         config, source = load_model_config(name_or_path, trust_remote_code)
@@ -218,16 +238,7 @@ def count_model(
     if value_head is None:
         raise MemoryEstimateError(f"{type(disc).__name__} has no `score` value head; GAD cannot use this architecture.")
 
-    targets = lora_target_modules
-    if isinstance(targets, list) and len(targets) == 1 and targets[0] == "all-linear":
-        targets = "all-linear"
-    peft_model = get_peft_model(
-        _meta_model(config, "causal"), LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules=targets, task_type="CAUSAL_LM")
-    )
-    lora_params = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
-    lora_layers = [m for n, m in peft_model.named_modules() if hasattr(m, "lora_A") and ".layers.0." in f".{n}."]
-    lora_width = sum(m.in_features for m in lora_layers)
-    target_names = sorted(peft_model.peft_config["default"].target_modules)
+    lora_params, lora_width, target_names = _count_lora(config, lora_r, lora_alpha, lora_target_modules)
 
     heads = text.num_attention_heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
@@ -436,6 +447,8 @@ def estimate(student: ModelShape, discriminator: ModelShape, settings: RunSettin
         raise MemoryEstimateError(f"Unknown mode {mode!r}; choose from {', '.join(MODES)}.")
     if mode in SHARDED_MODES and settings.num_gpus < 2:
         raise MemoryEstimateError(f"Mode {mode} shards over several GPUs: it needs num_gpus >= 2 (got {settings.num_gpus}).")
+    if mode in PEFT_MODES and (student.lora_params is None or discriminator.lora_params is None):
+        raise MemoryEstimateError(f"Mode {mode} needs peft to count the LoRA adapters: pip install 'gad_trl[peft]'.")
     shared = mode.startswith("shared_base")
     if shared and discriminator.name != student.name:
         raise MemoryEstimateError(
@@ -560,11 +573,16 @@ def format_estimate(est: ModeEstimate, gpu_memory_gb: float | None = None) -> st
 
 
 def estimate_modes(student: ModelShape, discriminator: ModelShape, settings: RunSettings, modes) -> dict:
-    """`{mode: ModeEstimate}`; None for a sharded mode on one GPU (not applicable)."""
-    return {
-        m: None if m in SHARDED_MODES and settings.num_gpus < 2 else estimate(student, discriminator, settings, m)
-        for m in modes
-    }
+    """`{mode: ModeEstimate, or the reason it does not apply}` (a sharded mode on one GPU, LoRA modes without peft)."""
+    out = {}
+    for m in modes:
+        if m in SHARDED_MODES and settings.num_gpus < 2:
+            out[m] = "1 GPU"
+        elif m in PEFT_MODES and student.lora_params is None:
+            out[m] = "needs peft"
+        else:
+            out[m] = estimate(student, discriminator, settings, m)
+    return out
 
 
 def format_report(student: ModelShape, discriminator: ModelShape, settings: RunSettings, estimates: dict, gpu_memory_gb=None) -> str:
@@ -578,7 +596,8 @@ def format_report(student: ModelShape, discriminator: ModelShape, settings: RunS
         lines.append(
             f"Discriminator (student's backbone + value head): {discriminator.discriminator_params / 1e9:.3f}B parameters"
         )
-    lines.append(f"LoRA adapter: {student.lora_params / 1e6:.2f}M parameters on {', '.join(student.lora_target_modules)}")
+    if student.lora_params is not None:
+        lines.append(f"LoRA adapter: {student.lora_params / 1e6:.2f}M parameters on {', '.join(student.lora_target_modules)}")
     lines.append(
         f"Batch per GPU: student {s.per_device_train_batch_size} x {s.sequence_length} tokens "
         f"({s.prompt_length} prompt + {s.max_completion_length} completion), discriminator {s.discriminator_batch} "
@@ -589,7 +608,7 @@ def format_report(student: ModelShape, discriminator: ModelShape, settings: RunS
     for mode, est in estimates.items():
         lines.append("")
         lines.append(f"[{mode}] {MODES[mode]}")
-        lines.append(format_estimate(est, gpu_memory_gb) if est is not None else "  n/a: sharding needs num_gpus >= 2")
+        lines.append(format_estimate(est, gpu_memory_gb) if not isinstance(est, str) else f"  n/a ({est})")
     lines.append("")
     lines.append("Assumptions:")
     lines.extend(f"  - {a}" for a in ASSUMPTIONS)

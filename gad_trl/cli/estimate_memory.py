@@ -33,7 +33,7 @@ class EstimateMemoryArguments:
         metadata={"help": "Modes to estimate: " + "; ".join(f"`{k}`: {v}" for k, v in MODES.items()) + "."},
     )
     gpu_memory_gb: float | None = field(
-        default=None, metadata={"help": "Memory of one GPU in GB: the report says whether each mode fits (10% headroom)."}
+        default=None, metadata={"help": "Memory of one GPU in GB: the report says whether each mode fits (10%% headroom)."}
     )
     setups: list[str] | None = field(
         default=None,
@@ -137,8 +137,8 @@ def format_markdown(estimates_by_setup: dict[tuple[int, float | None], dict], mo
         cells = []
         for setup in setups:
             est = estimates_by_setup[setup][mode]
-            if est is None:
-                cells.append("n/a (1 GPU)")
+            if isinstance(est, str):
+                cells.append(f"n/a ({est})")
                 continue
             verdict = "" if not setup[1] else (" fits" if est.peak <= setup[1] * 1e9 * 0.9 else " **no**")
             cells.append(f"{est.peak / GiB:.1f} GiB{verdict}")
@@ -207,7 +207,7 @@ def _as_json(student, discriminator, by_setup) -> dict:
         "student": asdict(student),
         "discriminator": asdict(discriminator),
         "setups": [
-            {"num_gpus": n, "gpu_memory_gb": gb, "settings": asdict(s), "estimates": {m: (e.to_dict() if e else None) for m, e in ests.items()}}
+            {"num_gpus": n, "gpu_memory_gb": gb, "settings": asdict(s), "estimates": {m: (e if isinstance(e, str) else e.to_dict()) for m, e in ests.items()}}
             for (n, gb), (s, ests) in by_setup.items()
         ],
         "assumptions": ASSUMPTIONS,
