@@ -14,8 +14,11 @@ For each mode it builds the real objects the mode puts on a GPU (student, refere
   fused-LM-head forward (`add_fused_lm_head`, as GRPOTrainer does) and backward; the discriminator update runs the
   trainer's scoring function on one mini-batch with gradients; the reference a forward without gradients.
 
-`--e2e` adds one real `GADTrainer` step (replicated, transformers generation) profiled the same way. Only modes that
-this package or peft can build today are measured; the sharded modes need several processes and are not covered here.
+The `sharded` mode runs in two spawned CPU processes (gloo): student, reference and discriminator each sharded with
+FSDP2 `fully_shard` (per decoder layer, backbone, value head, root; bf16 compute, float32 master weights), measured on
+each rank (the worst rank's peaks are reported). Last, one real `GADTrainer` step (replicated, transformers
+generation) is profiled the same way (`--no-e2e` skips it). `sharded_student` (DeepSpeed ZeRO-3 student + replicated
+discriminator) is not measured: DeepSpeed's CPU accelerator is not exercised here.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from gad_trl import memory  # noqa: E402
 RESULTS_DIR = Path(__file__).parent / "results"
 MiB = 1024**2
 TARGET = 0.15  # the estimate should be within 15% of the measured peak
-MEASURED_MODES = ("replicated", "lora", "qlora", "shared_base", "shared_base_qlora")
+MEASURED_MODES = ("replicated", "sharded", "lora", "qlora", "shared_base", "shared_base_qlora")
 
 
 # ---------------------------------------------------------------------------------------------------------- measuring
@@ -61,11 +64,16 @@ def allocation_peak(fn) -> tuple[int, object]:
 
 
 def tensor_bytes(tensors) -> int:
-    """Bytes of the distinct storages behind `tensors` (a tied or shared weight counts once)."""
+    """Bytes of the distinct storages behind `tensors` (a tied or shared weight counts once; a DTensor: its local
+    shard)."""
+    from torch.distributed.tensor import DTensor
+
     seen, total = set(), 0
     for t in tensors:
         if t is None:
             continue
+        if isinstance(t, DTensor):
+            t = t.to_local()
         storage = t.untyped_storage()
         if storage.data_ptr() in seen:
             continue
@@ -282,12 +290,13 @@ def measure_mode(mode: str, path: str, a, checkpointing: bool) -> dict:
 
 def estimate_mode(mode: str, path: str, a, checkpointing: bool) -> memory.ModeEstimate:
     shape = memory.count_model(path, lora_r=a.lora_r, lora_alpha=2 * a.lora_r)
+    sharded = mode in memory.SHARDED_MODES
     settings = memory.RunSettings(
-        num_gpus=1, per_device_train_batch_size=a.batch_size, gradient_accumulation_steps=2, steps_per_generation=2,
+        num_gpus=2 if sharded else 1, per_device_train_batch_size=a.batch_size, gradient_accumulation_steps=2, steps_per_generation=2,
         num_generations=a.batch_size,
         prompt_length=a.prompt_length, max_completion_length=a.completion_length,
         gradient_checkpointing=checkpointing, discriminator_mini_batch_size=a.disc_mini_batch, beta=0.04,
-        student_dtype="float32", discriminator_dtype="float32", bf16=False, use_vllm=True, device="cpu",
+        student_dtype="float32", discriminator_dtype="float32", bf16=sharded, use_vllm=True, device="cpu",
     )
     return memory.estimate(shape, shape, settings, mode)
 
@@ -319,6 +328,115 @@ def compare(mode: str, measured: dict, est: memory.ModeEstimate) -> list[dict]:
         rows.append({"mode": mode, "quantity": name, "measured": got, "estimated": want, "error": error,
                      "within_target": abs(error) <= TARGET})
     return rows
+
+
+# ---------------------------------------------------------------------------------------------------------- sharded
+def _sharded_worker(rank: int, world: int, path: str, a, port: int, queue) -> None:
+    """One rank of the `sharded` mode: student, reference and discriminator each `fully_shard`-ed (FSDP2) per decoder
+    layer, backbone and root with bf16 compute and float32 master weights, over gloo; measures like `measure_mode`."""
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        from trl.trainer.utils import add_fused_lm_head
+
+        from gad_trl.discriminator import last_token_scores
+
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        torch.manual_seed(0)
+        student, reference, disc = load(path, "causal", False), load(path, "causal", False), load(path, "seqcls", False)
+        add_fused_lm_head(student, temperature=0.8, outputs=("log_probs", "entropy"))
+        add_fused_lm_head(reference, temperature=0.8)
+        for model in (student, reference, disc):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            for layer in model.model.layers:
+                fully_shard(layer, mp_policy=policy)
+            fully_shard(model.model, mp_policy=policy)  # the scorer calls the backbone and the head directly
+            if hasattr(model, "score"):
+                fully_shard(model.score, mp_policy=policy)
+            fully_shard(model, mp_policy=policy)
+            model.train()
+        reference.requires_grad_(False)
+        s_opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
+        d_opt = torch.optim.AdamW(disc.parameters(), lr=1e-4)
+        length = a.prompt_length + a.completion_length
+        s_ids, s_mask = batch(a.batch_size, length, a.vocab_size, 1 + rank)
+        d_ids, d_mask = batch(a.disc_mini_batch, length, a.vocab_size, 2 + rank)
+
+        def student_step():
+            for _ in range(2):
+                labels = s_ids.masked_fill(s_mask == 0, -100)
+                student(input_ids=s_ids, attention_mask=s_mask, labels=labels, fused_lm_head=True).log_probs.sum().backward()
+            return grad_bytes(student.parameters())
+
+        def disc_step():
+            for _ in range(2):
+                last_token_scores(disc, d_ids, d_mask).sum().backward()
+            return grad_bytes(disc.parameters())
+
+        def reference_forward():
+            with torch.no_grad():
+                labels = s_ids.masked_fill(s_mask == 0, -100)
+                return reference(input_ids=s_ids, attention_mask=s_mask, labels=labels, fused_lm_head=True).log_probs
+
+        for step, opt in ((student_step, s_opt), (disc_step, d_opt)):
+            step()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        resident = {
+            "student_weights": tensor_bytes(student.parameters()),
+            "reference_weights": tensor_bytes(reference.parameters()),
+            "student_optimizer": optimizer_bytes(s_opt),
+            "discriminator_weights": tensor_bytes(disc.parameters()),
+            "discriminator_optimizer": optimizer_bytes(d_opt),
+        }
+        base = sum(resident.values())
+        s_peak, s_grads = allocation_peak(student_step)
+        s_opt.zero_grad(set_to_none=True)
+        d_peak, d_grads = allocation_peak(disc_step)
+        d_opt.zero_grad(set_to_none=True)
+        r_peak, _ = allocation_peak(reference_forward)
+        queue.put((rank, {
+            "resident": resident, "student_gradients": s_grads, "discriminator_gradients": d_grads,
+            "phases": {"student update": base + s_peak, "discriminator update": base + d_peak,
+                       "reference forward": base + r_peak},
+        }))
+    except Exception as err:  # report, so the parent does not wait forever
+        import traceback
+
+        queue.put((rank, {"error": f"{err!r}\n{traceback.format_exc()}"}))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def measure_sharded(path: str, a, world: int = 2) -> dict:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_sharded_worker, args=(r, world, path, a, port, queue)) for r in range(world)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=900) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    for rank, result in results.items():
+        if "error" in result:
+            raise RuntimeError(f"sharded rank {rank} failed: {result['error']}")
+    # Memory per GPU is what has to fit: each phase's peak on the worst rank (the shard sizes are equal).
+    measured = results[0]
+    measured["phases"] = {name: max(r["phases"][name] for r in results.values()) for name in measured["phases"]}
+    for rank, result in sorted(results.items()):
+        print(f"sharded rank {rank}: " + ", ".join(f"{k} {fmt_bytes(v)} MiB" for k, v in result["phases"].items()))
+    return measured
 
 
 # ---------------------------------------------------------------------------------------------------------- e2e
@@ -398,7 +516,7 @@ def fmt_bytes(x: int) -> str:
     return f"{x / MiB:.3f}"
 
 
-def markdown(rows: list[dict], a, command: str, seconds: float) -> str:
+def markdown(rows: list[dict], a, command: str, seconds: float, sharded_ranges: dict | None = None) -> str:
     lines = [
         "# Memory estimate vs measured peaks (CPU, tiny Qwen2, float32)",
         "",
@@ -428,8 +546,14 @@ def markdown(rows: list[dict], a, command: str, seconds: float) -> str:
         "Notes: 'above resident' rows remove the (exactly known) resident bytes from both sides, so they show the "
         "activation + gradient part alone. The student and reference phases are dominated by TRL's fused-LM-head tile "
         "buffer (min(N, 4096) x 32768 values; on CPU also torch's float32 temporaries of the tile), the discriminator "
-        "rows test the decoder-layer formula most directly. Not covered: the sharded modes (several processes), GPU "
-        "kernels, bf16 compute.",
+        "rows test the decoder-layer formula most directly. `sharded`: 2 CPU processes (gloo), FSDP2 `fully_shard` per "
+        "decoder layer, backbone, value head and root, bf16 compute with float32 master weights; phase peaks are the "
+        "worst rank's and the worst of several runs: they vary from run to run (gloo collectives' buffers)"
+        + (
+            " - measured ranges: " + "; ".join(f"{k} {fmt_bytes(lo)}-{fmt_bytes(hi)} MiB" for k, (lo, hi) in sharded_ranges.items())
+            if sharded_ranges else ""
+        )
+        + ". Not covered: GPU kernels (NCCL, flash attention), DeepSpeed ZeRO-3 (`sharded_student`).",
         "",
         f"{len(rows) - len(misses)} of {len(rows)} quantities within {TARGET:.0%}.",
     ]
@@ -453,6 +577,7 @@ def parse_args(argv=None):
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-e2e", action="store_true", help="skip the profiled GADTrainer step")
+    p.add_argument("--sharded-repeats", type=int, default=3, help="runs of the sharded mode (worst one reported)")
     p.add_argument("--out", default=None, help="results file stem (default: results/memory_cpu unless --quick)")
     a = p.parse_args(argv)
     if a.quick:
@@ -466,12 +591,21 @@ def main(argv=None):
     a = parse_args(argv)
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
-    rows = []
+    rows, sharded_ranges = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         path = save_tiny(a, Path(tmp) / "model")
         for mode in a.modes:
             for checkpointing in ((False, True) if mode == "replicated" else (True,)):
-                measured = measure_mode(mode, path, a, checkpointing)
+                if mode == "sharded":
+                    # Its peaks vary from run to run (gloo's buffers): repeat, keep the worst, record the range.
+                    runs = [measure_sharded(path, a) for _ in range(a.sharded_repeats)]
+                    measured = runs[0]
+                    for name in measured["phases"]:
+                        values = [r["phases"][name] for r in runs]
+                        measured["phases"][name] = max(values)
+                        sharded_ranges[name] = (min(values), max(values))
+                else:
+                    measured = measure_mode(mode, path, a, checkpointing)
                 est = estimate_mode(mode, path, a, checkpointing)
                 for row in compare(mode, measured, est):
                     row["checkpointing"] = checkpointing
@@ -491,8 +625,10 @@ def main(argv=None):
     command = "python -m benchmarks.memory " + " ".join(sys.argv[1:] if argv is None else argv)
     out = a.out or (None if a.quick else str(RESULTS_DIR / "memory_cpu"))
     if out:
-        Path(out + ".md").write_text(markdown(rows, a, command.strip(), seconds))
-        Path(out + ".json").write_text(json.dumps({"command": command.strip(), "args": vars(a), "rows": rows}, indent=2))
+        Path(out + ".md").write_text(markdown(rows, a, command.strip(), seconds, sharded_ranges))
+        Path(out + ".json").write_text(json.dumps(
+            {"command": command.strip(), "args": vars(a), "rows": rows, "sharded_phase_ranges": sharded_ranges}, indent=2
+        ))
         print(f"wrote {out}.md and {out}.json")
     misses = sum(not r["within_target"] for r in rows)
     print(f"{len(rows) - misses} of {len(rows)} within {TARGET:.0%}; {seconds:.0f} s")

@@ -51,7 +51,8 @@ ASSUMPTIONS = [
     "`discriminator_init_kwargs.dtype`; the discriminator defaults to float32); DDP gradient buckets (one more "
     "gradient copy) when num_gpus > 1.",
     "Sharded: float32 master weights (4 B/param), float32 gradients (4) and AdamW moments (8) split over N GPUs, plus "
-    "the bf16 gathered copy of the root module (embeddings, LM head) and two decoder layers being computed "
+    "the bf16 gathered copy of the root module (embeddings, LM head) and two decoder layers being computed, and in "
+    "backward the unsharded bf16 + float32 gradient of the largest unit being reduced (6 B/param) "
     "(DeepSpeed ZeRO-3 keeps bf16 weights + float32 master instead: the same 16 B/param). Reference sharded in the "
     "load dtype.",
     "LoRA / QLoRA: adapters and the discriminator's value head trained in float32 (16 B/param with AdamW); frozen "
@@ -478,14 +479,14 @@ def estimate(student: ModelShape, discriminator: ModelShape, settings: RunSettin
     if mode in ("sharded", "sharded_student"):
         st = Part(4 * P // n, 4 * P // n, 8 * P // n, note="float32 master shard; bf16 compute")
         ref = Part(P * b_s // n if ref_needed else 0, note="sharded, frozen" if ref_needed else "beta = 0: none")
-        extras["student+reference gathered bf16 root + 2 layers"] = 2 * (student.root_params + 2 * student.layer_params)
+        extras["student+reference gathered root + 2 layers"] = a_s * (student.root_params + 2 * student.layer_params)
         r_s = 2 if bf16 else 4
     elif peft:
         A = student.lora_params
         base = frozen_base(student, P, student.causal_lm_quantized_params, b_s)
         st = Part(base + 4 * A, 4 * A, 8 * A, note=f"{'nf4' if quantized else s.student_dtype} base + float32 LoRA")
         ref = Part(0, note="adapters off (no copy)")
-        r_s = b_s if not bf16 else 2
+        r_s = b_s  # the residual stream stays in the dtype of the (non-quantized) weights under autocast
     else:  # replicated
         st = Part(P * b_s, P * b_s, 2 * P * b_s, note=f"{s.student_dtype} weights, grads, AdamW moments")
         ref = Part(P * b_s if ref_needed else 0, note=s.student_dtype if ref_needed else "beta = 0: none")
@@ -504,19 +505,19 @@ def estimate(student: ModelShape, discriminator: ModelShape, settings: RunSettin
     H = discriminator.value_head_params
     if mode == "sharded":
         dp = Part(4 * Pd // n, 4 * Pd // n, 8 * Pd // n, note="float32 master shard; bf16 compute")
-        extras["discriminator gathered bf16 root + 2 layers"] = 2 * (
+        extras["discriminator gathered root + 2 layers"] = a_d * (
             discriminator.root_params - discriminator.lm_head_params + 2 * discriminator.layer_params
         )
         r_d = 2 if s.bf16 else 4
     elif shared:
         A = discriminator.lora_params
         dp = Part(4 * (A + H), 4 * (A + H), 8 * (A + H), note="2nd adapter + value head on the student's base")
-        r_d = r_s
+        r_d, a_d = r_s, a_s
     elif peft:
         A = discriminator.lora_params
         base = frozen_base(discriminator, Pd - H, discriminator.discriminator_quantized_params, b_d)
         dp = Part(base + 4 * (A + H), 4 * (A + H), 8 * (A + H), note=f"own {'nf4' if quantized else s.discriminator_dtype} base + LoRA + head")
-        r_d = 2 if s.bf16 else b_d
+        r_d = b_d
     else:
         dp = Part(Pd * b_d, Pd * b_d, 2 * Pd * b_d, note=f"{s.discriminator_dtype} weights, grads, AdamW moments (replicated)")
         r_d = b_d
@@ -528,11 +529,18 @@ def estimate(student: ModelShape, discriminator: ModelShape, settings: RunSettin
     resident = st.resident + ref.resident + dp.resident + sum(extras.values())
     head_share = 0 if peft else student.vocab_size * student.hidden_size / P  # LM-head gradient comes first
     disc_chunks = math.ceil((s.generation_batch + math.ceil(s.generation_batch / s.num_generations)) / s.discriminator_batch)
+    # FSDP2 / ZeRO-3 backward: the unsharded gradient of the unit being reduced, in bf16 and in the float32 reduce
+    # dtype (6 B/param), for the largest unit (embeddings or LM head, else a decoder layer).
+    def reduce_buffers(shape: ModelShape) -> int:
+        return 6 * max(shape.vocab_size * shape.hidden_size, shape.layer_params)
+
+    student_reduce = reduce_buffers(student) if mode in SHARDED_MODES else 0
+    disc_reduce = reduce_buffers(discriminator) if mode == "sharded" else 0
     phases = {
-        "discriminator update": resident + update_peak(
+        "discriminator update": resident + disc_reduce + update_peak(
             dp, last_layer_backward_bytes(discriminator, s.discriminator_batch, length, a_d), 0, disc_chunks > 1
         ),
-        "student update": resident + update_peak(
+        "student update": resident + student_reduce + update_peak(
             st,
             last_layer_backward_bytes(student, s.per_device_train_batch_size, length, a_s),
             int(st.gradients * head_share),
