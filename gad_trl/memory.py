@@ -581,13 +581,16 @@ def format_estimate(est: ModeEstimate, gpu_memory_gb: float | None = None) -> st
 
 
 def estimate_modes(student: ModelShape, discriminator: ModelShape, settings: RunSettings, modes) -> dict:
-    """`{mode: ModeEstimate, or the reason it does not apply}` (a sharded mode on one GPU, LoRA modes without peft)."""
+    """`{mode: ModeEstimate, or the reason it does not apply}` (a sharded mode on one GPU, LoRA modes without peft, a
+    shared base with a discriminator of another model)."""
     out = {}
     for m in modes:
         if m in SHARDED_MODES and settings.num_gpus < 2:
             out[m] = "1 GPU"
         elif m in PEFT_MODES and student.lora_params is None:
             out[m] = "needs peft"
+        elif m.startswith("shared_base") and discriminator.name != student.name:
+            out[m] = "separate discriminator model"
         else:
             out[m] = estimate(student, discriminator, settings, m)
     return out

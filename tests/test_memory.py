@@ -132,6 +132,7 @@ def test_bad_inputs(qwen7b, tiny_dir):
     other = count_model(tiny_dir)
     with pytest.raises(MemoryEstimateError, match="discriminator_model_name_or_path unset"):
         estimate(qwen7b, other, _settings(), "shared_base")
+    assert estimate_modes(qwen7b, other, _settings(), ["shared_base"])["shared_base"] == "separate discriminator model"
 
 
 def test_cli_on_tiny_model_and_recipe(tiny_dir, capsys, tmp_path):

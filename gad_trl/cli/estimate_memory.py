@@ -179,7 +179,7 @@ def _run(args, script_args, training_args, model_args, bf16: bool | None = None)
     from ..memory import load_model_config
 
     student_config, _ = load_model_config(model_args.model_name_or_path, training_args.trust_remote_code)
-    modes = [m for m in args.modes if not (m.startswith("shared_base") and disc_name and disc_name != student.name)]
+    modes = args.modes
     by_setup = {}
     for n, gb in setups:
         settings = settings_from_args(script_args, training_args, model_args, args, student_config, n, bf16)
