@@ -52,7 +52,7 @@ ASSUMPTIONS = [
     "gradient copy) when num_gpus > 1.",
     "Sharded: float32 master weights (4 B/param), float32 gradients (4) and AdamW moments (8) split over N GPUs, plus "
     "the bf16 gathered copy of the root module (embeddings, LM head) and two decoder layers being computed, and in "
-    "backward the unsharded bf16 + float32 gradient of the largest unit being reduced (6 B/param) "
+    "backward the unsharded bf16 gradient and two float32 reduce-scatter inputs of the largest unit (10 B/param) "
     "(DeepSpeed ZeRO-3 keeps bf16 weights + float32 master instead: the same 16 B/param). Reference sharded in the "
     "load dtype.",
     "LoRA / QLoRA: adapters and the discriminator's value head trained in float32 (16 B/param with AdamW); frozen "
@@ -529,10 +529,11 @@ def estimate(student: ModelShape, discriminator: ModelShape, settings: RunSettin
     resident = st.resident + ref.resident + dp.resident + sum(extras.values())
     head_share = 0 if peft else student.vocab_size * student.hidden_size / P  # LM-head gradient comes first
     disc_chunks = math.ceil((s.generation_batch + math.ceil(s.generation_batch / s.num_generations)) / s.discriminator_batch)
-    # FSDP2 / ZeRO-3 backward: the unsharded gradient of the unit being reduced, in bf16 and in the float32 reduce
-    # dtype (6 B/param), for the largest unit (embeddings or LM head, else a decoder layer).
+    # FSDP2 / ZeRO-3 backward: the unsharded bf16 gradient of the unit being reduced and its float32 reduce-scatter
+    # input, plus the previous unit's input that FSDP2 keeps until this one starts (reduce_scatter_max_input_buffers=1):
+    # 10 B/param of the largest unit (embeddings or LM head, else a decoder layer).
     def reduce_buffers(shape: ModelShape) -> int:
-        return 6 * max(shape.vocab_size * shape.hidden_size, shape.layer_params)
+        return 10 * max(shape.vocab_size * shape.hidden_size, shape.layer_params)
 
     student_reduce = reduce_buffers(student) if mode in SHARDED_MODES else 0
     disc_reduce = reduce_buffers(discriminator) if mode == "sharded" else 0
