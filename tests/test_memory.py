@@ -4,6 +4,8 @@ The estimate's agreement with measured peaks is a benchmark (`python -m benchmar
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -21,7 +23,9 @@ from gad_trl.testing import save_tiny_model, use_offline_env
 
 use_offline_env()
 
-RECIPE_7B = "recipes/Qwen2.5-7B-Instruct/gad/config_lmsys.yaml"
+REPO = Path(__file__).resolve().parents[1]
+RECIPE_7B = str(REPO / "recipes/Qwen2.5-7B-Instruct/gad/config_lmsys.yaml")
+RECIPE_TINY = str(REPO / "recipes/tiny/gad.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +141,7 @@ def test_bad_inputs(qwen7b, tiny_dir):
 
 def test_cli_on_tiny_model_and_recipe(tiny_dir, capsys, tmp_path):
     out_json = tmp_path / "est.json"
-    code = run(["--config", "recipes/tiny/gad.yaml", "--model_name_or_path", tiny_dir, "--num_gpus", "2",
+    code = run(["--config", RECIPE_TINY, "--model_name_or_path", tiny_dir, "--num_gpus", "2",
                 "--gpu_memory_gb", "24", "--output_json", str(out_json)])
     text = capsys.readouterr().out
     assert code == 0
