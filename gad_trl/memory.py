@@ -19,8 +19,7 @@ GiB = 1024**3
 # One line per mode: what sits on each GPU.
 MODES: dict[str, str] = {
     "replicated": "every GPU holds the whole student, reference and discriminator (single GPU / DDP launcher)",
-    "sharded_student": "ZeRO-3/FSDP shards student + reference over N GPUs; discriminator replicated "
-    "(the 7B recipe's launcher today)",
+    "sharded_student": "ZeRO-3/FSDP shards student + reference over N GPUs; the discriminator is replicated on each",
     "sharded": "student, reference and discriminator all sharded over N GPUs (ZeRO-3 / FSDP2), "
     "float32 master weights + optimizer, bf16 compute",
     "lora": "LoRA student (reference = adapters off) + LoRA discriminator on its own frozen base, value head trained",
