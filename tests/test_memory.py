@@ -1,17 +1,13 @@
-"""`gad_trl.memory` / `gad-trl estimate-memory`: exact parameter counts, per-mode relations, the CLI and its errors.
+"""`gad_trl.memory`: exact parameter counts, per-mode relations, bad input. The CLI: test_cli_estimate_memory.py.
 
 The estimate's agreement with measured peaks is a benchmark (`python -m benchmarks.memory`), not a test."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
-from gad_trl.cli.estimate_memory import run
 from gad_trl.memory import (
-    MODES,
     MemoryEstimateError,
     RunSettings,
     count_model,
@@ -19,18 +15,7 @@ from gad_trl.memory import (
     estimate_modes,
     nf4_bytes_per_param,
 )
-from gad_trl.testing import save_tiny_model, use_offline_env
-
-use_offline_env()
-
-REPO = Path(__file__).resolve().parents[1]
-RECIPE_7B = str(REPO / "recipes/Qwen2.5-7B-Instruct/gad/config_lmsys.yaml")
-RECIPE_TINY = str(REPO / "recipes/tiny/gad.yaml")
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("memory") / "model", hidden_size=64, num_layers=2)
+from gad_trl.testing import save_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +108,7 @@ def test_accumulation_adds_gradients_to_activations(qwen7b):
     assert no_vllm.generation_kv_cache > 0 and "generation (no vLLM)" in no_vllm.phases
 
 
-def test_bad_inputs(qwen7b, tiny_dir):
+def test_bad_inputs(qwen7b, tiny_model_dir):
     with pytest.raises(MemoryEstimateError, match="Unknown mode 'zero4'"):
         estimate(qwen7b, qwen7b, _settings(), "zero4")
     with pytest.raises(MemoryEstimateError, match="num_gpus must be >= 1"):
@@ -133,50 +118,17 @@ def test_bad_inputs(qwen7b, tiny_dir):
     assert estimate_modes(qwen7b, qwen7b, _settings(num_gpus=1), ["sharded", "lora"])["sharded"] == "1 GPU"
     with pytest.raises(MemoryEstimateError, match="does not exist"):
         count_model("./no/such/model_dir")
-    other = count_model(tiny_dir)
+    other = count_model(tiny_model_dir)
     with pytest.raises(MemoryEstimateError, match="discriminator_model_name_or_path unset"):
         estimate(qwen7b, other, _settings(), "shared_base")
     assert estimate_modes(qwen7b, other, _settings(), ["shared_base"])["shared_base"] == "separate discriminator model"
 
 
-def test_cli_on_tiny_model_and_recipe(tiny_dir, capsys, tmp_path):
-    out_json = tmp_path / "est.json"
-    code = run(["--config", RECIPE_TINY, "--model_name_or_path", tiny_dir, "--num_gpus", "2",
-                "--gpu_memory_gb", "24", "--output_json", str(out_json)])
-    text = capsys.readouterr().out
-    assert code == 0
-    for mode in MODES:
-        assert f"[{mode}]" in text
-    assert "peak per GPU" in text and "Assumptions:" in text
-    assert "student 8 x 528 tokens" in text  # recipe: 8 per device; 512 default prompt + 16 completion
-    import json
-
-    data = json.loads(out_json.read_text())
-    assert data["setups"][0]["settings"]["max_completion_length"] == 16
-
-    code = run(["--config", RECIPE_7B, "--setups", "1x24", "8x80", "--report_format", "markdown"])
-    table = capsys.readouterr().out
-    assert code == 0
-    assert table.splitlines()[0] == "| mode | 1x24 GB | 8x80 GB |"
-    assert "| sharded | n/a (1 GPU) |" in table
-
-
-def test_cli_errors(tiny_dir, capsys):
-    assert run(["--model_name_or_path", tiny_dir, "--modes", "replicated", "bogus"]) == 2
-    assert "Unknown mode(s) bogus" in capsys.readouterr().err
-    assert run(["--model_name_or_path", tiny_dir, "--num_gpus", "0"]) == 2
-    assert "num_gpus must be >= 1" in capsys.readouterr().err
-    assert run(["--model_name_or_path", "outputs/does/not/exist"]) == 2
-    assert "does not exist" in capsys.readouterr().err
-    assert run(["--model_name_or_path", tiny_dir, "--setups", "8by80"]) == 2
-    assert "is not `<num_gpus>x<GB>`" in capsys.readouterr().err
-
-
-def test_without_peft_lora_modes_are_not_applicable(tiny_dir, monkeypatch):
+def test_without_peft_lora_modes_are_not_applicable(tiny_model_dir, monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "peft", None)  # `import peft` raises ImportError
-    shape = count_model(tiny_dir)
+    shape = count_model(tiny_model_dir)
     assert shape.lora_params is None
     result = estimate_modes(shape, shape, _settings(), ["replicated", "lora"])
     assert result["lora"] == "needs peft" and result["replicated"].peak > 0

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig, TrlParser
 
-from ..config import GADConfig
+from ..config import GADConfig, GADScriptArguments
 from ..memory import GiB, MODES, MemoryEstimateError, RunSettings, count_model, estimate_modes, format_report
-from .train import GADScriptArguments
 
 SETUP_PATTERN = re.compile(r"^(\d+)x(\d+(?:\.\d+)?)$")
 
