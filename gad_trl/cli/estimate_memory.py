@@ -1,7 +1,7 @@
 """`gad-trl estimate-memory`: per-GPU memory of student, reference and discriminator for each training mode.
 
 Reads only the model's config (a local directory or a Hub id; no weights) and the run's settings, which come from a
-recipe (`--config recipe.yaml`) and/or the same flags `gad-trl train` takes; the logic lives in `gad_trl.memory`.
+recipe (`--config recipe.yaml`) and/or the same flags `gad-trl gad` takes; the logic lives in `gad_trl.memory`.
 
     gad-trl estimate-memory --config recipes/Qwen2.5-7B-Instruct/gad/config_lmsys.yaml --num_gpus 8 --gpu_memory_gb 80
     gad-trl estimate-memory --model_name_or_path Qwen/Qwen2.5-1.5B-Instruct --per_device_train_batch_size 8 \
