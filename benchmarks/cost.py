@@ -3,6 +3,8 @@
     .venv/bin/python -m benchmarks.cost            # CPU or CUDA (auto)
     .venv/bin/python -m benchmarks.cost --quick
     .venv/bin/python -m benchmarks.cost --vllm    # generation through a vLLM server (started for the run)
+    .venv/bin/python -m benchmarks.cost --processes 2 --trainers grpo,gad,gad_sharded --skip-primitives
+                                                  # 2 processes (torchrun, gloo on CPU): the sharded discriminator row
 
 Part 1 (trainers, end to end). `GADTrainer` (GRPO phase: no warm-up) and TRL's `GRPOTrainer` with
 `reward_funcs=AutoModelForSequenceClassification` built from the same checkpoint (so the reward model has exactly the
@@ -66,7 +68,11 @@ def parse_args(argv=None):
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     p.add_argument("--trainers", default="grpo,gad,gad_separate,gad_ckpt",
                    help="grpo, gad, gad_separate (separate no-grad scoring pass), gad_ckpt (discriminator gradient "
-                   "checkpointing); grpo and gad are required for the ratio")
+                   "checkpointing), gad_sharded (discriminator sharded with FSDP2; needs --processes >= 2); grpo and "
+                   "gad are required for the ratio")
+    p.add_argument("--processes", type=int, default=1,
+                   help="training processes per round (>1: torchrun, gloo on CPU; each process has its own batch of "
+                   "B prompts x G completions; peak memory = the largest process's)")
     p.add_argument("--vllm", action="store_true",
                    help="part 1 generates with a vLLM server (TRL server mode), started here for the run; both trainers "
                    "use the same server and weight sync")
@@ -93,7 +99,8 @@ def parse_args(argv=None):
     a.steps = a.steps or (3 if q else 5)
     a.rounds = a.rounds or (1 if q else 2)
     a.repeats = a.repeats or (3 if q else 5)
-    suffix = ("_quick" if q else "") + ("_vllm" if a.vllm else "") + ("_cuda" if gpu else "_cpu")
+    suffix = ("_quick" if q else "") + ("_vllm" if a.vllm else "") + (f"_{a.processes}proc" if a.processes > 1 else "")
+    suffix += "_cuda" if gpu else "_cpu"
     a.out = a.out or str(RESULTS_DIR / f"cost{suffix}.md")
     return a
 
@@ -218,7 +225,7 @@ def _trainer_round(kind: str, a_dict: dict, ckpt: str, queue):
     ds = Dataset.from_list(rows(B * total))
     tok = AutoTokenizer.from_pretrained(ckpt)
     model = AutoModelForCausalLM.from_pretrained(ckpt)
-    if kind in ("gad", "gad_separate", "gad_ckpt"):
+    if kind in ("gad", "gad_separate", "gad_ckpt", "gad_sharded"):
         from gad_trl import GADConfig, GADTrainer
 
         # gad_separate: discriminator_mini_batch_size = all rows in one chunk, which makes the trainer score them in a
@@ -227,7 +234,8 @@ def _trainer_round(kind: str, a_dict: dict, ckpt: str, queue):
         # gad_ckpt: gradient checkpointing in the discriminator too (TRL's GRPOConfig checkpoints the policy by default).
         # The discriminator's checkpointing is explicit in every row (its default follows the policy's, which TRL
         # turns on), so the rows keep measuring what their names say.
-        extra = {"discriminator_gradient_checkpointing": kind == "gad_ckpt"}
+        extra = {"discriminator_gradient_checkpointing": kind == "gad_ckpt",
+                 "discriminator_sharding": "fsdp2" if kind == "gad_sharded" else "none"}
         if kind == "gad_separate":
             extra["discriminator_mini_batch_size"] = B * G + B
         if a.vllm:
@@ -273,11 +281,66 @@ def _trainer_round(kind: str, a_dict: dict, ckpt: str, queue):
         per_step[step][name] += d
     measured = [per_step[s] for s in sorted(per_step) if s >= a.warmup_steps]
     out = {"kind": kind, "steps": measured, "rss_before_train_mb": rss0, "peak_rss_mb": _peak_rss_mb()}
+    if hasattr(trainer, "discriminator"):
+        out["discriminator_state_mb"] = _discriminator_state_mb(trainer)
     if device == "cuda":
         out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     lens = [h.get("completions/mean_length") for h in trainer.state.log_history if "completions/mean_length" in h]
     out["completion_mean_length"] = statistics.mean(lens) if lens else None
     queue.put(out)
+
+
+class _FileQueue:
+    """`queue.put` for a torchrun worker: each rank writes its result as JSON."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def put(self, obj):
+        Path(self.path).write_text(json.dumps(obj))
+
+
+def _torchrun_round(kind: str, a, ckpt: str) -> dict:
+    """One round with `a.processes` processes under torchrun; rank 0's timings, the largest process's peak memory."""
+    import subprocess
+
+    from gad_trl.vllm.launcher import free_port
+
+    work = Path(a.workdir) / f"torchrun_{kind}"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "args.json").write_text(json.dumps(vars(a), default=str))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(a.processes), "--master_addr",
+               "127.0.0.1", "--master_port", str(free_port()), "-m", "benchmarks.cost", "--_worker", kind, ckpt,
+               str(work)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
+    subprocess.run(command, check=True, env=env, cwd=Path(__file__).parent.parent)
+    ranks = [json.loads((work / f"rank{r}.json").read_text()) for r in range(a.processes)]
+    out = ranks[0]
+    for key in ("peak_rss_mb", "cuda_peak_mb"):
+        if key in out:
+            out[key] = max(r[key] for r in ranks)
+    out["processes"] = a.processes
+    return out
+
+
+def _torchrun_worker(kind: str, ckpt: str, work: str) -> None:
+    a_dict = json.loads((Path(work) / "args.json").read_text())
+    rank = int(os.environ["RANK"])
+    _trainer_round(kind, a_dict, ckpt, _FileQueue(Path(work) / f"rank{rank}.json"))
+
+
+def _discriminator_state_mb(trainer) -> float:
+    """Bytes this process holds for the discriminator's weights and AdamW states, counted from its tensors at the end
+    of training (its local shards when sharded); gradients, freed after each step, add as much as the weights."""
+    from torch.distributed.tensor import DTensor
+
+    def local(t):
+        return t.to_local() if isinstance(t, DTensor) else t
+
+    weights = sum(local(p).nbytes for p in trainer.discriminator.parameters())
+    states = sum(local(v).nbytes for st in trainer.discriminator_optimizer.state.values() for v in st.values()
+                 if hasattr(v, "nbytes") and v.dim() > 0)
+    return (weights + states) / 2**20
 
 
 def _split(step: dict) -> dict:
@@ -311,7 +374,10 @@ def _run_trainers(a, ckpt):
     results = {k: [] for k in kinds}
     for r in range(a.rounds):
         for kind in kinds:
-            out = _subprocess(_trainer_round, kind, vars(a), ckpt)
+            if a.processes > 1:
+                out = _torchrun_round(kind, a, ckpt)
+            else:
+                out = _subprocess(_trainer_round, kind, vars(a), ckpt)
             print(f"  round {r} {kind}: " + ", ".join(
                 f"{k}={statistics.median(_split(s)[k] for s in out['steps']):.3f}s"
                 for k in ("total", "generation", "weight_sync", "rewards", "policy")), flush=True)
@@ -455,8 +521,9 @@ def report(a, ckpt, trainers, prims, wall, out_path):
         n_params = f"hidden {c.hidden_size}, {c.num_hidden_layers} layers, vocab {c.vocab_size}"
     except Exception:
         pass
+    procs = f", {a.processes} training processes (torchrun; gloo on CPU)" if a.processes > 1 else ""
     lines.append(f"Command: `python -m benchmarks.cost {' '.join(sys.argv[1:]) if a.argv is None else ' '.join(a.argv)}`"
-                 f" (device {a.device}) on {dev}; wall time {wall / 60:.1f} min. Model: tiny Qwen2 ({n_params}); "
+                 f" (device {a.device}{procs}) on {dev}, {os.cpu_count()} CPU cores; wall time {wall / 60:.1f} min. Model: tiny Qwen2 ({n_params}); "
                  f"discriminator and reward model = the same checkpoint with a 1-output head. Batch: B={a.prompts} prompts "
                  f"x G={a.num_generations} completions of exactly C={a.completion_length} tokens ({'min_tokens' if a.vllm else 'min_new_tokens'}), "
                  f"fp32{' + bf16 autocast' if a.bf16 else ''}, beta=0. Generation: "
@@ -467,12 +534,15 @@ def report(a, ckpt, trainers, prims, wall, out_path):
         lines.append("## 1. One training step: GAD vs GRPO with a frozen reward model\n")
         lines.append(f"Median over {a.steps} measured steps x {a.rounds} round(s) (after {a.warmup_steps} warm-up steps "
                      "per round), seconds per step.\n")
-        lines.append("| trainer | step | generation | weight sync | rewards (D step / RM fwd) | policy | other | peak mem |")
-        lines.append("|---|---|---|---|---|---|---|---|")
-        med = {}
-        labels = {"grpo": "GRPO + frozen RM", "gad": "GAD",
+        lines.append("| trainer | step | generation | weight sync | rewards (D step / RM fwd) | policy | other | peak mem "
+                     "| D weights + AdamW per process |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        med, peaks = {}, {}
+        replicated = " (replicated discriminator)" if a.processes > 1 else ""
+        labels = {"grpo": "GRPO + frozen RM", "gad": "GAD" + replicated,
                   "gad_separate": "GAD, separate no-grad scoring pass (discriminator_mini_batch_size=all)",
-                  "gad_ckpt": "GAD, discriminator_gradient_checkpointing=True"}
+                  "gad_ckpt": "GAD, discriminator_gradient_checkpointing=True",
+                  "gad_sharded": f"GAD, discriminator sharded (FSDP2 over {a.processes} processes)"}
         for kind, label in labels.items():
             if kind not in trainers:
                 continue
@@ -484,11 +554,25 @@ def report(a, ckpt, trainers, prims, wall, out_path):
                 mem = f"{max(r['peak_rss_mb'] for r in trainers[kind]):.0f} MB RSS"
             m = med[kind]
             lines.append(f"| {label} | {m['total']:.3f} | {m['generation']:.3f} | {m.get('weight_sync', 0.0):.3f} | "
-                         f"{m['rewards']:.3f} | {m['policy']:.3f} | {m['other']:.3f} | {mem} |")
+                         f"{m['rewards']:.3f} | {m['policy']:.3f} | {m['other']:.3f} | {mem} | "
+                         + (f"{trainers[kind][0]['discriminator_state_mb']:.0f} MB |"
+                            if "discriminator_state_mb" in trainers[kind][0] else " |"))
+            peaks[kind] = max(r.get("cuda_peak_mb", r["peak_rss_mb"]) for r in trainers[kind])
         g, d = med["grpo"], med["gad"]
         sync_ratio = f"{d['weight_sync'] / g['weight_sync']:.2f}x" if g.get("weight_sync") else ""
         lines.append(f"| **ratio GAD / GRPO** | **{d['total'] / g['total']:.2f}x** | {d['generation'] / g['generation']:.2f}x "
-                     f"| {sync_ratio} | {d['rewards'] / g['rewards']:.2f}x | {d['policy'] / g['policy']:.2f}x | | |")
+                     f"| {sync_ratio} | {d['rewards'] / g['rewards']:.2f}x | {d['policy'] / g['policy']:.2f}x | | "
+                     f"{peaks['gad'] / peaks['grpo']:.2f}x | |")
+        if "gad_sharded" in med:
+            h = med["gad_sharded"]
+            lines.append(f"| **ratio GAD sharded / GRPO** | **{h['total'] / g['total']:.2f}x** | "
+                         f"{h['generation'] / g['generation']:.2f}x | | {h['rewards'] / g['rewards']:.2f}x | "
+                         f"{h['policy'] / g['policy']:.2f}x | | {peaks['gad_sharded'] / peaks['grpo']:.2f}x | |")
+            if a.device == "cpu":
+                lines.append("")
+                lines.append("On CPU the peak is the process's peak RSS: the interpreter and libraries, the student, its "
+                             "reference and optimizer, the activations, the all-gathered layers and the allocator's "
+                             "high-water mark; the last column counts the discriminator's own tensors.")
         lines.append("")
         lines.append("Policy gradient checkpointing is on in every row (TRL's GRPOConfig default).\n")
         sep = med.get("gad_separate")
@@ -556,4 +640,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--_worker"]:  # one rank of a --processes round (see _torchrun_round)
+        _torchrun_worker(*sys.argv[2:5])
+        sys.exit(0)
     sys.exit(main())

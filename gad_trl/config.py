@@ -78,6 +78,12 @@ class GADConfig(GRPOConfig):
         discriminator_gradient_checkpointing (`bool` or `None`, *optional*, defaults to `None`):
             Gradient checkpointing in the discriminator backbone. None = follow `gradient_checkpointing`: without it
             the discriminator's fwd+bwd over every completion dominates peak memory (benchmarks/).
+        discriminator_sharding (`str`, *optional*, defaults to `"auto"`):
+            How the discriminator is laid out over processes. 'auto': sharded with torch FSDP2 when the launcher
+            shards the student (FSDP, DeepSpeed ZeRO-3), replicated otherwise. 'fsdp2': always sharded (one
+            `fully_shard` unit per decoder layer + the root; float32 master weights and optimizer states, bf16/fp16
+            compute when `bf16`/`fp16` is on); needs a distributed launch, at world size 1 it splits nothing but keeps
+            the float32 master weights. 'none': a full copy with its own AdamW on every process.
 
         > Parameters that control the discriminator loss (docs/algorithm.md, "Discriminator losses")
 
@@ -194,6 +200,17 @@ class GADConfig(GRPOConfig):
             "without it the discriminator's fwd+bwd over every completion dominates peak memory (benchmarks/)."
         },
     )
+    discriminator_sharding: str = field(
+        default="auto",
+        metadata={
+            "help": "How the discriminator is laid out over processes. 'auto': sharded with torch FSDP2 when the "
+            "launcher shards the student (FSDP, DeepSpeed ZeRO-3), replicated otherwise. 'fsdp2': always sharded (one "
+            "`fully_shard` unit per decoder layer + the root; float32 master weights and optimizer states, bf16/fp16 "
+            "compute when `bf16`/`fp16` is on); needs a distributed launch, at world size 1 it splits nothing but "
+            "keeps the float32 master weights. 'none': a full copy with its own AdamW on every process.",
+            "choices": ["auto", "none", "fsdp2"],
+        },
+    )
 
     # Discriminator loss
     discriminator_loss_type: str = field(
@@ -304,6 +321,10 @@ class GADConfig(GRPOConfig):
             raise ValueError(
                 "two_sided_hinge needs discriminator_upper_margin > discriminator_margin "
                 f"(got M={self.discriminator_upper_margin}, m={self.discriminator_margin})."
+            )
+        if self.discriminator_sharding not in ("auto", "none", "fsdp2"):
+            raise ValueError(
+                f"discriminator_sharding must be 'auto', 'none' or 'fsdp2', got {self.discriminator_sharding!r}."
             )
         if self.vllm_weight_sync not in ("nccl", "reload"):
             raise ValueError(f"vllm_weight_sync must be 'nccl' or 'reload', got {self.vllm_weight_sync!r}.")

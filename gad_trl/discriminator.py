@@ -15,8 +15,9 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 def replicated_loading(deepspeed_plugin=None):
     """Load a model whole on every process, whatever the launcher set up for the student.
 
-    The discriminator is replicated (its gradients are all-reduced by the trainer), never sharded, so it must not be
-    built the sharded way: under DeepSpeed ZeRO-3 with `zero3_init_flag`, transformers would partition it at
+    The discriminator is replicated (its gradients are all-reduced by the trainer) or sharded by GAD itself with FSDP2
+    (`discriminator_sharding`), never by the student's launcher, so it must not be built the launcher's sharded way:
+    under DeepSpeed ZeRO-3 with `zero3_init_flag`, transformers would partition it at
     creation (`deepspeed.zero.Init`) into empty parameters that only a DeepSpeed engine can use; under FSDP with
     `cpu_ram_efficient_loading`, every process but local rank 0 would get all-zero weights and wait for a broadcast
     from an FSDP wrapper that the discriminator never gets.
@@ -25,13 +26,29 @@ def replicated_loading(deepspeed_plugin=None):
     saved = os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING")
     os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "false"
     try:
-        with zero3_off:
+        with zero3_off, _hf_deepspeed_config_cleared():
             yield
     finally:
         if saved is None:
             os.environ.pop("FSDP_CPU_RAM_EFFICIENT_LOADING", None)
         else:
             os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = saved
+
+
+@contextmanager
+def _hf_deepspeed_config_cleared():
+    """transformers builds models under `deepspeed.zero.Init` whenever `is_deepspeed_zero3_enabled()`, which reads a
+    module-level reference to the Trainer's DeepSpeed config. Under `accelerate launch` with ZeRO-3 that reference stays
+    set inside `zero3_init_context_manager(enable=False)` (a no-op when the plugin's init flag is already off), so the
+    discriminator would come out partitioned into empty parameters. Clear the reference while it is built."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
 def load_discriminator(
@@ -104,6 +121,14 @@ def last_token_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask:
     The position comes from `attention_mask`, not from the pad token, so an EOS that equals the pad token is still
     the scored token (docs/algorithm.md, "Roles": the last real token of the response).
     """
+    sharded_scores = getattr(model, "gad_last_token_scores", None)  # set by discriminator_sharding.shard_discriminator
+    if sharded_scores is not None:
+        return sharded_scores(input_ids, attention_mask)
+    return backbone_and_head_scores(model, input_ids, attention_mask)
+
+
+def backbone_and_head_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """`last_token_scores` computed directly from the model's backbone and value head."""
     hidden = backbone(model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     positions = torch.arange(attention_mask.size(1), device=attention_mask.device)
     last = (positions * attention_mask.to(positions.dtype)).argmax(dim=1)

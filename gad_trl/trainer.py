@@ -177,6 +177,15 @@ class GADTrainer(GRPOTrainer):
                 peft_config=peft_config,
             )
 
+        from .cpu_distributed import register_indexed_cpu_location
+        from .discriminator_sharding import resolve_discriminator_sharding, shard_discriminator
+
+        register_indexed_cpu_location()  # multi-process CPU runs resume with map_location="cpu:<rank>"
+
+        self._discriminator_sharded = resolve_discriminator_sharding(args.discriminator_sharding, self.accelerator)
+        if self._discriminator_sharded:  # before `.to(device)`: only this process's shards reach the device
+            compute_dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+            discriminator = shard_discriminator(discriminator, self.accelerator.device, compute_dtype)
         self.discriminator = discriminator.to(self.accelerator.device)
         if args.disable_dropout:
             disable_dropout_in_model(self.discriminator)
@@ -384,7 +393,13 @@ class GADTrainer(GRPOTrainer):
         if max_norm is None:
             max_norm = self.args.max_grad_norm
         params = [p for p in self.discriminator.parameters() if p.requires_grad]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm and max_norm > 0 else float("inf"))
+        max_norm = max_norm if max_norm and max_norm > 0 else float("inf")
+        if self._discriminator_sharded:
+            from .discriminator_sharding import clip_grad_norm
+
+            grad_norm = clip_grad_norm(params, max_norm)
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         info["grad_norm"] = grad_norm.item()
         info["learning_rate"] = self.discriminator_optimizer.param_groups[0]["lr"]
         self.discriminator_optimizer.step()
@@ -395,7 +410,8 @@ class GADTrainer(GRPOTrainer):
 
     def _all_reduce_discriminator_grads(self):
         # The discriminator is replicated on every process (not wrapped in DDP): average its gradients by hand.
-        if self.accelerator.num_processes <= 1:
+        # (Sharded, FSDP2 has already reduce-scattered them.)
+        if self.accelerator.num_processes <= 1 or self._discriminator_sharded:
             return
         for p in self.discriminator.parameters():
             if p.grad is not None:
@@ -420,7 +436,12 @@ class GADTrainer(GRPOTrainer):
             phase = self.current_phase()
             if phase == PHASE_CRITIC_WARMUP:
                 # Student frozen: no forward, no gradient (the optimizer skips parameters whose grad is None).
-                return torch.zeros((), device=self.accelerator.device, requires_grad=True)
+                # A graph node (not a leaf): DeepSpeed's backward only accepts a loss with a grad_fn.
+                if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage < 3:
+                    # ZeRO-1/2 reduce gradients in buckets that must not be empty: zero gradients for every
+                    # parameter (its optimizer then counts these steps, at learning rate 0).
+                    return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+                return torch.zeros((), device=self.accelerator.device, requires_grad=True) * 1.0
             if phase == PHASE_SFT_WARMUP:
                 return self._sft_loss(model, inputs)
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -518,9 +539,14 @@ class GADTrainer(GRPOTrainer):
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         super().save_model(output_dir, _internal_call)
         output_dir = output_dir or self.args.output_dir
+        state_dict = None
+        if self._discriminator_sharded:  # gathered by every process, kept on the main one
+            from .discriminator_sharding import full_model_state_dict
+
+            state_dict = full_model_state_dict(self.discriminator)
         if self.args.should_save:
             disc_dir = os.path.join(output_dir, DISCRIMINATOR_DIR)
-            self.accelerator.unwrap_model(self.discriminator).save_pretrained(disc_dir)
+            self.accelerator.unwrap_model(self.discriminator).save_pretrained(disc_dir, state_dict=state_dict)
             self.processing_class.save_pretrained(disc_dir)
             self._write_discriminator_card(disc_dir)
 
@@ -562,8 +588,14 @@ class GADTrainer(GRPOTrainer):
         # Next to the student's states, inside Trainer._save_checkpoint: written before a checkpoint is pushed
         # (hub_strategy="checkpoint") and skipped with save_only_model, like the student's.
         super()._save_optimizer_and_scheduler(output_dir)
-        if self.args.should_save:
+        if self._discriminator_sharded:
+            from .discriminator_sharding import save_optimizer
+
+            save_optimizer(self.discriminator, self.discriminator_optimizer,
+                           os.path.join(output_dir, DISCRIMINATOR_OPTIMIZER_NAME), self.args.should_save)
+        elif self.args.should_save:
             torch.save(self.discriminator_optimizer.state_dict(), os.path.join(output_dir, DISCRIMINATOR_OPTIMIZER_NAME))
+        if self.args.should_save:
             if self.discriminator_lr_scheduler is not None:
                 torch.save(
                     self.discriminator_lr_scheduler.state_dict(), os.path.join(output_dir, DISCRIMINATOR_SCHEDULER_NAME)
@@ -583,14 +615,26 @@ class GADTrainer(GRPOTrainer):
 
         with replicated_loading(getattr(self.args, "deepspeed_plugin", None)):
             saved = AutoModelForSequenceClassification.from_pretrained(disc_dir, num_labels=1, dtype=self.discriminator.dtype)
-        self.discriminator.load_state_dict(saved.state_dict())
-        del saved
-        map_location = self.accelerator.device
-        optimizer_path = os.path.join(checkpoint, DISCRIMINATOR_OPTIMIZER_NAME)
-        if os.path.isfile(optimizer_path):
-            self.discriminator_optimizer.load_state_dict(torch.load(optimizer_path, map_location=map_location))
+        from .discriminator_sharding import load_optimizer, load_weights, optimizer_state_is_by_name
+
+        if self._discriminator_sharded:
+            load_weights(self.discriminator, saved.state_dict())
         else:
+            self.discriminator.load_state_dict(saved.state_dict())
+        del saved
+        optimizer_path = os.path.join(checkpoint, DISCRIMINATOR_OPTIMIZER_NAME)
+        if not os.path.isfile(optimizer_path):
             logger.warning(f"{optimizer_path} is missing: the discriminator's optimizer restarts from scratch.")
+        elif self._discriminator_sharded:
+            load_optimizer(self.discriminator, self.discriminator_optimizer, optimizer_path)
+        else:
+            state = torch.load(optimizer_path, map_location=self.accelerator.device)
+            if optimizer_state_is_by_name(state):
+                raise ValueError(
+                    f"{optimizer_path} holds a sharded discriminator's optimizer state (written with "
+                    "discriminator_sharding='fsdp2', or 'auto' under FSDP / ZeRO-3): resume with the same sharding."
+                )
+            self.discriminator_optimizer.load_state_dict(state)
         scheduler_path = os.path.join(checkpoint, DISCRIMINATOR_SCHEDULER_NAME)
         if os.path.isfile(scheduler_path) and self.discriminator_lr_scheduler is not None:
             self.discriminator_lr_scheduler.load_state_dict(torch.load(scheduler_path))

@@ -51,8 +51,9 @@ def test_paper_gad_recipe_matches_the_paper():
     completions_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size
     assert completions_per_step // args.num_generations == 256  # prompts per optimizer step
     assert args.steps_per_generation == args.gradient_accumulation_steps and args.num_iterations == 1
-    # memory: the discriminator's forward/backward is chunked, and its (replicated) copy is bf16 on purpose
+    # memory: the discriminator's forward/backward is chunked, and it is sharded (float32 master weights, loaded bf16)
     assert args.discriminator_mini_batch_size == 8 and args.discriminator_gradient_checkpointing
+    assert args.discriminator_sharding == "fsdp2"
     assert args.discriminator_init_kwargs == {"dtype": "bfloat16", "attn_implementation": "sdpa"}
 
 
@@ -71,11 +72,14 @@ def test_accelerate_config_loads(config):
     from accelerate.utils import DistributedType
 
     cluster = load_config_from_file(str(config))
-    expected = {"ddp": DistributedType.MULTI_GPU, "zero3": DistributedType.DEEPSPEED, "fsdp2": DistributedType.FSDP}
+    expected = {"ddp": DistributedType.MULTI_GPU, "zero2": DistributedType.DEEPSPEED, "zero3": DistributedType.DEEPSPEED,
+                "fsdp2": DistributedType.FSDP}
     assert cluster.distributed_type == expected[config.stem]
     assert cluster.num_processes == 8 and cluster.mixed_precision == "bf16"
     if config.stem == "zero3":
         assert cluster.deepspeed_config["zero_stage"] == 3 and cluster.deepspeed_config["zero3_save_16bit_model"]
+    if config.stem == "zero2":
+        assert cluster.deepspeed_config["zero_stage"] == 2
     if config.stem == "fsdp2":
         assert cluster.fsdp_config["fsdp_version"] == 2
         assert cluster.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"

@@ -1,5 +1,6 @@
-"""The discriminator is replicated, never sharded: it loads whole on every process even when the launcher set up
-DeepSpeed ZeRO-3 (zero.Init at creation) or FSDP's CPU-RAM-efficient loading (zeros on every rank but 0)."""
+"""The discriminator loads whole on every process even when the launcher set up DeepSpeed ZeRO-3 (zero.Init at
+creation) or FSDP's CPU-RAM-efficient loading (zeros on every rank but 0); GAD shards it itself, if at all
+(discriminator_sharding). A real 2-process ZeRO-3 launch: tests/test_launchers.py."""
 
 import contextlib
 import json
@@ -85,3 +86,23 @@ def test_zero3_init_is_switched_off_while_the_discriminator_loads(tiny_model_dir
     assert plugin.calls == [False] and seen == [False] and plugin.zero3_init_flag is True
     with replicated_loading(None):  # no DeepSpeed: nothing to switch off
         assert os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "false"
+
+
+def test_transformers_zero3_switch_is_off_while_the_discriminator_loads():
+    """Under `accelerate launch` with ZeRO-3, transformers' `is_deepspeed_zero3_enabled()` reads the Trainer's
+    DeepSpeed config and stays true inside the plugin's `zero3_init_context_manager(enable=False)`; a model built
+    then comes out partitioned into empty parameters (the first real launch crashed: "'weight' must be 2-D")."""
+    from transformers.integrations import HfDeepSpeedConfig, is_deepspeed_zero3_enabled
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    config = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1})
+    try:
+        assert is_deepspeed_zero3_enabled()
+        plugin = FakeDeepSpeedPlugin()
+        plugin.zero3_init_flag = False  # as accelerate leaves it: switching it off again is a no-op
+        with replicated_loading(plugin):
+            assert not is_deepspeed_zero3_enabled()
+        assert is_deepspeed_zero3_enabled()  # restored for the student
+    finally:
+        unset_hf_deepspeed_config()
+        del config

@@ -1,0 +1,35 @@
+"""Run by tests/test_launchers.py under `accelerate launch` (2 CPU processes, gloo; DeepSpeed with DS_ACCELERATOR=cpu).
+In one launch, through `gad-trl gad`'s own `main`: a 3-step tiny GAD run that checkpoints at step 2 and saves, then
+a second run resumed from that checkpoint. Writes `<out>/rank<k>.json` (launcher, discriminator layout, steps)."""
+
+import json
+import sys
+
+from gad_trl.testing import use_offline_env
+
+use_offline_env()
+
+from gad_trl.cli.gad import main, make_parser  # noqa: E402
+
+model_dir, data_dir, out = sys.argv[1:4]
+common = ["--config", "recipes/tiny/gad.yaml", "--model_name_or_path", model_dir, "--dataset_name", data_dir,
+          "--max_steps", "3", "--save_strategy", "steps", "--save_steps", "2", "--critic_warmup_steps", "1",
+          "--sft_warmup_steps", "1", "--report_to", "none", "--disable_tqdm", "true", "--bf16", "false"]  # fmt: skip
+
+
+def run(*extra):
+    return main(*make_parser().parse_args_and_config([*common, *extra]))
+
+
+full = run("--output_dir", f"{out}/full")
+resumed = run("--output_dir", f"{out}/resumed", "--resume_from_checkpoint", f"{out}/full/checkpoint-2")
+with open(f"{out}/rank{full.accelerator.process_index}.json", "w") as f:
+    json.dump(
+        {
+            "distributed_type": str(full.accelerator.distributed_type),
+            "num_processes": full.accelerator.num_processes,
+            "sharded": [full._discriminator_sharded, resumed._discriminator_sharded],
+            "global_steps": [full.state.global_step, resumed.state.global_step],
+        },
+        f,
+    )
