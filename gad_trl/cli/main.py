@@ -6,6 +6,8 @@
     gad-trl train --config recipes/tiny/gad.yaml         # either, following the recipe's `stage:` key
     gad-trl analyze-lengths --model_name_or_path M --dataset_name D
     gad-trl eval-discriminator --discriminator_name_or_path OUT/discriminator --dataset_name D
+    gad-trl generate-teacher --dataset_name P --output data/train.jsonl --base_url URL --model TEACHER
+    gad-trl evaluate --dataset_name D --student_model_name_or_path OUT --judge_base_url URL --output_dir OUT/eval
     gad-trl vllm-serve --model M                         # vLLM server for `vllm_mode: server`
 
 Each command parses its own arguments (`gad-trl <command> --help`); training commands accept `--config file.yaml`,
@@ -26,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze-lengths": ("analyze_lengths", "Teacher response token lengths and a suggested max_completion_length"),
     "eval-discriminator": ("eval_discriminator", "Discriminator accuracy / score gap on a fixed held-out set"),
     "estimate-memory": ("estimate_memory", "Per-GPU memory of student, reference and discriminator for each mode"),
+    "generate-teacher": ("generate_teacher", "Teacher answers to a prompt set from an OpenAI-compatible endpoint"),
+    "evaluate": ("evaluate", "Judge a student (paper's protocol), score checkpoints, pick the best one"),
     "make-tiny": ("make_tiny", "Write an offline tiny model and toy data set (for recipes/tiny)"),
     "vllm-serve": (None, "Serve the student with vLLM for `vllm_mode: server` (gad_trl.vllm)"),
     "env": (None, "Print the versions of gad_trl and its main dependencies"),

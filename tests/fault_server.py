@@ -1,0 +1,116 @@
+"""A local OpenAI-compatible chat server (127.0.0.1 only) that answers deterministically and injects faults on demand.
+
+`FaultServer(responder)` serves `GET /v1/models` and `POST /v1/chat/completions`. The answer to a request is
+`responder(messages)`; `plan[prompt] = [fault, ...]` makes the successive requests for the prompt whose last user
+message is `prompt` misbehave, one fault per request, then answer normally:
+
+- `"429"`: HTTP 429 with `Retry-After: <retry_after>` seconds; `"500"`: HTTP 500;
+- `"hang"`: say nothing for `hang_seconds` (bounded), then close; `"drop"`: close the connection without a response;
+- `"malformed"`: HTTP 200, `application/json`, a body that is not JSON; `"400"`: HTTP 400 (not retried);
+- `"always500"`: HTTP 500 on every request for that prompt.
+`delay` slows every normal answer (for kill tests). `log` records `(time, prompt, fault)` per request.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def echo_upper(messages: list[dict]) -> str:
+    return "ANSWER " + messages[-1]["content"].upper()
+
+
+class FaultServer:
+    def __init__(self, responder=echo_upper, model="fault-teacher", delay=0.0, retry_after="1", hang_seconds=3.0):
+        self.responder = responder
+        self.model = model
+        self.delay = delay
+        self.retry_after = retry_after
+        self.hang_seconds = hang_seconds
+        self.plan: dict[str, list[str]] = {}
+        self.log: list[tuple[float, str, str]] = []
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _send(self, status, body: bytes, headers=None):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                if self.path.rstrip("/").endswith("/models"):
+                    body = {"object": "list", "data": [{"id": server.model, "object": "model", "owned_by": "test"}]}
+                    return self._send(200, json.dumps(body).encode())
+                self._send(404, b'{"error": "not found"}')
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", 0))
+                request = json.loads(self.rfile.read(length))
+                messages = request["messages"]
+                prompt = messages[-1]["content"]
+                with server.lock:
+                    queue = server.plan.get(prompt, [])
+                    fault = queue[0] if queue else "ok"
+                    if queue and fault != "always500":
+                        queue.pop(0)
+                    server.log.append((time.monotonic(), prompt, fault))
+                    server.requests.append(request)
+                if fault == "429":
+                    return self._send(429, b'{"error": {"message": "rate limited"}}',
+                                      {"Retry-After": server.retry_after})
+                if fault in ("500", "always500"):
+                    return self._send(500, b'{"error": {"message": "internal error"}}')
+                if fault == "400":
+                    return self._send(400, b'{"error": {"message": "bad request"}}')
+                if fault == "hang":
+                    server.stopping.wait(server.hang_seconds)
+                    self.close_connection = True
+                    return
+                if fault == "drop":
+                    self.close_connection = True
+                    return
+                if fault == "malformed":
+                    return self._send(200, b'{"id": "x", "choices": [{"message": ')
+                if server.delay:
+                    time.sleep(server.delay)
+                text = server.responder(messages)
+                body = {
+                    "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": server.model,
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": text}}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": len(text.split()),
+                              "total_tokens": 1 + len(text.split())},
+                }  # fmt: skip
+                self._send(200, json.dumps(body).encode())
+
+        self.requests: list[dict] = []
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def faults_for(self, prompt: str) -> list[str]:
+        return [fault for _, p, fault in self.log if p == prompt]
+
+    def __enter__(self) -> FaultServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,0 +1,155 @@
+"""`gad-trl generate-teacher` against a local fault-injecting OpenAI-compatible server: retries (429 + Retry-After,
+500, hung request, malformed JSON, dropped connection), failures listed not dropped, resume after `kill -9`."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gad_trl.jsonl_store import JsonlStore
+from gad_trl.teacher_generation import TeacherGenerationArguments, generate_teacher
+from gad_trl.testing import write_jsonl
+
+from .fault_server import FaultServer, echo_upper
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def prompts(n):
+    return [{"prompt": [{"role": "user", "content": f"question number {i}"}]} for i in range(n)]
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def make_args(tmp_path, server, n=4, output="out.jsonl", **kw):
+    data = write_jsonl(prompts(n), tmp_path / "prompts.jsonl")
+    kw.setdefault("max_retries", 2)
+    kw.setdefault("request_timeout", 5.0)
+    return TeacherGenerationArguments(dataset_name=data, output=str(tmp_path / output), base_url=server.url,
+                                      concurrency=2, **kw)
+
+
+def test_faults_are_retried_and_rows_come_back_once_in_order(tmp_path):
+    with FaultServer(hang_seconds=3.0) as server:
+        server.plan = {
+            "question number 0": ["429"], "question number 1": ["500", "drop"],
+            "question number 2": ["malformed"], "question number 3": ["hang"],
+        }  # fmt: skip
+        args = make_args(tmp_path, server, n=5, request_timeout=1.0)
+        start = time.monotonic()
+        summary = generate_teacher(args)
+        elapsed = time.monotonic() - start
+
+    assert summary["failed"] == 0 and summary["done"] == 5 and summary["output"] == args.output
+    rows = read_jsonl(args.output)
+    assert [r["row_id"] for r in rows] == ["0", "1", "2", "3", "4"]  # input order after the run
+    for r in rows:
+        assert r["teacher_response"] == echo_upper(r["prompt"]) and r["teacher_finish_reason"] == "stop"
+    assert server.faults_for("question number 0") == ["429", "ok"]
+    assert server.faults_for("question number 1") == ["500", "drop", "ok"]
+    assert server.faults_for("question number 2") == ["malformed", "ok"]
+    assert server.faults_for("question number 3") == ["hang", "ok"]
+    # Retry-After: 1 was honoured: the retry of row 0 came at least 1 s after the 429.
+    times = [t for t, p, _ in server.log if p == "question number 0"]
+    assert times[1] - times[0] >= 0.95
+    # The hung request was abandoned at the 1 s timeout, not after the server's 3 s.
+    hang_times = [t for t, p, _ in server.log if p == "question number 3"]
+    assert 0.95 <= hang_times[1] - hang_times[0] < 2.9
+    assert elapsed < 10
+    assert read_jsonl(args.errors_path) == []
+
+
+def test_failed_rows_are_listed_then_retried_by_a_rerun(tmp_path, capsys):
+    from gad_trl.cli.main import main
+
+    with FaultServer() as server:
+        server.plan = {"question number 1": ["always500"], "question number 2": ["400"],
+                       "question number 3": ["malformed"] * 3}
+        args = make_args(tmp_path, server, n=4, output="out.parquet")
+        argv = ["generate-teacher", "--dataset_name", args.dataset_name, "--output", args.output,
+                "--base_url", server.url, "--max_retries", "2", "--concurrency", "2"]
+        assert main(argv) == 1
+        out = capsys.readouterr().out
+        errors = {e["row_id"]: e["error"] for e in read_jsonl(args.errors_path)}
+        assert set(errors) == {"1", "2", "3"}
+        assert "500" in errors["1"] and "400" in errors["2"] and "malformed" in errors["3"]
+        assert server.faults_for("question number 1") == ["always500"] * 3  # 1 try + 2 retries
+        assert server.faults_for("question number 2") == ["400"]  # a 400 is not retried
+        assert "3 row(s) failed" in out and str(args.errors_path) in out
+        assert not os.path.exists(args.output)  # no Parquet with missing rows
+        assert [r["row_id"] for r in read_jsonl(args.progress_path)] == ["0"]
+
+        server.plan = {}
+        assert main(argv) == 0
+    from datasets import Dataset
+
+    table = Dataset.from_parquet(args.output)
+    assert table["row_id"] == ["0", "1", "2", "3"]
+    assert table["teacher_response"] == [echo_upper(p["prompt"]) for p in prompts(4)]
+    assert read_jsonl(args.errors_path) == [] and not args.progress_path.exists()
+    # Only the failed rows were asked again.
+    assert server.faults_for("question number 0") == ["ok"]
+
+
+def test_output_of_another_data_set_is_refused(tmp_path):
+    with FaultServer() as server:
+        args = make_args(tmp_path, server, n=3)
+        generate_teacher(args)
+        write_jsonl([{"prompt": "something else"}] * 3, tmp_path / "prompts.jsonl")
+        with pytest.raises(ValueError, match="different prompt"):
+            generate_teacher(args)
+
+
+def test_torn_last_line_is_redone(tmp_path):
+    path = tmp_path / "store.jsonl"
+    path.write_text('{"id": "a", "v": 1}\n{"id": "b", "v": 2}\n{"id": "c", "v"')
+    store = JsonlStore(path, "id")
+    assert set(store.done) == {"a", "b"} and store.dropped_torn_line
+    store.append({"id": "c", "v": 3})
+    store.close()
+    assert [r["id"] for r in read_jsonl(path)] == ["a", "b", "c"]
+    path.write_text('{"id": "a"}\nnot json\n{"id": "b"}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        JsonlStore(path, "id")
+
+
+def test_kill_9_mid_run_then_resume_gives_every_row_once(tmp_path):
+    n = 40
+    with FaultServer(delay=0.05) as server:
+        data = write_jsonl(prompts(n), tmp_path / "prompts.jsonl")
+        out = tmp_path / "out.jsonl"
+        cmd = [sys.executable, "-m", "gad_trl.cli.main", "generate-teacher", "--dataset_name", data, "--output",
+               str(out), "--base_url", server.url, "--concurrency", "2"]
+        env = {**os.environ, "PYTHONPATH": os.getcwd()}
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.exists() and out.read_text().count("\n") >= 10:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        proc.stderr.close()
+        done_before = out.read_text().count("\n")
+        assert 10 <= done_before < n
+        # A kill can tear the line being written; make sure the resume meets one.
+        with open(out, "a") as f:
+            f.write('{"row_id": "39", "prompt": [{"role": "us')
+
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=90)
+        assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_jsonl(out)
+    assert [r["row_id"] for r in rows] == [str(i) for i in range(n)]
+    assert all(r["teacher_response"] == echo_upper(r["prompt"]) for r in rows)
+    # The rerun asked only for what was missing (plus at most the rows in flight at the kill).
+    asked = [p for _, p, _ in server.log]
+    assert len(asked) <= n + 2 and len(set(asked)) == n
+    assert f"{done_before} from an earlier run" in result.stdout
