@@ -157,17 +157,19 @@ def _same_prompt(stored: dict, row: dict) -> bool:
                                                                                      default=str)
 
 
-def load_prompts(args: TeacherGenerationArguments):
+def load_prompts(dataset_name: str, dataset_config: str | None = None, split: str = "train",
+                 max_samples: int | None = None):
+    """One split of a data set the trainer can read (`gad_trl.cli.utils.load_any_dataset`), first `max_samples`."""
     from .cli.utils import load_any_dataset
 
-    dataset = load_any_dataset(args.dataset_name, args.dataset_config)
-    if args.dataset_split not in dataset:
-        raise KeyError(f"Split {args.dataset_split!r} not in {args.dataset_name!r} (splits: {list(dataset)}).")
-    dataset = dataset[args.dataset_split]
-    if args.max_samples is not None:
-        dataset = dataset.select(range(min(args.max_samples, len(dataset))))
+    dataset = load_any_dataset(dataset_name, dataset_config)
+    if split not in dataset:
+        raise KeyError(f"Split {split!r} not in {dataset_name!r} (splits: {list(dataset)}).")
+    dataset = dataset[split]
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
     if len(dataset) == 0:
-        raise ValueError(f"{args.dataset_name!r} ({args.dataset_split}) has no rows.")
+        raise ValueError(f"{dataset_name!r} ({split}) has no rows.")
     return dataset
 
 
@@ -179,7 +181,7 @@ def generate_teacher(args: TeacherGenerationArguments, dataset=None, client=None
     from .openai_chat import chat, describe_error, make_client, map_bounded, resolve_model
 
     if dataset is None:
-        dataset = load_prompts(args)
+        dataset = load_prompts(args.dataset_name, args.dataset_config, args.dataset_split, args.max_samples)
     rows = keyed_rows(dataset, args.id_column)
     # Every prompt is validated (as the trainer does) before any request is sent.
     messages = {key: with_system_prompt(prompt_messages(row, key), args.system_prompt) for key, row in rows}

@@ -1,0 +1,54 @@
+"""`gad-trl evaluate`: the paper's judge protocol on a student, per checkpoint, and the best checkpoint by score
+within a length bound (see gad_trl.evaluation).
+
+    # one student, served by vLLM (or --student_model_name_or_path for transformers), judged by GPT-4o
+    gad-trl evaluate --dataset_name data/test.jsonl --student_base_url http://127.0.0.1:8001/v1 \
+        --judge_base_url https://api.openai.com/v1 --judge_model gpt-4o --output_dir eval/final
+    # every checkpoint of a run, then the best one whose mean answer stays under 600 tokens
+    gad-trl evaluate --dataset_name data/test.jsonl --checkpoints_dir Qwen2.5-7B-GAD --judge_base_url ... \
+        --judge_model gpt-4o
+    gad-trl evaluate --pick_best Qwen2.5-7B-GAD --max_mean_length 600
+
+Exit status 1 when rows failed (listed in eval_judge_errors.jsonl; re-run to retry) or no checkpoint qualifies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from trl import TrlParser
+
+from ..evaluation import (
+    EvaluationArguments,
+    evaluate,
+    evaluate_checkpoints,
+    format_pick_best,
+    format_summary,
+    pick_best,
+)
+
+
+def make_parser(prog: str | None = None) -> TrlParser:
+    return TrlParser((EvaluationArguments,), prog=prog or "gad-trl evaluate")
+
+
+def run(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    (args,) = make_parser().parse_args_and_config(list(argv))
+    if args.pick_best:
+        best, table = pick_best(args.pick_best, args.max_mean_length)
+        print(format_pick_best(best, table, args.max_mean_length))
+        with open(f"{args.pick_best}/best_checkpoint.json", "w") as f:
+            json.dump({"best": str(best) if best else None, "max_mean_length": args.max_mean_length,
+                       "checkpoints": table}, f, indent=2)
+        return 0 if best else 1
+    if args.checkpoints_dir:
+        summaries = evaluate_checkpoints(args)
+        for summary in summaries:
+            print(format_summary(summary), end="\n\n")
+        return 1 if any(s["failed"] for s in summaries) else 0
+    summary = evaluate(args)
+    print(format_summary(summary))
+    return 1 if summary["failed"] else 0

@@ -1,0 +1,219 @@
+"""`gad-trl evaluate`: the judge protocol, pairwise win rate, per-checkpoint scores and the best-checkpoint rule, with
+a local OpenAI-compatible server as student and judge (scripted reviews, so the scores are known) and the tiny model
+as a local student."""
+
+import json
+import re
+import statistics
+
+import pytest
+
+from gad_trl import judge as J
+from gad_trl.evaluation import (
+    ERRORS_FILE,
+    JUDGEMENTS_FILE,
+    SUMMARY_FILE,
+    EvaluationArguments,
+    JudgeEvalCallback,
+    evaluate,
+    evaluate_checkpoints,
+    pick_best,
+    summarize,
+)
+from gad_trl.testing import write_jsonl
+
+from .fault_server import FaultServer, echo_upper
+
+pytestmark = pytest.mark.timeout(120)
+
+REVIEW = re.compile(r"\[Question\]\n(.*?)\n\n\[The Start of Assistant 1's Answer\]\n(.*?)\n\n\[The End of Assistant 1's "
+                    r"Answer\]\n\n\[The Start of Assistant 2's Answer\]\n(.*?)\n\n\[The End", re.S)
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def scripted_judge(review_for):
+    """Judge server responder: reference answers are 'REFERENCE <question>', reviews come from `review_for`."""
+
+    def respond(messages):
+        match = REVIEW.search(messages[-1]["content"])
+        if match is None:
+            return "REFERENCE " + messages[-1]["content"]
+        return review_for(*match.groups())
+
+    return respond
+
+
+def question_index(question):
+    return int(question.rsplit(" ", 1)[1])
+
+
+def rows(n, teacher=False):
+    out = []
+    for i in range(n):
+        row = {"prompt": [{"role": "user", "content": f"question number {i}"}]}
+        if teacher:
+            row["teacher_response"] = f"TEACHER {i}"
+        out.append(row)
+    return out
+
+
+def test_reference_protocol_scores_counts_and_resume(tmp_path):
+    def review(question, answer_1, answer_2):
+        i = question_index(question)
+        if i == 4:
+            return "Both answers are fine."  # unparseable: no score line
+        return f"8 {i + 1}\nAssistant 2 is shorter."
+
+    data = write_jsonl(rows(6), tmp_path / "eval.jsonl")
+    with FaultServer(model="student") as student, FaultServer(scripted_judge(review), model="judge") as judge:
+        judge.plan = {"question number 5": ["always500"]}  # its reference never comes: a failed row
+        args = EvaluationArguments(dataset_name=data, output_dir=str(tmp_path / "eval"), student_base_url=student.url,
+                                   judge_base_url=judge.url, max_retries=1, concurrency=2)
+        summary = evaluate(args)
+
+        expected = [100 * (i + 1) / (8 + i + 1) for i in range(4)]
+        assert summary["score"]["mean"] == pytest.approx(statistics.mean(expected))
+        half = 1.959964 * statistics.stdev(expected) / len(expected) ** 0.5
+        assert summary["score"]["ci95_low"] == pytest.approx(statistics.mean(expected) - half, rel=1e-5)
+        assert summary["score"]["ci95_high"] == pytest.approx(statistics.mean(expected) + half, rel=1e-5)
+        assert (summary["rows"], summary["judged"], summary["unparseable"], summary["failed"]) == (6, 5, 1, 1)
+        assert summary["mean_student_tokens"] == 4  # "ANSWER QUESTION NUMBER i": the server's completion_tokens
+        assert summary["judge_model"] == "judge" and summary["mean_reference_rating"] == 8
+
+        records = {r["row_id"]: r for r in read_jsonl(tmp_path / "eval" / JUDGEMENTS_FILE)}
+        assert set(records) == {"0", "1", "2", "3", "4"}
+        assert records["4"]["parseable"] is False and records["4"]["score"] is None
+        assert records["2"]["review"].startswith("8 3") and records["2"]["score"] == pytest.approx(100 * 3 / 11)
+        errors = read_jsonl(tmp_path / "eval" / ERRORS_FILE)
+        assert [(e["row_id"], e["phase"]) for e in errors] == [("5", "reference")] and "500" in errors[0]["error"]
+        assert json.loads((tmp_path / "eval" / SUMMARY_FILE).read_text())["score"] == summary["score"]
+
+        # The judge saw the reference as Assistant 1 and the student as Assistant 2, greedy (temperature 0).
+        reviews = [r for r in judge.requests if REVIEW.search(r["messages"][-1]["content"])]
+        assert len(reviews) == 5
+        for request in reviews:
+            question, first, second = REVIEW.search(request["messages"][-1]["content"]).groups()
+            assert first == "REFERENCE " + question and second == echo_upper([{"content": question}])
+            assert request["messages"][0] == {"role": "system", "content": J.JUDGE_SYSTEM_PROMPT}
+        assert all(r["temperature"] == 0 for r in student.requests + judge.requests)
+
+        # Re-run: only the failed row is asked again (it still fails); the rest comes from the files.
+        n_judge, n_student = len(judge.requests), len(student.requests)
+        again = evaluate(args)
+        assert again["score"] == summary["score"] and again["failed"] == 1
+        assert len(student.requests) == n_student + 1
+        # Another student on the same prompts reuses the cached references: only reviews (and the failing one).
+        args.output_dir = str(tmp_path / "eval2")
+        args.reference_cache = str(tmp_path / "eval" / "judge_references.jsonl")
+        n_judge = len(judge.requests)
+        evaluate(args)
+        new = judge.requests[n_judge:]
+        assert sum(not REVIEW.search(r["messages"][-1]["content"]) for r in new) == 2  # row 5: 1 try + 1 retry
+
+
+def test_pairwise_win_rate_counts_both_orders(tmp_path):
+    def review(question, answer_1, answer_2):
+        i = question_index(question)
+        if i == 0:  # the student is better in both orders
+            return "4 9" if answer_1.startswith("TEACHER") else "9 4"
+        if i == 1:  # tie
+            return "7 7"
+        if i == 2:  # pure position bias: Assistant 1 always wins -> one win, one loss
+            return "9 5"
+        return "no idea"
+
+    data = write_jsonl(rows(4, teacher=True), tmp_path / "eval.jsonl")
+    with FaultServer() as student, FaultServer(scripted_judge(review)) as judge:
+        args = EvaluationArguments(dataset_name=data, output_dir=str(tmp_path / "pw"), student_base_url=student.url,
+                                   judge_base_url=judge.url, mode="pairwise", concurrency=2)
+        summary = evaluate(args)
+        # no reference answers in pairwise mode: every judge request is a review
+        assert all(REVIEW.search(r["messages"][-1]["content"]) for r in judge.requests)
+    assert summary["score"]["mean"] == pytest.approx(100 * (1 + 0.5 + 0.5) / 3)
+    assert summary["unparseable"] == 1 and summary["judged"] == 4
+    records = {r["row_id"]: r for r in read_jsonl(tmp_path / "pw" / JUDGEMENTS_FILE)}
+    assert records["2"]["ratings"] == [[9, 5], [9, 5]] and records["2"]["score"] == 0.5
+
+
+def test_parse_ratings():
+    assert J.parse_ratings("8 6\nbecause") == (8.0, 6.0)
+    assert J.parse_ratings("\n 7.5, 9 \nx") == (7.5, 9.0)
+    assert J.parse_ratings("Assistant 1: 8\nAssistant 2: 6") is None  # FastChat's rule: first line only
+    assert J.parse_ratings("0 5") is None and J.parse_ratings("8 11") is None and J.parse_ratings("") is None
+    assert J.relative_score(8, 8) == 50
+    assert J.mean_ci95([50.0])["ci95_low"] is None
+
+
+def test_callback_and_checkpoint_loop_with_a_local_student(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerControl, TrainerState, TrainingArguments
+
+    lengths = {}
+
+    def review(question, answer_1, answer_2):
+        lengths[question] = answer_2
+        return "5 5\nequal"
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    data = write_jsonl(rows(3), tmp_path / "eval.jsonl")
+    out = tmp_path / "run"
+    with FaultServer(scripted_judge(review)) as judge:
+        eval_args = EvaluationArguments(dataset_name=data, judge_base_url=judge.url, output_dir="unused",
+                                        student_model_name_or_path="unused", student_max_tokens=6)
+        callback = JudgeEvalCallback(eval_args)
+        (out / "checkpoint-2").mkdir(parents=True)
+        state = TrainerState(global_step=2)
+        model.train()
+        callback.on_save(TrainingArguments(output_dir=str(out), report_to="none"), state, TrainerControl(),
+                         model=model, processing_class=tokenizer)
+        assert model.training  # restored after generation
+        summary = json.loads((out / "checkpoint-2" / SUMMARY_FILE).read_text())
+        assert summary["judged"] == 3 and summary["score"]["mean"] == 50 and summary["unparseable"] == 0
+        assert state.log_history[-1]["eval_judge/score"] == 50
+        records = read_jsonl(out / "checkpoint-2" / JUDGEMENTS_FILE)
+        assert all(1 <= r["student_tokens"] <= 6 for r in records)
+        assert summary["mean_student_tokens"] == pytest.approx(sum(r["student_tokens"] for r in records) / 3)
+        # the student's answers are the tiny model's greedy completions
+        from gad_trl.evaluation import local_answers
+
+        greedy = local_answers(model, tokenizer, [r["prompt"] for r in rows(3)], 6, batch_size=1)
+        assert [r["student_answer"] for r in records] == [text for text, _ in greedy]
+        assert [r["student_tokens"] for r in records] == [n for _, n in greedy]
+
+        # The CLI loop evaluates the checkpoints that have no summary yet, with the cached references.
+        model.save_pretrained(out / "checkpoint-4")
+        tokenizer.save_pretrained(out / "checkpoint-4")
+        n_requests = len(judge.requests)
+        eval_args.checkpoints_dir = str(out)
+        summaries = evaluate_checkpoints(eval_args)
+        assert [s["student"] for s in summaries] == [str(out / "checkpoint-2"), str(out / "checkpoint-4")]
+        assert len(judge.requests) - n_requests == 3  # reviews of checkpoint-4 only; no new reference answer
+
+
+def _write_summary(path, ratings, lengths):
+    records = [{"parseable": True, "score": J.relative_score(r, s), "reference_rating": r, "student_rating": s,
+                "student_tokens": n} for (r, s), n in zip(ratings, lengths)]
+    path.mkdir(parents=True)
+    (path / SUMMARY_FILE).write_text(json.dumps(summarize(records, "reference", len(records), 0)))
+
+
+def test_pick_best_takes_the_highest_score_within_the_length_bound(tmp_path, capsys):
+    from gad_trl.cli.main import main
+
+    _write_summary(tmp_path / "checkpoint-10", [(6, 4), (5, 5)], [100, 120])  # score 45, length 110
+    _write_summary(tmp_path / "checkpoint-20", [(4, 6), (3, 7)], [300, 320])  # score 65, length 310
+    _write_summary(tmp_path / "checkpoint-30", [(5, 5), (4, 6)], [180, 200])  # score 55, length 190
+    (tmp_path / "checkpoint-40").mkdir()  # not evaluated
+    best, table = pick_best(tmp_path)
+    assert best.name == "checkpoint-20"
+    best, table = pick_best(tmp_path, max_mean_length=200)
+    assert best.name == "checkpoint-30" and [r["eligible"] for r in table] == [True, False, True, False]
+    assert main(["evaluate", "--pick_best", str(tmp_path), "--max_mean_length", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "checkpoint-30" in out.splitlines()[-1] and "not evaluated" in out
+    assert json.loads((tmp_path / "best_checkpoint.json").read_text())["best"].endswith("checkpoint-30")
+    assert main(["evaluate", "--pick_best", str(tmp_path), "--max_mean_length", "50"]) == 1
