@@ -241,8 +241,14 @@ def evaluate(args: EvaluationArguments, output_dir: str | os.PathLike | None = N
         judge_client = make_client(args.judge_base_url, args.judge_api_key_env, args.request_timeout,
                                    args.max_retries)
     judge_model = resolve_model(judge_client, args.judge_model)
+    local = model is not None or bool(args.student_model_name_or_path)
+    if not local:
+        if student_client is None:
+            student_client = make_client(args.student_base_url, args.student_api_key_env, args.request_timeout,
+                                         args.max_retries)
+        student_model = resolve_model(student_client, args.student_model)
     if student_name is None:
-        student_name = args.student_model_name_or_path or f"{args.student_model or ''}@{args.student_base_url}"
+        student_name = args.student_model_name_or_path if local else f"{student_model} at {args.student_base_url}"
 
     store = JsonlStore(output_dir / JUDGEMENTS_FILE, "row_id")
     others = {r.get("student") for r in store.done.values()} - {student_name}
@@ -259,17 +265,13 @@ def evaluate(args: EvaluationArguments, output_dir: str | os.PathLike | None = N
 
     # 1. student answers
     answers: dict[str, tuple[str, int | None]] = {}
-    if pending and (model is not None or args.student_model_name_or_path):
+    if pending and local:
         if model is None:
             model, tokenizer = load_student(args.student_model_name_or_path, args.trust_remote_code)
         texts = local_answers(model, tokenizer, [prompts[k] for k in pending], args.student_max_tokens,
                               args.student_temperature, args.student_batch_size)
         answers = dict(zip(pending, texts))
     elif pending:
-        if student_client is None:
-            student_client = make_client(args.student_base_url, args.student_api_key_env, args.request_timeout,
-                                         args.max_retries)
-        student_model = resolve_model(student_client, args.student_model)
 
         def answer(key):
             result = chat(student_client, student_model, prompts[key], max_tokens=args.student_max_tokens,
@@ -446,7 +448,8 @@ def _read_summary(path: Path) -> dict | None:
 
 def pick_best(output_dir: str | os.PathLike, max_mean_length: float | None = None) -> tuple[Path | None, list[dict]]:
     """The evaluated checkpoint with the highest mean score whose mean student length is within `max_mean_length`
-    (the paper's rule), and one row per checkpoint (step, path, score, length, eligible)."""
+    (the paper's rule; ties go to the earlier checkpoint), and one row per checkpoint. Only complete evaluations
+    (no failed row) compete."""
     table = []
     for path in checkpoint_dirs(output_dir):
         summary = _read_summary(path)
@@ -456,7 +459,9 @@ def pick_best(output_dir: str | os.PathLike, max_mean_length: float | None = Non
             row.update(score=summary["score"]["mean"], ci95_low=summary["score"]["ci95_low"],
                        ci95_high=summary["score"]["ci95_high"], mean_student_tokens=length,
                        unparseable=summary["unparseable"], failed=summary["failed"])
-            row["eligible"] = row["score"] is not None and (
+            # An evaluation with failed rows scored fewer prompts: not comparable until re-run and complete.
+            row["complete"] = summary["failed"] == 0 and summary["judged"] == summary["rows"]
+            row["eligible"] = row["complete"] and row["score"] is not None and (
                 max_mean_length is None or (length is not None and length <= max_mean_length))
         else:
             row["eligible"] = False
@@ -475,10 +480,11 @@ def format_pick_best(best: Path | None, table: list[dict], max_mean_length: floa
         ci = (f"{r['ci95_low']:.1f}-{r['ci95_high']:.1f}" if r["ci95_low"] is not None else "-")
         score = f"{r['score']:.2f}" if r["score"] is not None else "n/a"
         length = f"{r['mean_student_tokens']:.1f}" if r["mean_student_tokens"] is not None else "n/a"
+        eligible = "yes" if r["eligible"] else "no" if r["complete"] else f"no ({r['failed']} rows failed: re-run)"
         lines.append(f"{Path(r['checkpoint']).name:<40} {score:>7} {ci:>15} {length:>9} {r['unparseable']:>8}  "
-                     f"{'yes' if r['eligible'] else 'no'}")
+                     f"{eligible}")
     bound = f" with mean length <= {max_mean_length:g} tokens" if max_mean_length is not None else ""
-    lines.append(f"Best checkpoint{bound}: {best}" if best else f"No evaluated checkpoint{bound}.")
+    lines.append(f"Best checkpoint{bound}: {best}" if best else f"No completely evaluated checkpoint{bound}.")
     return "\n".join(lines)
 
 

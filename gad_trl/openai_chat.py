@@ -43,7 +43,12 @@ class ChatResult:
 def make_client(base_url: str, api_key_env: str | None = "OPENAI_API_KEY", timeout: float = 600.0,
                 max_retries: int = 5):
     """An `openai.OpenAI` client for `base_url`; the key comes from `$api_key_env` (unset: no key, for local servers)."""
-    import openai
+    try:
+        import openai
+    except ImportError as err:
+        raise ImportError(
+            "The `openai` client is needed to talk to OpenAI-compatible endpoints: pip install 'gad_trl[workflow]'."
+        ) from err
 
     api_key = os.environ.get(api_key_env) if api_key_env else None
     if not api_key:
@@ -122,6 +127,8 @@ def map_bounded(fn, items, concurrency: int, desc: str, initial: int = 0, total:
 
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}.")
+    if total is None and hasattr(items, "__len__"):
+        total = initial + len(items)
     items = iter(items)
     bar = tqdm(total=total, initial=initial, desc=desc, unit="row", dynamic_ncols=True)
     with ThreadPoolExecutor(max_workers=concurrency) as pool:

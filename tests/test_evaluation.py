@@ -148,57 +148,61 @@ def test_parse_ratings():
     assert J.mean_ci95([50.0])["ci95_low"] is None
 
 
-def test_callback_and_checkpoint_loop_with_a_local_student(tiny_model_dir, tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerControl, TrainerState, TrainingArguments
+def test_callback_judges_each_saved_checkpoint_and_the_loop_resumes(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    lengths = {}
+    from gad_trl.evaluation import local_answers
+    from tests.gad_helpers import make_trainer
 
-    def review(question, answer_1, answer_2):
-        lengths[question] = answer_2
-        return "5 5\nequal"
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     data = write_jsonl(rows(3), tmp_path / "eval.jsonl")
     out = tmp_path / "run"
-    with FaultServer(scripted_judge(review)) as judge:
+    with FaultServer(scripted_judge(lambda q, a1, a2: "5 5\nequal")) as judge:
         eval_args = EvaluationArguments(dataset_name=data, judge_base_url=judge.url, output_dir="unused",
                                         student_model_name_or_path="unused", student_max_tokens=6)
         callback = JudgeEvalCallback(eval_args)
-        (out / "checkpoint-2").mkdir(parents=True)
-        state = TrainerState(global_step=2)
-        model.train()
-        callback.on_save(TrainingArguments(output_dir=str(out), report_to="none"), state, TrainerControl(),
-                         model=model, processing_class=tokenizer)
-        assert model.training  # restored after generation
-        summary = json.loads((out / "checkpoint-2" / SUMMARY_FILE).read_text())
-        assert summary["judged"] == 3 and summary["score"]["mean"] == 50 and summary["unparseable"] == 0
-        assert state.log_history[-1]["eval_judge/score"] == 50
-        records = read_jsonl(out / "checkpoint-2" / JUDGEMENTS_FILE)
-        assert all(1 <= r["student_tokens"] <= 6 for r in records)
-        assert summary["mean_student_tokens"] == pytest.approx(sum(r["student_tokens"] for r in records) / 3)
-        # the student's answers are the tiny model's greedy completions
-        from gad_trl.evaluation import local_answers
+        trainer = make_trainer(tiny_model_dir, out, max_steps=2, save_strategy="steps", save_steps=1,
+                               learning_rate=5e-2)
+        trainer.add_callback(callback)
+        trainer.train()
+        tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+        trainer.model.train()
+        local_answers(trainer.model, tokenizer, [rows(1)[0]["prompt"]], 2)
+        assert trainer.model.training  # generation puts the model back in training mode
+        answers = {}
+        for step in (1, 2):
+            ckpt = out / f"checkpoint-{step}"
+            summary = json.loads((ckpt / SUMMARY_FILE).read_text())
+            assert summary["judged"] == 3 and summary["score"]["mean"] == 50 and summary["unparseable"] == 0
+            records = read_jsonl(ckpt / JUDGEMENTS_FILE)
+            assert all(1 <= r["student_tokens"] <= 6 for r in records)
+            assert summary["mean_student_tokens"] == pytest.approx(sum(r["student_tokens"] for r in records) / 3)
+            # The callback judged the weights that were saved: their greedy answers, token for token.
+            saved = AutoModelForCausalLM.from_pretrained(ckpt)
+            greedy = local_answers(saved, tokenizer, [r["prompt"] for r in rows(3)], 6, batch_size=1)
+            assert [(r["student_answer"], r["student_tokens"]) for r in records] == [tuple(g) for g in greedy]
+            answers[step] = greedy
+        assert any(entry.get("eval_judge/score") == 50 for entry in trainer.state.log_history)
+        # One reference answer per prompt for the whole run (cached in output_dir), one review per checkpoint/prompt.
+        assert len(read_jsonl(out / "judge_references.jsonl")) == 3 and len(judge.requests) == 3 + 2 * 3
 
-        greedy = local_answers(model, tokenizer, [r["prompt"] for r in rows(3)], 6, batch_size=1)
-        assert [r["student_answer"] for r in records] == [text for text, _ in greedy]
-        assert [r["student_tokens"] for r in records] == [n for _, n in greedy]
-
-        # The CLI loop evaluates the checkpoints that have no summary yet, with the cached references.
-        model.save_pretrained(out / "checkpoint-4")
-        tokenizer.save_pretrained(out / "checkpoint-4")
+        # The CLI loop evaluates only the checkpoints without a summary, from disk, with the cached references.
+        (out / "checkpoint-2" / SUMMARY_FILE).unlink()
+        (out / "checkpoint-2" / JUDGEMENTS_FILE).unlink()
+        eval_args.checkpoints_dir, eval_args.reference_cache = str(out), None
         n_requests = len(judge.requests)
-        eval_args.checkpoints_dir = str(out)
         summaries = evaluate_checkpoints(eval_args)
-        assert [s["student"] for s in summaries] == [str(out / "checkpoint-2"), str(out / "checkpoint-4")]
-        assert len(judge.requests) - n_requests == 3  # reviews of checkpoint-4 only; no new reference answer
+        assert [s["student"] for s in summaries] == [str(out / "checkpoint-1"), str(out / "checkpoint-2")]
+        assert len(judge.requests) - n_requests == 3  # the reviews of checkpoint-2 only
+        records = read_jsonl(out / "checkpoint-2" / JUDGEMENTS_FILE)
+        assert [(r["student_answer"], r["student_tokens"]) for r in records] == [tuple(g) for g in answers[2]]
 
 
-def _write_summary(path, ratings, lengths):
+def _write_summary(path, ratings, lengths, failed=0):
     records = [{"parseable": True, "score": J.relative_score(r, s), "reference_rating": r, "student_rating": s,
                 "student_tokens": n} for (r, s), n in zip(ratings, lengths)]
     path.mkdir(parents=True)
-    (path / SUMMARY_FILE).write_text(json.dumps(summarize(records, "reference", len(records), 0)))
+    summary = summarize(records, "reference", len(records) + failed, failed)
+    (path / SUMMARY_FILE).write_text(json.dumps(summary))
 
 
 def test_pick_best_takes_the_highest_score_within_the_length_bound(tmp_path, capsys):
@@ -208,12 +212,13 @@ def test_pick_best_takes_the_highest_score_within_the_length_bound(tmp_path, cap
     _write_summary(tmp_path / "checkpoint-20", [(4, 6), (3, 7)], [300, 320])  # score 65, length 310
     _write_summary(tmp_path / "checkpoint-30", [(5, 5), (4, 6)], [180, 200])  # score 55, length 190
     (tmp_path / "checkpoint-40").mkdir()  # not evaluated
+    _write_summary(tmp_path / "checkpoint-50", [(1, 9)], [100], failed=1)  # score 90 on half the prompts
     best, table = pick_best(tmp_path)
     assert best.name == "checkpoint-20"
     best, table = pick_best(tmp_path, max_mean_length=200)
-    assert best.name == "checkpoint-30" and [r["eligible"] for r in table] == [True, False, True, False]
+    assert best.name == "checkpoint-30" and [r["eligible"] for r in table] == [True, False, True, False, False]
     assert main(["evaluate", "--pick_best", str(tmp_path), "--max_mean_length", "200"]) == 0
     out = capsys.readouterr().out
-    assert "checkpoint-30" in out.splitlines()[-1] and "not evaluated" in out
+    assert "checkpoint-30" in out.splitlines()[-1] and "not evaluated" in out and "1 rows failed: re-run" in out
     assert json.loads((tmp_path / "best_checkpoint.json").read_text())["best"].endswith("checkpoint-30")
     assert main(["evaluate", "--pick_best", str(tmp_path), "--max_mean_length", "50"]) == 1

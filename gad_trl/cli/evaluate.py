@@ -35,7 +35,8 @@ def make_parser(prog: str | None = None) -> TrlParser:
 
 def run(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for name in ("httpx", "httpx2"):  # one line per request otherwise (httpx2: the openai client's own copy)
+        logging.getLogger(name).setLevel(logging.WARNING)
     (args,) = make_parser().parse_args_and_config(list(argv))
     if args.pick_best:
         best, table = pick_best(args.pick_best, args.max_mean_length)

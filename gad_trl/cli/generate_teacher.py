@@ -36,7 +36,8 @@ def length_summary(args: TeacherGenerationArguments) -> str:
 
 def run(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    for name in ("httpx", "httpx2"):  # one line per request otherwise (httpx2: the openai client's own copy)
+        logging.getLogger(name).setLevel(logging.WARNING)
     (args,) = make_parser().parse_args_and_config(list(argv))
     summary = generate_teacher(args)
     print(format_summary(summary))
