@@ -124,10 +124,20 @@ class EvaluationArguments:
     max_mean_length: float | None = field(
         default=None, metadata={"help": "For --pick_best: highest mean student length (tokens) allowed."}
     )
+    push_to_hub: bool = field(
+        default=False,
+        metadata={"help": "With --pick_best: upload the best checkpoint (weights, tokenizer, discriminator, "
+                  "eval_judge.json; no optimizer state) to --hub_model_id, with its judge score in the model card."},
+    )
+    hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo id for --push_to_hub."})
+    hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"--mode {self.mode!r}: choose one of {MODES}.")
+        if self.push_to_hub and not (self.pick_best and self.hub_model_id):
+            raise ValueError("--push_to_hub pushes the checkpoint --pick_best chooses: give --pick_best and "
+                             "--hub_model_id (e.g. your-name/Qwen2.5-7B-GAD).")
         if self.pick_best:
             return
         if not self.dataset_name:
@@ -486,6 +496,53 @@ def format_pick_best(best: Path | None, table: list[dict], max_mean_length: floa
     bound = f" with mean length <= {max_mean_length:g} tokens" if max_mean_length is not None else ""
     lines.append(f"Best checkpoint{bound}: {best}" if best else f"No completely evaluated checkpoint{bound}.")
     return "\n".join(lines)
+
+
+JUDGE_CARD_MARKER = "<!-- gad-trl evaluate -->"
+PUSH_IGNORE = ["*.pt", "*.pth", "rng_state*", "training_args.bin", JUDGEMENTS_FILE, ERRORS_FILE]
+
+
+def judge_card_section(summary: dict) -> str:
+    s = summary["score"]
+    interval = f" (95% CI {s['ci95_low']:.2f}-{s['ci95_high']:.2f})" if s["ci95_low"] is not None else ""
+    length = summary["mean_student_tokens"]
+    return "\n".join([
+        JUDGE_CARD_MARKER,
+        "## Judge evaluation",
+        "",
+        f"Scored with `gad-trl evaluate` ({summary['mode']} mode; judge `{summary['judge_model']}`), the protocol of "
+        "GAD (arXiv 2511.10643, Appendix A.3): "
+        + ("the judge rates its own reference answer and this model's answer 1-10; score = student / (student + "
+           "reference) x 100, 50 = parity with the judge." if summary["mode"] == "reference"
+           else "win rate against the teacher's answers, judged in both orders."),
+        "",
+        f"- {summary['metric']}: **{s['mean']:.2f}**{interval} over {s['n']} prompts"
+        if s["mean"] is not None else "- no parseable judgement",
+        f"- mean answer length: {length:.1f} tokens" if length is not None else "- mean answer length: n/a",
+        f"- unparseable judgements: {summary['unparseable']}",
+        "",
+    ])
+
+
+def push_checkpoint(path: str | os.PathLike, repo_id: str, private: bool = False, commit_message: str | None = None):
+    """Upload a checkpoint folder (no optimizer/RNG state, no per-row judgements) with its judge score in README.md."""
+    from huggingface_hub import HfApi
+
+    from . import __version__
+
+    path = Path(path)
+    summary = _read_summary(path)
+    if summary is not None:
+        readme = path / "README.md"
+        text = readme.read_text() if readme.exists() else (
+            f"---\nlibrary_name: transformers\ntags:\n- gad\n- trl\n---\n\n# {repo_id.split('/')[-1]}\n")
+        if JUDGE_CARD_MARKER in text:
+            text = text[: text.index(JUDGE_CARD_MARKER)]
+        readme.write_text(text.rstrip() + "\n\n" + judge_card_section(summary))
+    api = HfApi(library_name="gad_trl", library_version=__version__)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    return api.upload_folder(repo_id=repo_id, folder_path=str(path), ignore_patterns=PUSH_IGNORE,
+                             commit_message=commit_message or f"{path.name}, picked by gad-trl evaluate")
 
 
 class JudgeEvalCallback(TrainerCallback):

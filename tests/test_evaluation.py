@@ -202,6 +202,7 @@ def _write_summary(path, ratings, lengths, failed=0):
                 "student_tokens": n} for (r, s), n in zip(ratings, lengths)]
     path.mkdir(parents=True)
     summary = summarize(records, "reference", len(records) + failed, failed)
+    summary.update(student=str(path), judge_model="judge")  # as evaluate() writes it
     (path / SUMMARY_FILE).write_text(json.dumps(summary))
 
 
@@ -222,3 +223,34 @@ def test_pick_best_takes_the_highest_score_within_the_length_bound(tmp_path, cap
     assert "checkpoint-30" in out.splitlines()[-1] and "not evaluated" in out and "1 rows failed: re-run" in out
     assert json.loads((tmp_path / "best_checkpoint.json").read_text())["best"].endswith("checkpoint-30")
     assert main(["evaluate", "--pick_best", str(tmp_path), "--max_mean_length", "50"]) == 1
+
+
+def test_push_best_uploads_the_checkpoint_with_its_score(tmp_path, monkeypatch, capsys):
+    """No Hub here: HfApi's two calls are recorded instead, to check what would be sent."""
+    from huggingface_hub import HfApi
+
+    from gad_trl.cli.main import main
+
+    calls = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        calls["repo"] = repo_id
+        return type("RepoUrl", (), {"repo_id": repo_id})()
+
+    def upload_folder(self, **kwargs):
+        calls["upload"] = kwargs
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    _write_summary(tmp_path / "checkpoint-10", [(6, 4), (5, 5)], [100, 120])
+    _write_summary(tmp_path / "checkpoint-20", [(4, 6), (3, 7)], [300, 320])
+    with pytest.raises(ValueError, match="hub_model_id"):
+        main(["evaluate", "--pick_best", str(tmp_path), "--push_to_hub"])
+    assert main(["evaluate", "--pick_best", str(tmp_path), "--push_to_hub", "--hub_model_id", "me/student"]) == 0
+    assert calls["repo"] == "me/student"
+    upload = calls["upload"]
+    assert upload["folder_path"] == str(tmp_path / "checkpoint-20") and upload["repo_id"] == "me/student"
+    assert "*.pt" in upload["ignore_patterns"] and JUDGEMENTS_FILE in upload["ignore_patterns"]
+    card = (tmp_path / "checkpoint-20" / "README.md").read_text()
+    assert "**65.00**" in card and "mean answer length: 310.0 tokens" in card
+

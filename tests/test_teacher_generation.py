@@ -153,3 +153,22 @@ def test_kill_9_mid_run_then_resume_gives_every_row_once(tmp_path):
     asked = [p for _, p, _ in server.log]
     assert len(asked) <= n + 2 and len(set(asked)) == n
     assert f"{done_before} from an earlier run" in result.stdout
+
+
+def test_push_to_hub_sends_the_finished_data_set_only(tmp_path, monkeypatch):
+    """No Hub here: `Dataset.push_to_hub` is recorded instead, to check what would be sent and when."""
+    from datasets import Dataset
+
+    pushed = []
+    monkeypatch.setattr(Dataset, "push_to_hub", lambda self, repo_id, **kw: pushed.append((repo_id, kw, self[:])))
+    with pytest.raises(ValueError, match="hub_dataset_id"):
+        TeacherGenerationArguments(dataset_name="x.jsonl", output="o.jsonl", push_to_hub=True)
+    with FaultServer() as server:
+        server.plan = {"question number 1": ["400"]}
+        args = make_args(tmp_path, server, n=3, push_to_hub=True, hub_dataset_id="me/answers", hub_private=True)
+        assert generate_teacher(args)["failed"] == 1 and pushed == []  # incomplete: nothing pushed
+        summary = generate_teacher(args)
+    assert summary["pushed_to"] == "me/answers"
+    ((repo_id, kwargs, table),) = pushed
+    assert repo_id == "me/answers" and kwargs == {"private": True}
+    assert table["row_id"] == ["0", "1", "2"] and table["teacher_response"][1] == "ANSWER QUESTION NUMBER 1"

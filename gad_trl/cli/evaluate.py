@@ -7,7 +7,7 @@ within a length bound (see gad_trl.evaluation).
     # every checkpoint of a run, then the best one whose mean answer stays under 600 tokens
     gad-trl evaluate --dataset_name data/test.jsonl --checkpoints_dir Qwen2.5-7B-GAD --judge_base_url ... \
         --judge_model gpt-4o
-    gad-trl evaluate --pick_best Qwen2.5-7B-GAD --max_mean_length 600
+    gad-trl evaluate --pick_best Qwen2.5-7B-GAD --max_mean_length 600 --push_to_hub --hub_model_id me/Qwen2.5-7B-GAD
 
 Exit status 1 when rows failed (listed in eval_judge_errors.jsonl; re-run to retry) or no checkpoint qualifies.
 """
@@ -26,6 +26,7 @@ from ..evaluation import (
     format_pick_best,
     format_summary,
     pick_best,
+    push_checkpoint,
 )
 
 
@@ -44,6 +45,9 @@ def run(argv: list[str]) -> int:
         with open(f"{args.pick_best}/best_checkpoint.json", "w") as f:
             json.dump({"best": str(best) if best else None, "max_mean_length": args.max_mean_length,
                        "checkpoints": table}, f, indent=2)
+        if best and args.push_to_hub:
+            push_checkpoint(best, args.hub_model_id, private=args.hub_private_repo)
+            print(f"Pushed {best} to https://huggingface.co/{args.hub_model_id}")
         return 0 if best else 1
     if args.checkpoints_dir:
         summaries = evaluate_checkpoints(args)
