@@ -188,7 +188,10 @@ def local_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: i
     device = next(model.parameters()).device
     out = []
     try:
-        for start in range(0, len(prompts), batch_size):
+        from tqdm.auto import tqdm
+
+        for start in tqdm(range(0, len(prompts), batch_size), desc="student answers", unit="batch",
+                          dynamic_ncols=True):
             texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
                      for p in prompts[start : start + batch_size]]
             batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
@@ -374,8 +377,12 @@ def evaluate(args: EvaluationArguments, output_dir: str | os.PathLike | None = N
 def load_student(path: str, trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import torch
+
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
     return model, tokenizer
 
 
@@ -550,8 +557,8 @@ class JudgeEvalCallback(TrainerCallback):
 
     `JudgeEvalCallback(EvaluationArguments(dataset_name=..., judge_base_url=..., output_dir="unused", ...))`. The
     score is also logged as `eval_judge/score` (and `eval_judge/mean_student_tokens`). Generation uses the training
-    model on the main process with transformers: for students sharded with ZeRO-3/FSDP evaluate the saved
-    checkpoints afterwards (`gad-trl evaluate --checkpoints_dir`).
+    model on the main process with transformers (other processes wait at their next collective meanwhile): for
+    students sharded with ZeRO-3/FSDP evaluate the saved checkpoints afterwards (`gad-trl evaluate --checkpoints_dir`).
     """
 
     def __init__(self, eval_args: EvaluationArguments, dataset=None, judge_client=None):

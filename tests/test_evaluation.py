@@ -148,7 +148,7 @@ def test_parse_ratings():
     assert J.mean_ci95([50.0])["ci95_low"] is None
 
 
-def test_callback_judges_each_saved_checkpoint_and_the_loop_resumes(tiny_model_dir, tmp_path):
+def test_callback_judges_the_saved_checkpoint_and_the_loop_resumes(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from gad_trl.evaluation import local_answers
@@ -156,45 +156,40 @@ def test_callback_judges_each_saved_checkpoint_and_the_loop_resumes(tiny_model_d
 
     data = write_jsonl(rows(3), tmp_path / "eval.jsonl")
     out = tmp_path / "run"
+    ckpt = out / "checkpoint-1"
     with FaultServer(scripted_judge(lambda q, a1, a2: "5 5\nequal")) as judge:
         eval_args = EvaluationArguments(dataset_name=data, judge_base_url=judge.url, output_dir="unused",
                                         student_model_name_or_path="unused", student_max_tokens=6)
-        callback = JudgeEvalCallback(eval_args)
-        trainer = make_trainer(tiny_model_dir, out, max_steps=2, save_strategy="steps", save_steps=1,
-                               learning_rate=5e-2)
-        trainer.add_callback(callback)
+        trainer = make_trainer(tiny_model_dir, out, max_steps=1, save_strategy="steps", save_steps=1)
+        trainer.add_callback(JudgeEvalCallback(eval_args))
         trainer.train()
+        summary = json.loads((ckpt / SUMMARY_FILE).read_text())
+        assert summary["judged"] == 3 and summary["score"]["mean"] == 50 and summary["unparseable"] == 0
+        records = read_jsonl(ckpt / JUDGEMENTS_FILE)
+        assert all(1 <= r["student_tokens"] <= 6 for r in records)
+        assert summary["mean_student_tokens"] == pytest.approx(sum(r["student_tokens"] for r in records) / 3)
+        assert any(entry.get("eval_judge/score") == 50 for entry in trainer.state.log_history)
+        # The callback judged the weights that were saved: their greedy answers, token for token.
         tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+        saved = AutoModelForCausalLM.from_pretrained(ckpt)
+        greedy = local_answers(saved, tokenizer, [r["prompt"] for r in rows(3)], 6, batch_size=1)
+        assert [(r["student_answer"], r["student_tokens"]) for r in records] == [tuple(g) for g in greedy]
         trainer.model.train()
         local_answers(trainer.model, tokenizer, [rows(1)[0]["prompt"]], 2)
         assert trainer.model.training  # generation puts the model back in training mode
-        answers = {}
-        for step in (1, 2):
-            ckpt = out / f"checkpoint-{step}"
-            summary = json.loads((ckpt / SUMMARY_FILE).read_text())
-            assert summary["judged"] == 3 and summary["score"]["mean"] == 50 and summary["unparseable"] == 0
-            records = read_jsonl(ckpt / JUDGEMENTS_FILE)
-            assert all(1 <= r["student_tokens"] <= 6 for r in records)
-            assert summary["mean_student_tokens"] == pytest.approx(sum(r["student_tokens"] for r in records) / 3)
-            # The callback judged the weights that were saved: their greedy answers, token for token.
-            saved = AutoModelForCausalLM.from_pretrained(ckpt)
-            greedy = local_answers(saved, tokenizer, [r["prompt"] for r in rows(3)], 6, batch_size=1)
-            assert [(r["student_answer"], r["student_tokens"]) for r in records] == [tuple(g) for g in greedy]
-            answers[step] = greedy
-        assert any(entry.get("eval_judge/score") == 50 for entry in trainer.state.log_history)
-        # One reference answer per prompt for the whole run (cached in output_dir), one review per checkpoint/prompt.
-        assert len(read_jsonl(out / "judge_references.jsonl")) == 3 and len(judge.requests) == 3 + 2 * 3
+        # The reference answers are cached in output_dir for every later checkpoint.
+        assert len(read_jsonl(out / "judge_references.jsonl")) == 3 and len(judge.requests) == 3 + 3
 
         # The CLI loop evaluates only the checkpoints without a summary, from disk, with the cached references.
-        (out / "checkpoint-2" / SUMMARY_FILE).unlink()
-        (out / "checkpoint-2" / JUDGEMENTS_FILE).unlink()
+        (ckpt / SUMMARY_FILE).unlink()
+        (ckpt / JUDGEMENTS_FILE).unlink()
         eval_args.checkpoints_dir, eval_args.reference_cache = str(out), None
-        n_requests = len(judge.requests)
-        summaries = evaluate_checkpoints(eval_args)
-        assert [s["student"] for s in summaries] == [str(out / "checkpoint-1"), str(out / "checkpoint-2")]
-        assert len(judge.requests) - n_requests == 3  # the reviews of checkpoint-2 only
-        records = read_jsonl(out / "checkpoint-2" / JUDGEMENTS_FILE)
-        assert [(r["student_answer"], r["student_tokens"]) for r in records] == [tuple(g) for g in answers[2]]
+        (summary_again,) = evaluate_checkpoints(eval_args)
+        assert summary_again["student"] == str(ckpt) and summary_again["score"] == summary["score"]
+        assert len(judge.requests) == 3 + 3 + 3  # three more reviews, no new reference answer
+        again = read_jsonl(ckpt / JUDGEMENTS_FILE)
+        assert [r["student_answer"] for r in again] == [r["student_answer"] for r in records]
+        assert evaluate_checkpoints(eval_args) == [summary_again] and len(judge.requests) == 9  # nothing left to do
 
 
 def _write_summary(path, ratings, lengths, failed=0):
