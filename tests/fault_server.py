@@ -8,7 +8,8 @@ message is `prompt` misbehave, one fault per request, then answer normally:
 - `"hang"`: say nothing for `hang_seconds` (bounded), then close; `"drop"`: close the connection without a response;
 - `"malformed"`: HTTP 200, `application/json`, a body that is not JSON; `"400"`: HTTP 400 (not retried);
 - `"always500"`: HTTP 500 on every request for that prompt.
-`delay` slows every normal answer (for kill tests). `log` records `(time, prompt, fault)` per request.
+`delay` slows every normal answer (for kill tests). `log` records `(time, prompt, fault)` per request, `requests`
+the request bodies and `authorizations` their Authorization headers.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class FaultServer:
                         queue.pop(0)
                     server.log.append((time.monotonic(), prompt, fault))
                     server.requests.append(request)
+                    server.authorizations.append(self.headers.get("Authorization"))
                 if fault == "429":
                     return self._send(429, b'{"error": {"message": "rate limited"}}',
                                       {"Retry-After": server.retry_after})
@@ -98,6 +100,7 @@ class FaultServer:
                 self._send(200, json.dumps(body).encode())
 
         self.requests: list[dict] = []
+        self.authorizations: list[str | None] = []
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"

@@ -139,6 +139,18 @@ def test_pairwise_win_rate_counts_both_orders(tmp_path):
     assert records["2"]["ratings"] == [[9, 5], [9, 5]] and records["2"]["score"] == 0.5
 
 
+def test_arguments_name_what_is_missing(tmp_path):
+    with pytest.raises(ValueError, match="--judge_base_url is required"):
+        EvaluationArguments(dataset_name="d.jsonl", output_dir="o", student_base_url="http://x")
+    with pytest.raises(ValueError, match="exactly one of --student_model_name_or_path"):
+        EvaluationArguments(dataset_name="d.jsonl", output_dir="o", judge_base_url="http://j")
+    template = tmp_path / "review.txt"
+    template.write_text("Q: {question}\nA: {answer_1}\nRate it.")
+    with pytest.raises(ValueError, match=r"missing \['\{answer_2\}'\]"):
+        EvaluationArguments(dataset_name="d.jsonl", output_dir="o", judge_base_url="http://j",
+                            student_base_url="http://s", judge_template_file=str(template))
+
+
 def test_parse_ratings():
     assert J.parse_ratings("8 6\nbecause") == (8.0, 6.0)
     assert J.parse_ratings("\n 7.5, 9 \nx") == (7.5, 9.0)

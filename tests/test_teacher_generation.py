@@ -66,15 +66,17 @@ def test_faults_are_retried_and_rows_come_back_once_in_order(tmp_path):
     assert read_jsonl(args.errors_path) == []
 
 
-def test_failed_rows_are_listed_then_retried_by_a_rerun(tmp_path, capsys):
+def test_failed_rows_are_listed_then_retried_by_a_rerun(tmp_path, capsys, caplog, monkeypatch):
     from gad_trl.cli.main import main
 
+    secret = "sk-test-0123456789-secret"
+    monkeypatch.setenv("TEACHER_KEY", secret)
     with FaultServer() as server:
         server.plan = {"question number 1": ["always500"], "question number 2": ["400"],
                        "question number 3": ["malformed"] * 3}
         args = make_args(tmp_path, server, n=4, output="out.parquet")
         argv = ["generate-teacher", "--dataset_name", args.dataset_name, "--output", args.output,
-                "--base_url", server.url, "--max_retries", "2", "--concurrency", "2"]
+                "--base_url", server.url, "--max_retries", "2", "--concurrency", "2", "--api_key_env", "TEACHER_KEY"]
         assert main(argv) == 1
         out = capsys.readouterr().out
         errors = {e["row_id"]: e["error"] for e in read_jsonl(args.errors_path)}
@@ -96,6 +98,24 @@ def test_failed_rows_are_listed_then_retried_by_a_rerun(tmp_path, capsys):
     assert read_jsonl(args.errors_path) == [] and not args.progress_path.exists()
     # Only the failed rows were asked again.
     assert server.faults_for("question number 0") == ["ok"]
+    # The key from $TEACHER_KEY was sent, and appears in no output file, log record or printed line.
+    assert set(server.authorizations) == {f"Bearer {secret}"}
+    for path in tmp_path.iterdir():
+        assert secret.encode() not in path.read_bytes(), path
+    assert secret not in caplog.text and secret not in capsys.readouterr().out
+
+
+def test_commands_explain_themselves(capsys):
+    from gad_trl.cli.main import main
+
+    for command, flag in (("generate-teacher", "--api_key_env"), ("evaluate", "--max_mean_length")):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0 and flag in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--output 'out.csv': use a .jsonl or .parquet file"):
+        TeacherGenerationArguments(dataset_name="p.jsonl", output="out.csv")
+    with pytest.raises(ValueError, match="--extra_body is not valid JSON"):
+        TeacherGenerationArguments(dataset_name="p.jsonl", output="o.jsonl", extra_body="{top_k: 2}")
 
 
 def test_output_of_another_data_set_is_refused(tmp_path):
