@@ -264,11 +264,17 @@ def evaluate(args: EvaluationArguments, output_dir: str | os.PathLike | None = N
         student_name = args.student_model_name_or_path if local else f"{student_model} at {args.student_base_url}"
 
     store = JsonlStore(output_dir / JUDGEMENTS_FILE, "row_id")
-    others = {r.get("student") for r in store.done.values()} - {student_name}
-    if others:
-        store.close()
-        raise ValueError(f"{store.path} holds judgements of another student ({sorted(others)[:2]}), not "
-                         f"{student_name!r}: use another --output_dir.")
+    # Resuming reuses the stored judgements: only if they are of this student, judge, mode and these prompts.
+    current = {"student": student_name, "judge_model": judge_model, "mode": args.mode}
+    for key, record in store.done.items():
+        expected = dict(current, question=J.question_text(prompts[key]) if key in prompts else None)
+        differs = [k for k, v in expected.items() if record.get(k) != v]
+        if differs:
+            store.close()
+            raise ValueError(
+                f"{store.path}: the judgement of row {key!r} was made with another {', '.join(differs)} "
+                f"({', '.join(f'{k}={record.get(k)!r:.80}' for k in differs)}). Use another --output_dir."
+            )
     pending = [key for key, _ in rows if key not in store]
     failures: list[dict] = []
 
@@ -556,7 +562,8 @@ class JudgeEvalCallback(TrainerCallback):
     """Judges every saved checkpoint with the in-memory student and writes `checkpoint-N/eval_judge.json`.
 
     `JudgeEvalCallback(EvaluationArguments(dataset_name=..., judge_base_url=..., output_dir="unused", ...))`. The
-    score is also logged as `eval_judge/score` (and `eval_judge/mean_student_tokens`). Generation uses the training
+    score is also recorded in `trainer.state.log_history` as `eval_judge/score` and `eval_judge/mean_student_tokens`
+    (hence in later checkpoints' trainer_state.json; not sent to `report_to` integrations). Generation uses the training
     model on the main process with transformers (other processes wait at their next collective meanwhile): for
     students sharded with ZeRO-3/FSDP evaluate the saved checkpoints afterwards (`gad-trl evaluate --checkpoints_dir`).
     """

@@ -106,6 +106,10 @@ def test_reference_protocol_scores_counts_and_resume(tmp_path):
         again = evaluate(args)
         assert again["score"] == summary["score"] and again["failed"] == 1
         assert len(student.requests) == n_student + 1
+        # The same output_dir with another judge or mode is refused, not mixed in.
+        with pytest.raises(ValueError, match="another judge_model"):
+            evaluate(EvaluationArguments(dataset_name=data, output_dir=args.output_dir, student_base_url=student.url,
+                                         judge_base_url=judge.url, judge_model="another-judge"))
         # Another student on the same prompts reuses the cached references: only reviews (and the failing one).
         args.output_dir = str(tmp_path / "eval2")
         args.reference_cache = str(tmp_path / "eval" / "judge_references.jsonl")
