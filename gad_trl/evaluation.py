@@ -381,9 +381,8 @@ def evaluate(args: EvaluationArguments, output_dir: str | os.PathLike | None = N
 
 
 def load_student(path: str, trust_remote_code: bool = False):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code)

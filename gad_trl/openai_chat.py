@@ -42,7 +42,7 @@ class ChatResult:
 
 def make_client(base_url: str, api_key_env: str | None = "OPENAI_API_KEY", timeout: float = 600.0,
                 max_retries: int = 5):
-    """An `openai.OpenAI` client for `base_url`; the key comes from `$api_key_env` (unset: no key, for local servers)."""
+    """An `openai.OpenAI` client for `base_url`; the key comes from `$api_key_env` (unset: none, for local servers)."""
     try:
         import openai
     except ImportError as err:

@@ -26,8 +26,9 @@ from .fault_server import FaultServer, echo_upper
 
 pytestmark = pytest.mark.timeout(120)
 
-REVIEW = re.compile(r"\[Question\]\n(.*?)\n\n\[The Start of Assistant 1's Answer\]\n(.*?)\n\n\[The End of Assistant 1's "
-                    r"Answer\]\n\n\[The Start of Assistant 2's Answer\]\n(.*?)\n\n\[The End", re.S)
+REVIEW = re.compile(r"\[Question\]\n(.*?)\n\n\[The Start of Assistant 1's Answer\]\n(.*?)\n\n"
+                    r"\[The End of Assistant 1's Answer\]\n\n\[The Start of Assistant 2's Answer\]\n(.*?)\n\n"
+                    r"\[The End", re.S)
 
 
 def read_jsonl(path):
