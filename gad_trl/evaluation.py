@@ -455,7 +455,7 @@ def evaluate_checkpoints(args: EvaluationArguments, judge_client=None) -> list[d
             continue
         logger.info("Evaluating %s", path)
         model, tokenizer = load_student(str(path), args.trust_remote_code)
-        summaries.append(evaluate(args, path, model=model, tokenizer=tokenizer, student_name=str(path),
+        summaries.append(evaluate(args, path, model=model, tokenizer=tokenizer, student_name=str(path.resolve()),
                                   judge_client=judge_client))
     return summaries
 
@@ -580,8 +580,9 @@ class JudgeEvalCallback(TrainerCallback):
         if self.eval_args.reference_cache is None:
             self.eval_args.reference_cache = str(Path(args.output_dir) / REFERENCES_FILE)
         tokenizer = getattr(processing_class, "tokenizer", processing_class)  # a processor wraps the tokenizer
+        # The same name as `evaluate_checkpoints` gives it, so that either can resume the other's partial run.
         self.last = evaluate(self.eval_args, checkpoint, dataset=self.dataset, model=model, tokenizer=tokenizer,
-                             student_name=str(checkpoint), judge_client=self.judge_client)
+                             student_name=str(checkpoint.resolve()), judge_client=self.judge_client)
         score, length = self.last["score"]["mean"], self.last["mean_student_tokens"]
         state.log_history.append({"eval_judge/score": score, "eval_judge/mean_student_tokens": length,
                                   "step": state.global_step})

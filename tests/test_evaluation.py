@@ -202,7 +202,7 @@ def test_callback_judges_the_saved_checkpoint_and_the_loop_resumes(tiny_model_di
         (ckpt / JUDGEMENTS_FILE).unlink()
         eval_args.checkpoints_dir, eval_args.reference_cache = str(out), None
         (summary_again,) = evaluate_checkpoints(eval_args)
-        assert summary_again["student"] == str(ckpt) and summary_again["score"] == summary["score"]
+        assert summary_again["student"] == str(ckpt.resolve()) and summary_again["score"] == summary["score"]
         assert len(judge.requests) == 3 + 3 + 3  # three more reviews, no new reference answer
         again = read_jsonl(ckpt / JUDGEMENTS_FILE)
         assert [r["student_answer"] for r in again] == [r["student_answer"] for r in records]

@@ -71,20 +71,21 @@ def test_failed_rows_are_listed_then_retried_by_a_rerun(tmp_path, capsys, caplog
 
     secret = "sk-test-0123456789-secret"
     monkeypatch.setenv("TEACHER_KEY", secret)
-    with FaultServer() as server:
+    with FaultServer(retry_after="1000") as server:  # a Retry-After over the client's 120 s cap is not waited for
         server.plan = {"question number 1": ["always500"], "question number 2": ["400"],
-                       "question number 3": ["malformed"] * 3}
-        args = make_args(tmp_path, server, n=4, output="out.parquet")
+                       "question number 3": ["malformed"] * 3, "question number 4": ["429"]}
+        args = make_args(tmp_path, server, n=5, output="out.parquet")
         argv = ["generate-teacher", "--dataset_name", args.dataset_name, "--output", args.output,
                 "--base_url", server.url, "--max_retries", "2", "--concurrency", "2", "--api_key_env", "TEACHER_KEY"]
         assert main(argv) == 1
         out = capsys.readouterr().out
         errors = {e["row_id"]: e["error"] for e in read_jsonl(args.errors_path)}
-        assert set(errors) == {"1", "2", "3"}
-        assert "500" in errors["1"] and "400" in errors["2"] and "malformed" in errors["3"]
+        assert set(errors) == {"1", "2", "3", "4"}
+        assert "500" in errors["1"] and "400" in errors["2"] and "malformed" in errors["3"] and "429" in errors["4"]
         assert server.faults_for("question number 1") == ["always500"] * 3  # 1 try + 2 retries
         assert server.faults_for("question number 2") == ["400"]  # a 400 is not retried
-        assert "3 row(s) failed" in out and str(args.errors_path) in out
+        assert server.faults_for("question number 4") == ["429"]
+        assert "4 row(s) failed" in out and str(args.errors_path) in out
         assert not os.path.exists(args.output)  # no Parquet with missing rows
         assert [r["row_id"] for r in read_jsonl(args.progress_path)] == ["0"]
 
@@ -93,8 +94,8 @@ def test_failed_rows_are_listed_then_retried_by_a_rerun(tmp_path, capsys, caplog
     from datasets import Dataset
 
     table = Dataset.from_parquet(args.output)
-    assert table["row_id"] == ["0", "1", "2", "3"]
-    assert table["teacher_response"] == [echo_upper(p["prompt"]) for p in prompts(4)]
+    assert table["row_id"] == ["0", "1", "2", "3", "4"]
+    assert table["teacher_response"] == [echo_upper(p["prompt"]) for p in prompts(5)]
     assert read_jsonl(args.errors_path) == [] and not args.progress_path.exists()
     # Only the failed rows were asked again.
     assert server.faults_for("question number 0") == ["ok"]
