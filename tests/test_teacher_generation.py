@@ -149,16 +149,17 @@ def test_kill_9_mid_run_then_resume_gives_every_row_once(tmp_path):
         cmd = [sys.executable, "-m", "gad_trl.cli.main", "generate-teacher", "--dataset_name", data, "--output",
                str(out), "--base_url", server.url, "--concurrency", "2"]
         env = {**os.environ, "PYTHONPATH": os.getcwd()}
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            if out.exists() and out.read_text().count("\n") >= 10:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-        proc.stderr.close()
+        log = tmp_path / "first_run.log"  # a file, not a pipe: a full pipe would stall the child
+        with open(log, "wb") as stderr:
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and proc.poll() is None:
+                if out.exists() and out.read_text().count("\n") >= 10:
+                    break
+                time.sleep(0.02)
+            assert proc.poll() is None, log.read_text()[-2000:]
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
         done_before = out.read_text().count("\n")
         assert 10 <= done_before < n
         # A kill can tear the line being written; make sure the resume meets one.
