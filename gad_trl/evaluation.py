@@ -122,7 +122,9 @@ class EvaluationArguments:
                   "--max_mean_length (no generation)."},
     )
     max_mean_length: float | None = field(
-        default=None, metadata={"help": "For --pick_best: highest mean student length (tokens) allowed."}
+        default=None,
+        metadata={"help": "For --pick_best (and the table printed after --checkpoints_dir): highest mean student "
+                  "length (tokens) allowed."},
     )
     push_to_hub: bool = field(
         default=False,

@@ -165,9 +165,10 @@ def test_parse_ratings():
     assert J.mean_ci95([50.0])["ci95_low"] is None
 
 
-def test_callback_judges_the_saved_checkpoint_and_the_loop_resumes(tiny_model_dir, tmp_path):
+def test_callback_judges_the_saved_checkpoint_and_the_loop_resumes(tiny_model_dir, tmp_path, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from gad_trl.cli.main import main
     from gad_trl.evaluation import local_answers
     from tests.gad_helpers import make_trainer
 
@@ -202,6 +203,9 @@ def test_callback_judges_the_saved_checkpoint_and_the_loop_resumes(tiny_model_di
         (ckpt / JUDGEMENTS_FILE).unlink()
         eval_args.checkpoints_dir, eval_args.reference_cache = str(out), None
         (summary_again,) = evaluate_checkpoints(eval_args)
+        assert main(["evaluate", "--dataset_name", data, "--judge_base_url", judge.url, "--checkpoints_dir", str(out),
+                     "--student_max_tokens", "6"]) == 0  # complete: nothing re-asked, the table printed
+        assert f"Best checkpoint: {ckpt}" in capsys.readouterr().out
         assert summary_again["student"] == str(ckpt.resolve()) and summary_again["score"] == summary["score"]
         assert len(judge.requests) == 3 + 3 + 3  # three more reviews, no new reference answer
         again = read_jsonl(ckpt / JUDGEMENTS_FILE)

@@ -53,6 +53,7 @@ def run(argv: list[str]) -> int:
         summaries = evaluate_checkpoints(args)
         for summary in summaries:
             print(format_summary(summary), end="\n\n")
+        print(format_pick_best(*pick_best(args.checkpoints_dir, args.max_mean_length), args.max_mean_length))
         return 1 if any(s["failed"] for s in summaries) else 0
     summary = evaluate(args)
     print(format_summary(summary))
