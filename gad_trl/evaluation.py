@@ -565,8 +565,9 @@ class JudgeEvalCallback(TrainerCallback):
     `JudgeEvalCallback(EvaluationArguments(dataset_name=..., judge_base_url=..., output_dir="unused", ...))`. The
     score is also recorded in `trainer.state.log_history` as `eval_judge/score` and `eval_judge/mean_student_tokens`
     (hence in later checkpoints' trainer_state.json; not sent to `report_to` integrations). Generation uses the training
-    model on the main process with transformers (other processes wait at their next collective meanwhile): for
-    students sharded with ZeRO-3/FSDP evaluate the saved checkpoints afterwards (`gad-trl evaluate --checkpoints_dir`).
+    model on the main process with transformers (other processes wait at their next collective meanwhile: mind
+    `ddp_timeout`); with ZeRO-3/FSDP, which shard the student, it refuses to start: judge the saved checkpoints
+    afterwards (`gad-trl evaluate --checkpoints_dir`).
     """
 
     def __init__(self, eval_args: EvaluationArguments, dataset=None, judge_client=None):
@@ -574,6 +575,16 @@ class JudgeEvalCallback(TrainerCallback):
         self.dataset = dataset
         self.judge_client = judge_client
         self.last = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        if is_deepspeed_zero3_enabled() or getattr(args, "fsdp", None):
+            raise ValueError(
+                "JudgeEvalCallback generates with the in-memory student, which ZeRO-3/FSDP shard across processes. "
+                "Remove the callback and judge the saved checkpoints after training: gad-trl evaluate "
+                f"--checkpoints_dir {args.output_dir} ..."
+            )
 
     def on_save(self, args, state, control, model=None, processing_class=None, **kwargs):
         if not state.is_world_process_zero:

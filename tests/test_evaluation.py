@@ -156,6 +156,16 @@ def test_arguments_name_what_is_missing(tmp_path):
                             student_base_url="http://s", judge_template_file=str(template))
 
 
+def test_callback_refuses_a_sharded_student(tmp_path):
+    from types import SimpleNamespace
+
+    callback = JudgeEvalCallback(EvaluationArguments(dataset_name="d.jsonl", output_dir="o", judge_base_url="http://j",
+                                                     student_base_url="http://s"))
+    callback.on_train_begin(SimpleNamespace(fsdp=[], output_dir="run"), None, None)  # plain run: fine
+    with pytest.raises(ValueError, match="--checkpoints_dir run"):
+        callback.on_train_begin(SimpleNamespace(fsdp=["full_shard"], output_dir="run"), None, None)
+
+
 def test_parse_ratings():
     assert J.parse_ratings("8 6\nbecause") == (8.0, 6.0)
     assert J.parse_ratings("\n 7.5, 9 \nx") == (7.5, 9.0)
