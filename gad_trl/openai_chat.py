@@ -1,6 +1,6 @@
 """One chat completion from an OpenAI-compatible endpoint (OpenAI, a vLLM server, TGI), through the `openai` client.
 
-Failure policy (tested against a local fault-injecting server, tests/test_workflow_faults.py):
+Failure policy (tested against a local fault-injecting server, tests/test_teacher_generation.py):
 - HTTP 429 / 408 / 409 / 5xx, a dropped connection, a request over `timeout` seconds: retried by the `openai` client
   itself, up to `max_retries` times, waiting what a `Retry-After` (or `retry-after-ms`) header asks for (up to the
   client's 120 s cap; a longer `Retry-After` is not retried), else exponential backoff (0.5 s doubling, at most 8 s,

@@ -9,15 +9,13 @@ import statistics
 import pytest
 
 from gad_trl import judge as J
+from gad_trl.checkpoint_selection import JudgeEvalCallback, evaluate_checkpoints, pick_best
 from gad_trl.evaluation import (
     ERRORS_FILE,
     JUDGEMENTS_FILE,
     SUMMARY_FILE,
     EvaluationArguments,
-    JudgeEvalCallback,
     evaluate,
-    evaluate_checkpoints,
-    pick_best,
     summarize,
 )
 from gad_trl.testing import write_jsonl
