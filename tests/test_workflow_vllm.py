@@ -48,6 +48,14 @@ def test_generate_teacher_from_a_vllm_server_gives_a_training_set(vllm_server, t
     assert table["row_id"] == ["0", "1", "2", "3"] and table["prompt"] == [r["prompt"] for r in rows]
     assert all(reason in ("stop", "length") for reason in table["teacher_finish_reason"])
     prepared = prepare_gad_dataset(table, tokenizer=None)  # the trainer's own validation accepts it
+    # The written answers are the server's, unchanged: the same request (same seed) gives the same text.
+    import openai
+
+    client = openai.OpenAI(base_url=f"{vllm_server.url}/v1", api_key="EMPTY")
+    for row in rows[:2]:
+        again = client.chat.completions.create(model=vllm_server.model, messages=row["prompt"], max_tokens=8,
+                                               temperature=1.0, seed=0, extra_body={"min_tokens": 2})
+        assert again.choices[0].message.content == table["teacher_response"][rows.index(row)]
     assert len(prepared) == 4
     assert "Suggested max_completion_length" in stdout and "4/4 rows" in stdout
 
