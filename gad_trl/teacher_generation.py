@@ -268,7 +268,7 @@ def push_dataset(path: str, repo_id: str, private: bool = False) -> None:
 
 def format_summary(summary: dict) -> str:
     lines = [
-        f"Teacher answers ({summary['model']}): {summary['done']}/{summary['rows']} rows "
+        f"Teacher answers ({summary['model'] or 'no request needed'}): {summary['done']}/{summary['rows']} rows "
         f"({summary['generated']} generated now, {summary['resumed']} from an earlier run), "
         f"{summary['failed']} failed, "
         f"{summary['truncated']} cut at max_tokens (teacher_finish_reason='length').",
