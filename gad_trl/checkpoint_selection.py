@@ -161,7 +161,7 @@ def push_checkpoint(path: str | os.PathLike, repo_id: str, private: bool = False
 class JudgeEvalCallback(TrainerCallback):
     """Judges every saved checkpoint with the in-memory student and writes `checkpoint-N/eval_judge.json`.
 
-    `JudgeEvalCallback(EvaluationArguments(dataset_name=..., judge_base_url=..., output_dir="unused", ...))`. The
+    `JudgeEvalCallback(EvaluationArguments(dataset_name=..., judge_base_url=..., judge_model=...))`. The
     score is also recorded in `trainer.state.log_history` as `eval_judge/score` and `eval_judge/mean_student_tokens`
     (hence in later checkpoints' trainer_state.json; not sent to `report_to` integrations). Generation uses the training
     model on the main process with transformers (other processes wait at their next collective meanwhile: mind

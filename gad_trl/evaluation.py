@@ -143,11 +143,12 @@ class EvaluationArguments:
             raise ValueError("--dataset_name is required (the eval prompts).")
         if not self.judge_base_url:
             raise ValueError("--judge_base_url is required (the judge's OpenAI-compatible endpoint).")
-        if self.checkpoints_dir is None and not self.output_dir:
-            raise ValueError("--output_dir is required (where the judgements and the summary go).")
-        if self.checkpoints_dir is None and bool(self.student_model_name_or_path) == bool(self.student_base_url):
-            raise ValueError("Give the student as exactly one of --student_model_name_or_path (transformers) or "
-                             "--student_base_url (an OpenAI-compatible server).")
+        if self.checkpoints_dir is not None and (self.student_model_name_or_path or self.student_base_url):
+            raise ValueError("--checkpoints_dir loads each checkpoint as the student (transformers); drop "
+                             "--student_model_name_or_path / --student_base_url.")
+        if self.student_model_name_or_path and self.student_base_url:
+            raise ValueError("Give the student as one of --student_model_name_or_path (transformers) or "
+                             "--student_base_url (an OpenAI-compatible server), not both.")
         if self.concurrency < 1:
             raise ValueError(f"--concurrency must be >= 1, got {self.concurrency}.")
         self.judge_extra_body_dict()
@@ -241,6 +242,12 @@ def evaluate(args: EvaluationArguments, output_dir: str | os.PathLike | None = N
     from .jsonl_store import JsonlStore, write_jsonl_atomic
     from .openai_chat import chat, describe_error, make_client, map_bounded, resolve_model
 
+    # Checked here, not in EvaluationArguments: the callback and the checkpoint loop supply the student and the folder.
+    if model is None and not (args.student_model_name_or_path or args.student_base_url):
+        raise ValueError("No student: give --student_model_name_or_path (transformers) or --student_base_url (an "
+                         "OpenAI-compatible server), or --checkpoints_dir.")
+    if output_dir is None and not args.output_dir:
+        raise ValueError("--output_dir is required (where the judgements and the summary go).")
     output_dir = Path(output_dir or args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     rows = load_eval_rows(args, dataset)

@@ -145,8 +145,14 @@ def test_pairwise_win_rate_counts_both_orders(tmp_path):
 def test_arguments_name_what_is_missing(tmp_path):
     with pytest.raises(ValueError, match="--judge_base_url is required"):
         EvaluationArguments(dataset_name="d.jsonl", output_dir="o", student_base_url="http://x")
-    with pytest.raises(ValueError, match="exactly one of --student_model_name_or_path"):
-        EvaluationArguments(dataset_name="d.jsonl", output_dir="o", judge_base_url="http://j")
+    with pytest.raises(ValueError, match="not both"):
+        EvaluationArguments(dataset_name="d.jsonl", output_dir="o", judge_base_url="http://j",
+                            student_base_url="http://s", student_model_name_or_path="m")
+    with pytest.raises(ValueError, match="No student"):
+        evaluate(EvaluationArguments(dataset_name="d.jsonl", output_dir="o", judge_base_url="http://j"))
+    with pytest.raises(ValueError, match="drop --student_model_name_or_path"):
+        EvaluationArguments(dataset_name="d.jsonl", checkpoints_dir="run", judge_base_url="http://j",
+                            student_base_url="http://s")
     template = tmp_path / "review.txt"
     template.write_text("Q: {question}\nA: {answer_1}\nRate it.")
     with pytest.raises(ValueError, match=r"missing \['\{answer_2\}'\]"):
@@ -157,8 +163,7 @@ def test_arguments_name_what_is_missing(tmp_path):
 def test_callback_refuses_a_sharded_student(tmp_path):
     from types import SimpleNamespace
 
-    callback = JudgeEvalCallback(EvaluationArguments(dataset_name="d.jsonl", output_dir="o", judge_base_url="http://j",
-                                                     student_base_url="http://s"))
+    callback = JudgeEvalCallback(EvaluationArguments(dataset_name="d.jsonl", judge_base_url="http://j"))
     callback.on_train_begin(SimpleNamespace(fsdp=[], output_dir="run"), None, None)  # plain run: fine
     with pytest.raises(ValueError, match="--checkpoints_dir run"):
         callback.on_train_begin(SimpleNamespace(fsdp=["full_shard"], output_dir="run"), None, None)
@@ -184,8 +189,7 @@ def test_callback_judges_the_saved_checkpoint_and_the_loop_resumes(tiny_model_di
     out = tmp_path / "run"
     ckpt = out / "checkpoint-1"
     with FaultServer(scripted_judge(lambda q, a1, a2: "5 5\nequal")) as judge:
-        eval_args = EvaluationArguments(dataset_name=data, judge_base_url=judge.url, output_dir="unused",
-                                        student_model_name_or_path="unused", student_max_tokens=6)
+        eval_args = EvaluationArguments(dataset_name=data, judge_base_url=judge.url, student_max_tokens=6)
         trainer = make_trainer(tiny_model_dir, out, max_steps=1, save_strategy="steps", save_steps=1)
         trainer.add_callback(JudgeEvalCallback(eval_args))
         trainer.train()
