@@ -194,3 +194,28 @@ def test_push_to_hub_sends_the_finished_data_set_only(tmp_path, monkeypatch):
     ((repo_id, kwargs, table),) = pushed
     assert repo_id == "me/answers" and kwargs == {"private": True}
     assert table["row_id"] == ["0", "1", "2"] and table["teacher_response"][1] == "ANSWER QUESTION NUMBER 1"
+
+
+@pytest.mark.parametrize("fmt", ["verl", "standard"])
+def test_prompt_formats_and_system_prompt(tmp_path, fmt):
+    """verl `content` rows and plain-text prompts are read as the trainer reads them; the system prompt reaches the
+    teacher only, and the rows keep their prompt column untouched."""
+    from gad_trl.data import prepare_gad_dataset
+    from gad_trl.testing import tiny_gad_rows
+
+    rows = [{k: v for k, v in r.items() if k != "teacher_response"} for r in tiny_gad_rows(3, seed=0, fmt=fmt)]
+    column = "content" if fmt == "verl" else "prompt"
+    data = write_jsonl(rows, tmp_path / "prompts.jsonl")
+    with FaultServer() as server:
+        args = TeacherGenerationArguments(dataset_name=data, output=str(tmp_path / "out.jsonl"), base_url=server.url,
+                                          system_prompt="Answer briefly.", temperature=0.5, max_tokens=32)
+        assert generate_teacher(args)["done"] == 3
+    for request in server.requests:
+        assert request["messages"][0] == {"role": "system", "content": "Answer briefly."}
+        assert request["messages"][1]["role"] == "user" and len(request["messages"]) == 2
+        assert request["temperature"] == 0.5 and request["max_tokens"] == 32 and "top_p" not in request
+    out = read_jsonl(args.output)
+    assert [r[column] for r in out] == [r[column] for r in rows]
+    from datasets import Dataset
+
+    assert len(prepare_gad_dataset(Dataset.from_list(out))) == 3
