@@ -179,6 +179,8 @@ def local_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: i
     """(text, completion tokens) for each prompt, generated with transformers (left padding, greedy by default)."""
     import torch
 
+    from .data import prompt_text
+
     model = getattr(model, "module", model)
     was_training = model.training
     model.eval()
@@ -192,8 +194,7 @@ def local_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: i
 
         for start in tqdm(range(0, len(prompts), batch_size), desc="student answers", unit="batch",
                           dynamic_ncols=True):
-            texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
-                     for p in prompts[start : start + batch_size]]
+            texts = [prompt_text(tokenizer, p) for p in prompts[start : start + batch_size]]
             batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             sampling = dict(do_sample=True, temperature=temperature) if temperature > 0 else dict(do_sample=False)
             with torch.no_grad():
@@ -238,7 +239,7 @@ def evaluate(args: EvaluationArguments, output_dir: str | os.PathLike | None = N
     The student is `model` + `tokenizer` (in memory, e.g. from a callback), else `args.student_model_name_or_path`
     (loaded here), else the endpoint `args.student_base_url`.
     """
-    from .cli.utils import prompt_messages, teacher_text
+    from .data import prompt_messages, teacher_text
     from .jsonl_store import JsonlStore, write_jsonl_atomic
     from .openai_chat import chat, describe_error, make_client, map_bounded, resolve_model
 

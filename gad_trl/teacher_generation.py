@@ -175,8 +175,7 @@ def load_prompts(dataset_name: str, dataset_config: str | None = None, split: st
 
 def generate_teacher(args: TeacherGenerationArguments, dataset=None, client=None) -> dict:
     """Run (or resume) the generation; returns the summary (counts, paths, failed ids)."""
-    from .cli.utils import prompt_messages
-    from .data import normalize_teacher_response
+    from .data import normalize_teacher_response, prompt_messages
     from .jsonl_store import JsonlStore, write_jsonl_atomic
     from .openai_chat import chat, describe_error, make_client, map_bounded, resolve_model
 

@@ -15,6 +15,7 @@ the request bodies and `authorizations` their Authorization headers.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -117,3 +118,21 @@ class FaultServer:
         self.stopping.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+# The default review prompt of gad_trl.judge, parsed back: (question, Assistant 1's answer, Assistant 2's answer).
+REVIEW = re.compile(r"\[Question\]\n(.*?)\n\n\[The Start of Assistant 1's Answer\]\n(.*?)\n\n"
+                    r"\[The End of Assistant 1's Answer\]\n\n\[The Start of Assistant 2's Answer\]\n(.*?)\n\n"
+                    r"\[The End", re.S)
+
+
+def scripted_judge(review_for):
+    """Judge server responder: reference answers are 'REFERENCE <question>', reviews come from `review_for`."""
+
+    def respond(messages):
+        match = REVIEW.search(messages[-1]["content"])
+        if match is None:
+            return "REFERENCE " + messages[-1]["content"]
+        return review_for(*match.groups())
+
+    return respond

@@ -1,5 +1,6 @@
 """Small builders shared by the trainer tests."""
 
+import json
 from pathlib import Path
 
 import torch
@@ -50,3 +51,8 @@ def same_params(a, b, atol=0.0):
 def score_atol(trainer):
     """Float32 (CPU) scores agree to rounding; under bf16 autocast (GPU) two paths may differ in the 3rd digit."""
     return 3e-2 if trainer.args.bf16 else 1e-5
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,7 +1,6 @@
 """`gad-trl generate-teacher` against a local fault-injecting OpenAI-compatible server: retries (429 + Retry-After,
 500, hung request, malformed JSON, dropped connection), failures listed not dropped, resume after `kill -9`."""
 
-import json
 import os
 import signal
 import subprocess
@@ -10,22 +9,17 @@ import time
 
 import pytest
 
-from gad_trl.jsonl_store import JsonlStore
 from gad_trl.teacher_generation import TeacherGenerationArguments, generate_teacher
 from gad_trl.testing import write_jsonl
 
 from .fault_server import FaultServer, echo_upper
+from .gad_helpers import read_jsonl
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def prompts(n):
     return [{"prompt": [{"role": "user", "content": f"question number {i}"}]} for i in range(n)]
-
-
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def make_args(tmp_path, server, n=4, output="out.jsonl", **kw):
@@ -126,19 +120,6 @@ def test_output_of_another_data_set_is_refused(tmp_path):
         write_jsonl([{"prompt": "something else"}] * 3, tmp_path / "prompts.jsonl")
         with pytest.raises(ValueError, match="different prompt"):
             generate_teacher(args)
-
-
-def test_torn_last_line_is_redone(tmp_path):
-    path = tmp_path / "store.jsonl"
-    path.write_text('{"id": "a", "v": 1}\n{"id": "b", "v": 2}\n{"id": "c", "v"')
-    store = JsonlStore(path, "id")
-    assert set(store.done) == {"a", "b"} and store.dropped_torn_line
-    store.append({"id": "c", "v": 3})
-    store.close()
-    assert [r["id"] for r in read_jsonl(path)] == ["a", "b", "c"]
-    path.write_text('{"id": "a"}\nnot json\n{"id": "b"}\n')
-    with pytest.raises(ValueError, match="line 2"):
-        JsonlStore(path, "id")
 
 
 def test_kill_9_mid_run_then_resume_gives_every_row_once(tmp_path):

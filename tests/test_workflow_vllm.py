@@ -11,15 +11,12 @@ from gad_trl import judge as J
 from gad_trl.evaluation import JUDGEMENTS_FILE, EvaluationArguments, evaluate
 from gad_trl.testing import tiny_gad_rows, write_jsonl
 
+from .gad_helpers import read_jsonl
+
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
 
 # The tiny server's context is 512 tokens and the default review prompt takes ~480 of them: short answers.
 SHORT = dict(student_max_tokens=6, reference_max_tokens=6, judge_max_tokens=8)
-
-
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def test_generate_teacher_from_a_vllm_server_gives_a_training_set(vllm_server, tiny_model_dir, tmp_path, capsys):
