@@ -58,7 +58,19 @@ def evaluate_checkpoints(args: EvaluationArguments, judge_client=None) -> list[d
         model, tokenizer = load_student(str(path), args.trust_remote_code)
         summaries.append(evaluate(args, path, model=model, tokenizer=tokenizer, student_name=str(path.resolve()),
                                   judge_client=judge_client))
+        del model  # before the next checkpoint loads: one student in memory at a time
+        _free_accelerator_memory()
     return summaries
+
+
+def _free_accelerator_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _read_summary(path: Path) -> dict | None:
