@@ -394,6 +394,9 @@ class GADConfig(GRPOConfig):
             )
         if self.vllm_weight_sync not in ("nccl", "reload"):
             raise ValueError(f"vllm_weight_sync must be 'nccl' or 'reload', got {self.vllm_weight_sync!r}.")
+        targets = self.discriminator_lora_target_modules
+        if isinstance(targets, list) and len(targets) == 1:  # as TRL's ModelConfig: `--..._target_modules all-linear`
+            self.discriminator_lora_target_modules = targets[0]
         from .discriminator_peft import check_peft_fields
 
         check_peft_fields(self)
