@@ -51,6 +51,8 @@ def test_peft_discriminator_trains_adapter_and_head_and_exports(tiny_model_dir, 
 
     from gad_trl.discriminator_peft import keep_4bit_layout_for_training
 
+    if four_bit:
+        pytest.importorskip("bitsandbytes")  # in the `dev` and `quantization` extras
     trainer = _trainer(tiny_model_dir, tmp_path / "run", max_steps=2, discriminator_use_peft=True,
                        discriminator_load_in_4bit=four_bit)
     disc = trainer.discriminator

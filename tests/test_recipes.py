@@ -128,6 +128,8 @@ def test_single_gpu_peft_recipe_runs_its_mode_on_the_tiny_model(recipe, tmp_path
     import gad_trl.cli.main as cli_main
     from gad_trl.discriminator_peft import SharedBaseDiscriminator, is_quantized
 
+    if PEFT_RECIPES[recipe] == "qlora_shared_base":
+        pytest.importorskip("bitsandbytes")  # in the `dev` and `quantization` extras
     monkeypatch.chdir(tmp_path)
     assert cli_main.main(["make-tiny", "tiny", "--num_train", "8", "--num_test", "2"]) == 0
     argv = ["--config", str(RECIPES / recipe)]
