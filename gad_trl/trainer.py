@@ -622,10 +622,15 @@ class GADTrainer(GRPOTrainer):
 
         self.dataset_name = kwargs.pop("dataset_name", None) or self.dataset_name
         own_repo = self.args.discriminator_hub_model_id
-        with _upload_ignoring(f"{DISCRIMINATOR_SUBFOLDER}/*" if own_repo else None):
+        # `discriminator*`: discriminator/ and, for a PEFT discriminator, discriminator_merged/
+        with _upload_ignoring(f"{DISCRIMINATOR_SUBFOLDER}*" if own_repo else None):
             result = super().push_to_hub(commit_message, blocking, token, revision,
                                          dataset_name=self.dataset_name, **kwargs)
         disc_dir = os.path.join(self.args.output_dir, DISCRIMINATOR_SUBFOLDER)
+        from .discriminator_peft import MERGED_DIR
+
+        if os.path.isdir(os.path.join(self.args.output_dir, MERGED_DIR)):  # a PEFT discriminator's own repo: the merged
+            disc_dir = os.path.join(self.args.output_dir, MERGED_DIR)  # export (a plain model), not the adapter
         if own_repo and self.is_world_process_zero():
             push_discriminator(disc_dir, own_repo, commit_message or "GAD discriminator",
                                token if token is not None else self.args.hub_token, self.args.hub_private_repo,

@@ -43,9 +43,10 @@ def _named(module):
 
 
 @pytest.mark.parametrize("four_bit", [False, True], ids=["lora", "qlora"])
-def test_peft_discriminator_trains_adapter_and_head_and_exports(tiny_model_dir, tmp_path, four_bit):
+def test_peft_discriminator_trains_adapter_and_head_and_exports(tiny_model_dir, tmp_path, four_bit, monkeypatch):
     """LoRA (and QLoRA, nf4 on CPU): only the adapter and the head train; discriminator/ reloads as a PEFT model and
-    discriminator_merged/ as a plain AutoModelForSequenceClassification, both scoring like the trainer."""
+    discriminator_merged/ as a plain AutoModelForSequenceClassification, both scoring like the trainer; the merged
+    folder is what goes to the discriminator's own Hub repo."""
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
@@ -54,7 +55,8 @@ def test_peft_discriminator_trains_adapter_and_head_and_exports(tiny_model_dir, 
     if four_bit:
         pytest.importorskip("bitsandbytes")  # in the `dev` and `quantization` extras
     trainer = _trainer(tiny_model_dir, tmp_path / "run", max_steps=2, discriminator_use_peft=True,
-                       discriminator_load_in_4bit=four_bit)
+                       discriminator_load_in_4bit=four_bit, hub_model_id="me/tiny-gad",
+                       discriminator_hub_model_id="me/tiny-gad-discriminator")
     disc = trainer.discriminator
     assert isinstance(disc, PeftModel) and disc.peft_config["default"].task_type == "SEQ_CLS"
     if four_bit:
@@ -70,8 +72,8 @@ def test_peft_discriminator_trains_adapter_and_head_and_exports(tiny_model_dir, 
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert changed and changed <= trainable and any("score" in n for n in changed)
 
-    out = tmp_path / "saved"
-    trainer.save_model(str(out))
+    out = tmp_path / "run"
+    trainer.save_model()
     ids, mask = _probe(trainer)
     with torch.no_grad():
         expected = last_token_scores(disc, ids, mask)
@@ -86,6 +88,16 @@ def test_peft_discriminator_trains_adapter_and_head_and_exports(tiny_model_dir, 
         assert torch.allclose(last_token_scores(reloaded, ids, mask), expected, atol=1e-5)
         # QLoRA: merged into the dequantized 4-bit base (what training saw), so the scores agree closely too.
         assert torch.allclose(last_token_scores(merged, ids, mask), expected, atol=1e-4)
+    if not four_bit:
+        from gad_trl.hub import push_to_hub
+        from tests.test_hub import FakeHub
+
+        hub = FakeHub(tmp_path / "hub").install(monkeypatch)
+        push_to_hub(trainer)
+        pushed = {u["repo_id"]: set(u["files"]) for u in hub.uploads}
+        assert "model.safetensors" in pushed["me/tiny-gad-discriminator"]
+        assert "adapter_config.json" not in pushed["me/tiny-gad-discriminator"]
+        assert not any(f.startswith("discriminator") for f in pushed["me/tiny-gad"])
 
 
 def test_shared_base_one_base_and_each_optimizer_owns_its_parameters(tiny_model_dir, tmp_path):
