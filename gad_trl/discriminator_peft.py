@@ -116,11 +116,17 @@ def discriminator_quantization_config(args, dtype):
 def quantized_init_kwargs(init_kwargs: dict, args) -> dict:
     """`init_kwargs` for loading the discriminator, with its 4-bit config and a device map on this process's device.
 
-    A student's quantization is never inherited (it would reach the discriminator through `model_init_kwargs`): the
-    discriminator's own `discriminator_load_in_4bit` decides.
+    Only the discriminator's own `discriminator_load_in_4bit` quantizes it: a quantization_config arriving through the
+    init kwargs (e.g. a student's, inherited from `model_init_kwargs`) is an error, not silently applied or dropped.
     """
     init_kwargs = dict(init_kwargs or {})
-    init_kwargs.pop("quantization_config", None)
+    if init_kwargs.get("quantization_config") is not None:
+        raise ValueError(
+            "The discriminator's init kwargs hold a quantization_config (inherited from model_init_kwargs when "
+            "discriminator_init_kwargs is unset); a full discriminator cannot train in 4-bit. Quantize it with "
+            "discriminator_use_peft + discriminator_load_in_4bit, and pass the student's quantization through the "
+            "trainer's quantization_config (or set discriminator_init_kwargs without one)."
+        )
     dtype = init_kwargs.get("dtype", torch.float32)
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)
@@ -358,6 +364,21 @@ def check_resume_layout(discriminator, disc_dir: str) -> None:
             "(discriminator_use_peft / discriminator_shared_base). Resume without those options, or start a new run "
             f"with discriminator_model_name_or_path={disc_dir!r} to put LoRA on the trained discriminator."
         )
+
+
+def load_saved_discriminator(path: str, **kwargs):
+    """A saved discriminator folder as a model: a plain one with `AutoModelForSequenceClassification`, an adapter folder
+    (`discriminator/` of a PEFT run) as its base + adapter + head through PEFT. (transformers' own adapter loading
+    would skip the head kept in `modules_to_save` and score with a random one.)"""
+    from transformers import AutoModelForSequenceClassification
+
+    if not is_adapter_folder(path):
+        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
+    from peft import PeftConfig, PeftModel
+
+    base = PeftConfig.from_pretrained(path).base_model_name_or_path
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, **kwargs)
+    return PeftModel.from_pretrained(model, path)
 
 
 def export_merged_discriminator(discriminator, adapter_dir: str, output_dir: str, tokenizer=None) -> str:

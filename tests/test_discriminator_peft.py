@@ -50,7 +50,7 @@ def test_peft_discriminator_trains_adapter_and_head_and_exports(tiny_model_dir, 
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from gad_trl.discriminator_peft import keep_4bit_layout_for_training
+    from gad_trl.discriminator_peft import keep_4bit_layout_for_training, load_saved_discriminator
 
     if four_bit:
         pytest.importorskip("bitsandbytes")  # in the `dev` and `quantization` extras
@@ -80,8 +80,8 @@ def test_peft_discriminator_trains_adapter_and_head_and_exports(tiny_model_dir, 
         base_kwargs = {}
         if four_bit:
             base_kwargs = {"quantization_config": disc.get_base_model().config.quantization_config, "device_map": "cpu"}
-        base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1, **base_kwargs)
-        reloaded = PeftModel.from_pretrained(base, out / "discriminator")
+        reloaded = load_saved_discriminator(str(out / "discriminator"), **base_kwargs)  # as eval-discriminator does
+        assert isinstance(reloaded, PeftModel)
         keep_4bit_layout_for_training(reloaded)  # the trainer's kernels (bitsandbytes' CPU eval kernel is bf16)
         merged = AutoModelForSequenceClassification.from_pretrained(out / "discriminator_merged")
         assert not any("Linear4bit" in type(m).__name__ for m in merged.modules())
@@ -215,6 +215,10 @@ def test_peft_errors_name_the_fix(tiny_model_dir, tmp_path, monkeypatch):
         _trainer(tiny_model_dir, tmp_path / "a", discriminator_shared_base=True)  # full student
     with pytest.raises(ValueError, match="discriminator_use_peft: true"):
         make_args(tmp_path, discriminator_load_in_4bit=True)
+    from gad_trl.discriminator_peft import quantized_init_kwargs
+
+    with pytest.raises(ValueError, match="discriminator_load_in_4bit"):  # a student's 4-bit config is not inherited
+        quantized_init_kwargs({"quantization_config": object()}, make_args(tmp_path))
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a))
     with pytest.raises(ImportError, match=r"pip install 'gad_trl\[quantization\]'"):
