@@ -195,7 +195,7 @@ class SharedBaseDiscriminator(nn.Module):
         from peft import PeftModel
 
         if not isinstance(student, PeftModel):
-            raise TypeError(f"The shared-base discriminator needs the student's PeftModel, got {type(student).__name__}.")
+            raise TypeError(f"A shared-base discriminator needs the student's PeftModel, not {type(student).__name__}.")
         self.__dict__["student"] = student  # not a sub-module: see the class docstring
         self.adapter_name = DISCRIMINATOR_ADAPTER
         self.lora_config = copy.deepcopy(lora_config)
@@ -332,7 +332,8 @@ def load_discriminator_adapter(discriminator, adapter_dir: str) -> None:
         head = weights.pop(HEAD_KEY, None)
         if head is None:
             raise ValueError(f"{adapter_dir} holds no value head ({HEAD_KEY}); it is not a GAD discriminator adapter.")
-        target, adapter, expected = discriminator.student, discriminator.adapter_name, discriminator.adapter_named_parameters()
+        target, adapter = discriminator.student, discriminator.adapter_name
+        expected = discriminator.adapter_named_parameters()
         with torch.no_grad():
             discriminator.score.weight.copy_(head)
     else:
@@ -401,7 +402,7 @@ def export_merged_discriminator(discriminator, adapter_dir: str, output_dir: str
         )
     quantization_config = getattr(base_model.config, "quantization_config", None)
     dtype = base_model.dtype  # a 4-bit model reports its compute dtype (that of its non-quantized weights)
-    kwargs = {"quantization_config": quantization_config, "device_map": "cpu"} if quantization_config is not None else {}
+    kwargs = {} if quantization_config is None else {"quantization_config": quantization_config, "device_map": "cpu"}
     base = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=dtype, **kwargs)
     if quantization_config is not None:
         base = base.dequantize()

@@ -16,7 +16,8 @@ def _trainer(model_dir, output_dir, student_lora=False, student_4bit=False, **ov
 
     kwargs = {}
     if student_lora:
-        kwargs["peft_config"] = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+        kwargs["peft_config"] = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                task_type="CAUSAL_LM")
     if student_4bit:
         from transformers import BitsAndBytesConfig
 
@@ -98,6 +99,7 @@ def test_peft_discriminator_trains_adapter_and_head_and_exports(tiny_model_dir, 
         assert "model.safetensors" in pushed["me/tiny-gad-discriminator"]
         assert "adapter_config.json" not in pushed["me/tiny-gad-discriminator"]
         assert not any(f.startswith("discriminator") for f in pushed["me/tiny-gad"])
+        assert "PeftModel.from_pretrained" in (out / "discriminator" / "README.md").read_text()  # says what it holds
 
 
 def test_shared_base_one_base_and_each_optimizer_owns_its_parameters(tiny_model_dir, tmp_path):
@@ -194,7 +196,8 @@ def test_shared_base_checkpoint_resumes_exactly(tiny_model_dir, tmp_path):
     full = _trainer(tiny_model_dir, tmp_path / "full", student_lora=True, **common)
     full.train()
     ckpt = tmp_path / "full" / "checkpoint-1"
-    assert (ckpt / "adapter_model.safetensors").exists() and (ckpt / "discriminator" / "adapter_model.safetensors").exists()
+    assert (ckpt / "adapter_model.safetensors").exists()
+    assert (ckpt / "discriminator" / "adapter_model.safetensors").exists()
     resumed = _trainer(tiny_model_dir, tmp_path / "resumed", student_lora=True, **common)
     resumed.train(resume_from_checkpoint=str(ckpt))
     a, b = _named(full.model), _named(resumed.model)
@@ -220,7 +223,8 @@ def test_peft_errors_name_the_fix(tiny_model_dir, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="discriminator_load_in_4bit"):  # a student's 4-bit config is not inherited
         quantized_init_kwargs({"quantization_config": object()}, make_args(tmp_path))
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a))
     with pytest.raises(ImportError, match=r"pip install 'gad_trl\[quantization\]'"):
         make_args(tmp_path, discriminator_use_peft=True, discriminator_load_in_4bit=True)
     monkeypatch.undo()
@@ -255,4 +259,5 @@ def test_peft_flags_parse_like_trl_model_config():
         "--model_name_or_path", "m", "--dataset_name", "d", "--output_dir", "o", "--discriminator_use_peft", "true",
         "--discriminator_load_in_4bit", "true", "--discriminator_bnb_4bit_quant_type", "fp4",
     ])
-    assert args.discriminator_use_peft and args.discriminator_load_in_4bit and args.discriminator_bnb_4bit_quant_type == "fp4"
+    assert args.discriminator_use_peft and args.discriminator_load_in_4bit
+    assert args.discriminator_bnb_4bit_quant_type == "fp4"

@@ -116,7 +116,7 @@ def test_documented_vllm_serve_commands_parse():
         assert args.model
 
 
-# Single-GPU PEFT recipes: (recipe, what its mode must be). Each runs one GAD step on the tiny model on CPU, in its mode.
+# Single-GPU PEFT recipes and their modes; each runs one GAD step on the tiny model on CPU, in its mode.
 PEFT_RECIPES = {
     "Qwen2.5-7B-Instruct/gad/config_lmsys_qlora.yaml": "qlora_shared_base",
     "Qwen2.5-1.5B-Instruct/gad/config_lmsys_lora.yaml": "lora_student_lora_discriminator",
