@@ -216,6 +216,8 @@ def test_peft_errors_name_the_fix(tiny_model_dir, tmp_path, monkeypatch):
 
     with pytest.raises(ValueError, match="use_peft: true"):
         _trainer(tiny_model_dir, tmp_path / "a", discriminator_shared_base=True)  # full student
+    with pytest.raises(ValueError, match="discriminator_sharding to 'auto' or 'none'"):
+        _trainer(tiny_model_dir, tmp_path / "a", discriminator_use_peft=True, discriminator_sharding="fsdp2")
     with pytest.raises(ValueError, match="discriminator_use_peft: true"):
         make_args(tmp_path, discriminator_load_in_4bit=True)
     from gad_trl.discriminator_peft import quantized_init_kwargs
