@@ -5,6 +5,7 @@
     .venv/bin/python -m benchmarks.cost --vllm    # generation through a vLLM server (started for the run)
     .venv/bin/python -m benchmarks.cost --processes 2 --trainers grpo,gad,gad_sharded --skip-primitives
                                                   # 2 processes (torchrun, gloo on CPU): the sharded discriminator row
+    .venv/bin/python -m benchmarks.cost --peft --skip-primitives   # LoRA / QLoRA / shared-base discriminators
 
 Part 1 (trainers, end to end). `GADTrainer` (GRPO phase: no warm-up) and TRL's `GRPOTrainer` with
 `reward_funcs=AutoModelForSequenceClassification` built from the same checkpoint (so the reward model has exactly the
@@ -51,6 +52,12 @@ use_offline_env()
 RESULTS_DIR = Path(__file__).parent / "results"
 
 
+# --peft rows: GAD with a LoRA / QLoRA discriminator (full student), and a LoRA student whose discriminator is a second
+# adapter on its base, next to GRPO with the same LoRA student and a frozen RM.
+PEFT_TRAINERS = ("grpo", "gad", "gad_lora", "gad_qlora", "grpo_lora", "gad_shared")
+LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
@@ -73,6 +80,9 @@ def parse_args(argv=None):
     p.add_argument("--processes", type=int, default=1,
                    help="training processes per round (>1: torchrun, gloo on CPU; each process has its own batch of "
                    "B prompts x G completions; peak memory = the largest process's)")
+    p.add_argument("--peft", action="store_true",
+                   help="part 1 compares the PEFT discriminators: trainers grpo,gad,gad_lora,gad_qlora,grpo_lora,"
+                   "gad_shared (a LoRA student's rows against GRPO with the same LoRA student + frozen RM)")
     p.add_argument("--vllm", action="store_true",
                    help="part 1 generates with a vLLM server (TRL server mode), started here for the run; both trainers "
                    "use the same server and weight sync")
@@ -99,8 +109,10 @@ def parse_args(argv=None):
     a.steps = a.steps or (3 if q else 5)
     a.rounds = a.rounds or (1 if q else 2)
     a.repeats = a.repeats or (3 if q else 5)
-    suffix = ("_quick" if q else "") + ("_vllm" if a.vllm else "") + (f"_{a.processes}proc" if a.processes > 1 else "")
-    suffix += "_cuda" if gpu else "_cpu"
+    if a.peft:
+        a.trainers = ",".join(PEFT_TRAINERS)
+    suffix = ("_quick" if q else "") + ("_peft" if a.peft else "") + ("_vllm" if a.vllm else "")
+    suffix += (f"_{a.processes}proc" if a.processes > 1 else "") + ("_cuda" if gpu else "_cpu")
     a.out = a.out or str(RESULTS_DIR / f"cost{suffix}.md")
     return a
 
@@ -225,7 +237,12 @@ def _trainer_round(kind: str, a_dict: dict, ckpt: str, queue):
     ds = Dataset.from_list(rows(B * total))
     tok = AutoTokenizer.from_pretrained(ckpt)
     model = AutoModelForCausalLM.from_pretrained(ckpt)
-    if kind in ("gad", "gad_separate", "gad_ckpt", "gad_sharded"):
+    peft_config = None
+    if kind in ("grpo_lora", "gad_shared"):
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(task_type="CAUSAL_LM", **LORA)
+    if kind in ("gad", "gad_separate", "gad_ckpt", "gad_sharded", "gad_lora", "gad_qlora", "gad_shared"):
         from gad_trl import GADConfig, GADTrainer
 
         # gad_separate: discriminator_mini_batch_size = all rows in one chunk, which makes the trainer score them in a
@@ -240,8 +257,15 @@ def _trainer_round(kind: str, a_dict: dict, ckpt: str, queue):
             extra["discriminator_mini_batch_size"] = B * G + B
         if a.vllm:
             extra["vllm_weight_sync"] = a.vllm_weight_sync
+        if kind in ("gad_lora", "gad_qlora", "gad_shared"):
+            extra.update(discriminator_lora_r=LORA["r"], discriminator_lora_alpha=LORA["lora_alpha"],
+                         discriminator_lora_dropout=LORA["lora_dropout"],
+                         discriminator_lora_target_modules=LORA["target_modules"])
+            extra["discriminator_shared_base" if kind == "gad_shared" else "discriminator_use_peft"] = True
+        if kind == "gad_qlora":  # a 4-bit base is loaded from a checkpoint (the student here is an instance)
+            extra.update(discriminator_load_in_4bit=True, discriminator_model_name_or_path=ckpt)
         cfg = GADConfig(**common, discriminator_learning_rate=1e-6, **extra)
-        trainer = GADTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
+        trainer = GADTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=peft_config)
     else:
         from trl import GRPOConfig, GRPOTrainer
 
@@ -254,7 +278,7 @@ def _trainer_round(kind: str, a_dict: dict, ckpt: str, queue):
         cfg.vllm_weight_sync = a.vllm_weight_sync
         with patched_vllm_generation(cfg):
             trainer = GRPOTrainer(model=model, reward_funcs=[rm], args=cfg, train_dataset=ds, processing_class=tok,
-                                  reward_processing_classes=[tok])
+                                  reward_processing_classes=[tok], peft_config=peft_config)
     trainer.add_callback(StepTimer())
     # Time the reward computation with one wrapper for both trainers (GAD's `_calculate_rewards` is the whole
     # discriminator step; GRPO's is the frozen RM's forward), independent of which profiling blocks each one has.
@@ -542,7 +566,11 @@ def report(a, ckpt, trainers, prims, wall, out_path):
         labels = {"grpo": "GRPO + frozen RM", "gad": "GAD" + replicated,
                   "gad_separate": "GAD, separate no-grad scoring pass (discriminator_mini_batch_size=all)",
                   "gad_ckpt": "GAD, discriminator_gradient_checkpointing=True",
-                  "gad_sharded": f"GAD, discriminator sharded (FSDP2 over {a.processes} processes)"}
+                  "gad_sharded": f"GAD, discriminator sharded (FSDP2 over {a.processes} processes)",
+                  "gad_lora": "GAD, LoRA discriminator (discriminator_use_peft)",
+                  "gad_qlora": "GAD, QLoRA discriminator (+ discriminator_load_in_4bit, nf4)",
+                  "grpo_lora": "GRPO, LoRA student + frozen RM",
+                  "gad_shared": "GAD, LoRA student + shared-base discriminator (discriminator_shared_base)"}
         for kind, label in labels.items():
             if kind not in trainers:
                 continue
@@ -573,8 +601,23 @@ def report(a, ckpt, trainers, prims, wall, out_path):
                 lines.append("On CPU the peak is the process's peak RSS: the interpreter and libraries, the student, its "
                              "reference and optimizer, the activations, the all-gathered layers and the allocator's "
                              "high-water mark; the last column counts the discriminator's own tensors.")
+        for kind, base in (("gad_lora", "grpo"), ("gad_qlora", "grpo"), ("gad_shared", "grpo_lora")):
+            if kind in med and base in med:
+                k, b = med[kind], med[base]
+                lines.append(f"| ratio {kind} / {base} | {k['total'] / b['total']:.2f}x | "
+                             f"{k['generation'] / b['generation']:.2f}x | | {k['rewards'] / b['rewards']:.2f}x | "
+                             f"{k['policy'] / b['policy']:.2f}x | | {peaks[kind] / peaks[base]:.2f}x | |")
         lines.append("")
         lines.append("Policy gradient checkpointing is on in every row (TRL's GRPOConfig default).\n")
+        if any(k in med for k in ("gad_lora", "gad_qlora", "gad_shared")):
+            lines.append(
+                f"PEFT rows: LoRA r={LORA['r']}, alpha={LORA['lora_alpha']}, `{LORA['target_modules']}`, on the student "
+                "(grpo_lora, gad_shared) and the discriminator; the value head is trained in full. gad_shared's "
+                "discriminator runs on the student's backbone, so it is gradient-checkpointed like the policy, unlike "
+                "the other GAD rows. Peak memory is the process's peak RSS (weights, optimizer states, activations and "
+                "the Python/torch runtime alike); growth during training (peak - RSS after building the trainer): "
+                + ", ".join(f"{k} {max(r['peak_rss_mb'] - r['rss_before_train_mb'] for r in trainers[k]):.0f} MB"
+                            for k in labels if k in trainers and a.device != "cuda") + ".\n")
         sep = med.get("gad_separate")
         if sep:
             lines.append(f"Trainer-level gain of reusing the discriminator's training forward for the rewards: discriminator "

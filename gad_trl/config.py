@@ -85,6 +85,33 @@ class GADConfig(GRPOConfig):
             compute when `bf16`/`fp16` is on); needs a distributed launch, at world size 1 it splits nothing but keeps
             the float32 master weights. 'none': a full copy with its own AdamW on every process.
 
+        > Parameters that make the discriminator small (LoRA / QLoRA / shared base; TRL ModelConfig's names)
+
+        discriminator_use_peft (`bool`, *optional*, defaults to `False`):
+            Train the discriminator with LoRA on its backbone; the value head `score` is trained in full (PEFT
+            modules_to_save, task SEQ_CLS). Saved as an adapter in discriminator/, merged in discriminator_merged/ by
+            the final save.
+        discriminator_lora_r (`int`, *optional*, defaults to `16`):
+            Discriminator LoRA R value.
+        discriminator_lora_alpha (`int`, *optional*, defaults to `32`):
+            Discriminator LoRA alpha.
+        discriminator_lora_dropout (`float`, *optional*, defaults to `0.05`):
+            Discriminator LoRA dropout.
+        discriminator_lora_target_modules (`list[str]` or `None`, *optional*, defaults to `None`):
+            Discriminator LoRA target modules; None = PEFT's default for the architecture.
+        discriminator_load_in_4bit (`bool`, *optional*, defaults to `False`):
+            QLoRA discriminator: its frozen base in 4-bit through bitsandbytes (needs discriminator_use_peft and `pip
+            install 'gad_trl[quantization]'`).
+        discriminator_bnb_4bit_quant_type (`str`, *optional*, defaults to `"nf4"`):
+            4-bit quantization type of the discriminator.
+        discriminator_use_bnb_nested_quant (`bool`, *optional*, defaults to `False`):
+            Nested (double) quantization of the 4-bit discriminator.
+        discriminator_shared_base (`bool`, *optional*, defaults to `False`):
+            With a LoRA student (`use_peft`): the discriminator is a second LoRA adapter (discriminator_lora_*
+            fields) plus its own value head on the student's frozen base, so one copy of the base serves the
+            student, the reference (adapters off) and the discriminator. A 4-bit student (`load_in_4bit`) makes it
+            QLoRA. One training process only.
+
         > Parameters that control the discriminator loss (docs/algorithm.md, "Discriminator losses")
 
         discriminator_loss_type (`str`, *optional*, defaults to `"bradley_terry"`):
@@ -212,6 +239,45 @@ class GADConfig(GRPOConfig):
         },
     )
 
+    # Discriminator PEFT (LoRA / QLoRA / shared base): TRL ModelConfig's fields with a `discriminator_` prefix
+    discriminator_use_peft: bool = field(
+        default=False,
+        metadata={
+            "help": "Train the discriminator with LoRA on its backbone; the value head `score` is trained in full "
+            "(PEFT modules_to_save, task SEQ_CLS). Saved as an adapter in discriminator/, merged in "
+            "discriminator_merged/ by the final save."
+        },
+    )
+    discriminator_lora_r: int = field(default=16, metadata={"help": "Discriminator LoRA R value."})
+    discriminator_lora_alpha: int = field(default=32, metadata={"help": "Discriminator LoRA alpha."})
+    discriminator_lora_dropout: float = field(default=0.05, metadata={"help": "Discriminator LoRA dropout."})
+    discriminator_lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "Discriminator LoRA target modules; None = PEFT's default for the architecture."},
+    )
+    discriminator_load_in_4bit: bool = field(
+        default=False,
+        metadata={
+            "help": "QLoRA discriminator: its frozen base in 4-bit through bitsandbytes (needs discriminator_use_peft "
+            "and `pip install 'gad_trl[quantization]'`)."
+        },
+    )
+    discriminator_bnb_4bit_quant_type: str = field(
+        default="nf4", metadata={"help": "4-bit quantization type of the discriminator.", "choices": ["fp4", "nf4"]}
+    )
+    discriminator_use_bnb_nested_quant: bool = field(
+        default=False, metadata={"help": "Nested (double) quantization of the 4-bit discriminator."}
+    )
+    discriminator_shared_base: bool = field(
+        default=False,
+        metadata={
+            "help": "With a LoRA student (`use_peft`): the discriminator is a second LoRA adapter (discriminator_lora_* "
+            "fields) plus its own value head on the student's frozen base, so one copy of the base serves the "
+            "student, the reference (adapters off) and the discriminator. A 4-bit student (`load_in_4bit`) makes "
+            "it QLoRA. One training process only."
+        },
+    )
+
     # Discriminator loss
     discriminator_loss_type: str = field(
         default="bradley_terry",
@@ -328,6 +394,12 @@ class GADConfig(GRPOConfig):
             )
         if self.vllm_weight_sync not in ("nccl", "reload"):
             raise ValueError(f"vllm_weight_sync must be 'nccl' or 'reload', got {self.vllm_weight_sync!r}.")
+        targets = self.discriminator_lora_target_modules
+        if isinstance(targets, list) and len(targets) == 1:  # as TRL's ModelConfig: `--..._target_modules all-linear`
+            self.discriminator_lora_target_modules = targets[0]
+        from .discriminator_peft import check_peft_fields
+
+        check_peft_fields(self)
         if isinstance(self.discriminator_init_kwargs, str):
             import json
 

@@ -57,6 +57,7 @@ def load_discriminator(
     init_kwargs: dict | None = None,
     pad_token_id: int | None = None,
     deepspeed_plugin=None,
+    args=None,
 ) -> PreTrainedModel:
     """Build the discriminator as an `AutoModelForSequenceClassification` with `num_labels=1`.
 
@@ -64,15 +65,29 @@ def load_discriminator(
     - else, `student` a path/Hub id: loaded from the same checkpoint (backbone = student weights, new value head).
     - else, `student` a model instance: same architecture, backbone weights copied from the student in memory.
 
-    Always whole on each process (`replicated_loading`), also under ZeRO-3 / FSDP launchers.
+    Always whole on each process (`replicated_loading`), also under ZeRO-3 / FSDP launchers. With `args` (a
+    `GADConfig`) asking for it, LoRA on the backbone (`discriminator_use_peft`) over a 4-bit base
+    (`discriminator_load_in_4bit`): see `gad_trl.discriminator_peft`.
     """
+    from .discriminator_peft import add_lora, discriminator_peft_config, quantized_init_kwargs
+
+    lora_config = discriminator_peft_config(args) if args is not None else None
+    if args is not None:
+        init_kwargs = quantized_init_kwargs(init_kwargs, args)
+        if "quantization_config" in init_kwargs and not (discriminator_model_name_or_path or isinstance(student, str)):
+            raise ValueError(
+                "discriminator_load_in_4bit loads the discriminator from a checkpoint, but the student was passed as a "
+                "model instance: set discriminator_model_name_or_path (or pass the student as a path / Hub id)."
+            )
     with replicated_loading(deepspeed_plugin):
-        return _load_discriminator(student, discriminator_model_name_or_path, init_kwargs, pad_token_id)
+        disc = _load_discriminator(student, discriminator_model_name_or_path, init_kwargs, pad_token_id)
+    return add_lora(disc, lora_config) if lora_config is not None else disc
 
 
 def _load_discriminator(student, discriminator_model_name_or_path, init_kwargs, pad_token_id) -> PreTrainedModel:
     init_kwargs = dict(init_kwargs or {})
-    init_kwargs.pop("device_map", None)  # the trainer places the discriminator itself
+    if "quantization_config" not in init_kwargs:  # a 4-bit base is placed (and quantized) where device_map says
+        init_kwargs.pop("device_map", None)  # the trainer places the discriminator itself
     # Like TRL's create_model_from_path: float32 unless asked otherwise (transformers 5 would take the checkpoint's
     # dtype, often bf16, and AdamW on bf16 weights loses small updates).
     init_kwargs.setdefault("dtype", torch.float32)
@@ -99,6 +114,8 @@ def _load_discriminator(student, discriminator_model_name_or_path, init_kwargs, 
 
 def backbone(model: nn.Module) -> nn.Module:
     """The transformer body of a CausalLM / SequenceClassification model (`model.model` for Qwen2, Llama, ...)."""
+    if hasattr(model, "get_base_model"):  # a PEFT wrapper: the body of the model it wraps (LoRA layers inside)
+        model = model.get_base_model()
     base = getattr(model, model.base_model_prefix, None) if hasattr(model, "base_model_prefix") else None
     if base is None:
         raise ValueError(f"{type(model).__name__} exposes no backbone under base_model_prefix; cannot use it for GAD.")
@@ -133,7 +150,9 @@ def backbone_and_head_scores(model: nn.Module, input_ids: torch.Tensor, attentio
     positions = torch.arange(attention_mask.size(1), device=attention_mask.device)
     last = (positions * attention_mask.to(positions.dtype)).argmax(dim=1)
     last_hidden = hidden[torch.arange(hidden.size(0), device=hidden.device), last]
-    return score_head(model)(last_hidden).squeeze(-1).float()
+    head = score_head(model)
+    # A LoRA discriminator keeps its head in float32 over a bf16 / 4-bit backbone (autocast covers it on GPU only).
+    return head(last_hidden.to(next(head.parameters()).dtype)).squeeze(-1).float()
 
 
 def pad_right(sequences: list[list[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -107,7 +107,10 @@ def discriminator_card(trainer_or_args, dataset_name=None, student_model_id=None
     """The discriminator's README.md (metadata, usage, training details, config, citation), from its template."""
     from huggingface_hub import ModelCard, ModelCardData
 
+    from .discriminator_peft import MERGED_DIR, wants_peft_discriminator
+
     trainer, args, context = _context(trainer_or_args, dataset_name)
+    peft = wants_peft_discriminator(args)  # the plain model is discriminator_merged/, the adapter discriminator/
     student_source = getattr(getattr(getattr(trainer, "model", None), "config", None), "_name_or_path", None)
     base_model = base_model or args.discriminator_model_name_or_path or student_source
     student_model_id = student_model_id or getattr(trainer, "hub_model_id", None) or args.hub_model_id
@@ -120,6 +123,7 @@ def discriminator_card(trainer_or_args, dataset_name=None, student_model_id=None
         card_data, template_str=files("gad_trl").joinpath("templates", "discriminator_card.md").read_text(), **context,
         student_model_id=student_model_id, student_is_hub_id=hub_id(student_model_id) is not None,
         own_repo=args.discriminator_hub_model_id, loss_type=args.discriminator_loss_type,
+        peft=peft, subfolder=MERGED_DIR if peft else DISCRIMINATOR_SUBFOLDER,
         learning_rate=args.discriminator_learning_rate, steps=trainer.state.global_step if trainer else None,
         citation=CITATION,
     )

@@ -16,6 +16,7 @@ from trl.trainer.utils import disable_dropout_in_model
 from .config import GADConfig
 from .data import prepare_gad_dataset, teacher_completion_ids
 from .discriminator import load_discriminator, pad_right, replicated_loading, score_sequences
+from .discriminator_peft import discriminator_scope, is_peft_discriminator
 from .end_of_turn import end_of_turn_token_id
 from .health import HealthMonitor
 from .hub import CITATION, PAPER_ID, PAPER_TITLE
@@ -98,6 +99,7 @@ class GADTrainer(GRPOTrainer):
         discriminator: a ready `AutoModelForSequenceClassification` (num_labels=1), a path / Hub id, or None to build
             it from `args.discriminator_model_name_or_path` or else from the student's weights.
         peft_config: a PEFT config for the student (as in GRPOTrainer).
+        quantization_config: a `BitsAndBytesConfig` for a student loaded from a path (as in GRPOTrainer).
         callbacks, optimizers: as in `transformers.Trainer` (optimizers are the student's).
     """
 
@@ -116,6 +118,7 @@ class GADTrainer(GRPOTrainer):
         peft_config=None,
         callbacks: list[TrainerCallback] | None = None,
         optimizers=(None, None),
+        quantization_config=None,
     ):
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
@@ -145,7 +148,19 @@ class GADTrainer(GRPOTrainer):
         from transformers import set_seed
 
         set_seed(args.seed)
-        if discriminator is None or isinstance(discriminator, str):
+        if args.discriminator_shared_base:
+            if discriminator is not None:
+                raise ValueError(
+                    "discriminator_shared_base builds the discriminator on the student's base; do not pass a "
+                    "`discriminator` as well (drop one of the two)."
+                )
+            if args.world_size > 1:
+                raise ValueError(
+                    "discriminator_shared_base runs in one training process (the student's adapters are wrapped for "
+                    "data parallelism, the discriminator's must not be). Launch one process, or use "
+                    "discriminator_use_peft (a LoRA discriminator on its own base) for multi-GPU runs."
+                )
+        elif discriminator is None or isinstance(discriminator, str):
             init_kwargs = args.discriminator_init_kwargs
             if init_kwargs is None:
                 init_kwargs = dict(args.model_init_kwargs or {})
@@ -155,6 +170,7 @@ class GADTrainer(GRPOTrainer):
                 init_kwargs,
                 processing_class.pad_token_id,
                 deepspeed_plugin=getattr(args, "deepspeed_plugin", None),
+                args=args,
             )
         elif getattr(discriminator.config, "num_labels", None) != 1:
             raise ValueError(
@@ -175,18 +191,36 @@ class GADTrainer(GRPOTrainer):
                 callbacks=callbacks,
                 optimizers=optimizers,
                 peft_config=peft_config,
+                quantization_config=quantization_config,
             )
 
         from .cpu_distributed import register_indexed_cpu_location
+        from .discriminator_peft import is_quantized, keep_4bit_layout_for_training
         from .discriminator_sharding import resolve_discriminator_sharding, shard_discriminator
 
         register_indexed_cpu_location()  # multi-process CPU runs resume with map_location="cpu:<rank>"
 
-        self._discriminator_sharded = resolve_discriminator_sharding(args.discriminator_sharding, self.accelerator)
+        if args.discriminator_shared_base:
+            from .discriminator_peft import attach_shared_discriminator
+
+            discriminator = attach_shared_discriminator(self.model, args, processing_class.pad_token_id)
+        if is_peft_discriminator(discriminator):
+            if args.discriminator_sharding == "fsdp2":
+                raise ValueError(
+                    "discriminator_sharding='fsdp2' shards a full discriminator; a LoRA / QLoRA / shared-base one "
+                    "(discriminator_use_peft, discriminator_shared_base) trains only its adapter and head and stays "
+                    "replicated. Set discriminator_sharding to 'auto' or 'none'."
+                )
+            self._discriminator_sharded = False  # `auto`: its trainable part is small; the frozen base is replicated
+        else:
+            self._discriminator_sharded = resolve_discriminator_sharding(args.discriminator_sharding, self.accelerator)
         if self._discriminator_sharded:  # before `.to(device)`: only this process's shards reach the device
             compute_dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
             discriminator = shard_discriminator(discriminator, self.accelerator.device, compute_dtype)
-        self.discriminator = discriminator.to(self.accelerator.device)
+        # A 4-bit base is already where bitsandbytes quantized it (device_map at load time).
+        self.discriminator = discriminator if is_quantized(discriminator) else discriminator.to(self.accelerator.device)
+        if is_quantized(self.model):  # a QLoRA student (and shared base): trainable after evaluations on CPU too
+            keep_4bit_layout_for_training(self.model)
         if args.disable_dropout:
             disable_dropout_in_model(self.discriminator)
         checkpointing = args.discriminator_gradient_checkpointing
@@ -201,12 +235,13 @@ class GADTrainer(GRPOTrainer):
         # Plain optimizer on purpose: one passed through accelerator.prepare only steps when accelerate's
         # sync_gradients is set, i.e. silently never inside a gradient-accumulation window, which is exactly where
         # the discriminator update runs (once per generation batch).
-        self.discriminator_optimizer = torch.optim.AdamW(
-            [p for p in self.discriminator.parameters() if p.requires_grad],
-            lr=args.discriminator_learning_rate,
-            weight_decay=args.discriminator_weight_decay,
-            betas=(args.discriminator_adam_beta1, args.discriminator_adam_beta2),
-        )
+        with discriminator_scope(self.discriminator):  # a shared-base adapter is trainable while active
+            self.discriminator_optimizer = torch.optim.AdamW(
+                [p for p in self.discriminator.parameters() if p.requires_grad],
+                lr=args.discriminator_learning_rate,
+                weight_decay=args.discriminator_weight_decay,
+                betas=(args.discriminator_adam_beta1, args.discriminator_adam_beta2),
+            )
         self.discriminator_lr_scheduler = None  # built in create_scheduler, once max_steps is known
         self._teacher_eos = end_of_turn_token_id(self._tokenizer, self.eos_token_ids)
         self._health = HealthMonitor(logger)
@@ -322,15 +357,16 @@ class GADTrainer(GRPOTrainer):
         eos_and_pad = {*self.eos_token_ids, self._tokenizer.pad_token_id}
         student_cut = sum(1 for ids in completion_ids_list if len(ids) == 0 or ids[-1] not in eos_and_pad)
 
-        if mode == "train":
-            student_scores, info = self._discriminator_update(teacher_seqs, student_seqs, index)
-        else:
-            with torch.no_grad():
-                scores = self._score(teacher_seqs + student_seqs)
-            _, info = discriminator_loss(
-                scores[: len(teacher_seqs)][index], scores[len(teacher_seqs) :], **self._loss_kwargs()
-            )
-            student_scores = scores[len(teacher_seqs) :]
+        with discriminator_scope(self.discriminator):  # shared base: the discriminator's adapter, forward and backward
+            if mode == "train":
+                student_scores, info = self._discriminator_update(teacher_seqs, student_seqs, index)
+            else:
+                with torch.no_grad():
+                    scores = self._score(teacher_seqs + student_seqs)
+                _, info = discriminator_loss(
+                    scores[: len(teacher_seqs)][index], scores[len(teacher_seqs) :], **self._loss_kwargs()
+                )
+                student_scores = scores[len(teacher_seqs) :]
         info["student_truncated_ratio"] = student_cut / max(len(student_seqs), 1)
         info["teacher_truncated_ratio"] = teacher_cut / max(len(teacher_seqs), 1)
         info["num_teacher_sequences"] = float(len(teacher_seqs))
@@ -485,8 +521,9 @@ class GADTrainer(GRPOTrainer):
 
         self.discriminator.eval()
         try:
-            return evaluate_triples(self.discriminator, self.processing_class, self._heldout_triples(),
-                                    self.args.per_device_eval_batch_size, self.max_completion_length)
+            with discriminator_scope(self.discriminator):
+                return evaluate_triples(self.discriminator, self.processing_class, self._heldout_triples(),
+                                        self.args.per_device_eval_batch_size, self.max_completion_length)
         finally:
             self.discriminator.train()
 
@@ -546,7 +583,18 @@ class GADTrainer(GRPOTrainer):
             state_dict = full_model_state_dict(self.discriminator)
         if self.args.should_save:
             disc_dir = os.path.join(output_dir, DISCRIMINATOR_DIR)
-            self.accelerator.unwrap_model(self.discriminator).save_pretrained(disc_dir, state_dict=state_dict)
+            if is_peft_discriminator(self.discriminator):
+                from .discriminator_peft import MERGED_DIR, export_merged_discriminator, save_discriminator_adapter
+
+                # Adapter + head (small; what checkpoints resume from). A shared-base adapter is also written here
+                # by the student's PEFT save_pretrained (adapter "discriminator"), without the head: replaced now.
+                save_discriminator_adapter(self.discriminator, disc_dir)
+                if not _internal_call:  # the final save: a plain model folder too, for the Hub and reward-model use
+                    merged_dir = os.path.join(output_dir, MERGED_DIR)
+                    export_merged_discriminator(self.discriminator, disc_dir, merged_dir, self.processing_class)
+                    self._write_discriminator_card(merged_dir)
+            else:
+                self.accelerator.unwrap_model(self.discriminator).save_pretrained(disc_dir, state_dict=state_dict)
             self.processing_class.save_pretrained(disc_dir)
             self._write_discriminator_card(disc_dir)
 
@@ -574,10 +622,15 @@ class GADTrainer(GRPOTrainer):
 
         self.dataset_name = kwargs.pop("dataset_name", None) or self.dataset_name
         own_repo = self.args.discriminator_hub_model_id
-        with _upload_ignoring(f"{DISCRIMINATOR_SUBFOLDER}/*" if own_repo else None):
+        # `discriminator*`: discriminator/ and, for a PEFT discriminator, discriminator_merged/
+        with _upload_ignoring(f"{DISCRIMINATOR_SUBFOLDER}*" if own_repo else None):
             result = super().push_to_hub(commit_message, blocking, token, revision,
                                          dataset_name=self.dataset_name, **kwargs)
         disc_dir = os.path.join(self.args.output_dir, DISCRIMINATOR_SUBFOLDER)
+        from .discriminator_peft import MERGED_DIR
+
+        if os.path.isdir(os.path.join(self.args.output_dir, MERGED_DIR)):  # a PEFT discriminator's own repo: the merged
+            disc_dir = os.path.join(self.args.output_dir, MERGED_DIR)  # export (a plain model), not the adapter
         if own_repo and self.is_world_process_zero():
             push_discriminator(disc_dir, own_repo, commit_message or "GAD discriminator",
                                token if token is not None else self.args.hub_token, self.args.hub_private_repo,
@@ -601,6 +654,20 @@ class GADTrainer(GRPOTrainer):
                     self.discriminator_lr_scheduler.state_dict(), os.path.join(output_dir, DISCRIMINATOR_SCHEDULER_NAME)
                 )
 
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        from accelerate.utils import is_peft_model
+
+        from .discriminator_peft import is_adapter_folder
+
+        model = model if model is not None else self.model
+        if is_peft_model(model) and is_adapter_folder(os.path.join(resume_from_checkpoint, DISCRIMINATOR_DIR)):
+            # transformers would take `discriminator/` (an adapter folder) for one of the student's adapters and then
+            # skip the student's own adapter at the root: load the root adapter alone, as it does without sub-folders.
+            # The discriminator is restored in _load_optimizer_and_scheduler.
+            model.load_adapter(resume_from_checkpoint, model.active_adapters[0], is_trainable=True)
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None:
@@ -613,15 +680,22 @@ class GADTrainer(GRPOTrainer):
             )
         from transformers import AutoModelForSequenceClassification
 
-        with replicated_loading(getattr(self.args, "deepspeed_plugin", None)):
-            saved = AutoModelForSequenceClassification.from_pretrained(disc_dir, num_labels=1, dtype=self.discriminator.dtype)
+        from .discriminator_peft import check_resume_layout, load_discriminator_adapter
         from .discriminator_sharding import load_optimizer, load_weights, optimizer_state_is_by_name
 
-        if self._discriminator_sharded:
-            load_weights(self.discriminator, saved.state_dict())
+        check_resume_layout(self.discriminator, disc_dir)
+        if is_peft_discriminator(self.discriminator):
+            load_discriminator_adapter(self.discriminator, disc_dir)
         else:
-            self.discriminator.load_state_dict(saved.state_dict())
-        del saved
+            with replicated_loading(getattr(self.args, "deepspeed_plugin", None)):
+                saved = AutoModelForSequenceClassification.from_pretrained(
+                    disc_dir, num_labels=1, dtype=self.discriminator.dtype
+                )
+            if self._discriminator_sharded:
+                load_weights(self.discriminator, saved.state_dict())
+            else:
+                self.discriminator.load_state_dict(saved.state_dict())
+            del saved
         optimizer_path = os.path.join(checkpoint, DISCRIMINATOR_OPTIMIZER_NAME)
         if not os.path.isfile(optimizer_path):
             logger.warning(f"{optimizer_path} is missing: the discriminator's optimizer restarts from scratch.")

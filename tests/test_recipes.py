@@ -20,7 +20,8 @@ def _id(path):
 def test_recipe_inventory():
     names = {_id(p) for p in TRAINING_RECIPES}
     assert {"tiny/gad.yaml", "tiny/seqkd.yaml", "Qwen2.5-7B-Instruct/gad/config_lmsys.yaml",
-            "Qwen2.5-7B-Instruct/seqkd/config_lmsys.yaml"} <= names
+            "Qwen2.5-7B-Instruct/seqkd/config_lmsys.yaml", "Qwen2.5-7B-Instruct/gad/config_lmsys_qlora.yaml",
+            "Qwen2.5-1.5B-Instruct/gad/config_lmsys_lora.yaml"} <= names
     assert {p.stem for p in ACCELERATE_CONFIGS} >= {"ddp", "zero3", "fsdp2"}
 
 
@@ -113,3 +114,47 @@ def test_documented_vllm_serve_commands_parse():
     for rest in lines:
         args = serve.build_parser().parse_args(shlex.split(rest))  # exits (SystemExit) on an unknown flag
         assert args.model
+
+
+# Single-GPU PEFT recipes and their modes; each runs one GAD step on the tiny model on CPU, in its mode.
+PEFT_RECIPES = {
+    "Qwen2.5-7B-Instruct/gad/config_lmsys_qlora.yaml": "qlora_shared_base",
+    "Qwen2.5-1.5B-Instruct/gad/config_lmsys_lora.yaml": "lora_student_lora_discriminator",
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(PEFT_RECIPES))
+def test_single_gpu_peft_recipe_runs_its_mode_on_the_tiny_model(recipe, tmp_path, monkeypatch):
+    import gad_trl.cli.main as cli_main
+    from gad_trl.discriminator_peft import SharedBaseDiscriminator, is_quantized
+
+    if PEFT_RECIPES[recipe] == "qlora_shared_base":
+        pytest.importorskip("bitsandbytes")  # in the `dev` and `quantization` extras
+    monkeypatch.chdir(tmp_path)
+    assert cli_main.main(["make-tiny", "tiny", "--num_train", "8", "--num_test", "2"]) == 0
+    argv = ["--config", str(RECIPES / recipe)]
+    script_args, args, model_args = train_cli.parse_args(argv)
+    assert model_args.use_peft and args.per_device_train_batch_size * args.gradient_accumulation_steps >= 128
+    assert not args.use_vllm and args.learning_rate == args.discriminator_learning_rate
+    if PEFT_RECIPES[recipe] == "qlora_shared_base":
+        assert model_args.load_in_4bit and args.discriminator_shared_base and not args.discriminator_use_peft
+    else:
+        assert args.discriminator_use_peft and not model_args.load_in_4bit and not args.discriminator_shared_base
+    # The recipe's mode on the tiny model: only sizes, devices and the schedule are overridden.
+    overrides = ["--model_name_or_path", "tiny/model", "--dataset_name", "tiny/data", "--output_dir", "out",
+                 "--max_steps", "1", "--critic_warmup_steps", "0", "--sft_warmup_steps", "0", "--use_cpu", "true",
+                 "--bf16", "false", "--dtype", "float32", "--per_device_train_batch_size", "4",
+                 "--gradient_accumulation_steps", "1", "--num_generations", "4", "--max_completion_length", "8",
+                 "--discriminator_mini_batch_size", "4", "--eval_strategy", "no", "--save_strategy", "no",
+                 "--report_to", "none", "--log_completions", "false", "--disable_tqdm", "true",
+                 "--discriminator_init_kwargs", '{"dtype": "float32"}']
+    trainer = train_cli.main(*train_cli.parse_args(argv + overrides))
+    assert trainer.state.global_step == 1 and trainer.current_phase() == "gad"
+    if PEFT_RECIPES[recipe] == "qlora_shared_base":
+        assert isinstance(trainer.discriminator, SharedBaseDiscriminator) and is_quantized(trainer.model)
+    else:
+        assert not is_quantized(trainer.model) and not is_quantized(trainer.discriminator)
+        assert trainer.discriminator.peft_config["default"].task_type == "SEQ_CLS"
+    assert (tmp_path / "out" / "adapter_model.safetensors").exists()  # the student's adapter
+    assert (tmp_path / "out" / "discriminator" / "adapter_model.safetensors").exists()
+    assert (tmp_path / "out" / "discriminator_merged" / "model.safetensors").exists()

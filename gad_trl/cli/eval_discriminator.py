@@ -136,7 +136,7 @@ def _default_student(discriminator_path: str) -> str | None:
 
 
 def evaluate(args: EvalDiscriminatorArguments) -> dict:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     triples, metadata, path, created = load_or_create_heldout(args)
     if not triples:
@@ -146,9 +146,10 @@ def evaluate(args: EvalDiscriminatorArguments) -> dict:
     has_tokenizer = not Path(disc_path).is_dir() or (Path(disc_path) / "tokenizer_config.json").exists()
     tokenizer_path = disc_path if has_tokenizer else metadata.get("student")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=args.trust_remote_code)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        disc_path, num_labels=1, trust_remote_code=args.trust_remote_code
-    )
+    from ..discriminator_peft import load_saved_discriminator
+
+    # A plain folder, or the adapter folder of a LoRA / QLoRA / shared-base discriminator.
+    model = load_saved_discriminator(disc_path, trust_remote_code=args.trust_remote_code)
     # Teacher responses are cut at the student's length limit, as the trainer cuts them.
     max_length = metadata.get("max_new_tokens", args.max_new_tokens)
     metrics = evaluate_triples(model, tokenizer, triples, args.batch_size, max_completion_length=max_length)

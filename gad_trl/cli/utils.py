@@ -96,26 +96,33 @@ def filter_long_prompts(dataset, tokenizer, max_prompt_length: int):
 
 
 def model_init_kwargs(training_args, model_args) -> dict:
-    """`from_pretrained` kwargs from TRL's `ModelConfig` (revision, dtype, attention, quantization), as TRL's scripts
-    build them; `training_args.model_init_kwargs` wins."""
-    from trl import get_quantization_config
-
+    """`from_pretrained` kwargs from TRL's `ModelConfig` (revision, dtype, attention), as TRL's scripts build them;
+    `training_args.model_init_kwargs` wins. The student's 4-bit/8-bit config is not here but in
+    `quantization_config(model_args)`, passed to the trainer as TRL's scripts do: the discriminator inherits these
+    kwargs and is quantized only by its own `discriminator_load_in_4bit`."""
     kwargs = dict(
         revision=model_args.model_revision,
         trust_remote_code=training_args.trust_remote_code,
         attn_implementation=model_args.attn_implementation,
         dtype=model_args.dtype,
     )
-    quantization_config = get_quantization_config(model_args)
-    if quantization_config is not None:
-        from trl import get_kbit_device_map
-
-        kwargs["quantization_config"] = quantization_config
-        kwargs["device_map"] = get_kbit_device_map()
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if training_args.model_init_kwargs is not None:
         kwargs.update(training_args.model_init_kwargs)
     return kwargs
+
+
+def quantization_config(model_args):
+    """The student's `BitsAndBytesConfig` (`load_in_4bit` / `load_in_8bit`), or None: TRL's `get_quantization_config`,
+    with a clear error when bitsandbytes is missing."""
+    from trl import get_quantization_config
+
+    config = get_quantization_config(model_args)
+    if config is not None:
+        from ..discriminator_peft import require_bitsandbytes
+
+        require_bitsandbytes("load_in_4bit / load_in_8bit")
+    return config
 
 
 def load_splits(script_args, training_args):
