@@ -73,3 +73,7 @@ def test_cli_errors(tiny_model_dir, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert run(["--model_name_or_path", tiny_model_dir, "--setups", "8by80"]) == 2
     assert "is not `<num_gpus>x<GB>`" in capsys.readouterr().err
+    assert run(["--model_name_or_path", tiny_model_dir, "--accelerate_config", "zero9"]) == 2
+    assert "Accelerate config 'zero9' is neither a file" in capsys.readouterr().err
+    assert run(["--model_name_or_path", tiny_model_dir, "--bogus_flag", "8"]) == 2
+    assert "Unknown arguments ['--bogus_flag']" in capsys.readouterr().err

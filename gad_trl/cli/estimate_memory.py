@@ -172,11 +172,16 @@ def run(argv: list[str]) -> int:
     parser = make_parser()
     # `accelerate launch` options (`accelerate_config`, `num_processes`, ...) are taken as `gad-trl gad` takes them,
     # from the recipe or the command line: they tell the mode the run trains in and its number of GPUs.
-    launch_args, _ = split_launch_args(argv, parser)
-    check_launch_args(launch_args, "estimate-memory")
+    try:
+        launch_args, _ = split_launch_args(argv, parser)
+        check_launch_args(launch_args, "estimate-memory")  # a typo is an error, not an `accelerate launch` option
+        launch = launch_from_args(launch_args)
+    except ValueError as err:  # unknown argument or accelerate config
+        print(f"gad-trl estimate-memory: {err}", file=sys.stderr)
+        return 2
     args, script_args, training_args, model_args, _ = parser.parse_args_and_config(argv, return_remaining_strings=True)
     try:
-        return _run(args, script_args, training_args, model_args, _explicit_bf16(argv), launch_from_args(launch_args))
+        return _run(args, script_args, training_args, model_args, _explicit_bf16(argv), launch)
     except MemoryEstimateError as err:
         print(f"gad-trl estimate-memory: {err}", file=sys.stderr)
         return 2
