@@ -14,9 +14,10 @@ For each mode it builds the real objects the mode puts on a GPU (student, refere
   fused-LM-head forward (`add_fused_lm_head`, as GRPOTrainer does) and backward; the discriminator update runs the
   trainer's scoring function on one mini-batch with gradients; the reference a forward without gradients.
 
-The `sharded` mode runs in two spawned CPU processes (gloo): student, reference and discriminator each sharded with
-FSDP2 `fully_shard` (per decoder layer, backbone, value head, root; bf16 compute, float32 master weights), measured on
-each rank (the worst rank's peaks are reported). Last, one real `GADTrainer` step (replicated, transformers
+The `sharded` mode runs in two spawned CPU processes (gloo): the discriminator sharded by the library's own
+`shard_discriminator` (FSDP2 `fully_shard` per decoder layer + root, as the trainer does), student and reference by
+`fully_shard` per decoder layer, backbone and root in place of the launcher (bf16 compute, float32 master weights),
+measured on each rank (the worst rank's peaks are reported). Last, one real `GADTrainer` step (replicated, transformers
 generation) is profiled the same way (`--no-e2e` skips it). `sharded_student` (DeepSpeed ZeRO-3 student + replicated
 discriminator) is not measured: DeepSpeed's CPU accelerator is not exercised here.
 """
@@ -332,8 +333,10 @@ def compare(mode: str, measured: dict, est: memory.ModeEstimate) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------------------- sharded
 def _sharded_worker(rank: int, world: int, path: str, a, port: int, queue) -> None:
-    """One rank of the `sharded` mode: student, reference and discriminator each `fully_shard`-ed (FSDP2) per decoder
-    layer, backbone and root with bf16 compute and float32 master weights, over gloo; measures like `measure_mode`."""
+    """One rank of the `sharded` mode over gloo, measured like `measure_mode`. The discriminator is sharded exactly as
+    the trainer does it (`gad_trl.discriminator_sharding.shard_discriminator`, then gradient checkpointing), so this
+    measures what ships; student and reference stand in for the launcher's FSDP (`fully_shard` per decoder layer,
+    backbone and root), all with bf16 compute and float32 master weights."""
     import os
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -344,21 +347,24 @@ def _sharded_worker(rank: int, world: int, path: str, a, port: int, queue) -> No
         from trl.trainer.utils import add_fused_lm_head
 
         from gad_trl.discriminator import last_token_scores
+        from gad_trl.discriminator_sharding import shard_discriminator
 
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         torch.manual_seed(0)
         student, reference, disc = load(path, "causal", False), load(path, "causal", False), load(path, "seqcls", False)
         add_fused_lm_head(student, temperature=0.8, outputs=("log_probs", "entropy"))
         add_fused_lm_head(reference, temperature=0.8)
-        for model in (student, reference, disc):
+        for model in (student, reference):  # the launcher's part (accelerate FSDP / DeepSpeed ZeRO-3 in training)
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             for layer in model.model.layers:
                 fully_shard(layer, mp_policy=policy)
-            fully_shard(model.model, mp_policy=policy)  # the scorer calls the backbone and the head directly
-            if hasattr(model, "score"):
-                fully_shard(model.score, mp_policy=policy)
+            fully_shard(model.model, mp_policy=policy)
             fully_shard(model, mp_policy=policy)
             model.train()
+        # The discriminator in the same order as GADTrainer.__init__: shard, then gradient checkpointing, then train().
+        disc = shard_discriminator(disc, torch.device("cpu"), torch.bfloat16)
+        disc.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        disc.train()
         reference.requires_grad_(False)
         s_opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
         d_opt = torch.optim.AdamW(disc.parameters(), lr=1e-4)
@@ -516,13 +522,17 @@ def fmt_bytes(x: int) -> str:
     return f"{x / MiB:.3f}"
 
 
+def machine() -> str:
+    return (f"{platform.processor() or platform.machine()}, {platform.platform()}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
+
+
 def markdown(rows: list[dict], a, command: str, seconds: float, sharded_ranges: dict | None = None) -> str:
     lines = [
         "# Memory estimate vs measured peaks (CPU, tiny Qwen2, float32)",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {platform.processor() or platform.machine()}, {platform.platform()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; {seconds:.0f} s.",
+        f"Machine: {machine()}; {seconds:.0f} s.",
         "",
         f"Model: hidden {a.hidden_size}, MLP {a.intermediate_size}, {a.num_layers} layers, 4 heads / 2 KV heads, vocab "
         f"{a.vocab_size}. Student batch {a.batch_size} x {a.prompt_length + a.completion_length} tokens, "
@@ -546,8 +556,10 @@ def markdown(rows: list[dict], a, command: str, seconds: float, sharded_ranges: 
         "Notes: 'above resident' rows remove the (exactly known) resident bytes from both sides, so they show the "
         "activation + gradient part alone. The student and reference phases are dominated by TRL's fused-LM-head tile "
         "buffer (min(N, 4096) x 32768 values; on CPU also torch's float32 temporaries of the tile), the discriminator "
-        "rows test the decoder-layer formula most directly. `sharded`: 2 CPU processes (gloo), FSDP2 `fully_shard` per "
-        "decoder layer, backbone, value head and root, bf16 compute with float32 master weights; phase peaks are the "
+        "rows test the decoder-layer formula most directly. `sharded`: 2 CPU processes (gloo), the discriminator sharded by "
+        "`gad_trl.discriminator_sharding.shard_discriminator` (FSDP2 per decoder layer + root, as the trainer), student "
+        "and reference by FSDP2 `fully_shard` per decoder layer, backbone and root in place of the launcher, bf16 "
+        "compute with float32 master weights; phase peaks are the "
         "worst rank's and the worst of several runs: they vary from run to run (gloo collectives' buffers)"
         + (
             " - measured ranges: " + "; ".join(f"{k} {fmt_bytes(lo)}-{fmt_bytes(hi)} MiB" for k, (lo, hi) in sharded_ranges.items())
@@ -627,7 +639,7 @@ def main(argv=None):
     if out:
         Path(out + ".md").write_text(markdown(rows, a, command.strip(), seconds, sharded_ranges))
         Path(out + ".json").write_text(json.dumps(
-            {"command": command.strip(), "args": vars(a), "rows": rows, "sharded_phase_ranges": sharded_ranges}, indent=2
+            {"command": command.strip(), "machine": machine(), "seconds": round(seconds), "args": vars(a), "rows": rows, "sharded_phase_ranges": sharded_ranges}, indent=2
         ))
         print(f"wrote {out}.md and {out}.json")
     misses = sum(not r["within_target"] for r in rows)

@@ -596,7 +596,11 @@ def estimate_modes(student: ModelShape, discriminator: ModelShape, settings: Run
     return out
 
 
-def format_report(student: ModelShape, discriminator: ModelShape, settings: RunSettings, estimates: dict, gpu_memory_gb=None) -> str:
+def format_report(
+    student: ModelShape, discriminator: ModelShape, settings: RunSettings, estimates: dict, gpu_memory_gb=None,
+    mode_notes: dict[str, str] | None = None,
+) -> str:
+    """The text report; `mode_notes` adds a line under a mode's header (e.g. the mode a recipe trains in)."""
     s = settings
     lines = [
         f"Student {student.name}: {student.causal_lm_params / 1e9:.3f}B parameters (config: {student.config_source})",
@@ -619,6 +623,8 @@ def format_report(student: ModelShape, discriminator: ModelShape, settings: RunS
     for mode, est in estimates.items():
         lines.append("")
         lines.append(f"[{mode}] {MODES[mode]}")
+        if mode_notes and mode in mode_notes:
+            lines.append(f"  <- {mode_notes[mode]}")
         lines.append(format_estimate(est, gpu_memory_gb) if not isinstance(est, str) else f"  n/a ({est})")
     lines.append("")
     lines.append("Assumptions:")

@@ -31,7 +31,37 @@ def test_cli_on_tiny_model_and_recipe(tiny_model_dir, capsys, tmp_path):
     table = capsys.readouterr().out
     assert code == 0
     assert table.splitlines()[0] == "| mode | 1x24 GB | 8x80 GB |"
-    assert "| sharded | n/a (1 GPU) |" in table
+    assert "| sharded (this run) | n/a (1 GPU) |" in table  # the recipe's mode is marked
+
+
+def test_cli_reports_the_7b_recipe_in_its_sharded_mode(capsys, tmp_path):
+    # discriminator_sharding: fsdp2, launched (per its header) with --accelerate_config zero3: `sharded`.
+    out_json = tmp_path / "est.json"
+    code = run(["--config", RECIPE_7B, "--num_gpus", "8", "--modes", "sharded_student", "sharded",
+                "--output_json", str(out_json)])
+    text = capsys.readouterr().out
+    assert code == 0
+    marked = [line for line in text.splitlines() if "this run's mode" in line]
+    assert len(marked) == 1
+    assert text.index("this run's mode") > text.index("[sharded] ") > text.index("[sharded_student]")
+    assert "discriminator_sharding: fsdp2" in marked[0]
+    assert json.loads(out_json.read_text())["run_mode"]["mode"] == "sharded"
+
+    # The launcher, given as `gad-trl gad` takes it, decides `auto` / `none` and the GPU count.
+    code = run(["--config", RECIPE_7B, "--accelerate_config", "zero3", "--discriminator_sharding", "none",
+                "--report_format", "json", "--modes", "replicated"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert data["run_mode"]["mode"] == "sharded_student" and "ZeRO-3, 8 processes" in data["run_mode"]["reason"]
+    assert data["setups"][0]["num_gpus"] == 8  # zero3.yaml's num_processes
+
+    # ... or in the recipe itself, where `gad-trl gad` reads them too.
+    recipe = tmp_path / "recipe.yaml"
+    text = open(RECIPE_7B).read().replace("discriminator_sharding: fsdp2", "discriminator_sharding: auto")
+    recipe.write_text(text + "\naccelerate_config: fsdp2\nnum_processes: 4\n")
+    assert run(["--config", str(recipe), "--report_format", "json", "--modes", "replicated"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["run_mode"]["mode"] == "sharded" and data["setups"][0]["num_gpus"] == 4
 
 
 def test_cli_errors(tiny_model_dir, capsys):
@@ -43,3 +73,7 @@ def test_cli_errors(tiny_model_dir, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert run(["--model_name_or_path", tiny_model_dir, "--setups", "8by80"]) == 2
     assert "is not `<num_gpus>x<GB>`" in capsys.readouterr().err
+    assert run(["--model_name_or_path", tiny_model_dir, "--accelerate_config", "zero9"]) == 2
+    assert "Accelerate config 'zero9' is neither a file" in capsys.readouterr().err
+    assert run(["--model_name_or_path", tiny_model_dir, "--bogus_flag", "8"]) == 2
+    assert "Unknown arguments ['--bogus_flag']" in capsys.readouterr().err

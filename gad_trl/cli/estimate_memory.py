@@ -7,6 +7,9 @@ recipe (`--config recipe.yaml`) and/or the same flags `gad-trl gad` takes; the l
     gad-trl estimate-memory --model_name_or_path Qwen/Qwen2.5-1.5B-Instruct --per_device_train_batch_size 8 \
         --max_completion_length 512 --prompt_length 512 --gradient_checkpointing --modes qlora shared_base_qlora
     gad-trl estimate-memory --config recipe.yaml --setups 1x24 1x80 8x80 --report_format markdown   # README table
+
+The mode the run trains in (from `discriminator_sharding` and the launch: `accelerate_config` / `num_processes` in
+the recipe or on the command line, as `gad-trl gad` takes them) is marked in every report (`gad_trl.memory_recipe`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,13 @@ SETUP_PATTERN = re.compile(r"^(\d+)x(\d+(?:\.\d+)?)$")
 
 @dataclass
 class EstimateMemoryArguments:
-    num_gpus: int = field(default=1, metadata={"help": "Training GPUs (the vLLM server's GPUs are not counted)."})
+    num_gpus: int | None = field(
+        default=None,
+        metadata={
+            "help": "Training GPUs (the vLLM server's GPUs are not counted). Default: the launch's `num_processes` "
+            "(`--accelerate_config` / `--num_processes`, in the recipe or on the command line), else 1."
+        },
+    )
     modes: list[str] = field(
         default_factory=lambda: list(MODES),
         metadata={"help": "Modes to estimate: " + "; ".join(f"`{k}`: {v}" for k, v in MODES.items()) + "."},
@@ -127,8 +136,11 @@ def settings_from_args(
     )
 
 
-def format_markdown(estimates_by_setup: dict[tuple[int, float | None], dict], modes: list[str]) -> str:
-    """One row per mode, one column per `<num_gpus> x <GB>` setup: peak GiB per GPU and whether it fits (10% headroom)."""
+def format_markdown(
+    estimates_by_setup: dict[tuple[int, float | None], dict], modes: list[str], run_mode: str | None = None
+) -> str:
+    """One row per mode, one column per `<num_gpus> x <GB>` setup: peak GiB per GPU and whether it fits (10% headroom);
+    `run_mode`'s row is marked "(this run)"."""
     setups = list(estimates_by_setup)
     header = "| mode | " + " | ".join(f"{n}x{gb:g} GB" if gb else f"{n} GPU(s)" for n, gb in setups) + " |"
     lines = [header, "|" + "---|" * (len(setups) + 1)]
@@ -141,7 +153,8 @@ def format_markdown(estimates_by_setup: dict[tuple[int, float | None], dict], mo
                 continue
             verdict = "" if not setup[1] else (" fits" if est.peak <= setup[1] * 1e9 * 0.9 else " **no**")
             cells.append(f"{est.peak / GiB:.1f} GiB{verdict}")
-        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+        label = f"{mode} (this run)" if mode == run_mode else mode
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -152,22 +165,39 @@ def make_parser(prog: str | None = None) -> TrlParser:
 
 
 def run(argv: list[str]) -> int:
+    from ..memory_recipe import launch_from_args
+    from .launch import check_launch_args, split_launch_args
+
     argv = list(argv)
-    args, script_args, training_args, model_args = make_parser().parse_args_and_config(argv)
+    parser = make_parser()
+    # `accelerate launch` options (`accelerate_config`, `num_processes`, ...) are taken as `gad-trl gad` takes them,
+    # from the recipe or the command line: they tell the mode the run trains in and its number of GPUs.
     try:
-        return _run(args, script_args, training_args, model_args, _explicit_bf16(argv))
+        launch_args, _ = split_launch_args(argv, parser)
+        check_launch_args(launch_args, "estimate-memory")  # a typo is an error, not an `accelerate launch` option
+        launch = launch_from_args(launch_args)
+    except ValueError as err:  # unknown argument or accelerate config
+        print(f"gad-trl estimate-memory: {err}", file=sys.stderr)
+        return 2
+    args, script_args, training_args, model_args, _ = parser.parse_args_and_config(argv, return_remaining_strings=True)
+    try:
+        return _run(args, script_args, training_args, model_args, _explicit_bf16(argv), launch)
     except MemoryEstimateError as err:
         print(f"gad-trl estimate-memory: {err}", file=sys.stderr)
         return 2
 
 
-def _run(args, script_args, training_args, model_args, bf16: bool | None = None) -> int:
+def _run(args, script_args, training_args, model_args, bf16: bool | None = None, launch=None) -> int:
+    from ..memory_recipe import Launch, recipe_mode
+
+    launch = launch or Launch(None, None, "no launcher given")
     unknown = [m for m in args.modes if m not in MODES]
     if unknown:
         raise MemoryEstimateError(f"Unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}.")
     if not model_args.model_name_or_path:
         raise MemoryEstimateError("--model_name_or_path is required (a local model directory or a Hub id).")
-    setups = parse_setups(args.setups) if args.setups else [(args.num_gpus, args.gpu_memory_gb)]
+    num_gpus = args.num_gpus if args.num_gpus is not None else launch.num_processes or 1
+    setups = parse_setups(args.setups) if args.setups else [(num_gpus, args.gpu_memory_gb)]
     for n, _ in setups:
         if n < 1:
             raise MemoryEstimateError(f"num_gpus must be >= 1, got {n}.")
@@ -179,25 +209,36 @@ def _run(args, script_args, training_args, model_args, bf16: bool | None = None)
 
     student_config, _ = load_model_config(model_args.model_name_or_path, training_args.trust_remote_code)
     modes = args.modes
+    # TRL's ModelConfig: `use_peft` (+ `load_in_4bit`) makes the student LoRA / QLoRA. The PEFT discriminator's own
+    # fields will be passed to recipe_mode here once they exist.
+    run_mode, why = recipe_mode(
+        training_args.discriminator_sharding, launch, student_peft=bool(model_args.use_peft),
+        student_4bit=bool(model_args.load_in_4bit),
+    )
+    mode_notes = {run_mode: f"this run's mode ({why})"} if run_mode else {}
     by_setup = {}
     for n, gb in setups:
         settings = settings_from_args(script_args, training_args, model_args, args, student_config, n, bf16)
         by_setup[(n, gb)] = (settings, estimate_modes(student, discriminator, settings, modes))
 
     if args.report_format == "markdown":
-        print(format_markdown({k: v[1] for k, v in by_setup.items()}, modes))
+        print(format_markdown({k: v[1] for k, v in by_setup.items()}, modes, run_mode))
+        if run_mode is None or run_mode not in modes:
+            print(f"\nThis run's mode: {run_mode or 'none of the listed modes'} ({why}).")
     elif args.report_format == "json":
-        print(json.dumps(_as_json(student, discriminator, by_setup), indent=2))
+        print(json.dumps(_as_json(student, discriminator, by_setup, run_mode, why), indent=2))
     else:
         for (n, gb), (settings, estimates) in by_setup.items():
-            print(format_report(student, discriminator, settings, estimates, gb))
+            print(format_report(student, discriminator, settings, estimates, gb, mode_notes))
+        if run_mode is None or run_mode not in modes:
+            print(f"This run's mode: {run_mode or 'none of the listed modes'} ({why}).")
     if args.output_json:
         with open(args.output_json, "w") as f:
-            json.dump(_as_json(student, discriminator, by_setup), f, indent=2)
+            json.dump(_as_json(student, discriminator, by_setup, run_mode, why), f, indent=2)
     return 0
 
 
-def _as_json(student, discriminator, by_setup) -> dict:
+def _as_json(student, discriminator, by_setup, run_mode=None, why="") -> dict:
     from dataclasses import asdict
 
     from ..memory import ASSUMPTIONS
@@ -209,5 +250,6 @@ def _as_json(student, discriminator, by_setup) -> dict:
             {"num_gpus": n, "gpu_memory_gb": gb, "settings": asdict(s), "estimates": {m: (e if isinstance(e, str) else e.to_dict()) for m, e in ests.items()}}
             for (n, gb), (s, ests) in by_setup.items()
         ],
+        "run_mode": {"mode": run_mode, "reason": why},
         "assumptions": ASSUMPTIONS,
     }
