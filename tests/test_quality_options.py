@@ -45,6 +45,7 @@ def test_mean_pooling_scores_the_response_mean_and_survives_a_reload(tiny_model_
     trainer.save_model(str(tmp_path / "saved"))
     reloaded = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "saved" / "discriminator"), num_labels=1)
     assert reloaded.config.discriminator_pooling == "mean"
+    assert "mean hidden state over the response tokens" in (tmp_path / "saved" / "discriminator" / "README.md").read_text()
     with torch.no_grad():
         again = score_sequences(reloaded.eval(), seqs, trainer.processing_class.pad_token_id, "cpu", None, starts)
     assert torch.allclose(again, mean_scores, atol=1e-5)
