@@ -184,4 +184,6 @@ def peak_rss_mb() -> float:
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
+    if any(x != x for x in xs):  # NaN (e.g. a Spearman of constant scores): statistics.stdev cannot take it
+        return (float("nan"), float("nan"))
     return (statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0)

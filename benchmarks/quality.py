@@ -54,6 +54,9 @@ def parse_args(argv=None):
                    help="reuse a pre-trained student found in --workdir with the same settings")
     p.add_argument("--title", default=None, help="report heading (default: 'Quality benchmark[ (quick)]')")
     p.add_argument("--out", default=None, help="markdown results file (default benchmarks/results/quality[_quick].md)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="no training: merge the seeds of these result files (runs of the same settings split over "
+                   "processes or machines, e.g. --seeds 0 / --seeds 1,2) into one report at --out")
     # sizes
     p.add_argument("--n-train", type=int, default=None, help="train prompts per task")
     p.add_argument("--n-eval", type=int, default=None, help="eval prompts per task")
@@ -305,8 +308,38 @@ def _pretrained_base(args, tok, tasks, seed, base_dir, reserved, hidden_size, nu
     return base_dir, info
 
 
+def merge_runs(args, paths):
+    """One report from several result files of the same settings (their seeds together)."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    keep = ("seeds", "out", "workdir", "reuse_base", "merge", "title")
+    first = {k: v for k, v in runs[0]["args"].items() if k not in keep}
+    for path, run in zip(paths[1:], runs[1:]):
+        other = {k: v for k, v in run["args"].items() if k not in keep}
+        if other != first:
+            diff = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+            raise SystemExit(f"{path} was run with other settings than {paths[0]} ({', '.join(diff)}): not merged.")
+    results = {"args": runs[0]["args"], "seeds": {}, "teacher": runs[0]["teacher"],
+               "wall_s": sum(r.get("wall_s", 0.0) for r in runs),
+               "peak_rss_mb": max(r.get("peak_rss_mb", 0.0) for r in runs), "merged_from": list(paths)}
+    for run in runs:
+        for seed, res in run["seeds"].items():
+            if seed in results["seeds"]:
+                raise SystemExit(f"seed {seed} appears in more than one of {paths}.")
+            results["seeds"][seed] = res
+    results["seeds"] = dict(sorted(results["seeds"].items(), key=lambda kv: int(kv[0])))
+    for k, v in runs[0]["args"].items():
+        if k not in ("out", "title", "merge") and hasattr(args, k):
+            setattr(args, k, v)
+    args.seeds = [int(s) for s in results["seeds"]]
+    results["args"]["seeds"] = args.seeds
+    write_report(args, get_tasks(args.tasks), results)
+    return results
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.merge:
+        return merge_runs(args, args.merge)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -415,6 +448,8 @@ def main(argv=None):
             res[f"{name}_log" if name != "gad" else "gad_log"] = info.get("log", [])
             print(f"  {name} {res[name]}", flush=True)
         results["seeds"][seed] = res
+        # Written after every seed, so a run stopped early keeps its finished seeds (mergeable with --merge).
+        Path(args.out).with_suffix(".partial.json").write_text(json.dumps(results, indent=1, default=str))
 
     results["teacher"] = teacher_scores
     results["wall_s"] = time.perf_counter() - t_start
@@ -443,6 +478,9 @@ def write_report(args, tasks, results):
                  f"(wall time {results['wall_s'] / 60:.1f} min on CPU, {args.threads} thread(s), peak RSS "
                  f"{results['peak_rss_mb']:.0f} MB). Seeds: {seeds}. Judge score in [0, 1], greedy decoding, "
                  f"{args.n_eval} held-out prompts per task; mean ± std over seeds.\n")
+    if results.get("merged_from"):
+        lines.append("Merged (`--merge`) from runs of the same settings: "
+                     + ", ".join(f"`{Path(p).name}`" for p in results["merged_from"]) + "; wall time = their sum.\n")
     header = "| method | " + " | ".join(names) + " | **mean** | mean, sampled T=0.8 | mean length (tokens) |"
     lines.append(header)
     lines.append("|" + "---|" * (len(names) + 4))
