@@ -43,31 +43,40 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="markdown file to write (default: print only)")
     a = p.parse_args(argv)
     rows, sft_rows, long_cpu = [], {}, None
-    for path in a.results:
-        results = json.loads(Path(path).read_text())
+    runs = [(path, json.loads(Path(path).read_text())) for path in a.results]
+    # SFT rows (and the CPU reference) from runs without trajectory evaluations, which would inflate their CPU time.
+    runs_sft_first = sorted(runs, key=lambda r: bool(r[1]["args"].get("trajectory_every")))
+    for path, results in runs_sft_first:
         seeds = sorted(results["seeds"])
         for m in SFT_METHODS:
             if all(m in results["seeds"][s] for s in seeds) and m not in sft_rows:
                 judge, _ = _stat(results, m, "mean")
                 cpu, cpu_mu = _stat(results, m, "train_cpu_s", "{:.0f}")
-                sft_rows[m] = (f"| {METHOD_LABELS[m]} | {Path(path).stem} | {len(seeds)} | {judge} | "
+                seed0 = results["seeds"].get("0", {}).get(m, {}).get("mean")
+                seed0 = "" if seed0 is None else f"{seed0:.3f}"
+                sft_rows[m] = (f"| {METHOD_LABELS[m]} | {Path(path).stem} | {len(seeds)} | {judge} | {seed0} | "
                                f"{_stat(results, m, 'sampled')[0]} | | | {cpu} | |")
-                if m == "seqkd_long":
+                if m == "seqkd_long" and results["args"].get("gad_epochs", 2.0) == 2.0:
                     long_cpu = cpu_mu
+    for path, results in runs:
+        seeds = sorted(results["seeds"])
         for m in GAD_METHODS:
             if not all(m in results["seeds"][s] for s in seeds):
                 continue
             cpu, cpu_mu = _stat(results, m, "train_cpu_s", "{:.0f}")
+            seed0 = results["seeds"].get("0", {}).get(m, {}).get("mean")
             rows.append((METHOD_LABELS[m], Path(path).stem, _variant(results["args"]), len(seeds),
-                         _stat(results, m, "mean")[0], _stat(results, m, "sampled")[0],
+                         _stat(results, m, "mean")[0], "" if seed0 is None else f"{seed0:.3f}",
+                         _stat(results, m, "sampled")[0],
                          _stat(results, m, "d_judge_spearman")[0], _stat(results, m, "d_judge_spearman_final")[0],
                          cpu, cpu_mu))
-    lines = ["| method | run | seeds | judge (greedy) | judge (sampled) | Spearman D-judge, start samples | "
-             "Spearman, final samples | train CPU s / seed | x SeqKD-long CPU |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | run | seeds | judge (greedy) | judge, seed 0 | judge (sampled) | Spearman D-judge, start samples | "
+             "Spearman, final samples | train CPU s / seed | x SeqKD-long CPU |", "|---|---|---|---|---|---|---|---|---|---|"]
     lines += list(sft_rows.values())
-    for label, run, variant, n, judge, sampled, sp0, sp1, cpu, cpu_mu in rows:
+    for label, run, variant, n, judge, seed0, sampled, sp0, sp1, cpu, cpu_mu in rows:
         ratio = f"{cpu_mu / long_cpu:.1f}x" if cpu_mu and long_cpu else ""
-        lines.append(f"| {label} ({variant}) | {run} | {n} | {judge} | {sampled} | {sp0} | {sp1} | {cpu} | {ratio} |")
+        lines.append(f"| {label} ({variant}) | {run} | {n} | {judge} | {seed0} | {sampled} | {sp0} | {sp1} | {cpu} | "
+                     f"{ratio} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:
