@@ -32,7 +32,8 @@ def _stat(results, method, key, fmt="{:.3f}"):
 def _variant(args: dict) -> str:
     """What the run changed from the suite's defaults, read from its saved arguments."""
     defaults = {"disc_pooling": "last", "disc_lr": 3e-4, "disc_loss": "bradley_terry", "beta": 0.0, "gad_epochs": 2.0,
-                "disc_hidden_size": None, "critic_warmup_steps": 20, "sft_warmup_epochs": 1.0, "gad_lr": 3e-5}
+                "disc_hidden_size": None, "critic_warmup_steps": 20, "sft_warmup_epochs": 1.0, "gad_lr": 3e-5,
+                "hidden_size": 128}
     changed = [f"{k}={args[k]}" for k, v in defaults.items() if k in args and args[k] != v]
     return ", ".join(changed) or "defaults"
 
@@ -49,14 +50,18 @@ def main(argv=None):
     for path, results in runs_sft_first:
         seeds = sorted(results["seeds"])
         for m in SFT_METHODS:
-            if all(m in results["seeds"][s] for s in seeds) and m not in sft_rows:
+            # One SFT row per student size and schedule (other variants share them).
+            key = (m, results["args"].get("hidden_size"), results["args"].get("gad_epochs"))
+            if all(m in results["seeds"][s] for s in seeds) and key not in sft_rows:
                 judge, _ = _stat(results, m, "mean")
                 cpu, cpu_mu = _stat(results, m, "train_cpu_s", "{:.0f}")
                 seed0 = results["seeds"].get("0", {}).get(m, {}).get("mean")
                 seed0 = "" if seed0 is None else f"{seed0:.3f}"
-                sft_rows[m] = (f"| {METHOD_LABELS[m]} | {Path(path).stem} | {len(seeds)} | {judge} | {seed0} | "
+                variant = ", ".join(f"{k}={v}" for k, v in (("hidden_size", key[1]), ("gad_epochs", key[2]))
+                                    if v not in (128, 2.0))
+                sft_rows[key] = (f"| {METHOD_LABELS[m]}{f' ({variant})' if variant else ''} | {Path(path).stem} | {len(seeds)} | {judge} | {seed0} | "
                                f"{_stat(results, m, 'sampled')[0]} | | | {cpu} | |")
-                if m == "seqkd_long" and results["args"].get("gad_epochs", 2.0) == 2.0:
+                if key == ("seqkd_long", 128, 2.0):
                     long_cpu = cpu_mu
     for path, results in runs:
         seeds = sorted(results["seeds"])
