@@ -334,8 +334,7 @@ class GADTrainer(GRPOTrainer):
         return teacher_completion_ids(self.processing_class, teacher_text, self._teacher_eos, self.max_completion_length)
 
     def _build_pairs(self, inputs, completion_ids_list):
-        """Unique teacher sequences (one per prompt, not G) and, for each completion, the index of its teacher.
-        `response_starts`: where the response begins in each of `teacher_seqs + student_seqs` (the prompt's length)."""
+        """Unique teacher sequences (one per prompt, not G) and, for each completion, the index of its teacher."""
         column = self.args.teacher_response_column
         prompt_ids = self._batch_prompt_ids
         teacher_index, teacher_seqs, teacher_completions, keys = [], [], [], {}
@@ -350,18 +349,19 @@ class GADTrainer(GRPOTrainer):
                 teacher_completions.append(ids)
             teacher_index.append(keys[key])
         student_seqs = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids_list, strict=True)]
-        response_starts = [len(s) - len(c) for s, c in zip(teacher_seqs, teacher_completions)]
-        response_starts += [len(p) for p in prompt_ids]
-        return teacher_seqs, teacher_completions, teacher_index, student_seqs, truncated, response_starts
+        return teacher_seqs, teacher_completions, teacher_index, student_seqs, truncated
 
     # ------------------------------------------------------------------ discriminator step (= reward computation)
     @profiling_decorator  # as in GRPOTrainer: the discriminator step shows up in TRL's profiling timings
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         mode = "train" if self.model.training else "eval"
         device = self.accelerator.device
-        teacher_seqs, teacher_completions, teacher_index, student_seqs, teacher_cut, starts = self._build_pairs(
+        teacher_seqs, teacher_completions, teacher_index, student_seqs, teacher_cut = self._build_pairs(
             inputs, completion_ids_list
         )
+        # Where each response starts in teacher_seqs + student_seqs (the prompt's length), for mean pooling.
+        starts = [len(s) - len(c) for s, c in zip(teacher_seqs, teacher_completions)]
+        starts += [len(s) - len(c) for s, c in zip(student_seqs, completion_ids_list)]
         self._batch_teacher_completions = [teacher_completions[j] for j in teacher_index]
         self._batch_teacher_index = teacher_index
         index = torch.tensor(teacher_index, device=device)
