@@ -170,10 +170,12 @@ def evaluate(model, tok, tasks_by_name, rows, **gen_kwargs) -> tuple[dict[str, f
 # --------------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def disc_scores(disc, tok, prompt_texts: list[str], responses: list[str], batch_size: int = 64) -> torch.Tensor:
-    """Discriminator scores of (prompt, response) pairs, computed as the trainer computes them (`score_sequences`)."""
+    """Discriminator scores of (prompt, response) pairs, computed as the trainer computes them (`score_sequences`,
+    pooled as the discriminator's config says: `last`, or `mean` over the response tokens)."""
     disc.eval()
-    seqs = [sum(encode_pair(tok, p, r), []) for p, r in zip(prompt_texts, responses)]
-    return score_sequences(disc, seqs, tok.pad_token_id, next(disc.parameters()).device, batch_size).cpu()
+    pairs = [encode_pair(tok, p, r) for p, r in zip(prompt_texts, responses)]
+    return score_sequences(disc, [p + r for p, r in pairs], tok.pad_token_id, next(disc.parameters()).device,
+                           batch_size, [len(p) for p, _ in pairs]).cpu()
 
 
 def peak_rss_mb() -> float:
@@ -182,4 +184,6 @@ def peak_rss_mb() -> float:
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
+    if any(x != x for x in xs):  # NaN (e.g. a Spearman of constant scores): statistics.stdev cannot take it
+        return (float("nan"), float("nan"))
     return (statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0)

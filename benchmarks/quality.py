@@ -45,13 +45,18 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="smaller run: fewer prompts, steps and seeds")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; quick: 0,1)")
     p.add_argument("--tasks", default=None, help="comma-separated task names (default: all registered)")
-    p.add_argument("--methods", default="seqkd,seqkd_long,gad")
+    p.add_argument("--methods", default="seqkd,seqkd_long,gad",
+                   help="comma-separated, from: " + ", ".join(METHOD_LABELS) + " (gad_after_long and sft_after_long "
+                   "start from SeqKD-long's student and need seqkd_long)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--workdir", default="/tmp/gad_bench_quality")
     p.add_argument("--reuse-base", action="store_true",
                    help="reuse a pre-trained student found in --workdir with the same settings")
     p.add_argument("--title", default=None, help="report heading (default: 'Quality benchmark[ (quick)]')")
     p.add_argument("--out", default=None, help="markdown results file (default benchmarks/results/quality[_quick].md)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="no training: merge the seeds of these result files (runs of the same settings split over "
+                   "processes or machines, e.g. --seeds 0 / --seeds 1,2) into one report at --out")
     # sizes
     p.add_argument("--n-train", type=int, default=None, help="train prompts per task")
     p.add_argument("--n-eval", type=int, default=None, help="eval prompts per task")
@@ -70,6 +75,14 @@ def parse_args(argv=None):
     p.add_argument("--disc-lr", type=float, default=3e-4, help="discriminator LR")
     p.add_argument("--disc-loss", default="bradley_terry")
     p.add_argument("--beta", type=float, default=0.0, help="KL coefficient of GAD's GRPO phase")
+    p.add_argument("--disc-pooling", default="last", choices=["last", "mean"], help="GADConfig.discriminator_pooling")
+    p.add_argument("--disc-hidden-size", type=int, default=None,
+                   help="initialise the discriminator from a separately pre-trained student of this width (pre-trained "
+                   "the same way, cached in --workdir) instead of the student itself")
+    p.add_argument("--disc-num-layers", type=int, default=None, help="layers of that discriminator (default: student's)")
+    p.add_argument("--trajectory-every", type=int, default=0,
+                   help="every N optimizer steps, judge the student (greedy, the eval prompts) and record its mean "
+                   "length, for seqkd_long, gad and gad_frozen; plotted to <out>.png (0 = off)")
     p.add_argument("--max-completion-length", type=int, default=32)
     p.add_argument("--temperature", type=float, default=0.8)
     a = p.parse_args(argv)
@@ -83,15 +96,64 @@ def parse_args(argv=None):
     a.gad_epochs = a.gad_epochs if a.gad_epochs is not None else (1.0 if q else 2.0)
     a.gad_lr = a.gad_lr or a.lr
     a.methods = [m for m in a.methods.split(",") if m]
+    unknown = [m for m in a.methods if m not in METHOD_LABELS]
+    if unknown:
+        p.error(f"unknown --methods {unknown}; choose from {', '.join(METHOD_LABELS)}")
+    if {"gad_after_long", "sft_after_long"} & set(a.methods) and "seqkd_long" not in a.methods:
+        p.error("gad_after_long / sft_after_long start from SeqKD-long's student: add seqkd_long to --methods")
+    if (a.disc_num_layers is not None) and a.disc_hidden_size is None:
+        a.disc_hidden_size = a.hidden_size
+    if a.disc_hidden_size is not None and a.disc_num_layers is None:
+        a.disc_num_layers = a.num_layers
     a.out = a.out or str(RESULTS_DIR / ("quality_quick.md" if q else "quality.md"))
     return a
+
+
+METHOD_LABELS = {
+    "seqkd": "SeqKD",
+    "seqkd_long": "SeqKD-long",
+    "gad": "GAD",
+    "gad_frozen": "GAD, discriminator frozen after the warm-up",
+    "gad_after_long": "GAD from the SeqKD-long student",
+    "sft_after_long": "SFT continued from the SeqKD-long student",
+}
+GAD_METHODS = ("gad", "gad_frozen", "gad_after_long")
+
+
+class TrajectoryCallback:
+    """Every `every` optimizer steps: the student's greedy judge score and mean answer length on the eval prompts."""
+
+    def __new__(cls, *args, **kwargs):  # a transformers TrainerCallback, imported lazily like the rest of the file
+        from transformers import TrainerCallback
+
+        class _Trajectory(TrainerCallback):
+            def __init__(self, tok, tasks_by_name, rows, every, max_new_tokens, step_offset=0):
+                self.tok, self.tasks, self.rows, self.every = tok, tasks_by_name, rows, every
+                self.max_new_tokens, self.step_offset, self.points = max_new_tokens, step_offset, []
+
+            def _measure(self, model, step):
+                side = self.tok.padding_side  # generate() pads left; the trainer's tokenizer is the same object
+                was_training = model.training
+                scores, _ = evaluate(model, self.tok, self.tasks, self.rows, max_new_tokens=self.max_new_tokens)
+                model.train(was_training)
+                self.tok.padding_side = side
+                self.points.append({"step": step - self.step_offset, "judge": scores["mean"], "len": scores["len"]})
+
+            def on_train_begin(self, args, state, control, model=None, **kwargs):
+                self._measure(model, state.global_step)
+
+            def on_step_end(self, args, state, control, model=None, **kwargs):
+                if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+                    self._measure(model, state.global_step)
+
+        return _Trajectory(*args, **kwargs)
 
 
 def _row_subset(rows):
     return [{"prompt": r["prompt"], "teacher_response": r["teacher_response"]} for r in rows]
 
 
-def run_seqkd(base_dir, tok, train_rows, epochs, args, seed, out_dir):
+def run_seqkd(base_dir, tok, train_rows, epochs, args, seed, out_dir, callbacks=()):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
@@ -108,10 +170,11 @@ def run_seqkd(base_dir, tok, train_rows, epochs, args, seed, out_dir):
         **cpu_run_kwargs(seed),
     )
     model = AutoModelForCausalLM.from_pretrained(base_dir)
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
-    t0 = time.perf_counter()
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=list(callbacks))
+    t0, c0 = time.perf_counter(), time.process_time()
     trainer.train()
-    return trainer.model, {"train_s": time.perf_counter() - t0, "steps": trainer.state.global_step}
+    return trainer.model, {"train_s": time.perf_counter() - t0, "train_cpu_s": time.process_time() - c0,
+                           "steps": trainer.state.global_step}
 
 
 def cpu_run_kwargs(seed: int) -> dict:
@@ -129,14 +192,15 @@ def cpu_run_kwargs(seed: int) -> dict:
     )
 
 
-def run_gad(base_dir, tok, train_rows, args, seed, out_dir):
+def run_gad(base_dir, tok, train_rows, args, seed, out_dir, sft_epochs=None, freeze=False, disc_dir=None,
+            callbacks=()):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
     from gad_trl import GADConfig, GADTrainer
 
     steps_per_epoch = max(1, len(train_rows) // args.prompts_per_step)
-    sft_steps = round(args.sft_warmup_epochs * steps_per_epoch)
+    sft_steps = round((args.sft_warmup_epochs if sft_epochs is None else sft_epochs) * steps_per_epoch)
     gad_steps = round(args.gad_epochs * steps_per_epoch)
     max_steps = args.critic_warmup_steps + sft_steps + gad_steps
     cfg = GADConfig(
@@ -154,16 +218,20 @@ def run_gad(base_dir, tok, train_rows, args, seed, out_dir):
         discriminator_learning_rate=args.disc_lr,
         discriminator_lr_scheduler_type="constant",
         discriminator_loss_type=args.disc_loss,
+        discriminator_pooling=args.disc_pooling,
+        discriminator_model_name_or_path=disc_dir,
+        discriminator_freeze_after_step=args.critic_warmup_steps + sft_steps if freeze else None,
         logging_steps=5,
         **cpu_run_kwargs(seed),
         use_vllm=False,
     )
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     trainer = GADTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(_row_subset(train_rows)),
-                         processing_class=tok)
-    t0 = time.perf_counter()
+                         processing_class=tok, callbacks=list(callbacks))
+    t0, c0 = time.perf_counter(), time.process_time()
     trainer.train()
-    info = {"train_s": time.perf_counter() - t0, "steps": trainer.state.global_step,
+    info = {"train_s": time.perf_counter() - t0, "train_cpu_s": time.process_time() - c0,
+            "steps": trainer.state.global_step,
             "schedule": f"{args.critic_warmup_steps} critic + {sft_steps} SFT + {gad_steps} GRPO steps"}
     logs = [h for h in trainer.state.log_history if "discriminator/accuracy" in h]
     if logs:
@@ -226,8 +294,52 @@ def heldout_disc_accuracy(disc, tok, triples) -> float:
     return (t > s).float().mean().item()
 
 
+def _pretrained_base(args, tok, tasks, seed, base_dir, reserved, hidden_size, num_layers):
+    """Pre-train a student on the weaker teacher (or reuse one with the same settings under --reuse-base)."""
+    base_dir = str(base_dir)
+    key = json.dumps({"seed": seed, "steps": args.pretrain_steps, "hidden": hidden_size, "layers": num_layers,
+                      "tasks": sorted(t.name for t in tasks), "reserved": len(reserved)})
+    marker = Path(base_dir) / "pretrain_key.json"
+    if args.reuse_base and marker.exists() and json.loads(marker.read_text())["key"] == key:
+        return base_dir, json.loads(marker.read_text())["info"]  # same settings: reuse the pre-trained student
+    info = pretrain_student(tok, tasks, seed, base_dir, reserved, steps=args.pretrain_steps,
+                            hidden_size=hidden_size, num_layers=num_layers)
+    marker.write_text(json.dumps({"key": key, "info": info}))
+    return base_dir, info
+
+
+def merge_runs(args, paths):
+    """One report from several result files of the same settings (their seeds together)."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    keep = ("seeds", "out", "workdir", "reuse_base", "merge", "title")
+    first = {k: v for k, v in runs[0]["args"].items() if k not in keep}
+    for path, run in zip(paths[1:], runs[1:]):
+        other = {k: v for k, v in run["args"].items() if k not in keep}
+        if other != first:
+            diff = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+            raise SystemExit(f"{path} was run with other settings than {paths[0]} ({', '.join(diff)}): not merged.")
+    results = {"args": runs[0]["args"], "seeds": {}, "teacher": runs[0]["teacher"],
+               "wall_s": sum(r.get("wall_s", 0.0) for r in runs),
+               "peak_rss_mb": max(r.get("peak_rss_mb", 0.0) for r in runs), "merged_from": list(paths)}
+    for run in runs:
+        for seed, res in run["seeds"].items():
+            if seed in results["seeds"]:
+                raise SystemExit(f"seed {seed} appears in more than one of {paths}.")
+            results["seeds"][seed] = res
+    results["seeds"] = dict(sorted(results["seeds"].items(), key=lambda kv: int(kv[0])))
+    for k, v in runs[0]["args"].items():
+        if k not in ("out", "title", "merge") and hasattr(args, k):
+            setattr(args, k, v)
+    args.seeds = [int(s) for s in results["seeds"]]
+    results["args"]["seeds"] = args.seeds
+    write_report(args, get_tasks(args.tasks), results)
+    return results
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.merge:
+        return merge_runs(args, args.merge)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -259,16 +371,8 @@ def main(argv=None):
     for seed in args.seeds:
         print(f"=== seed {seed}", flush=True)
         res = {}
-        base_dir = str(work / f"base_{seed}")
-        key = json.dumps({"seed": seed, "steps": args.pretrain_steps, "hidden": args.hidden_size,
-                          "layers": args.num_layers, "tasks": sorted(tasks_by_name), "reserved": len(reserved)})
-        marker = Path(base_dir) / "pretrain_key.json"
-        if args.reuse_base and marker.exists() and json.loads(marker.read_text())["key"] == key:
-            info = json.loads(marker.read_text())["info"]  # same settings: reuse the pre-trained student
-        else:
-            info = pretrain_student(tok, tasks, seed, base_dir, reserved, steps=args.pretrain_steps,
-                                    hidden_size=args.hidden_size, num_layers=args.num_layers)
-            marker.write_text(json.dumps({"key": key, "info": info}))
+        base_dir, info = _pretrained_base(args, tok, tasks, seed, work / f"base_{seed}", reserved, args.hidden_size,
+                                          args.num_layers)
         print(f"  pretrain {info}", flush=True)
         res["pretrain"] = info
         base = AutoModelForCausalLM.from_pretrained(base_dir)
@@ -280,37 +384,72 @@ def main(argv=None):
         triples = [(r["prompt_text"], r["teacher_response"], a) for r, a in zip(disc_rows, student_answers)]
         res["triples_identical_to_teacher"] = sum(t == s for _, t, s in triples) / len(triples)
 
+        disc_dir = None
+        if args.disc_hidden_size is not None:
+            disc_dir = _pretrained_base(args, tok, tasks, seed, work / f"disc_base_{seed}_{args.disc_hidden_size}x"
+                                        f"{args.disc_num_layers}", reserved, args.disc_hidden_size, args.disc_num_layers)
+            res["disc_pretrain"] = disc_dir[1]
+            disc_dir = disc_dir[0]
+
+        def traj(step_offset=0):
+            if not args.trajectory_every:
+                return []
+            return [TrajectoryCallback(tok, tasks_by_name, eval_rows, args.trajectory_every,
+                                       args.max_completion_length, step_offset)]
+
+        def finish_sft(name, m, info, callbacks):
+            res[name] = evaluate_both(m, tok, tasks_by_name, eval_rows, args)
+            res[name].update(info)
+            if callbacks:
+                res[name]["trajectory"] = callbacks[0].points
+            print(f"  {name} {res[name]}", flush=True)
+
         if "seqkd" in args.methods:
             seed_everything(seed)
             m, info = run_seqkd(base_dir, tok, train_rows, args.sft_warmup_epochs, args, seed, str(work / f"seqkd_{seed}"))
-            res["seqkd"] = evaluate_both(m, tok, tasks_by_name, eval_rows, args)
-            res["seqkd"].update(info)
-            print(f"  seqkd {res['seqkd']}", flush=True)
+            finish_sft("seqkd", m, info, [])
+        long_dir = str(work / f"seqkdl_{seed}" / "final")
         if "seqkd_long" in args.methods:
             seed_everything(seed)
             total_epochs = args.sft_warmup_epochs + args.gad_epochs
-            m, info = run_seqkd(base_dir, tok, train_rows, total_epochs, args, seed, str(work / f"seqkdl_{seed}"))
-            res["seqkd_long"] = evaluate_both(m, tok, tasks_by_name, eval_rows, args)
-            res["seqkd_long"].update(info)
-            print(f"  seqkd_long {res['seqkd_long']}", flush=True)
-        if "gad" in args.methods:
+            cbs = traj()
+            m, info = run_seqkd(base_dir, tok, train_rows, total_epochs, args, seed, str(work / f"seqkdl_{seed}"), cbs)
+            m.save_pretrained(long_dir)
+            tok.save_pretrained(long_dir)
+            finish_sft("seqkd_long", m, info, cbs)
+        if "sft_after_long" in args.methods:
             seed_everything(seed)
-            m, disc, info = run_gad(base_dir, tok, train_rows, args, seed, str(work / f"gad_{seed}"))
+            m, info = run_seqkd(long_dir, tok, train_rows, args.gad_epochs, args, seed, str(work / f"sftal_{seed}"))
+            finish_sft("sft_after_long", m, info, [])
+        for name in GAD_METHODS:
+            if name not in args.methods:
+                continue
+            seed_everything(seed)
+            start, sft_epochs = (long_dir, 0.0) if name == "gad_after_long" else (base_dir, None)
+            cbs = traj(args.critic_warmup_steps) if name != "gad_after_long" else []
+            m, disc, info = run_gad(start, tok, train_rows, args, seed, str(work / f"{name}_{seed}"), sft_epochs=sft_epochs,
+                                    freeze=name == "gad_frozen", disc_dir=disc_dir, callbacks=cbs)
             m.to("cpu")
             disc.to("cpu")
-            res["gad"] = evaluate_both(m, tok, tasks_by_name, eval_rows, args)
-            res["gad"].update({k: v for k, v in info.items() if k != "log"})
-            res["gad"]["heldout_d_acc"] = heldout_disc_accuracy(disc, tok, triples)
+            res[name] = evaluate_both(m, tok, tasks_by_name, eval_rows, args)
+            res[name].update({k: v for k, v in info.items() if k != "log"})
+            if cbs:
+                res[name]["trajectory"] = cbs[0].points
+            res[name]["heldout_d_acc"] = heldout_disc_accuracy(disc, tok, triples)
             # Also against the final GAD student's own (fresh, fixed-seed) samples on the same prompts.
             final_answers = generate(m, tok, [r["prompt_text"] for r in disc_rows], do_sample=True,
                                      temperature=args.temperature, seed=1234, max_new_tokens=args.max_completion_length)
-            res["gad"]["final_student_d_acc"] = heldout_disc_accuracy(
+            res[name]["final_student_d_acc"] = heldout_disc_accuracy(
                 disc, tok, [(r["prompt_text"], r["teacher_response"], a) for r, a in zip(disc_rows, final_answers)]
             )
-            res["gad"]["d_judge_spearman"] = disc_judge_agreement(disc, tok, tasks_by_name, disc_rows, student_answers)
-            res["gad_log"] = info.get("log", [])
-            print(f"  gad {res['gad']}", flush=True)
+            res[name]["d_judge_spearman"] = disc_judge_agreement(disc, tok, tasks_by_name, disc_rows, student_answers)
+            # The same on the final student's samples: does the reward rank the answers GAD ends up producing?
+            res[name]["d_judge_spearman_final"] = disc_judge_agreement(disc, tok, tasks_by_name, disc_rows, final_answers)
+            res[f"{name}_log" if name != "gad" else "gad_log"] = info.get("log", [])
+            print(f"  {name} {res[name]}", flush=True)
         results["seeds"][seed] = res
+        # Written after every seed, so a run stopped early keeps its finished seeds (mergeable with --merge).
+        Path(args.out).with_suffix(".partial.json").write_text(json.dumps(results, indent=1, default=str))
 
     results["teacher"] = teacher_scores
     results["wall_s"] = time.perf_counter() - t_start
@@ -322,10 +461,14 @@ def main(argv=None):
 def write_report(args, tasks, results):
     names = [t.name for t in tasks]
     seeds = list(results["seeds"])
-    methods = ["before"] + [m for m in ("seqkd", "seqkd_long", "gad") if m in args.methods]
+    methods = ["before"] + [m for m in METHOD_LABELS if m in args.methods]
+    long_ep = args.sft_warmup_epochs + args.gad_epochs
     labels = {"before": "before (pre-trained student)", "seqkd": f"SeqKD ({args.sft_warmup_epochs:g} ep SFT)",
-              "seqkd_long": f"SeqKD-long ({args.sft_warmup_epochs + args.gad_epochs:g} ep SFT, epoch-matched to GAD)",
-              "gad": "GAD (critic + SFT warm-up + GRPO)"}
+              "seqkd_long": f"SeqKD-long ({long_ep:g} ep SFT, epoch-matched to GAD)",
+              "gad": "GAD (critic + SFT warm-up + GRPO)",
+              "gad_frozen": "GAD, discriminator frozen after the warm-up",
+              "gad_after_long": f"SeqKD-long student + GAD (critic warm-up + {args.gad_epochs:g} ep GRPO)",
+              "sft_after_long": f"SeqKD-long student + {args.gad_epochs:g} ep more SFT"}
     lines = []
     title = args.title or ("Quality benchmark (quick)" if args.quick else "Quality benchmark")
     lines.append(f"# {title}\n")
@@ -335,6 +478,9 @@ def write_report(args, tasks, results):
                  f"(wall time {results['wall_s'] / 60:.1f} min on CPU, {args.threads} thread(s), peak RSS "
                  f"{results['peak_rss_mb']:.0f} MB). Seeds: {seeds}. Judge score in [0, 1], greedy decoding, "
                  f"{args.n_eval} held-out prompts per task; mean ± std over seeds.\n")
+    if results.get("merged_from"):
+        lines.append("Merged (`--merge`) from runs of the same settings: "
+                     + ", ".join(f"`{Path(p).name}`" for p in results["merged_from"]) + "; wall time = their sum.\n")
     header = "| method | " + " | ".join(names) + " | **mean** | mean, sampled T=0.8 | mean length (tokens) |"
     lines.append(header)
     lines.append("|" + "---|" * (len(names) + 4))
@@ -347,29 +493,33 @@ def write_report(args, tasks, results):
             cells.append(f"{mu:.3f} ± {sd:.3f}" if n != "len" else f"{mu:.1f}")
         lines.append(f"| {labels[m]} | " + " | ".join(cells) + " |")
     lines.append("")
-    if "gad" in methods:
-        lines.append("Discriminator (GAD) after training:\n")
+    for gm in [m for m in GAD_METHODS if m in methods]:
+        lines.append(f"Discriminator ({labels[gm]}) after training:\n")
         lines.append("| metric | mean ± std over seeds | per seed |")
         lines.append("|---|---|---|")
         for key, desc in (("heldout_d_acc", "held-out accuracy, fixed triples (starting student's samples)"),
                           ("final_student_d_acc", "held-out accuracy vs the final GAD student's samples"),
                           ("d_judge_spearman", "Spearman(D score, judge score) of the starting student's held-out samples"),
+                          ("d_judge_spearman_final", "Spearman(D score, judge score) of the final student's held-out samples"),
                           ("train_d_acc_last", "last logged training accuracy"),
                           ("train_score_diff_last", "last logged score_diff (t - s)")):
-            vals = [results["seeds"][s]["gad"].get(key) for s in seeds]
+            vals = [results["seeds"][s][gm].get(key) for s in seeds]
             vals = [v for v in vals if v is not None]
             if vals:
                 mu, sd = mean_std(vals)
                 lines.append(f"| {desc} | {mu:.3f} ± {sd:.3f} | {', '.join(f'{v:.3f}' for v in vals)} |")
         lines.append("")
-    lines.append("Training cost per seed (CPU seconds of `trainer.train()`):\n")
-    lines.append("| method | optimizer steps | train s (mean) |")
-    lines.append("|---|---|---|")
+    lines.append("Training cost per seed (`trainer.train()`: wall seconds, and CPU seconds of this process, which "
+                 "other jobs on a shared machine do not inflate; trajectory evaluations included where enabled):\n")
+    lines.append("| method | optimizer steps | train s (mean) | train CPU s (mean) |")
+    lines.append("|---|---|---|---|")
     for m in methods[1:]:
         st = [results["seeds"][s][m]["steps"] for s in seeds]
         ts = [results["seeds"][s][m]["train_s"] for s in seeds]
-        extra = f" ({results['seeds'][seeds[0]]['gad']['schedule']})" if m == "gad" else ""
-        lines.append(f"| {labels[m]} | {st[0]}{extra} | {statistics.mean(ts):.0f} |")
+        cs = [results["seeds"][s][m].get("train_cpu_s") for s in seeds]
+        cpu = f"{statistics.mean(cs):.0f}" if None not in cs else ""
+        extra = f" ({results['seeds'][seeds[0]][m]['schedule']})" if m in GAD_METHODS else ""
+        lines.append(f"| {labels[m]} | {st[0]}{extra} | {statistics.mean(ts):.0f} | {cpu} |")
     pt = [results["seeds"][s]["pretrain"] for s in seeds]
     lines.append(f"| student pre-training (weaker teacher) | {args.pretrain_steps} | "
                  f"{statistics.mean(p['seconds'] for p in pt):.0f} |")
@@ -390,10 +540,55 @@ def write_report(args, tasks, results):
         lines.append("")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if any("trajectory" in results["seeds"][s].get(m, {}) for s in seeds for m in methods):
+        png = plot_trajectories(results, methods, labels, out.with_suffix(".png"))
+        lines.append(f"Judge score and mean length against the student's update step (GAD: after the critic "
+                     f"warm-up), every {args.trajectory_every} steps, mean over seeds: [{png.name}]({png.name})\n")
+        lines.extend(trajectory_table(results, methods, labels))
     out.write_text("\n".join(lines))
     out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
     print("\n".join(lines))
     print(f"\nwrote {out} and {out.with_suffix('.json')}")
+
+
+def _mean_trajectory(results, method):
+    """Per step: mean over the seeds that measured it of (judge, len)."""
+    by_step = {}
+    for res in results["seeds"].values():
+        for p in res.get(method, {}).get("trajectory", []):
+            by_step.setdefault(p["step"], []).append((p["judge"], p["len"]))
+    return [(k, statistics.mean(j for j, _ in v), statistics.mean(n for _, n in v)) for k, v in sorted(by_step.items())]
+
+
+def trajectory_table(results, methods, labels) -> list[str]:
+    lines = ["| method | step | judge (greedy) | mean length |", "|---|---|---|---|"]
+    for m in methods:
+        for step, judge, length in _mean_trajectory(results, m):
+            lines.append(f"| {labels[m]} | {step} | {judge:.3f} | {length:.1f} |")
+    return lines + [""]
+
+
+def plot_trajectories(results, methods, labels, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_j, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
+    for m in methods:
+        points = _mean_trajectory(results, m)
+        if not points:
+            continue
+        steps = [p[0] for p in points]
+        ax_j.plot(steps, [p[1] for p in points], marker="o", ms=3, label=labels[m])
+        ax_l.plot(steps, [p[2] for p in points], marker="o", ms=3, label=labels[m])
+    ax_j.set(xlabel="student update step", ylabel="judge score (greedy, eval prompts)", title="quality")
+    ax_l.set(xlabel="student update step", ylabel="mean answer length (tokens)", title="length")
+    ax_j.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":

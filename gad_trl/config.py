@@ -84,6 +84,15 @@ class GADConfig(GRPOConfig):
             `fully_shard` unit per decoder layer + the root; float32 master weights and optimizer states, bf16/fp16
             compute when `bf16`/`fp16` is on); needs a distributed launch, at world size 1 it splits nothing but keeps
             the float32 master weights. 'none': a full copy with its own AdamW on every process.
+        discriminator_pooling (`str` or `None`, *optional*, defaults to `None`):
+            How the discriminator turns a sequence into a score: 'last' = the value head at the last response token
+            (paper), 'mean' = the value head on the mean hidden state of the response tokens. Saved in the
+            discriminator's config.json, so a reloaded discriminator scores the same way. None = the loaded
+            discriminator's saved choice ('last' for a new one).
+        discriminator_freeze_after_step (`int` or `None`, *optional*, defaults to `None`):
+            Stop updating the discriminator from this global step on (it still scores and logs its metrics): the
+            paper's frozen-discriminator ablation, e.g. critic_warmup_steps + sft_warmup_steps. None = co-trained at
+            every step (GAD).
 
         > Parameters that make the discriminator small (LoRA / QLoRA / shared base; TRL ModelConfig's names)
 
@@ -277,6 +286,24 @@ class GADConfig(GRPOConfig):
             "it QLoRA. One training process only."
         },
     )
+    discriminator_pooling: str | None = field(
+        default=None,
+        metadata={
+            "help": "How the discriminator turns a sequence into a score: 'last' = the value head at the last response "
+            "token (paper), 'mean' = the value head on the mean hidden state of the response tokens. Saved in the "
+            "discriminator's config.json, so a reloaded discriminator scores the same way. None = the loaded "
+            "discriminator's saved choice ('last' for a new one).",
+            "choices": ["last", "mean"],
+        },
+    )
+    discriminator_freeze_after_step: int | None = field(
+        default=None,
+        metadata={
+            "help": "Stop updating the discriminator from this global step on (it still scores and logs its "
+            "metrics): the paper's frozen-discriminator ablation, e.g. critic_warmup_steps + sft_warmup_steps. "
+            "None = co-trained at every step (GAD)."
+        },
+    )
 
     # Discriminator loss
     discriminator_loss_type: str = field(
@@ -376,6 +403,12 @@ class GADConfig(GRPOConfig):
         if self.vllm_request_timeout is not None and self.vllm_request_timeout <= 0:
             raise ValueError(
                 f"vllm_request_timeout must be a positive number of seconds or None, got {self.vllm_request_timeout}."
+            )
+        if self.discriminator_pooling not in (None, "last", "mean"):
+            raise ValueError(f"discriminator_pooling must be 'last', 'mean' or None, got {self.discriminator_pooling!r}.")
+        if self.discriminator_freeze_after_step is not None and self.discriminator_freeze_after_step < 0:
+            raise ValueError(
+                f"discriminator_freeze_after_step must be >= 0 or None, got {self.discriminator_freeze_after_step}."
             )
         if self.discriminator_mini_batch_size is not None and self.discriminator_mini_batch_size < 1:
             raise ValueError(

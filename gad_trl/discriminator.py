@@ -1,4 +1,5 @@
-"""The discriminator: a causal-LM backbone with a scalar value head, scored at the last valid response token."""
+"""The discriminator: a causal-LM backbone with a scalar value head, scored at the last valid response token (the
+paper's pooling) or over the mean of the response tokens (`discriminator_pooling`, saved in its config)."""
 
 from __future__ import annotations
 
@@ -132,27 +133,83 @@ def score_head(model: nn.Module) -> nn.Module:
     return head
 
 
+POOLING_CONFIG_KEY = "discriminator_pooling"
+POOLINGS = ("last", "mean")
+
+
+def discriminator_pooling(model: nn.Module) -> str:
+    """How `model` turns hidden states into a score, as saved in its config (`last` when the config says nothing,
+    e.g. a plain reward model): a reloaded discriminator scores the way it was trained."""
+    pooling = getattr(getattr(model, "config", None), POOLING_CONFIG_KEY, None) or "last"
+    if pooling not in POOLINGS:
+        raise ValueError(
+            f"The discriminator's config has {POOLING_CONFIG_KEY}={pooling!r}; supported: {', '.join(POOLINGS)}. "
+            f"Fix `{POOLING_CONFIG_KEY}` in its config.json."
+        )
+    return pooling
+
+
+def set_discriminator_pooling(model: nn.Module, pooling: str) -> None:
+    """Record the pooling in the model's config (saved to config.json with the weights)."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"discriminator_pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}.")
+    setattr(model.config, POOLING_CONFIG_KEY, pooling)
+
+
 def last_token_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Scores `(B,)`: the value head applied to the hidden state of the last attended token of each row.
 
     The position comes from `attention_mask`, not from the pad token, so an EOS that equals the pad token is still
     the scored token (docs/algorithm.md, "Roles": the last real token of the response).
     """
+    return sequence_scores(model, input_ids, attention_mask, pooling="last")
+
+
+def sequence_scores(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor | None = None,
+    pooling: str | None = None,
+) -> torch.Tensor:
+    """Scores `(B,)` pooled as `pooling` (default: the model config's `discriminator_pooling`):
+
+    - `last`: the value head at the last attended token (the paper's, and the reward-model convention);
+    - `mean`: the value head applied to the mean hidden state over the response tokens (`response_mask`, 1 on the
+      response, EOS included): every response token weighs in, not only the end-of-turn position, whose hidden
+      state a small discriminator can read surface cues from.
+    """
+    pooling = pooling or discriminator_pooling(model)
     sharded_scores = getattr(model, "gad_last_token_scores", None)  # set by discriminator_sharding.shard_discriminator
     if sharded_scores is not None:
-        return sharded_scores(input_ids, attention_mask)
-    return backbone_and_head_scores(model, input_ids, attention_mask)
+        return sharded_scores(input_ids, attention_mask, response_mask, pooling)
+    return backbone_and_head_scores(model, input_ids, attention_mask, response_mask, pooling)
 
 
-def backbone_and_head_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """`last_token_scores` computed directly from the model's backbone and value head."""
+def backbone_and_head_scores(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor | None = None,
+    pooling: str = "last",
+) -> torch.Tensor:
+    """`sequence_scores` computed directly from the model's backbone and value head."""
     hidden = backbone(model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    positions = torch.arange(attention_mask.size(1), device=attention_mask.device)
-    last = (positions * attention_mask.to(positions.dtype)).argmax(dim=1)
-    last_hidden = hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+    if pooling == "last":
+        positions = torch.arange(attention_mask.size(1), device=attention_mask.device)
+        last = (positions * attention_mask.to(positions.dtype)).argmax(dim=1)
+        pooled = hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+    else:
+        if response_mask is None:
+            raise ValueError(
+                "Mean pooling needs the response positions: pass response_starts to score_sequences (the prompt "
+                "length of each sequence)."
+            )
+        weights = (response_mask * attention_mask).to(hidden.dtype).unsqueeze(-1)
+        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
     head = score_head(model)
     # A LoRA discriminator keeps its head in float32 over a bf16 / 4-bit backbone (autocast covers it on GPU only).
-    return head(last_hidden.to(next(head.parameters()).dtype)).squeeze(-1).float()
+    return head(pooled.to(next(head.parameters()).dtype)).squeeze(-1).float()
 
 
 def pad_right(sequences: list[list[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,9 +224,23 @@ def pad_right(sequences: list[list[int]], pad_token_id: int, device) -> tuple[to
 
 
 def score_sequences(
-    model: nn.Module, sequences: list[list[int]], pad_token_id: int, device, batch_size: int | None = None
+    model: nn.Module,
+    sequences: list[list[int]],
+    pad_token_id: int,
+    device,
+    batch_size: int | None = None,
+    response_starts: list[int] | None = None,
 ) -> torch.Tensor:
-    """Score token sequences in chunks of `batch_size` (all at once when None); keeps autograd if enabled."""
+    """Score token sequences in chunks of `batch_size` (all at once when None); keeps autograd if enabled.
+
+    `response_starts[i]`: index in `sequences[i]` where the response begins (= the prompt's length); needed by
+    `mean` pooling, ignored by `last`. Pooling follows the model config (`discriminator_pooling`).
+    """
+    pooling = discriminator_pooling(model)
+    if pooling != "last" and response_starts is None:
+        raise ValueError(f"{pooling} pooling needs response_starts (the prompt length of each sequence).")
+    if response_starts is not None and len(response_starts) != len(sequences):
+        raise ValueError(f"Got {len(response_starts)} response_starts for {len(sequences)} sequences.")
     batch_size = batch_size or len(sequences)
     # Sort by length within the call so chunks pad little; restore the order at the end.
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
@@ -177,7 +248,13 @@ def score_sequences(
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         ids, mask = pad_right([sequences[i] for i in idx], pad_token_id, device)
-        chunks.append(last_token_scores(model, ids, mask))
+        response_mask = None
+        if pooling != "last":
+            positions = torch.arange(ids.size(1), device=ids.device).unsqueeze(0)
+            # At least the last token counts, so an empty response still gets a score (its end-of-turn position).
+            starts = torch.tensor([min(response_starts[i], len(sequences[i]) - 1) for i in idx], device=ids.device)
+            response_mask = (positions >= starts.unsqueeze(1)).long()
+        chunks.append(sequence_scores(model, ids, mask, response_mask, pooling))
     scores = torch.cat(chunks)
     inverse = torch.empty(len(order), dtype=torch.long, device=scores.device)
     inverse[torch.tensor(order, device=scores.device)] = torch.arange(len(order), device=scores.device)

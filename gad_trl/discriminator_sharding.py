@@ -91,7 +91,13 @@ def shard_discriminator(model: nn.Module, device: torch.device, compute_dtype: t
     fully_shard(model, mesh=mesh, mp_policy=policy)
     # GAD scores through the backbone and the value head, not through `model.forward`: register that path as a forward
     # so FSDP gathers the root's parameters (embeddings, final norm, head) around it.
-    setattr(model, SCORES_METHOD, lambda input_ids, attention_mask: backbone_and_head_scores(model, input_ids, attention_mask))
+    setattr(
+        model,
+        SCORES_METHOD,
+        lambda input_ids, attention_mask, response_mask=None, pooling="last": backbone_and_head_scores(
+            model, input_ids, attention_mask, response_mask, pooling
+        ),
+    )
     register_fsdp_forward_method(model, SCORES_METHOD)
     return model
 

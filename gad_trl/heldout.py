@@ -230,8 +230,10 @@ def evaluate_triples(
     model.eval()
     device = next(model.parameters()).device
     with torch.no_grad():
-        t_scores = score_sequences(model, teacher_seqs, pad, device, batch_size).float().cpu().tolist()
-        s_scores = score_sequences(model, student_seqs, pad, device, batch_size).float().cpu().tolist()
+        # Where each response starts (the prompt's length), for mean pooling (`discriminator_pooling` in its config).
+        starts = [len(prompt_ids(tokenizer, t["prompt"])) for t in triples]
+        t_scores = score_sequences(model, teacher_seqs, pad, device, batch_size, starts).float().cpu().tolist()
+        s_scores = score_sequences(model, student_seqs, pad, device, batch_size, starts).float().cpu().tolist()
     diffs = [t - s for t, s in zip(t_scores, s_scores)]
     n = len(diffs)
     return {

@@ -25,7 +25,7 @@ CITATION = """@article{ye2025blackbox,
 KEY_FIELDS = set("""learning_rate num_generations temperature max_completion_length per_device_train_batch_size
     gradient_accumulation_steps max_grad_norm beta loss_type scale_rewards num_train_epochs max_steps critic_warmup_steps
     sft_warmup_steps teacher_response_column discriminator_model_name_or_path discriminator_loss_type
-    discriminator_learning_rate discriminator_max_grad_norm use_vllm vllm_mode seed""".split())
+    discriminator_learning_rate discriminator_max_grad_norm discriminator_pooling use_vllm vllm_mode seed""".split())
 _SECRET_SUFFIXES = ("token", "api_key", "secret", "password")
 # Bookkeeping fields that TrainingArguments.__post_init__ rewrites on every run: they say nothing about the recipe.
 _NOISY_FIELDS = {
@@ -125,9 +125,15 @@ def discriminator_card(trainer_or_args, dataset_name=None, student_model_id=None
         own_repo=args.discriminator_hub_model_id, loss_type=args.discriminator_loss_type,
         peft=peft, subfolder=MERGED_DIR if peft else DISCRIMINATOR_SUBFOLDER,
         learning_rate=args.discriminator_learning_rate, steps=trainer.state.global_step if trainer else None,
-        citation=CITATION,
+        citation=CITATION, mean_pooled=_pooling(trainer, args) == "mean",
     )
     return str(card)
+
+
+def _pooling(trainer, args) -> str:
+    """The discriminator's pooling as saved in its config (a trainer's), else as configured."""
+    config = getattr(getattr(trainer, "discriminator", None), "config", None)
+    return getattr(config, "discriminator_pooling", None) or getattr(args, "discriminator_pooling", None) or "last"
 
 
 def write_discriminator_card(trainer_or_args, save_dir, dataset_name=None, student_model_id=None, base_model=None):

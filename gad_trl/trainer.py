@@ -6,7 +6,6 @@ import os
 from contextlib import contextmanager, nullcontext
 
 import torch
-from accelerate.utils import gather
 from transformers import AutoTokenizer, PreTrainedModel, TrainerCallback, get_scheduler
 from transformers.utils import logging
 from trl import GRPOTrainer
@@ -15,7 +14,14 @@ from trl.trainer.utils import disable_dropout_in_model
 
 from .config import GADConfig
 from .data import prepare_gad_dataset, teacher_completion_ids
-from .discriminator import load_discriminator, pad_right, replicated_loading, score_sequences
+from .discriminator import (
+    discriminator_pooling,
+    load_discriminator,
+    pad_right,
+    replicated_loading,
+    score_sequences,
+    set_discriminator_pooling,
+)
 from .discriminator_peft import discriminator_scope, is_peft_discriminator
 from .end_of_turn import end_of_turn_token_id
 from .health import HealthMonitor
@@ -32,13 +38,25 @@ PHASE_CRITIC_WARMUP, PHASE_SFT_WARMUP, PHASE_GAD = "critic_warmup", "sft_warmup"
 _PHASE_IDS = {PHASE_CRITIC_WARMUP: 0, PHASE_SFT_WARMUP: 1, PHASE_GAD: 2}
 
 
-def _discriminator_reward(prompts, completions, **kwargs):
-    """Placeholder reward function: GRPOTrainer requires one, and its name labels TRL's `rewards/<name>/*` metrics.
-    GADTrainer computes the rewards itself (`_calculate_rewards`), so this is never called."""
-    raise RuntimeError("GADTrainer computes rewards with its discriminator; this placeholder must not be called.")
+class DiscriminatorReward:
+    """The discriminator's reward column among `GRPOTrainer`'s reward functions (named `discriminator`, so TRL logs
+    `rewards/discriminator/*`). `GADTrainer._calculate_rewards` runs the discriminator step first and hands this
+    column the scores of the local completions; TRL then calls it with any extra `reward_funcs` and combines the
+    columns with `reward_weights` / `multi_objective_aggregation`."""
 
+    __name__ = "discriminator"
 
-_discriminator_reward.__name__ = "discriminator"
+    def __init__(self):
+        self.scores: list[float] | None = None
+
+    def __call__(self, prompts, completions, **kwargs) -> list[float]:
+        scores, self.scores = self.scores, None
+        if scores is None or len(scores) != len(prompts):
+            raise RuntimeError(
+                "The discriminator reward column was called without this batch's scores; GADTrainer._calculate_rewards "
+                "sets them before TRL calls the reward functions."
+            )
+        return scores
 
 
 def _warn_if_half_precision(discriminator, learning_rate: float) -> None:
@@ -88,7 +106,7 @@ class GADTrainer(GRPOTrainer):
 
     Schedule, by `global_step`: `critic_warmup_steps` where only the discriminator learns, then `sft_warmup_steps`
     where the student is trained by cross-entropy on the teacher responses, then GRPO on discriminator rewards. The
-    discriminator learns at every step of all three.
+    discriminator learns at every step of all three (unless `discriminator_freeze_after_step` stops it: an ablation).
 
     Args:
         model: student, as a Hub id / local path or a `PreTrainedModel` (causal LM).
@@ -101,6 +119,11 @@ class GADTrainer(GRPOTrainer):
         peft_config: a PEFT config for the student (as in GRPOTrainer).
         quantization_config: a `BitsAndBytesConfig` for a student loaded from a path (as in GRPOTrainer).
         callbacks, optimizers: as in `transformers.Trainer` (optimizers are the student's).
+        reward_funcs: extra rewards next to the discriminator's (rule, verifier or format rewards; any reward
+            `GRPOTrainer` accepts). The reward columns are `["discriminator", *reward_funcs]`, combined by TRL's
+            `reward_weights` (one weight per column, the discriminator's first) and `multi_objective_aggregation`;
+            each is logged as `rewards/<name>/mean`.
+        reward_processing_classes: tokenizers of the extra reward models, as in `GRPOTrainer`.
     """
 
     _tag_names = ["trl", "gad", "grpo"]
@@ -119,6 +142,8 @@ class GADTrainer(GRPOTrainer):
         callbacks: list[TrainerCallback] | None = None,
         optimizers=(None, None),
         quantization_config=None,
+        reward_funcs=None,
+        reward_processing_classes=None,
     ):
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
@@ -130,6 +155,19 @@ class GADTrainer(GRPOTrainer):
             )
         if train_dataset is None:
             raise ValueError("GADTrainer needs a train_dataset with prompts and teacher responses.")
+        extra_rewards = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs] if reward_funcs else []
+        if args.reward_weights is not None and len(args.reward_weights) != 1 + len(extra_rewards):
+            raise ValueError(
+                f"reward_weights has {len(args.reward_weights)} values for {1 + len(extra_rewards)} reward columns: "
+                f"give one weight per column, the discriminator's first (columns: discriminator + {len(extra_rewards)} "
+                "reward_funcs)."
+            )
+        if reward_processing_classes is not None and not isinstance(reward_processing_classes, list):
+            reward_processing_classes = [reward_processing_classes]
+        if reward_processing_classes is not None and len(reward_processing_classes) != len(extra_rewards):
+            raise ValueError(
+                f"Got {len(reward_processing_classes)} reward_processing_classes for {len(extra_rewards)} reward_funcs."
+            )
 
         if processing_class is None:
             source = model if isinstance(model, str) else model.config._name_or_path
@@ -183,7 +221,10 @@ class GADTrainer(GRPOTrainer):
         with patched_vllm_generation(args):
             super().__init__(
                 model=model,
-                reward_funcs=[_discriminator_reward],
+                reward_funcs=[DiscriminatorReward(), *extra_rewards],
+                reward_processing_classes=(
+                    None if reward_processing_classes is None else [None, *reward_processing_classes]
+                ),
                 args=args,
                 train_dataset=train_dataset,
                 eval_dataset=eval_dataset,
@@ -204,6 +245,8 @@ class GADTrainer(GRPOTrainer):
             from .discriminator_peft import attach_shared_discriminator
 
             discriminator = attach_shared_discriminator(self.model, args, processing_class.pad_token_id)
+        # Written into the discriminator's config (saved with it), so a reloaded discriminator scores the same way.
+        set_discriminator_pooling(discriminator, args.discriminator_pooling or discriminator_pooling(discriminator))
         if is_peft_discriminator(discriminator):
             if args.discriminator_sharding == "fsdp2":
                 raise ValueError(
@@ -351,22 +394,31 @@ class GADTrainer(GRPOTrainer):
         teacher_seqs, teacher_completions, teacher_index, student_seqs, teacher_cut = self._build_pairs(
             inputs, completion_ids_list
         )
+        # Where each response starts in teacher_seqs + student_seqs (the prompt's length), for mean pooling.
+        starts = [len(s) - len(c) for s, c in zip(teacher_seqs, teacher_completions)]
+        starts += [len(s) - len(c) for s, c in zip(student_seqs, completion_ids_list)]
         self._batch_teacher_completions = [teacher_completions[j] for j in teacher_index]
         self._batch_teacher_index = teacher_index
         index = torch.tensor(teacher_index, device=device)
         eos_and_pad = {*self.eos_token_ids, self._tokenizer.pad_token_id}
         student_cut = sum(1 for ids in completion_ids_list if len(ids) == 0 or ids[-1] not in eos_and_pad)
 
+        frozen = mode == "train" and self.discriminator_frozen()
         with discriminator_scope(self.discriminator):  # shared base: the discriminator's adapter, forward and backward
-            if mode == "train":
-                student_scores, info = self._discriminator_update(teacher_seqs, student_seqs, index)
+            if mode == "train" and not frozen:
+                student_scores, info = self._discriminator_update(
+                    teacher_seqs, student_seqs, index, response_starts=starts
+                )
             else:
+                # Evaluation, or a frozen discriminator: score and measure, no update.
                 with torch.no_grad():
-                    scores = self._score(teacher_seqs + student_seqs)
+                    scores = self._score(teacher_seqs + student_seqs, response_starts=starts)
                 _, info = discriminator_loss(
                     scores[: len(teacher_seqs)][index], scores[len(teacher_seqs) :], **self._loss_kwargs()
                 )
                 student_scores = scores[len(teacher_seqs) :]
+        if mode == "train":
+            info["frozen"] = float(frozen)
         info["student_truncated_ratio"] = student_cut / max(len(student_seqs), 1)
         info["teacher_truncated_ratio"] = teacher_cut / max(len(teacher_seqs), 1)
         info["num_teacher_sequences"] = float(len(teacher_seqs))
@@ -376,8 +428,15 @@ class GADTrainer(GRPOTrainer):
             self._metrics[mode][f"discriminator/{name}"].append(value)
         if mode == "train" and self.args.warn_on_unhealthy_metrics and self.accelerator.is_main_process:
             self._health.check(info, self.args.discriminator_loss_type, self.state.global_step)
-        # GRPOTrainer normalises rewards per group across processes: return them gathered, shape (B_total, 1).
-        return gather(student_scores.detach().to(device).unsqueeze(1))
+        # The discriminator is the first reward column; TRL computes the other columns (reward_funcs), gathers them
+        # across processes (rewards are normalised per group) and combines them with reward_weights.
+        self.reward_funcs[0].scores = student_scores.detach().float().cpu().tolist()
+        return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+
+    def discriminator_frozen(self) -> bool:
+        """True once `global_step` reaches `discriminator_freeze_after_step`: the discriminator then only scores."""
+        freeze_at = self.args.discriminator_freeze_after_step
+        return freeze_at is not None and self.state.global_step >= freeze_at
 
     def _average_over_processes(self, info: dict) -> dict:
         """Each process measured its own pairs; log the mean over processes (equal batches per process), so every
@@ -394,35 +453,37 @@ class GADTrainer(GRPOTrainer):
     def _loss_kwargs(self) -> dict:
         return {"loss_type": self.args.discriminator_loss_type, **self.args.discriminator_loss_constants()}
 
-    def _score(self, sequences: list[list[int]], batch_size: int | None = None) -> torch.Tensor:
-        """Discriminator scores of token sequences, in chunks of `batch_size` (default: discriminator_mini_batch_size)."""
+    def _score(self, sequences: list[list[int]], batch_size: int | None = None, response_starts=None) -> torch.Tensor:
+        """Discriminator scores of token sequences, in chunks of `batch_size` (default: discriminator_mini_batch_size);
+        `response_starts` (prompt lengths) are needed by mean pooling."""
         context = self.accelerator.autocast() if self.args.bf16 or self.args.fp16 else nullcontext()
         with context:
             return score_sequences(
                 self.discriminator, sequences, self._tokenizer.pad_token_id, self.accelerator.device,
-                batch_size or self.args.discriminator_mini_batch_size,
+                batch_size or self.args.discriminator_mini_batch_size, response_starts,
             )
 
-    def _discriminator_update(self, teacher_seqs, student_seqs, index):
+    def _discriminator_update(self, teacher_seqs, student_seqs, index, response_starts=None):
         """One optimizer step of the discriminator; returns the pre-update student scores (the rewards) and metrics."""
         num_teacher = len(teacher_seqs)
         sequences = teacher_seqs + student_seqs
         if self.args.discriminator_mini_batch_size is None:
             # One forward with gradients: its detached scores are the rewards, its loss trains D.
-            scores = self._score(sequences)
+            scores = self._score(sequences, response_starts=response_starts)
             loss, info = discriminator_loss(scores[:num_teacher][index], scores[num_teacher:], **self._loss_kwargs())
             loss.backward()
         else:
             # Bounded memory: score everything without a graph, take dLoss/dscore, then re-run each chunk with a
             # graph and back-propagate score * dLoss/dscore (same gradient as the one-pass loss).
             with torch.no_grad():
-                scores = self._score(sequences)
+                scores = self._score(sequences, response_starts=response_starts)
             leaf = scores.detach().requires_grad_(True)
             loss, info = discriminator_loss(leaf[:num_teacher][index], leaf[num_teacher:], **self._loss_kwargs())
             (grad_scores,) = torch.autograd.grad(loss, leaf)
             chunk = self.args.discriminator_mini_batch_size
             for start in range(0, len(sequences), chunk):
-                part = self._score(sequences[start : start + chunk], batch_size=chunk)
+                part_starts = None if response_starts is None else response_starts[start : start + chunk]
+                part = self._score(sequences[start : start + chunk], batch_size=chunk, response_starts=part_starts)
                 (part * grad_scores[start : start + chunk]).sum().backward()
         self._all_reduce_discriminator_grads()
         max_norm = self.args.discriminator_max_grad_norm
