@@ -9,7 +9,9 @@ recipe (`--config recipe.yaml`) and/or the same flags `gad-trl gad` takes; the l
     gad-trl estimate-memory --config recipe.yaml --setups 1x24 1x80 8x80 --report_format markdown   # README table
 
 The mode the run trains in (from `discriminator_sharding` and the launch: `accelerate_config` / `num_processes` in
-the recipe or on the command line, as `gad-trl gad` takes them) is marked in every report (`gad_trl.memory_recipe`).
+the recipe or on the command line, as `gad-trl gad` takes them; from `use_peft` / `load_in_4bit` and the PEFT
+discriminator's `discriminator_use_peft` / `discriminator_load_in_4bit` / `discriminator_shared_base`) is marked in
+every report (`gad_trl.memory_recipe`). The discriminator's LoRA adapter is counted from `discriminator_lora_*`.
 """
 
 from __future__ import annotations
