@@ -523,9 +523,10 @@ def estimate(student: ModelShape, discriminator: ModelShape, settings: RunSettin
     else:
         dp = Part(Pd * b_d, Pd * b_d, 2 * Pd * b_d, note=f"{s.discriminator_dtype} weights, grads, AdamW moments (replicated)")
         r_d = b_d
+    d_dropout = s.lora_dropout if s.discriminator_lora_dropout is None else s.discriminator_lora_dropout
     dp.activations = backbone_training_bytes(
         discriminator, s.discriminator_batch, length, a_d, r_d, s.discriminator_checkpointing,
-        lora_dropout=peft and (s.lora_dropout if s.discriminator_lora_dropout is None else s.discriminator_lora_dropout) > 0,
+        lora_dropout=peft and d_dropout > 0,
     )
 
     # ---- phases

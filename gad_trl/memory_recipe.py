@@ -85,7 +85,9 @@ def recipe_mode(
             f"discriminator_sharding={discriminator_sharding!r} is not supported; choose one of {', '.join(SHARDING_MODES)}."
         )
     if student_peft or discriminator_peft or shared_base:
-        return _peft_mode(discriminator_sharding, launch, student_peft, student_4bit, discriminator_peft, discriminator_4bit, shared_base)
+        return _peft_mode(
+            discriminator_sharding, launch, student_peft, student_4bit, discriminator_peft, discriminator_4bit, shared_base
+        )
     reason = f"discriminator_sharding: {discriminator_sharding}, launcher: {launch.description}"
     if discriminator_sharding == "none":
         return ("sharded_student" if launch.shards_student else "replicated"), reason

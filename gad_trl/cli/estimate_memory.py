@@ -229,7 +229,9 @@ def _run(args, script_args, training_args, model_args, bf16: bool | None = None,
     elif disc_lora == lora:
         discriminator = student
     else:  # the student's architecture with the discriminator's adapter
-        discriminator = count_model(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code, **disc_lora)
+        discriminator = count_model(
+            model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code, **disc_lora
+        )
     from ..memory import load_model_config
 
     student_config, _ = load_model_config(model_args.model_name_or_path, training_args.trust_remote_code)
