@@ -57,7 +57,9 @@ ASSUMPTIONS = [
     "LoRA / QLoRA: adapters and the discriminator's value head trained in float32 (16 B/param with AdamW); frozen "
     "base in the load dtype, or nf4 (0.5 B/param + one float32 absmax per 64 weights; nested quantisation: "
     "~0.516 B/param) for every Linear but the LM head / value head, the rest in the load dtype. LoRA targets: "
-    "`lora_target_modules` or PEFT's default for the architecture. Adapters are replicated on every GPU.",
+    "`lora_target_modules` (student) and `discriminator_lora_target_modules` (discriminator, with its own "
+    "`discriminator_lora_r` / `_alpha` / `_dropout`) or PEFT's default for the architecture. Adapters are replicated "
+    "on every GPU.",
     "Peak = the largest of the phases (generation, reference forward, discriminator update, student update): "
     "weights and optimizer states stay resident, gradients live only during their model's update (zero_grad with "
     "set_to_none), the student's gradients are freed before the next generation batch is scored. In an update, "
@@ -290,6 +292,7 @@ class RunSettings:
     use_vllm: bool = False
     use_bnb_nested_quant: bool = False
     lora_dropout: float = 0.05  # TRL ModelConfig's default; > 0 keeps a dropout copy of each LoRA input
+    discriminator_lora_dropout: float | None = None  # GADConfig.discriminator_lora_dropout; None: as lora_dropout
     device: str = "cuda"  # "cpu" changes TRL's fused LM head (it scores every position, not only completions)
 
     def __post_init__(self):
@@ -520,8 +523,10 @@ def estimate(student: ModelShape, discriminator: ModelShape, settings: RunSettin
     else:
         dp = Part(Pd * b_d, Pd * b_d, 2 * Pd * b_d, note=f"{s.discriminator_dtype} weights, grads, AdamW moments (replicated)")
         r_d = b_d
+    d_dropout = s.lora_dropout if s.discriminator_lora_dropout is None else s.discriminator_lora_dropout
     dp.activations = backbone_training_bytes(
-        discriminator, s.discriminator_batch, length, a_d, r_d, s.discriminator_checkpointing, lora_dropout=peft and s.lora_dropout > 0
+        discriminator, s.discriminator_batch, length, a_d, r_d, s.discriminator_checkpointing,
+        lora_dropout=peft and d_dropout > 0,
     )
 
     # ---- phases
@@ -613,6 +618,11 @@ def format_report(
         )
     if student.lora_params is not None:
         lines.append(f"LoRA adapter: {student.lora_params / 1e6:.2f}M parameters on {', '.join(student.lora_target_modules)}")
+    if discriminator.lora_params is not None and discriminator is not student:
+        lines.append(
+            f"Discriminator LoRA adapter: {discriminator.lora_params / 1e6:.2f}M parameters on "
+            f"{', '.join(discriminator.lora_target_modules)}"
+        )
     lines.append(
         f"Batch per GPU: student {s.per_device_train_batch_size} x {s.sequence_length} tokens "
         f"({s.prompt_length} prompt + {s.max_completion_length} completion), discriminator {s.discriminator_batch} "

@@ -5,7 +5,9 @@ is not left to the reader to guess. The launch is read the way `gad-trl gad` rea
 `accelerate launch` options in the recipe or on the command line (`accelerate_config`, `num_processes`, ...), then
 the accelerate config file they name. The discriminator's layout follows the same rule as the trainer
 (`gad_trl.discriminator_sharding.resolve_discriminator_sharding`): `auto` shards it exactly when the launcher shards
-the student (FSDP, DeepSpeed ZeRO-3).
+the student (FSDP, DeepSpeed ZeRO-3). A LoRA student (TRL's `use_peft`, `load_in_4bit`) with a PEFT discriminator
+(`discriminator_use_peft`, `discriminator_load_in_4bit`, `discriminator_shared_base`) is `lora`, `qlora`,
+`shared_base` or `shared_base_qlora`; a combination those modes do not describe is reported as none, with the reason.
 """
 
 from __future__ import annotations
@@ -63,15 +65,29 @@ def launch_from_args(launch_args: list[str]) -> Launch:
 
 
 def recipe_mode(
-    discriminator_sharding: str, launch: Launch, student_peft: bool = False, student_4bit: bool = False
+    discriminator_sharding: str,
+    launch: Launch,
+    student_peft: bool = False,
+    student_4bit: bool = False,
+    discriminator_peft: bool = False,
+    discriminator_4bit: bool = False,
+    shared_base: bool = False,
 ) -> tuple[str | None, str]:
-    """(`gad_trl.memory.MODES` key the recipe trains in, or None when none of them describes it; why)."""
-    if student_peft:
-        # Today the discriminator is always a full model, so a LoRA student has no mode of its own (`lora` / `qlora` /
-        # `shared_base*` assume a PEFT discriminator too). When the PEFT discriminator lands, its config fields select
-        # `lora` / `qlora` / `shared_base` / `shared_base_qlora` here.
-        what = "4-bit LoRA" if student_4bit else "LoRA"
-        return None, f"{what} student with a full discriminator: none of the listed modes (they assume a PEFT discriminator)"
+    """(`gad_trl.memory.MODES` key the recipe trains in, or None when none of them describes it; why).
+
+    `student_peft` / `student_4bit` are TRL `ModelConfig`'s `use_peft` / `load_in_4bit`; `discriminator_peft`,
+    `discriminator_4bit` and `shared_base` are `GADConfig`'s `discriminator_use_peft`, `discriminator_load_in_4bit` and
+    `discriminator_shared_base` (`gad_trl.discriminator_peft`)."""
+    from .discriminator_sharding import SHARDING_MODES
+
+    if discriminator_sharding not in SHARDING_MODES:
+        raise ValueError(
+            f"discriminator_sharding={discriminator_sharding!r} is not supported; choose one of {', '.join(SHARDING_MODES)}."
+        )
+    if student_peft or discriminator_peft or shared_base:
+        return _peft_mode(
+            discriminator_sharding, launch, student_peft, student_4bit, discriminator_peft, discriminator_4bit, shared_base
+        )
     reason = f"discriminator_sharding: {discriminator_sharding}, launcher: {launch.description}"
     if discriminator_sharding == "none":
         return ("sharded_student" if launch.shards_student else "replicated"), reason
@@ -84,8 +100,75 @@ def recipe_mode(
         if launch.shards_student:
             return "sharded", reason
         return None, reason + ": a sharded discriminator next to a replicated student is none of the listed modes"
-    from .discriminator_sharding import SHARDING_MODES
 
-    raise ValueError(
-        f"discriminator_sharding={discriminator_sharding!r} is not supported; choose one of {', '.join(SHARDING_MODES)}."
+
+def _peft_mode(
+    discriminator_sharding, launch, student_peft, student_4bit, discriminator_peft, discriminator_4bit, shared_base
+) -> tuple[str | None, str]:
+    """The mode of a run with a LoRA student and/or a PEFT discriminator. The listed PEFT modes pair a LoRA student
+    with a LoRA discriminator whose frozen base is in the same precision (`lora`, `qlora`) or is the student's own
+    (`shared_base`, `shared_base_qlora`); anything else is none of them, and the reason says which part differs."""
+    student = "4-bit LoRA student" if student_4bit else "LoRA student"
+    if not student_peft:
+        if shared_base:
+            return None, "discriminator_shared_base without a LoRA student (use_peft): the trainer refuses it"
+        return None, "full student with a LoRA discriminator: none of the listed modes (they all train a LoRA student)"
+    if not (discriminator_peft or shared_base):
+        return None, f"{student} with a full discriminator: none of the listed modes (they assume a PEFT discriminator)"
+    if discriminator_sharding == "fsdp2":
+        return None, "discriminator_sharding: fsdp2 with a PEFT discriminator: the trainer refuses it (use auto or none)"
+    if shared_base:
+        mode = "shared_base_qlora" if student_4bit else "shared_base"
+        why = f"use_peft{' + load_in_4bit' if student_4bit else ''} + discriminator_shared_base"
+    elif student_4bit != discriminator_4bit:
+        bases = ("4-bit", "16/32-bit") if student_4bit else ("16/32-bit", "4-bit")
+        return None, (
+            f"{student} on a {bases[0]} base, LoRA discriminator on a {bases[1]} base: none of the listed modes (lora "
+            "and qlora both assume the two bases in the same precision; the run lies between them)"
+        )
+    else:
+        mode = "qlora" if student_4bit else "lora"
+        why = f"use_peft + discriminator_use_peft{' + load_in_4bit + discriminator_load_in_4bit' if student_4bit else ''}"
+    why += f", launcher: {launch.description}"
+    if launch.shards_student:
+        why += " (the PEFT modes count a whole frozen base per GPU: an upper bound where the launcher shards it)"
+    return mode, why
+
+
+def recipe_mode_of_args(training_args, model_args, launch: Launch) -> tuple[str | None, str]:
+    """`recipe_mode` of parsed `GADConfig` + TRL `ModelConfig` arguments (what `gad-trl estimate-memory` reads)."""
+    return recipe_mode(
+        training_args.discriminator_sharding,
+        launch,
+        student_peft=bool(model_args.use_peft),
+        student_4bit=bool(model_args.load_in_4bit),
+        discriminator_peft=bool(training_args.discriminator_use_peft),
+        discriminator_4bit=bool(training_args.discriminator_load_in_4bit),
+        shared_base=bool(training_args.discriminator_shared_base),
     )
+
+
+def stage_mode(stage: str) -> tuple[str | None, str] | None:
+    """None for a GAD recipe; for any other stage, (None, why no mode applies)."""
+    if stage == "gad":
+        return None
+    return None, (
+        f"stage: {stage} trains no discriminator: none of the listed modes (they all count a GAD run's student, "
+        "reference and discriminator)"
+    )
+
+
+def mode_of_recipe(argv: list[str]) -> tuple[str | None, str]:
+    """`recipe_mode` of a `gad-trl` command line (`["--config", recipe.yaml, ...]`), read as `gad-trl estimate-memory`
+    reads it: the stage, the launch and the training fields, without counting any model."""
+    from .cli.estimate_memory import make_parser
+    from .cli.launch import split_launch_args
+    from .cli.train import peek_stage
+
+    other = stage_mode(peek_stage(argv))
+    if other is not None:
+        return other
+    parser = make_parser()
+    launch_args, _ = split_launch_args(argv, parser)
+    _, _, training_args, model_args, _ = parser.parse_args_and_config(list(argv), return_remaining_strings=True)
+    return recipe_mode_of_args(training_args, model_args, launch_from_args(launch_args))

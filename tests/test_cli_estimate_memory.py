@@ -77,3 +77,20 @@ def test_cli_errors(tiny_model_dir, capsys):
     assert "Accelerate config 'zero9' is neither a file" in capsys.readouterr().err
     assert run(["--model_name_or_path", tiny_model_dir, "--bogus_flag", "8"]) == 2
     assert "Unknown arguments ['--bogus_flag']" in capsys.readouterr().err
+    assert run(["--config", str(REPO / "recipes" / "tiny" / "seqkd.yaml")]) == 2
+    assert "stage: seqkd trains no discriminator" in capsys.readouterr().err
+
+
+def test_cli_counts_the_discriminator_adapter_from_its_own_fields(capsys):
+    # The 1.5B LoRA recipe (its mode, and every other recipe's, is checked in tests/test_memory_recipe.py), with the
+    # discriminator's adapter made smaller than the student's through discriminator_lora_*.
+    lora = str(REPO / "recipes" / "Qwen2.5-1.5B-Instruct" / "gad" / "config_lmsys_lora.yaml")
+    assert run(["--config", lora, "--report_format", "json", "--modes", "lora", "--discriminator_lora_r", "8",
+                "--discriminator_lora_target_modules", "q_proj", "v_proj"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["run_mode"]["mode"] == "lora"
+    student, disc = data["student"], data["discriminator"]
+    assert disc["lora_target_modules"] == ["q_proj", "v_proj"] and student["lora_target_modules"] != ["q_proj", "v_proj"]
+    assert 0 < disc["lora_params"] < student["lora_params"] / 4  # r 8 on two projections vs r 32 on all linears
+    est = data["setups"][0]["estimates"]["lora"]["discriminator"]
+    assert est["gradients"] == 4 * (disc["lora_params"] + disc["value_head_params"])  # float32 adapter + head

@@ -1,10 +1,13 @@
 """`gad_trl.memory_recipe`: the estimate's mode of a run, from `discriminator_sharding` and the launch."""
 
+from pathlib import Path
+
 import pytest
 
+from gad_trl.cli.estimate_memory import make_parser  # noqa: F401  (imports trl once, at collection, as the CLI tests do)
 from gad_trl.cli.launch import resolve_accelerate_config
 from gad_trl.memory import MODES
-from gad_trl.memory_recipe import Launch, launch_from_args, recipe_mode
+from gad_trl.memory_recipe import Launch, launch_from_args, mode_of_recipe, recipe_mode
 
 
 def launch(name=None, *flags):
@@ -49,3 +52,57 @@ def test_recipe_mode_peft_student_and_bad_value():
     assert mode is None and "4-bit LoRA student" in why
     with pytest.raises(ValueError, match="choose one of auto, none, fsdp2"):
         recipe_mode("zero3", launch())
+
+
+@pytest.mark.parametrize(
+    "flags, expected, why",
+    [
+        (dict(shared_base=True), "shared_base", "discriminator_shared_base"),
+        (dict(student_4bit=True, shared_base=True), "shared_base_qlora", "load_in_4bit"),
+        (dict(discriminator_peft=True), "lora", "discriminator_use_peft"),
+        (dict(student_4bit=True, discriminator_peft=True, discriminator_4bit=True), "qlora", "discriminator_load_in_4bit"),
+        # bases in different precisions: between lora and qlora, which both assume them alike
+        (dict(student_4bit=True, discriminator_peft=True), None, "4-bit base, LoRA discriminator on a 16/32-bit base"),
+        (dict(discriminator_peft=True, discriminator_4bit=True), None, "16/32-bit base, LoRA discriminator on a 4-bit"),
+        (dict(student_peft=False, discriminator_peft=True), None, "full student with a LoRA discriminator"),
+        (dict(student_peft=False, shared_base=True), None, "without a LoRA student"),
+    ],
+)
+def test_recipe_mode_peft_discriminator(flags, expected, why):
+    mode, reason = recipe_mode("auto", launch(), **{"student_peft": True, **flags})
+    assert mode == expected and (mode is None or mode in MODES)
+    assert why in reason
+    if mode is None:
+        assert "none of the listed modes" in reason or "refuses" in reason
+
+
+def test_recipe_mode_peft_under_sharding_launch_and_fsdp2():
+    mode, why = recipe_mode("auto", launch("zero3"), student_peft=True, discriminator_peft=True)
+    assert mode == "lora" and "upper bound" in why
+    mode, why = recipe_mode("fsdp2", launch("zero3"), student_peft=True, discriminator_peft=True)
+    assert mode is None and "refuses" in why
+
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+# The mode each shipped recipe trains in, as its header documents it; a new recipe must be added here.
+RECIPE_MODES = {
+    "tiny/gad.yaml": "replicated",
+    "tiny/seqkd.yaml": None,
+    "Qwen2.5-7B-Instruct/gad/config_lmsys.yaml": "sharded",  # fsdp2, launched with --accelerate_config zero3
+    "Qwen2.5-7B-Instruct/gad/config_lmsys_qlora.yaml": "shared_base_qlora",
+    "Qwen2.5-7B-Instruct/seqkd/config_lmsys.yaml": None,
+    "Qwen2.5-1.5B-Instruct/gad/config_lmsys_lora.yaml": "lora",
+}
+
+
+def test_every_shipped_recipe_is_reported_in_its_mode():
+    shipped = {str(p.relative_to(RECIPES)) for p in RECIPES.rglob("*.yaml")}
+    assert shipped == set(RECIPE_MODES), "add each new recipe, with the mode it trains in, to RECIPE_MODES"
+    for name, expected in RECIPE_MODES.items():
+        mode, why = mode_of_recipe(["--config", str(RECIPES / name)])
+        assert mode == expected, (name, mode, why)
+        if mode is None:
+            assert "stage: seqkd trains no discriminator: none of the listed modes" in why, (name, why)
+    # The 7B recipe's documented launch gives the same mode as the assumption made without one.
+    mode, why = mode_of_recipe(["--config", str(RECIPES / "Qwen2.5-7B-Instruct/gad/config_lmsys.yaml"), "--accelerate_config", "zero3"])
+    assert mode == "sharded" and "ZeRO-3" in why

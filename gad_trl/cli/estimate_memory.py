@@ -9,7 +9,9 @@ recipe (`--config recipe.yaml`) and/or the same flags `gad-trl gad` takes; the l
     gad-trl estimate-memory --config recipe.yaml --setups 1x24 1x80 8x80 --report_format markdown   # README table
 
 The mode the run trains in (from `discriminator_sharding` and the launch: `accelerate_config` / `num_processes` in
-the recipe or on the command line, as `gad-trl gad` takes them) is marked in every report (`gad_trl.memory_recipe`).
+the recipe or on the command line, as `gad-trl gad` takes them; from `use_peft` / `load_in_4bit` and the PEFT
+discriminator's `discriminator_use_peft` / `discriminator_load_in_4bit` / `discriminator_shared_base`) is marked in
+every report (`gad_trl.memory_recipe`). The discriminator's LoRA adapter is counted from `discriminator_lora_*`.
 """
 
 from __future__ import annotations
@@ -133,6 +135,7 @@ def settings_from_args(
         use_vllm=bool(training_args.use_vllm),
         use_bnb_nested_quant=model_args.use_bnb_nested_quant,
         lora_dropout=model_args.lora_dropout,
+        discriminator_lora_dropout=training_args.discriminator_lora_dropout,
     )
 
 
@@ -168,7 +171,18 @@ def run(argv: list[str]) -> int:
     from ..memory_recipe import launch_from_args
     from .launch import check_launch_args, split_launch_args
 
+    from ..memory_recipe import stage_mode
+    from .train import peek_stage
+
     argv = list(argv)
+    try:
+        other_stage = stage_mode(peek_stage(argv))
+    except ValueError as err:  # unknown stage
+        print(f"gad-trl estimate-memory: {err}", file=sys.stderr)
+        return 2
+    if other_stage is not None:  # e.g. a SeqKD recipe: its SFT fields are not this command's
+        print(f"gad-trl estimate-memory: {other_stage[1]}; pass a GAD recipe.", file=sys.stderr)
+        return 2
     parser = make_parser()
     # `accelerate launch` options (`accelerate_config`, `num_processes`, ...) are taken as `gad-trl gad` takes them,
     # from the recipe or the command line: they tell the mode the run trains in and its number of GPUs.
@@ -188,7 +202,7 @@ def run(argv: list[str]) -> int:
 
 
 def _run(args, script_args, training_args, model_args, bf16: bool | None = None, launch=None) -> int:
-    from ..memory_recipe import Launch, recipe_mode
+    from ..memory_recipe import Launch, recipe_mode_of_args
 
     launch = launch or Launch(None, None, "no launcher given")
     unknown = [m for m in args.modes if m not in MODES]
@@ -203,18 +217,28 @@ def _run(args, script_args, training_args, model_args, bf16: bool | None = None,
             raise MemoryEstimateError(f"num_gpus must be >= 1, got {n}.")
     lora = dict(lora_r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_target_modules=model_args.lora_target_modules)
     student = count_model(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code, **lora)
+    # The discriminator's adapter in every PEFT mode is the one its own fields describe (discriminator_lora_*).
+    disc_lora = dict(
+        lora_r=training_args.discriminator_lora_r,
+        lora_alpha=training_args.discriminator_lora_alpha,
+        lora_target_modules=training_args.discriminator_lora_target_modules,
+    )
     disc_name = training_args.discriminator_model_name_or_path
-    discriminator = count_model(disc_name, **lora) if disc_name else student
+    if disc_name:
+        discriminator = count_model(disc_name, **disc_lora)
+    elif disc_lora == lora:
+        discriminator = student
+    else:  # the student's architecture with the discriminator's adapter
+        discriminator = count_model(
+            model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code, **disc_lora
+        )
     from ..memory import load_model_config
 
     student_config, _ = load_model_config(model_args.model_name_or_path, training_args.trust_remote_code)
     modes = args.modes
-    # TRL's ModelConfig: `use_peft` (+ `load_in_4bit`) makes the student LoRA / QLoRA. The PEFT discriminator's own
-    # fields will be passed to recipe_mode here once they exist.
-    run_mode, why = recipe_mode(
-        training_args.discriminator_sharding, launch, student_peft=bool(model_args.use_peft),
-        student_4bit=bool(model_args.load_in_4bit),
-    )
+    # TRL's ModelConfig (`use_peft`, `load_in_4bit`) and the PEFT discriminator's fields (`discriminator_use_peft`,
+    # `discriminator_load_in_4bit`, `discriminator_shared_base`) select the LoRA / QLoRA / shared-base modes.
+    run_mode, why = recipe_mode_of_args(training_args, model_args, launch)
     mode_notes = {run_mode: f"this run's mode ({why})"} if run_mode else {}
     by_setup = {}
     for n, gb in setups:
