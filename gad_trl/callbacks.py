@@ -29,6 +29,7 @@ class GADProgressCallback(TrainerCallback):
         self.keys = dict(PROGRESS_POSTFIX_KEYS if keys is None else keys)
         self.postfix: dict[str, str] = {}
         self.bar = None
+        self._redirect = None
 
     def update_postfix(self, logs: dict) -> dict[str, str]:
         """Update (and return) the postfix from a log dict."""
@@ -41,15 +42,25 @@ class GADProgressCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.postfix = {}
         self.bar = self.progress.training_bar if self.progress is not None and state.is_world_process_zero else None
+        if self.bar is not None and self._redirect is None:
+            # Warnings logged during training (GAD health checks, skipped updates) are printed above the bar
+            # (tqdm.write) instead of through it, which would leave a broken half-line bar behind.
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            self._redirect = logging_redirect_tqdm(tqdm_class=type(self.bar))
+            self._redirect.__enter__()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
         self.update_postfix(logs)
         if self.bar is not None and self.postfix:
-            self.bar.set_postfix(self.postfix, refresh=False)
+            self.bar.set_postfix(self.postfix)  # redraw now: the bar line of step N shows step N's values
 
     def on_train_end(self, args, state, control, **kwargs):
+        if self._redirect is not None:
+            self._redirect.__exit__(None, None, None)
+            self._redirect = None
         self.bar = None
 
 

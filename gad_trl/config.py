@@ -12,22 +12,26 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig, ScriptArguments, SFTConfig
 
 from .losses import DEFAULT_CONSTANTS, LOSS_TYPES
+from .redact import redacting
 
 
 def default_bf16_where_supported(config) -> None:
     """TRL defaults to bf16 and then refuses to start on a machine without it (a CPU box, an old GPU); GAD's configs
     pick bf16 only where it runs, so one recipe starts on a laptop and on a cluster. An explicit value is kept."""
-    if config.bf16 is None and not config.fp16 and not config.use_cpu:
+    if config.bf16 is None and not config.fp16:
         import torch
 
-        config.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        # use_cpu=True trains on the CPU even where a GPU exists: follow that device, not the machine's best one.
+        config.bf16 = bool(not config.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
+@redacting  # no secret in hparams, printed configs or training_args.bin (gad_trl.redact)
 @dataclass
 class GADConfig(GRPOConfig):
     r"""
-    Configuration class for [`GADTrainer`]: every [`~trl.GRPOConfig`] field, plus the ones below. Defaults follow the
-    GAD paper (arXiv 2511.10643) where it gives a value; the algorithm is described in `docs/algorithm.md`. Each
+    Configuration class for [`GADTrainer`]: every [`~trl.GRPOConfig`] field, plus the ones below. The per-step settings
+    default to the GAD paper's values (arXiv 2511.10643); schedule lengths depend on the run and default to 0 (the
+    paper's `critic_warmup_steps` is 10, in its recipe). The algorithm is described in `docs/algorithm.md`. Each
     field's `help` (shown by `gad-trl gad --help`) carries the same text as here.
 
     Parameters:
@@ -37,12 +41,17 @@ class GADConfig(GRPOConfig):
             Student (policy) learning rate. Paper: 1e-6.
         temperature (`float`, *optional*, defaults to `0.8`):
             Sampling temperature of the student. Paper: 0.8.
+        beta (`float`, *optional*, defaults to `1e-3`):
+            KL coefficient to the reference model (TRL's k3 estimator). Paper: 1e-3. 0 = no reference model.
+        max_grad_norm (`float`, *optional*, defaults to `0.2`):
+            Gradient clipping of the student (and of the discriminator, unless discriminator_max_grad_norm is set).
+            Paper: 0.2.
 
         > Parameters that control the schedule (counted in optimizer steps, `global_step`)
 
         critic_warmup_steps (`int`, *optional*, defaults to `0`):
             Optimizer steps at the start where only the discriminator learns; the student is frozen (learning rate
-            0, no policy loss).
+            0, no policy loss). Paper: 10. A warning when it covers the whole run (>= max_steps).
         sft_warmup_steps (`int`, *optional*, defaults to `0`):
             Optimizer steps after `critic_warmup_steps` where the student is trained by cross-entropy on the teacher
             responses (instead of GRPO) while the discriminator keeps learning.
@@ -170,6 +179,9 @@ class GADConfig(GRPOConfig):
             under `eval_discriminator_heldout/`. 0 = off. The triples are cached in
             <output_dir>/heldout_triples.jsonl, which only a run resumed from a checkpoint reuses (with the same
             settings; other settings are an error).
+        discriminator_max_nonfinite_updates (`int`, *optional*, defaults to `3`):
+            A discriminator update whose loss, scores or gradient norm is NaN/inf is skipped (counted in
+            `discriminator/nonfinite_skipped`); training stops with an error after this many in a row.
         warn_on_unhealthy_metrics (`bool`, *optional*, defaults to `True`):
             Log a warning when discriminator metrics leave the healthy ranges.
     """
@@ -179,13 +191,23 @@ class GADConfig(GRPOConfig):
     # Paper defaults that differ from GRPOConfig's.
     learning_rate: float = field(default=1e-6, metadata={"help": "Student (policy) learning rate. Paper: 1e-6."})
     temperature: float = field(default=0.8, metadata={"help": "Sampling temperature of the student. Paper: 0.8."})
+    beta: float = field(
+        default=1e-3,
+        metadata={"help": "KL coefficient to the reference model (TRL's k3 estimator). Paper: 1e-3. 0 = no reference "
+                  "model."},
+    )
+    max_grad_norm: float = field(
+        default=0.2,
+        metadata={"help": "Gradient clipping of the student (and of the discriminator, unless "
+                  "discriminator_max_grad_norm is set). Paper: 0.2."},
+    )
 
     # Schedule
     critic_warmup_steps: int = field(
         default=0,
         metadata={
             "help": "Optimizer steps at the start where only the discriminator learns; the student is frozen (learning "
-            "rate 0, no policy loss)."
+            "rate 0, no policy loss). Paper: 10. A warning when it covers the whole run (>= max_steps)."
         },
     )
     sft_warmup_steps: int = field(
@@ -384,6 +406,15 @@ class GADConfig(GRPOConfig):
         },
     )
 
+    # Non-finite guard (gad_trl.guards)
+    discriminator_max_nonfinite_updates: int = field(
+        default=3,
+        metadata={
+            "help": "A discriminator update whose loss, scores or gradient norm is NaN/inf is skipped (counted in "
+            "`discriminator/nonfinite_skipped`); training stops with an error after this many in a row."
+        },
+    )
+
     # Health checks (docs/algorithm.md, "Monitoring"): warnings, never hard stops.
     warn_on_unhealthy_metrics: bool = field(
         default=True, metadata={"help": "Log a warning when discriminator metrics leave the healthy ranges."}
@@ -400,6 +431,24 @@ class GADConfig(GRPOConfig):
         for name in ("critic_warmup_steps", "sft_warmup_steps", "discriminator_warmup_steps", "discriminator_heldout_size"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.max_completion_length is not None and self.max_completion_length < 1:
+            raise ValueError(
+                f"max_completion_length must be a positive number of tokens, got {self.max_completion_length}: the "
+                "student could not write anything. Pick one near the teacher's lengths (gad-trl analyze-lengths)."
+            )
+        if self.discriminator_max_nonfinite_updates < 1:
+            raise ValueError(
+                f"discriminator_max_nonfinite_updates must be >= 1, got {self.discriminator_max_nonfinite_updates}."
+            )
+        if 0 < self.max_steps <= self.critic_warmup_steps:
+            import warnings
+
+            warnings.warn(
+                f"critic_warmup_steps={self.critic_warmup_steps} >= max_steps={self.max_steps}: the student stays "
+                "frozen for the whole run (only the discriminator learns). Lower critic_warmup_steps or raise "
+                "max_steps to distil anything.",
+                stacklevel=3,
+            )
         if self.vllm_request_timeout is not None and self.vllm_request_timeout <= 0:
             raise ValueError(
                 f"vllm_request_timeout must be a positive number of seconds or None, got {self.vllm_request_timeout}."
@@ -443,6 +492,7 @@ class GADConfig(GRPOConfig):
         return {name: getattr(self, f"discriminator_{name}") for name in DEFAULT_CONSTANTS}
 
 
+@redacting
 @dataclass
 class SeqKDConfig(SFTConfig):
     r"""

@@ -22,6 +22,31 @@ class GADDataError(ValueError):
     """A data set row that GAD cannot train on; the message names the row, the column and the fix."""
 
 
+# Roles the chat templates of instruct models know; anything else is a typo that a template would drop or mangle.
+MESSAGE_ROLES = ("system", "developer", "user", "assistant", "tool")
+_TEXT_DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".txt")
+
+
+def check_data_file(path: str) -> None:
+    """Fail clearly on a local text data file that `datasets` would mis-read: an empty file (its JSON loader raises
+    a bare StopIteration) or bytes that are not UTF-8 (replaced silently on load). Names the file and the line."""
+    if not str(path).lower().endswith(_TEXT_DATA_SUFFIXES):
+        return
+    empty = True
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise GADDataError(
+                    f"{path}, line {number}: byte {line[err.start:err.start + 1]!r} at column {err.start + 1} is not "
+                    "UTF-8. Re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8) or fix that row."
+                ) from None
+            empty = empty and not text.strip()
+    if empty:
+        raise GADDataError(f"{path} is empty: a GAD data set needs one row per prompt with the teacher's response.")
+
+
 def _is_message(obj: Any) -> bool:
     return isinstance(obj, dict) and "role" in obj and "content" in obj
 
@@ -41,6 +66,11 @@ def normalize_prompt(value: Any, row: int | str, column: str) -> str | list[dict
                 raise GADDataError(
                     f"Row {row}: column '{column}' message {j} is {type(message).__name__} {message!r:.80}; expected "
                     "a dict with 'role' and 'content' keys (TRL conversational format)."
+                )
+            if message["role"] not in MESSAGE_ROLES:
+                raise GADDataError(
+                    f"Row {row}: column '{column}' message {j} has role {message['role']!r}; expected one of "
+                    f"{', '.join(MESSAGE_ROLES)}."
                 )
             if not isinstance(message["content"], str):
                 raise GADDataError(

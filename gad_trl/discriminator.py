@@ -207,9 +207,19 @@ def backbone_and_head_scores(
             )
         weights = (response_mask * attention_mask).to(hidden.dtype).unsqueeze(-1)
         pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-    head = score_head(model)
-    # A LoRA discriminator keeps its head in float32 over a bf16 / 4-bit backbone (autocast covers it on GPU only).
-    return head(pooled.to(next(head.parameters()).dtype)).squeeze(-1).float()
+    return float32_head(score_head(model), pooled).squeeze(-1)
+
+
+def float32_head(head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The value head in float32, outside autocast: under bf16 the scores (= GRPO rewards) would be rounded to ~3
+    significant digits, tying completions of one group and coarsening their advantages. Gradients still reach
+    half-precision head weights through the casts."""
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        if isinstance(head, nn.Linear):
+            bias = None if head.bias is None else head.bias.float()
+            return nn.functional.linear(hidden.float(), head.weight.float(), bias)
+        # A wrapped head (e.g. a LoRA discriminator's, kept in float32 over a bf16 / 4-bit backbone).
+        return head(hidden.to(next(head.parameters()).dtype)).float()
 
 
 def pad_right(sequences: list[list[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:

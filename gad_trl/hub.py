@@ -59,7 +59,9 @@ def run_config_yaml(args) -> str:
     """The run's config as the YAML block of both cards (the one place a config is written into a card)."""
     import yaml
 
-    return yaml.safe_dump(run_config(args), sort_keys=True, default_flow_style=False, allow_unicode=True).rstrip()
+    from .redact import redact  # secrets at any depth (a token in *_init_kwargs, a password in a URL)
+
+    return yaml.safe_dump(redact(run_config(args)), sort_keys=True, default_flow_style=False, allow_unicode=True).rstrip()
 
 
 def hub_id(value: str | None) -> str | None:
@@ -74,7 +76,9 @@ def _context(trainer_or_args, dataset_name):
     """(args, values shared by both templates) from a trainer or a config alone."""
     trainer = trainer_or_args if hasattr(trainer_or_args, "state") else None
     args = trainer.args if trainer is not None else trainer_or_args
-    dataset_name = dataset_name or getattr(trainer, "dataset_name", None)
+    from .redact import public_dataset_name  # an absolute local path is never published
+
+    dataset_name = public_dataset_name(dataset_name or getattr(trainer, "dataset_name", None))
     found = {}
     for entry in reversed(trainer.state.log_history if trainer is not None else []):
         found.update({k: entry[k] for k in _FINAL_METRICS if k not in found and isinstance(entry.get(k), (int, float))})

@@ -24,6 +24,7 @@ from .discriminator import (
 )
 from .discriminator_peft import discriminator_scope, is_peft_discriminator
 from .end_of_turn import end_of_turn_token_id
+from .guards import NonFiniteGuard, all_finite
 from .health import HealthMonitor
 from .hub import CITATION, PAPER_ID, PAPER_TITLE
 from .losses import discriminator_loss
@@ -168,6 +169,11 @@ class GADTrainer(GRPOTrainer):
             raise ValueError(
                 f"Got {len(reward_processing_classes)} reward_processing_classes for {len(extra_rewards)} reward_funcs."
             )
+        from .preflight import check_model_source
+
+        check_model_source(model)
+        check_model_source(discriminator if isinstance(discriminator, str) else args.discriminator_model_name_or_path,
+                           "discriminator_model_name_or_path")
 
         if processing_class is None:
             source = model if isinstance(model, str) else model.config._name_or_path
@@ -288,6 +294,7 @@ class GADTrainer(GRPOTrainer):
         self.discriminator_lr_scheduler = None  # built in create_scheduler, once max_steps is known
         self._teacher_eos = end_of_turn_token_id(self._tokenizer, self.eos_token_ids)
         self._health = HealthMonitor(logger)
+        self._nonfinite_guard = NonFiniteGuard(args.discriminator_max_nonfinite_updates, logger)
         # Per-batch state handed between TRL's hooks, all set for the generation batch in flight:
         # `_generate` -> the prompt ids the completions continue (the discriminator's inputs start with them);
         # `_calculate_rewards` -> per completion row, its teacher's completion ids and teacher index, which
@@ -359,7 +366,14 @@ class GADTrainer(GRPOTrainer):
             self._signature_columns = [*self._signature_columns, self.args.teacher_response_column]
 
     def _generate(self, prompts: list):
-        outputs = super()._generate(prompts)
+        from .guards import STUDENT_DIVERGED, NonFiniteError, is_sampling_divergence
+
+        try:
+            outputs = super()._generate(prompts)
+        except RuntimeError as err:
+            if is_sampling_divergence(err):
+                raise NonFiniteError(STUDENT_DIVERGED.format(error=err, lr=self.args.learning_rate)) from err
+            raise
         self._batch_prompt_ids = outputs[0]  # the tokenised prompts the completions continue; reused for D's inputs
         return outputs
 
@@ -410,15 +424,24 @@ class GADTrainer(GRPOTrainer):
                     teacher_seqs, student_seqs, index, response_starts=starts
                 )
             else:
-                # Evaluation, or a frozen discriminator: score and measure, no update.
-                with torch.no_grad():
-                    scores = self._score(teacher_seqs + student_seqs, response_starts=starts)
+                # Evaluation, or a frozen discriminator: score and measure, no update, with dropout off (eval mode),
+                # as the fixed held-out evaluation does.
+                was_training = self.discriminator.training
+                self.discriminator.eval()
+                try:
+                    with torch.no_grad():
+                        scores = self._score(teacher_seqs + student_seqs, response_starts=starts)
+                finally:
+                    self.discriminator.train(was_training)
                 _, info = discriminator_loss(
                     scores[: len(teacher_seqs)][index], scores[len(teacher_seqs) :], **self._loss_kwargs()
                 )
                 student_scores = scores[len(teacher_seqs) :]
         if mode == "train":
             info["frozen"] = float(frozen)
+        if not all_finite(student_scores):
+            # NaN rewards would make NaN advantages and reach the student's weights: no signal this step instead.
+            student_scores = torch.zeros_like(student_scores)
         info["student_truncated_ratio"] = student_cut / max(len(student_seqs), 1)
         info["teacher_truncated_ratio"] = teacher_cut / max(len(teacher_seqs), 1)
         info["num_teacher_sequences"] = float(len(teacher_seqs))
@@ -499,11 +522,28 @@ class GADTrainer(GRPOTrainer):
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         info["grad_norm"] = grad_norm.item()
         info["learning_rate"] = self.discriminator_optimizer.param_groups[0]["lr"]
-        self.discriminator_optimizer.step()
-        if self.discriminator_lr_scheduler is not None:
-            self.discriminator_lr_scheduler.step()
+        applied = self._nonfinite_update_allowed(loss, scores, grad_norm)
+        info["nonfinite_skipped"] = float(not applied)
+        if applied:
+            self.discriminator_optimizer.step()
+            if self.discriminator_lr_scheduler is not None:
+                self.discriminator_lr_scheduler.step()
         self.discriminator_optimizer.zero_grad(set_to_none=True)
         return scores[num_teacher:].detach(), info
+
+    def _nonfinite_update_allowed(self, loss, scores, grad_norm) -> bool:
+        """False (skip the update) when the loss, scores or gradient norm is non-finite on any process; raises after
+        discriminator_max_nonfinite_updates skips in a row (gad_trl.guards)."""
+        from .guards import discriminator_divergence_hint, nonfinite_details
+
+        finite = all_finite(loss, scores, grad_norm)
+        if self.accelerator.num_processes > 1:  # every replica must take the same decision
+            flag = torch.tensor([0.0 if finite else 1.0], device=self.accelerator.device)
+            finite = bool(self.accelerator.gather(flag).max() == 0)
+        return self._nonfinite_guard.check(
+            finite, self.state.global_step, nonfinite_details(loss, scores, grad_norm),
+            discriminator_divergence_hint(self.args),
+        )
 
     def _all_reduce_discriminator_grads(self):
         # The discriminator is replicated on every process (not wrapped in DDP): average its gradients by hand.
@@ -589,9 +629,14 @@ class GADTrainer(GRPOTrainer):
             self.discriminator.train()
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """`Trainer.train`, with `resume_from_checkpoint=True` (or "true") resuming from the latest *complete*
+        checkpoint: a folder left half-written by a kill during a save is named and skipped (gad_trl.resume)."""
+        from .resume import resolve_resume_checkpoint
+
+        checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
         # Only a resumed run may reuse the held-out triples found in output_dir (a new run draws its own).
-        self._resumed_run = bool(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        self._resumed_run = checkpoint is not None
+        return super().train(checkpoint, *args, **kwargs)
 
     def _heldout_triples(self) -> list[dict]:
         from .heldout import draw_rows, load_or_sample, rows_digest, sample_triples
@@ -773,4 +818,6 @@ class GADTrainer(GRPOTrainer):
         scheduler_path = os.path.join(checkpoint, DISCRIMINATOR_SCHEDULER_NAME)
         if os.path.isfile(scheduler_path) and self.discriminator_lr_scheduler is not None:
             self.discriminator_lr_scheduler.load_state_dict(torch.load(scheduler_path))
+        elif self.discriminator_lr_scheduler is not None:
+            logger.warning(f"{scheduler_path} is missing: the discriminator's learning-rate schedule restarts from step 0.")
 

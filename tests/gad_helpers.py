@@ -26,6 +26,7 @@ def make_args(output_dir, **overrides):
         save_strategy="no",
         gradient_checkpointing=False,
         learning_rate=1e-3,
+        beta=0.0,  # no reference model: keeps the unit runs small (GADConfig's default is the paper's 1e-3)
         discriminator_learning_rate=1e-3,
         seed=0,
         disable_tqdm=True,

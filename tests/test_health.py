@@ -15,8 +15,22 @@ def test_unhealthy_signals_follow_the_spec_ranges():
 
 def test_health_monitor_warns_once_then_rate_limits(caplog):
     log = logging.getLogger("gad-health-test")
-    monitor = HealthMonitor(log, every=3)
+    monitor = HealthMonitor(log, every=3, window=1)
     with caplog.at_level(logging.WARNING, logger="gad-health-test"):
         emitted = [monitor.check({"accuracy": 0.99, "score_diff": 0.3}, "bradley_terry", step) for step in range(7)]
     assert emitted == [["accuracy_high"], [], [], ["accuracy_high"], [], [], ["accuracy_high"]]
     assert "too strong" in caplog.text
+
+
+def test_health_monitor_judges_the_recent_mean_not_one_noisy_batch(caplog):
+    log = logging.getLogger("gad-health-test")
+    monitor = HealthMonitor(log, window=4)
+    noisy = [0.25, 0.75, 0.5, 0.75, 0.25, 0.75, 0.5, 0.75]  # a discriminator near 0.55 seen through 16-pair batches
+    assert all(monitor.check({"accuracy": a, "score_diff": 0.1, "phase": 2.0}, "bradley_terry", i) == []
+               for i, a in enumerate(noisy))
+    weak = HealthMonitor(log, window=4)
+    during_warmup = [weak.check({"accuracy": 0.3, "score_diff": 0.0, "phase": 0.0}, "bradley_terry", i) for i in range(4)]
+    assert during_warmup == [[], [], [], []]  # a weak discriminator is expected while it warms up
+    after = [weak.check({"accuracy": 0.3, "score_diff": 0.0, "phase": 2.0}, "bradley_terry", i) for i in range(4, 8)]
+    assert after[0] == [] and set(after[1]) == {"accuracy_low", "score_diff_low"}  # from window // 2 checks on
+    assert weak.check({"accuracy": float("nan"), "phase": 2.0}, "bradley_terry", 9) == ["nonfinite"]  # at once

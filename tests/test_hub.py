@@ -112,7 +112,7 @@ def test_local_paths_stay_out_of_card_metadata():
     card = gad_hub.discriminator_card(args, dataset_name="/data/train.parquet", base_model="/models/student")
     meta = card.split("---\n")[1]
     assert "base_model" not in meta and "datasets" not in meta
-    assert "/data/train.parquet" in card  # still named in the text
+    assert "`.../train.parquet`" in card and "/data/train.parquet" not in card  # named in the text, not by its abs. path
     card = gad_hub.discriminator_card(args, dataset_name="data/train.jsonl", base_model="./student")
     meta = card.split("---\n")[1]
     assert "base_model" not in meta and "datasets" not in meta
@@ -226,5 +226,7 @@ def test_cli_push_to_hub_sends_student_discriminator_and_cards(tiny_model_dir, t
     repo = fake_hub.repo("me/cli-gad")
     assert (repo / "model.safetensors").exists() and (repo / "discriminator" / "model.safetensors").exists()
     student_card = (repo / "README.md").read_text()
-    assert str(data) in student_card and "2511.10643" in student_card and "### Run configuration" in student_card
-    assert str(data) in (repo / "discriminator" / "README.md").read_text()
+    # The data set is named by its folder, never by its absolute local path (issue 11).
+    assert "`.../data`" in student_card and "2511.10643" in student_card and "### Run configuration" in student_card
+    disc_card = (repo / "discriminator" / "README.md").read_text()
+    assert "`.../data`" in disc_card and str(data) not in disc_card and str(data) not in student_card

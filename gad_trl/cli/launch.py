@@ -72,9 +72,24 @@ def launch(argv: list[str], parser, module: str, launch_command_fn=None) -> int:
     return 0
 
 
+def command_line_checks(argv: list[str]) -> list[str]:
+    """`--config` given twice is an error (TrlParser would read one file silently); a bare `--resume_from_checkpoint`
+    reads `--resume_from_checkpoint true` (the latest checkpoint, gad_trl.resume)."""
+    from ..resume import with_resume_flag_value
+
+    configs = [a for a in argv if a == "--config" or a.startswith("--config=")]
+    if len(configs) > 1:
+        raise ValueError(
+            f"--config is given {len(configs)} times; one YAML file is read. Merge the files, or keep one and pass "
+            "the other settings as flags (flags override the YAML)."
+        )
+    return with_resume_flag_value(argv)
+
+
 def run_script(argv: list[str], parser, main, module: str, command: str, launch_fn=None) -> int:
     """A training command's entry point: in-process for a plain command line, else `accelerate launch` of `module`
     (or `launch_fn(argv)`)."""
+    argv = command_line_checks(argv)
     launch_args, _ = split_launch_args(argv, parser)
     if launch_args:
         check_launch_args(launch_args, command)
@@ -89,4 +104,4 @@ def main_in_launched_process(parser, main) -> None:
     import sys
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    main(*parser.parse_args_and_config(sys.argv[1:]))
+    main(*parser.parse_args_and_config(command_line_checks(sys.argv[1:])))

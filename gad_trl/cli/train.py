@@ -51,7 +51,8 @@ def make_parser(stage: str = "gad", prog: str | None = None):
 def parse_args(argv: list[str], fail_with_unknown_args: bool = True):
     """Parse a `gad-trl train` command line into `(script_args, training_args, model_args)`."""
     stage = peek_stage(argv)
-    parsed = make_parser(stage).parse_args_and_config(list(argv), fail_with_unknown_args=fail_with_unknown_args)
+    argv = _launch.command_line_checks(argv)
+    parsed = make_parser(stage).parse_args_and_config(argv, fail_with_unknown_args=fail_with_unknown_args)
     parsed[0].stage = stage
     return parsed
 

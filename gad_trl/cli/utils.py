@@ -45,10 +45,19 @@ def load_any_dataset(dataset_name: str, dataset_config: str | None = None, strea
             if not path.exists():
                 raise FileNotFoundError(f"Data file {dataset_name!r} does not exist.")
             data_files = str(path)
+        from ..data import check_data_file
+
+        for file in [data_files] if isinstance(data_files, str) else data_files.values():
+            check_data_file(file)
         return load_dataset(builder, data_files=data_files, streaming=streaming)
     if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
         ds = load_from_disk(str(path))
         return ds if isinstance(ds, DatasetDict) else DatasetDict({"train": ds})
+    if path.is_dir():
+        from ..data import check_data_file
+
+        for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            check_data_file(str(file))
     ds = load_dataset(dataset_name, name=dataset_config, streaming=streaming)
     if isinstance(ds, Dataset):
         ds = DatasetDict({"train": ds})
@@ -176,6 +185,9 @@ def prepare_run(script_args, training_args, model_args, command: str):
     check_stage(script_args, command)
     if not model_args.model_name_or_path:
         raise ValueError("`model_name_or_path` is required.")
+    from ..preflight import check_model_source
+
+    check_model_source(model_args.model_name_or_path)
     training_args.model_init_kwargs = model_init_kwargs(training_args, model_args)
     train_dataset, eval_dataset = load_splits(script_args, training_args)
     return apply_prompt_filter(script_args, model_args, training_args, train_dataset, eval_dataset)
@@ -183,7 +195,11 @@ def prepare_run(script_args, training_args, model_args, command: str):
 
 def train_and_save(trainer, script_args, training_args, name: str):
     """Train (resuming if asked), save to `output_dir`, push when `push_to_hub`: the end of every training script."""
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    from ..resume import resolve_resume_checkpoint
+
+    # "true" (a bare --resume_from_checkpoint) = the latest complete checkpoint, never a folder named "true".
+    trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(training_args.resume_from_checkpoint,
+                                                                   training_args.output_dir))
     trainer.accelerator.print(f"Training completed ({name}).")
     trainer.save_model(training_args.output_dir)
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")

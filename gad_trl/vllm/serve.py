@@ -121,6 +121,21 @@ def suggested_command(model: str, host: str, port: int, weight_sync: str, cpu_fl
     return shlex.join(command)
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def exposure_warning(host: str) -> str | None:
+    """The warning for a dev-mode server reachable from other machines (None on the loopback interface)."""
+    if host in LOOPBACK_HOSTS or host.startswith("127."):
+        return None
+    return (
+        f"[gad-trl vllm-serve] WARNING: listening on {host} with VLLM_SERVER_DEV_MODE=1: anyone who can reach this "
+        "port can call the unauthenticated dev endpoints (/collective_rpc, weight reload, /reset_prefix_cache) and "
+        "replace or read the served weights. Bind to 127.0.0.1 when the trainer runs on this machine; otherwise "
+        "keep the port on a private network (firewall / security group)."
+    )
+
+
 def _cuda_available() -> bool:
     try:
         import torch
@@ -143,6 +158,9 @@ def serve_main(argv: list[str] | None = None) -> int:
             "--weight-sync reload (and vllm_weight_sync='reload' in the training config).",
             flush=True,
         )
+    warning = exposure_warning(args.host)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     print(f"[gad-trl vllm-serve] running: {display_command(command, env)}", flush=True)
     if args.dry_run:
         return 0
