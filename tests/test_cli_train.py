@@ -88,7 +88,8 @@ def test_train_seqkd_end_to_end(tiny_model_dir, tiny_data_dir, tmp_path):
 
     out = tmp_path / "seqkd"
     argv = ["--config", TINY_SEQKD, "--model_name_or_path", tiny_model_dir, "--dataset_name", tiny_data_dir,
-            "--output_dir", str(out), "--max_steps", "3", "--report_to", "none", "--disable_tqdm", "true"]
+            "--output_dir", str(out), "--max_steps", "3", "--report_to", "none", "--disable_tqdm", "true",
+            "--logging_steps", "1"]
     trainer = train_cli.main(*train_cli.parse_args(argv))
     assert type(trainer).__name__ == "SFTTrainer"
     # SFT saw prompt-completion rows: the prompt is masked out of the labels, the teacher response is learnt.

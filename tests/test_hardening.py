@@ -135,7 +135,7 @@ def test_no_secret_in_cards_hparams_events_or_training_args(tiny_model_dir, tmp_
         vllm_server_base_url=f"http://me:{PASSWORD}@127.0.0.1:8000",
     )
     assert trainer.args.discriminator_init_kwargs["token"] == SECRET  # the run itself keeps the real value
-    trainer._gad_dataset_name = "/home/someone/private/data.jsonl"
+    trainer.dataset_name = "/home/someone/private/data.jsonl"
     trainer.train()
     trainer.save_model()
     section = hub.student_card_section(trainer, discriminator_location="me/x/discriminator")
