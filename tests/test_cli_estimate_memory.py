@@ -23,7 +23,7 @@ def test_cli_on_tiny_model_and_recipe(tiny_model_dir, capsys, tmp_path):
     for mode in MODES:
         assert f"[{mode}]" in text
     assert "peak per GPU" in text and "Assumptions:" in text
-    assert "student 8 x 528 tokens" in text  # recipe: 8 per device; 512 default prompt + 16 completion
+    assert "student 16 x 528 tokens" in text  # recipe: 16 per device; 512 default prompt + 16 completion
     data = json.loads(out_json.read_text())
     assert data["setups"][0]["settings"]["max_completion_length"] == 16
 
