@@ -14,7 +14,8 @@ from gad_trl.cli.gad import main, make_parser  # noqa: E402
 model_dir, data_dir, out = sys.argv[1:4]
 common = ["--config", "recipes/tiny/gad.yaml", "--model_name_or_path", model_dir, "--dataset_name", data_dir,
           "--max_steps", "3", "--save_strategy", "steps", "--save_steps", "2", "--critic_warmup_steps", "1",
-          "--sft_warmup_steps", "1", "--report_to", "none", "--disable_tqdm", "true", "--bf16", "false"]  # fmt: skip
+          "--sft_warmup_steps", "1", "--report_to", "none", "--disable_tqdm", "true", "--bf16", "false",
+          "--per_device_train_batch_size", "8"]  # fmt: skip  (4 prompts a step: the 3 steps stay in one epoch)
 
 
 def run(*extra):

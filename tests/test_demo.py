@@ -13,10 +13,23 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def shared_server_restored(vllm_server, tiny_model_dir):
+    """The session's server, given back with the tiny model's weights: the demo leaves its own student loaded, and
+    other tests expect the server's initial weights (reloaded from disk, as the trainer's weight sync does)."""
+    import requests
+
+    yield vllm_server
+    payload = {"method": "gad_reload_weights", "kwargs": {"weights_path": tiny_model_dir}}
+    requests.post(f"{vllm_server.url}/collective_rpc", json=payload, timeout=120).raise_for_status()
+    requests.post(f"{vllm_server.url}/reset_prefix_cache", timeout=60)
+
+
 @pytest.mark.vllm
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_demo_trains_through_the_vllm_server(vllm_server, tmp_path):
+def test_demo_trains_through_the_vllm_server(shared_server_restored, tmp_path):
+    vllm_server = shared_server_restored
     env = dict(os.environ, GAD_TRL_DEMO_SKIP_INSTALL="1", GAD_TRL_VENV=str(Path(sys.executable).parents[1]),
                GAD_TRL_VLLM_URL=vllm_server.url, SEQKD_STEPS="2", MAX_STEPS="2", PYTHONPATH=str(REPO))
     completions_before = vllm_server.count_requests("/v1/completions")
