@@ -54,6 +54,11 @@ def allocation_peak(fn) -> tuple[int, object]:
     events (CPU allocator), summed in time order."""
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         result = fn()
+    return profile_peak(prof), result
+
+
+def profile_peak(prof) -> int:
+    """Peak bytes allocated above the starting level in a finished profile's memory events, summed in time order."""
     events = sorted(
         (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
     )
@@ -61,7 +66,7 @@ def allocation_peak(fn) -> tuple[int, object]:
     for _, nbytes in events:
         level += nbytes
         peak = max(peak, level)
-    return peak, result
+    return peak
 
 
 def tensor_bytes(tensors) -> int:
@@ -487,14 +492,7 @@ def measure_trainer_step(a, workdir: Path) -> list[dict]:
             if "prof" in state and "peak" not in state:
                 prof = state["prof"]
                 prof.__exit__(None, None, None)
-                events = sorted(
-                    (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
-                )
-                level = peak = 0
-                for _, nbytes in events:
-                    level += nbytes
-                    peak = max(peak, level)
-                state["peak"] = peak
+                state["peak"] = profile_peak(prof)
 
     trainer = GADTrainer(model=path, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                          callbacks=[ProfileSecondStep()])
