@@ -113,6 +113,17 @@ def _load_discriminator(student, discriminator_model_name_or_path, init_kwargs, 
     return disc
 
 
+@contextmanager
+def eval_mode(model: nn.Module):
+    """`model` in eval mode (dropout off) inside the block, then back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def backbone(model: nn.Module) -> nn.Module:
     """The transformer body of a CausalLM / SequenceClassification model (`model.model` for Qwen2, Llama, ...)."""
     if hasattr(model, "get_base_model"):  # a PEFT wrapper: the body of the model it wraps (LoRA layers inside)

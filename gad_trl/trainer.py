@@ -16,6 +16,7 @@ from .config import GADConfig
 from .data import prepare_gad_dataset, teacher_completion_ids
 from .discriminator import (
     discriminator_pooling,
+    eval_mode,
     load_discriminator,
     pad_right,
     replicated_loading,
@@ -426,13 +427,8 @@ class GADTrainer(GRPOTrainer):
             else:
                 # Evaluation, or a frozen discriminator: score and measure, no update, with dropout off (eval mode),
                 # as the fixed held-out evaluation does.
-                was_training = self.discriminator.training
-                self.discriminator.eval()
-                try:
-                    with torch.no_grad():
-                        scores = self._score(teacher_seqs + student_seqs, response_starts=starts)
-                finally:
-                    self.discriminator.train(was_training)
+                with eval_mode(self.discriminator), torch.no_grad():
+                    scores = self._score(teacher_seqs + student_seqs, response_starts=starts)
                 _, info = discriminator_loss(
                     scores[: len(teacher_seqs)][index], scores[len(teacher_seqs) :], **self._loss_kwargs()
                 )
@@ -620,13 +616,9 @@ class GADTrainer(GRPOTrainer):
         """The discriminator's accuracy and score gap on the fixed held-out triples (sampled on first use)."""
         from .heldout import evaluate_triples
 
-        self.discriminator.eval()
-        try:
-            with discriminator_scope(self.discriminator):
-                return evaluate_triples(self.discriminator, self.processing_class, self._heldout_triples(),
-                                        self.args.per_device_eval_batch_size, self.max_completion_length)
-        finally:
-            self.discriminator.train()
+        with eval_mode(self.discriminator), discriminator_scope(self.discriminator):
+            return evaluate_triples(self.discriminator, self.processing_class, self._heldout_triples(),
+                                    self.args.per_device_eval_batch_size, self.max_completion_length)
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         """`Trainer.train`, with `resume_from_checkpoint=True` (or "true") resuming from the latest *complete*
