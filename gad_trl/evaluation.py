@@ -180,13 +180,14 @@ def local_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: i
     import torch
 
     from .data import prompt_text
+    from .heldout import stop_token_ids
 
     model = getattr(model, "module", model)
     was_training = model.training
     model.eval()
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos_ids = {tokenizer.eos_token_id} | set(_as_list(getattr(model.generation_config, "eos_token_id", None)))
+    eos_ids = set(stop_token_ids(model, tokenizer))
     device = next(model.parameters()).device
     out = []
     try:
@@ -211,10 +212,6 @@ def local_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: i
         tokenizer.padding_side = side
         model.train(was_training)
     return out
-
-
-def _as_list(value) -> list:
-    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -139,7 +139,7 @@ def sample_triples(
     import torch
 
     torch.manual_seed(seed)
-    eos_ids = set(_eos_ids(model, tokenizer))
+    eos_ids = set(stop_token_ids(model, tokenizer))
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     triples = []
@@ -181,7 +181,8 @@ def sample_triples(
     return triples
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """The ids that end a generated answer: the model's generation-config EOS id(s) and the tokenizer's EOS."""
     ids = []
     gen = getattr(model, "generation_config", None)
     eos = getattr(gen, "eos_token_id", None) if gen is not None else None
