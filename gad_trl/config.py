@@ -181,7 +181,9 @@ class GADConfig(GRPOConfig):
             settings; other settings are an error).
         discriminator_max_nonfinite_updates (`int`, *optional*, defaults to `3`):
             A discriminator update whose loss, scores or gradient norm is NaN/inf is skipped (counted in
-            `discriminator/nonfinite_skipped`); training stops with an error after this many in a row.
+            `discriminator/nonfinite_skipped`), and so is a student update whose loss or gradient norm is
+            (`student/nonfinite_skipped`; not under DeepSpeed, which steps inside its backward); training stops with
+            an error after this many skips in a row of either model.
         warn_on_unhealthy_metrics (`bool`, *optional*, defaults to `True`):
             Log a warning when discriminator metrics leave the healthy ranges.
     """
@@ -411,7 +413,9 @@ class GADConfig(GRPOConfig):
         default=3,
         metadata={
             "help": "A discriminator update whose loss, scores or gradient norm is NaN/inf is skipped (counted in "
-            "`discriminator/nonfinite_skipped`); training stops with an error after this many in a row."
+            "`discriminator/nonfinite_skipped`), and so is a student update whose loss or gradient norm is "
+            "(`student/nonfinite_skipped`; not under DeepSpeed, which steps inside its backward); training stops with "
+            "an error after this many skips in a row of either model."
         },
     )
 

@@ -4,7 +4,9 @@ The discriminator computes GAD's rewards itself, so TRL's NaN-reward warning nev
 false against every health threshold: without a guard a diverged discriminator trains on silently and is saved as
 all-NaN. `NonFiniteGuard` decides, per discriminator update, whether its loss, scores and gradient norm are finite;
 a non-finite update is skipped (no optimizer or scheduler step), counted and logged, and too many in a row stop the
-run with `NonFiniteError` naming the likely causes.
+run with `NonFiniteError` naming the likely causes. A second guard does the same for the student's updates (its
+loss and gradient norm; `GADTrainer._get_grad_norm`), which transformers would otherwise clip with a NaN norm and
+apply, and which a vLLM server would then be sent.
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ def all_finite(*values) -> bool:
 
 
 class NonFiniteGuard:
-    """Counts skipped (non-finite) discriminator updates and stops after `max_in_a_row` consecutive ones."""
+    """Counts skipped (non-finite) updates of one model (`name`: "discriminator" or "student") and stops after
+    `max_in_a_row` consecutive ones."""
 
-    def __init__(self, max_in_a_row: int, logger=None):
+    def __init__(self, max_in_a_row: int, logger=None, name: str = "discriminator"):
         self.max_in_a_row = max_in_a_row
         self.logger = logger
+        self.name = name
         self.in_a_row = 0
         self.total = 0
 
@@ -50,20 +54,20 @@ class NonFiniteGuard:
         self.total += 1
         if self.in_a_row >= self.max_in_a_row:
             raise NonFiniteError(
-                f"The discriminator diverged: {self.in_a_row} updates in a row had non-finite values ({details}; last "
+                f"The {self.name} diverged: {self.in_a_row} updates in a row had non-finite values ({details}; last "
                 f"at step {step}). {hint} Training stopped so that no NaN reaches the saved weights "
                 "(discriminator_max_nonfinite_updates sets how many skips in a row are tolerated)."
             )
         if self.logger is not None:
             self.logger.warning(
-                f"[GAD step {step}] discriminator update skipped: {details} "
+                f"[GAD step {step}] {self.name} update skipped: {details} "
                 f"({self.in_a_row} in a row, {self.total} in all; the run stops at {self.max_in_a_row} in a row)."
             )
         return False
 
 
 def nonfinite_details(loss, scores, grad_norm) -> str:
-    """Which of the discriminator's loss, scores and gradient norm are non-finite, in words."""
+    """Which of an update's loss, scores and gradient norm are non-finite, in words (None: not checked)."""
     parts = []
     if loss is not None and not all_finite(loss):
         parts.append(f"loss {float(loss.detach()):.3g}" if isinstance(loss, torch.Tensor) else f"loss {loss}")
@@ -75,19 +79,31 @@ def nonfinite_details(loss, scores, grad_norm) -> str:
     return "non-finite " + ", ".join(parts) if parts else "all finite"
 
 
+def _precision_hint(args) -> str:
+    return " fp16 overflows easily: prefer bf16 or float32." if getattr(args, "fp16", False) else ""
+
+
 def discriminator_divergence_hint(args) -> str:
-    precision = " fp16 overflows easily: prefer bf16 or float32." if getattr(args, "fp16", False) else ""
     return (
         f"Likely cause: discriminator_learning_rate={args.discriminator_learning_rate:g} is too high for this "
-        "model (the paper uses 1e-6); lower it, or clip harder with discriminator_max_grad_norm." + precision
+        "model (the paper uses 1e-6); lower it, or clip harder with discriminator_max_grad_norm." + _precision_hint(args)
     )
 
 
-STUDENT_DIVERGED = (
-    "The student's sampling probabilities contain NaN/inf: its weights have diverged ({error}). Likely cause: "
-    "learning_rate={lr:g} is too high for this model (the paper uses 1e-6); lower it, clip harder with "
-    "max_grad_norm, or resume from an earlier checkpoint."
-)
+def student_divergence_hint(args) -> str:
+    return (
+        f"Likely cause: the student's learning_rate={args.learning_rate:g} is too high for this model (the paper "
+        "uses 1e-6); lower it, clip harder with max_grad_norm, or resume from an earlier checkpoint."
+        + _precision_hint(args)
+    )
+
+
+def student_sampling_divergence(error: BaseException, args) -> str:
+    """The message for a student whose weights diverged before the guard could stop it (seen while sampling)."""
+    return (
+        f"The student's sampling probabilities contain NaN/inf: its weights have diverged ({error}). "
+        + student_divergence_hint(args)
+    )
 
 
 def is_sampling_divergence(error: BaseException) -> bool:

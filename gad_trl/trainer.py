@@ -25,7 +25,7 @@ from .discriminator import (
 )
 from .discriminator_peft import discriminator_scope, is_peft_discriminator
 from .end_of_turn import end_of_turn_token_id
-from .guards import NonFiniteGuard, all_finite
+from .guards import NonFiniteGuard, all_finite, nonfinite_details, student_divergence_hint
 from .health import HealthMonitor
 from .hub import CITATION, PAPER_ID, PAPER_TITLE
 from .losses import discriminator_loss
@@ -296,6 +296,8 @@ class GADTrainer(GRPOTrainer):
         self._teacher_eos = end_of_turn_token_id(self._tokenizer, self.eos_token_ids)
         self._health = HealthMonitor(logger)
         self._nonfinite_guard = NonFiniteGuard(args.discriminator_max_nonfinite_updates, logger)
+        self._student_nonfinite_guard = NonFiniteGuard(args.discriminator_max_nonfinite_updates, logger, "student")
+        self._student_window_loss: torch.Tensor | None = None  # summed micro-batch losses until the optimizer step
         # Per-batch state handed between TRL's hooks, all set for the generation batch in flight:
         # `_generate` -> the prompt ids the completions continue (the discriminator's inputs start with them);
         # `_calculate_rewards` -> per completion row, its teacher's completion ids and teacher index, which
@@ -367,13 +369,13 @@ class GADTrainer(GRPOTrainer):
             self._signature_columns = [*self._signature_columns, self.args.teacher_response_column]
 
     def _generate(self, prompts: list):
-        from .guards import STUDENT_DIVERGED, NonFiniteError, is_sampling_divergence
+        from .guards import NonFiniteError, is_sampling_divergence, student_sampling_divergence
 
         try:
             outputs = super()._generate(prompts)
         except RuntimeError as err:
             if is_sampling_divergence(err):
-                raise NonFiniteError(STUDENT_DIVERGED.format(error=err, lr=self.args.learning_rate)) from err
+                raise NonFiniteError(student_sampling_divergence(err, self.args)) from err
             raise
         self._batch_prompt_ids = outputs[0]  # the tokenised prompts the completions continue; reused for D's inputs
         return outputs
@@ -530,16 +532,19 @@ class GADTrainer(GRPOTrainer):
     def _nonfinite_update_allowed(self, loss, scores, grad_norm) -> bool:
         """False (skip the update) when the loss, scores or gradient norm is non-finite on any process; raises after
         discriminator_max_nonfinite_updates skips in a row (gad_trl.guards)."""
-        from .guards import discriminator_divergence_hint, nonfinite_details
+        from .guards import discriminator_divergence_hint
 
-        finite = all_finite(loss, scores, grad_norm)
-        if self.accelerator.num_processes > 1:  # every replica must take the same decision
+        return self._nonfinite_guard.check(
+            self._finite_on_every_process(all_finite(loss, scores, grad_norm)), self.state.global_step,
+            nonfinite_details(loss, scores, grad_norm), discriminator_divergence_hint(self.args),
+        )
+
+    def _finite_on_every_process(self, finite: bool) -> bool:
+        """Every replica must take the same skip decision: True only when `finite` holds on all processes."""
+        if self.accelerator.num_processes > 1:
             flag = torch.tensor([0.0 if finite else 1.0], device=self.accelerator.device)
             finite = bool(self.accelerator.gather(flag).max() == 0)
-        return self._nonfinite_guard.check(
-            finite, self.state.global_step, nonfinite_details(loss, scores, grad_norm),
-            discriminator_divergence_hint(self.args),
-        )
+        return finite
 
     def _all_reduce_discriminator_grads(self):
         # The discriminator is replicated on every process (not wrapped in DDP): average its gradients by hand.
@@ -578,6 +583,33 @@ class GADTrainer(GRPOTrainer):
             if phase == PHASE_SFT_WARMUP:
                 return self._sft_loss(model, inputs)
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    # ------------------------------------------------------------------ student non-finite guard (gad_trl.guards)
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # Summed over the accumulation window (finite iff every micro-batch loss is); read at its optimizer step.
+        self._student_window_loss = loss if self._student_window_loss is None else self._student_window_loss + loss
+        return loss
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        # transformers computes the student's gradient norm here, on every backend, right before `optimizer.step()`
+        # (no public hook sees it): the place to veto a non-finite update, whose NaN norm it would clip with and apply.
+        grad_norm = super()._get_grad_norm(model, grad_norm)
+        window_loss, self._student_window_loss = self._student_window_loss, None
+        if self.is_deepspeed_enabled:
+            return grad_norm  # DeepSpeed has already stepped inside backward (with its own fp16 overflow skip)
+        # Under fp16 loss scaling, inf gradients are routine: the GradScaler skips those steps and lowers its scale.
+        checked_norm = grad_norm if self.accelerator.scaler is None else None
+        applied = self._student_nonfinite_guard.check(
+            self._finite_on_every_process(all_finite(window_loss, checked_norm)), self.state.global_step,
+            nonfinite_details(window_loss, None, checked_norm), student_divergence_hint(self.args),
+        )
+        self._metrics["train"]["student/nonfinite_skipped"].append(float(not applied))
+        if not applied:
+            # The optimizer skips parameters without a gradient; the LR schedule still advances with global_step,
+            # so the phases keep their boundaries.
+            model.zero_grad(set_to_none=True)
+        return grad_norm
 
     def _sft_loss(self, model, inputs):
         """Cross-entropy of the student on the teacher responses of this micro-batch, one row per prompt."""
@@ -628,6 +660,7 @@ class GADTrainer(GRPOTrainer):
         checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
         # Only a resumed run may reuse the held-out triples found in output_dir (a new run draws its own).
         self._resumed_run = checkpoint is not None
+        self._student_window_loss = None  # a window left open by an interrupted train() does not carry over
         return super().train(checkpoint, *args, **kwargs)
 
     def _heldout_triples(self) -> list[dict]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
+from transformers import TrainerCallback
 
 from gad_trl import GADConfig
 from gad_trl.guards import NonFiniteError, NonFiniteGuard
@@ -90,6 +91,48 @@ def test_student_divergence_in_sampling_names_the_learning_rate(tiny_model_dir, 
     trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=1, learning_rate=1e4)
     with pytest.raises(NonFiniteError, match=r"student.*learning_rate=10000 is too high"):
         trainer.train()
+
+
+class _Snapshots(TrainerCallback):
+    """The student's weights after every optimizer step."""
+
+    def __init__(self):
+        self.params = []
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.params.append(params_of(model))
+
+
+def test_nonfinite_student_update_is_skipped_and_never_reaches_the_weights(tiny_model_dir, tmp_path):
+    """NaN student gradients in the GRPO phase: that update is skipped (weights unchanged, counted), the next applies."""
+    trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=2, max_grad_norm=1.0)
+    snapshots = _Snapshots()
+    trainer.add_callback(snapshots)
+    before = params_of(trainer.model)
+    weight = trainer.model.model.norm.weight
+    calls = []
+    handle = weight.register_hook(lambda grad: grad * float("nan") if len(calls.append(1) or calls) == 1 else grad)
+    trainer.train()
+    handle.remove()
+    assert calls, "the student's GRPO loss never reached the hooked weight"
+    assert same_params(before, snapshots.params[0])  # the NaN update was not applied
+    assert not same_params(snapshots.params[0], snapshots.params[1])  # the next, finite one was
+    skipped = [h["student/nonfinite_skipped"] for h in trainer.state.log_history if "student/nonfinite_skipped" in h]
+    assert skipped == [1.0, 0.0]
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_nonfinite_student_loss_in_sft_warmup_stops_with_the_learning_rate(tiny_model_dir, tmp_path, monkeypatch):
+    """A student loss that stays NaN (here in the SFT warm-up) is never applied and stops the run, naming the cause."""
+    trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=6, sft_warmup_steps=6, learning_rate=1e4,
+                           discriminator_max_nonfinite_updates=2)
+    sft_loss = trainer._sft_loss
+    monkeypatch.setattr(trainer, "_sft_loss", lambda model, inputs: sft_loss(model, inputs) * float("nan"))
+    before = params_of(trainer.model)
+    with pytest.raises(NonFiniteError, match=r"student diverged: 2 updates in a row.*learning_rate=10000 is too high"):
+        trainer.train()
+    assert trainer.state.global_step == 1  # the first skip was counted as a step, the second stopped the run
+    assert same_params(before, params_of(trainer.model))
 
 
 def test_health_checks_treat_nan_as_unhealthy_and_flag_cut_teacher_answers():
