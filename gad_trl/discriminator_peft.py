@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import os
 from contextlib import contextmanager, nullcontext
 
@@ -35,6 +36,9 @@ ADAPTER_CONFIG_NAME = "adapter_config.json"
 HEAD_MODULE = "score"
 HEAD_KEY = f"base_model.model.{HEAD_MODULE}.weight"  # PEFT's key for the head (`modules_to_save`) in an adapter file
 MERGED_DIR = "discriminator_merged"
+# The discriminator-config keys an adapter folder must carry (scoring depends on them), written next to the adapter:
+# a config.json there would make transformers take the folder for a full model and look for its weights.
+SETTINGS_NAME = "gad_discriminator.json"
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -304,7 +308,13 @@ def _base_name_or_path(discriminator) -> str | None:
 
 
 def save_discriminator_adapter(discriminator, save_dir: str) -> None:
-    """Write a PEFT `SEQ_CLS` adapter folder (adapter_config.json + adapter_model.safetensors with the head)."""
+    """Write a PEFT `SEQ_CLS` adapter folder (adapter_config.json + adapter_model.safetensors with the head), and
+    `SETTINGS_NAME` with the pooling (saved in a full discriminator's config.json)."""
+    from .discriminator import POOLING_CONFIG_KEY, discriminator_pooling
+
+    os.makedirs(save_dir, exist_ok=True)
+    with open(os.path.join(save_dir, SETTINGS_NAME), "w") as f:
+        json.dump({POOLING_CONFIG_KEY: discriminator_pooling(discriminator)}, f, indent=2)
     if not isinstance(discriminator, SharedBaseDiscriminator):
         discriminator.save_pretrained(save_dir)
         return
@@ -314,7 +324,6 @@ def save_discriminator_adapter(discriminator, save_dir: str) -> None:
     state = get_peft_model_state_dict(discriminator.student, adapter_name=discriminator.adapter_name)
     state[HEAD_KEY] = discriminator.score.weight
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    os.makedirs(save_dir, exist_ok=True)
     save_file(state, os.path.join(save_dir, "adapter_model.safetensors"), metadata={"format": "pt"})
     config = copy.deepcopy(discriminator.lora_config)
     config.base_model_name_or_path = _base_name_or_path(discriminator)
@@ -367,11 +376,25 @@ def check_resume_layout(discriminator, disc_dir: str) -> None:
         )
 
 
+def saved_adapter_pooling(adapter_dir: str) -> str:
+    """The pooling an adapter folder was trained with (`SETTINGS_NAME`; `last` for a folder written before it was
+    saved, as for a config.json without the key)."""
+    from .discriminator import POOLING_CONFIG_KEY
+
+    path = os.path.join(adapter_dir, SETTINGS_NAME)
+    if not os.path.isfile(path):
+        return "last"
+    with open(path) as f:
+        return json.load(f).get(POOLING_CONFIG_KEY) or "last"
+
+
 def load_saved_discriminator(path: str, **kwargs):
     """A saved discriminator folder as a model: a plain one with `AutoModelForSequenceClassification`, an adapter folder
-    (`discriminator/` of a PEFT run) as its base + adapter + head through PEFT. (transformers' own adapter loading
-    would skip the head kept in `modules_to_save` and score with a random one.)"""
+    (`discriminator/` of a PEFT run) as its base + adapter + head through PEFT, with the pooling it was trained with.
+    (transformers' own adapter loading would skip the head kept in `modules_to_save` and score with a random one.)"""
     from transformers import AutoModelForSequenceClassification
+
+    from .discriminator import set_discriminator_pooling
 
     if not is_adapter_folder(path):
         return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
@@ -379,7 +402,9 @@ def load_saved_discriminator(path: str, **kwargs):
 
     base = PeftConfig.from_pretrained(path).base_model_name_or_path
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, **kwargs)
-    return PeftModel.from_pretrained(model, path)
+    model = PeftModel.from_pretrained(model, path)
+    set_discriminator_pooling(model, saved_adapter_pooling(path))  # the base's config.json knows nothing of it
+    return model
 
 
 def export_merged_discriminator(discriminator, adapter_dir: str, output_dir: str, tokenizer=None) -> str:
@@ -390,6 +415,8 @@ def export_merged_discriminator(discriminator, adapter_dir: str, output_dir: str
     """
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
+
+    from .discriminator import discriminator_pooling, set_discriminator_pooling
 
     base_model = discriminator.student.get_base_model() if isinstance(discriminator, SharedBaseDiscriminator) else (
         discriminator.get_base_model()
@@ -408,6 +435,7 @@ def export_merged_discriminator(discriminator, adapter_dir: str, output_dir: str
         base = base.dequantize()
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.config.pad_token_id = discriminator.config.pad_token_id
+    set_discriminator_pooling(merged, discriminator_pooling(discriminator))  # into its config.json, as a full one's
     merged.save_pretrained(output_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(output_dir)

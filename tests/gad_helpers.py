@@ -54,6 +54,18 @@ def score_atol(trainer):
     return 3e-2 if trainer.args.bf16 else 1e-5
 
 
+def response_sequences(trainer):
+    """Three (prompt + teacher response + EOS) token lists of different lengths, and their response starts."""
+    tok = trainer.processing_class
+    seqs, starts = [], []
+    for r in tiny_gad_rows(3, seed=1):
+        prompt = tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False)
+        p = tok(prompt, add_special_tokens=False).input_ids
+        seqs.append(p + tok(r["teacher_response"], add_special_tokens=False).input_ids + [tok.eos_token_id])
+        starts.append(len(p))
+    return seqs, starts
+
+
 def read_jsonl(path):
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]

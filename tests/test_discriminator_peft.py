@@ -102,6 +102,43 @@ def test_peft_discriminator_trains_adapter_and_head_and_exports(tiny_model_dir, 
         assert "PeftModel.from_pretrained" in (out / "discriminator" / "README.md").read_text()  # says what it holds
 
 
+@pytest.mark.parametrize("shared_base", [False, True], ids=["lora", "shared_base"])
+def test_saved_peft_discriminator_keeps_its_mean_pooling(tiny_model_dir, tmp_path, shared_base):
+    """The adapter folder has no config.json for `discriminator_pooling`: the reload (eval-discriminator's loader) and
+    the merged export must still score with mean pooling, as the trained discriminator does."""
+    from transformers import AutoModelForSequenceClassification
+
+    from gad_trl.discriminator import discriminator_pooling, score_sequences, set_discriminator_pooling
+    from gad_trl.discriminator_peft import load_saved_discriminator
+    from tests.gad_helpers import response_sequences
+
+    options = {"discriminator_shared_base": True} if shared_base else {"discriminator_use_peft": True}
+    trainer = _trainer(tiny_model_dir, tmp_path / "run", student_lora=shared_base, max_steps=1,
+                       discriminator_pooling="mean", **options)
+    trainer.train()
+    trainer.save_model()
+    seqs, starts = response_sequences(trainer)
+    pad = trainer.processing_class.pad_token_id
+
+    def scores(model, pooling=None):
+        if pooling:
+            set_discriminator_pooling(model, pooling)
+        with torch.no_grad():
+            return score_sequences(model.eval(), seqs, pad, "cpu", None, starts)
+
+    from gad_trl.discriminator_peft import discriminator_scope
+
+    with discriminator_scope(trainer.discriminator):
+        expected = scores(trainer.discriminator)
+    reloaded = load_saved_discriminator(str(tmp_path / "run" / "discriminator"))
+    assert discriminator_pooling(reloaded) == "mean"
+    assert torch.allclose(scores(reloaded), expected, atol=1e-5)
+    assert not torch.allclose(scores(reloaded, "last"), expected, atol=1e-3)  # the pooling is what the check sees
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "discriminator_merged")
+    assert discriminator_pooling(merged) == "mean"
+    assert torch.allclose(scores(merged), expected, atol=1e-4)
+
+
 def test_shared_base_one_base_and_each_optimizer_owns_its_parameters(tiny_model_dir, tmp_path):
     from trl.generation.vllm_generation import VLLMGeneration
 

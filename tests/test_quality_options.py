@@ -9,27 +9,14 @@ from gad_trl import GADTrainer
 from gad_trl.discriminator import backbone, score_head, score_sequences, set_discriminator_pooling
 from gad_trl.testing import tiny_gad_rows
 
-from .gad_helpers import make_args, make_trainer, params_of, same_params
-
-
-def _sequences(trainer):
-    """Three (prompt + response) token lists of different lengths, and their response starts."""
-    tok = trainer.processing_class
-    rows = tiny_gad_rows(3, seed=1)
-    seqs, starts = [], []
-    for r in rows:
-        prompt = tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False)
-        p = tok(prompt, add_special_tokens=False).input_ids
-        seqs.append(p + tok(r["teacher_response"], add_special_tokens=False).input_ids + [tok.eos_token_id])
-        starts.append(len(p))
-    return seqs, starts
+from .gad_helpers import make_args, make_trainer, params_of, response_sequences, same_params
 
 
 def test_mean_pooling_scores_the_response_mean_and_survives_a_reload(tiny_model_dir, tmp_path):
     trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=1, discriminator_pooling="mean")
     trainer.train()
     disc = trainer.discriminator.eval()
-    seqs, starts = _sequences(trainer)
+    seqs, starts = response_sequences(trainer)
     with torch.no_grad():
         mean_scores = score_sequences(disc, seqs, trainer.processing_class.pad_token_id, "cpu", None, starts)
         # By hand, one sequence at a time (no padding): head(mean of the response's hidden states).
