@@ -86,14 +86,36 @@ def _context(trainer_or_args, dataset_name):
     return trainer, args, {**PAPER, "dataset_name": dataset_name, "metrics": metrics, "run_config": run_config_yaml(args)}
 
 
-def student_card_section(trainer_or_args, dataset_name=None, discriminator_location=None) -> str:
-    """The GAD section of the student's card: the method, the paper, the teacher data, the discriminator, the config."""
+def student_card_section(trainer_or_args, dataset_name=None, discriminator_location=None,
+                         discriminator_merged_location=None, discriminator_merged=False) -> str:
+    """The GAD section of the student's card: the method, the paper, the teacher data, the discriminator, the config.
+    The discriminator's place: `discriminator_locations`."""
     from jinja2 import Template
 
     _, _, context = _context(trainer_or_args, dataset_name)
     template = Template(files("gad_trl").joinpath("templates", "student_card_section.md").read_text())
     return template.render(**context, dataset_is_hub_id=hub_id(context["dataset_name"]) is not None,
-                           discriminator_location=discriminator_location)
+                           discriminator_location=discriminator_location,
+                           discriminator_merged_location=discriminator_merged_location,
+                           discriminator_merged=discriminator_merged)
+
+
+def discriminator_locations(args, repo_id: str | None) -> dict:
+    """Where the student's card says the discriminator is (`student_card_section`'s keywords). Its own repo
+    (`discriminator_hub_model_id`) receives a plain model, for a PEFT discriminator its merged export. Otherwise
+    sub-folders of the student's repo `repo_id` (next to the student when it has none): `discriminator/`, which for a
+    PEFT discriminator is its adapter, and then the merged export `discriminator_merged/`."""
+    from .discriminator_peft import MERGED_DIR, wants_peft_discriminator
+
+    peft = wants_peft_discriminator(args)
+    if args.discriminator_hub_model_id:
+        return {"discriminator_location": args.discriminator_hub_model_id, "discriminator_merged": peft}
+
+    def where(folder: str) -> str:
+        return f"{repo_id}/{folder}" if repo_id else f"{folder}/"
+
+    return {"discriminator_location": where(DISCRIMINATOR_SUBFOLDER),
+            "discriminator_merged_location": where(MERGED_DIR) if peft else None}
 
 
 def append_student_card_section(readme_path: str | os.PathLike, section: str) -> None:

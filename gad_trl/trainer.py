@@ -736,15 +736,15 @@ class GADTrainer(GRPOTrainer):
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         """TRL's student card (its template, GAD's name and paper) plus the GAD section (`gad_trl.hub`)."""
-        from .hub import DISCRIMINATOR_SUBFOLDER, append_student_card_section, hub_id, student_card_section
+        from .hub import append_student_card_section, discriminator_locations, hub_id, student_card_section
 
         self.dataset_name = dataset_name or self.dataset_name
         # TRL links `dataset_name` as a Hub data set: local paths are named in the GAD section only.
         super().create_model_card(model_name=model_name, dataset_name=hub_id(self.dataset_name), tags=tags)
         if self.is_world_process_zero():
-            location = self.args.discriminator_hub_model_id or f"{self.hub_model_id}/{DISCRIMINATOR_SUBFOLDER}"
+            locations = discriminator_locations(self.args, self.hub_model_id or self.args.hub_model_id)
             append_student_card_section(os.path.join(self.args.output_dir, "README.md"),
-                                        student_card_section(self, discriminator_location=location))
+                                        student_card_section(self, **locations))
 
     def push_to_hub(self, commit_message="End of training", blocking=True, token=None, revision=None, **kwargs):
         """TRL's `push_to_hub`: the student with its card, and the discriminator in the same commit (`discriminator/`

@@ -100,6 +100,8 @@ def test_peft_discriminator_trains_adapter_and_head_and_exports(tiny_model_dir, 
         assert "adapter_config.json" not in pushed["me/tiny-gad-discriminator"]
         assert not any(f.startswith("discriminator") for f in pushed["me/tiny-gad"])
         assert "PeftModel.from_pretrained" in (out / "discriminator" / "README.md").read_text()  # says what it holds
+        # The student's card points at the discriminator's own repo, which holds the merged model.
+        assert "`me/tiny-gad-discriminator` (trained as a LoRA adapter, merged" in (out / "README.md").read_text()
 
 
 @pytest.mark.parametrize("shared_base", [False, True], ids=["lora", "shared_base"])

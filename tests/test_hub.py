@@ -130,6 +130,23 @@ def test_student_card_section_is_inserted_once(tmp_path):
     assert f"https://huggingface.co/datasets/{DATASET}" in text and "me/s/discriminator" in text
 
 
+def test_student_card_says_where_a_peft_discriminator_and_its_merged_export_are():
+    def section(repo_id, **fields):
+        args = GADConfig(output_dir="/tmp/x", use_cpu=True, **fields)
+        return gad_hub.student_card_section(args, DATASET, **gad_hub.discriminator_locations(args, repo_id))
+
+    full = section("me/s")
+    assert "- Discriminator: `me/s/discriminator`\n" in full and "LoRA" not in full and "merged" not in full
+    lora = section("me/s", discriminator_use_peft=True)
+    assert "`me/s/discriminator`, a LoRA adapter with its value head" in lora and "load_saved_discriminator" in lora
+    assert "plain `AutoModelForSequenceClassification`: `me/s/discriminator_merged`" in lora
+    local = section(None, discriminator_use_peft=True)  # create_model_card without a Hub repo: next to the student
+    assert "`discriminator/`, a LoRA adapter" in local and "`discriminator_merged/`" in local and "None" not in local
+    own = section("me/s", discriminator_use_peft=True, discriminator_hub_model_id="me/d")  # pushed: the merged model
+    assert "- Discriminator: `me/d` (trained as a LoRA adapter, merged into its base" in own
+    assert "me/s/discriminator" not in own
+
+
 # ------------------------------------------------------------------------------------------------ trained runs
 
 
