@@ -17,6 +17,33 @@ def test_help_lists_every_command(capsys):
         assert command in out
 
 
+@pytest.mark.parametrize("command", [[], ["gad"]], ids=["gad-trl", "gad-trl gad"])
+def test_help_writes_nothing_to_stderr(command):
+    """`gad-trl gad --help` imports TRL, hence peft and bitsandbytes, whose CPU backend warns that the optional `kernels`
+    package is missing (on AVX512-BF16 CPUs): a harmless fallback that must not greet every CLI start."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "gad_trl.cli.main", *command, "--help"], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and "usage" in proc.stdout
+    assert proc.stderr == ""
+
+
+def test_only_the_missing_kernels_fallback_is_silenced():
+    import logging
+
+    cli_main.quiet_harmless_import_warnings()
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    message = "Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure ..."
+    missing = ModuleNotFoundError("No module named 'kernels'", name="kernels")
+    broken = RuntimeError("kernel version mismatch")
+    assert not logger.filter(logger.makeRecord(logger.name, logging.WARNING, "ops.py", 1, message, (missing,), None))
+    assert logger.filter(logger.makeRecord(logger.name, logging.WARNING, "ops.py", 1, message, (broken,), None))
+    assert logger.filter(logger.makeRecord(logger.name, logging.WARNING, "ops.py", 1, "another warning", (), None))
+
+
 def test_unknown_command_is_an_error():
     with pytest.raises(SystemExit) as err:
         cli_main.main(["distill-everything"])

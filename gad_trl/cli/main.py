@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 # name -> (module under gad_trl.cli, help). Modules are imported only when their command runs, so `--help` is fast.
@@ -34,6 +35,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "vllm-serve": (None, "Serve the student with vLLM for `vllm_mode: server` (gad_trl.vllm)"),
     "env": (None, "Print the versions of gad_trl and its main dependencies"),
 }
+
+
+class _KernelsFallbackFilter(logging.Filter):
+    """Drops bitsandbytes' "Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'",
+    logged when it is imported (transformers imports peft, peft bitsandbytes: every training command's start and
+    `--help`) on CPUs with AVX512-BF16 and no `kernels` package: a harmless fallback to its own CPU kernel. The same
+    warning with another cause (a `kernels` package that fails) is kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        missing = record.args and isinstance(record.args[0], ModuleNotFoundError) and record.args[0].name == "kernels"
+        return not (missing and str(record.msg).startswith("Failed to load CPU gemm_4bit_forward"))
+
+
+def quiet_harmless_import_warnings() -> None:
+    # On the logger itself, before bitsandbytes exists: getLogger returns this object to it when it is imported.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_KernelsFallbackFilter())
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -80,6 +97,7 @@ def print_env() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_harmless_import_warnings()
     parser = _build_parser()
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
