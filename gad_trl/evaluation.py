@@ -177,41 +177,12 @@ class EvaluationArguments:
 def local_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, temperature: float = 0.0,
                   batch_size: int = 8) -> list[tuple[str, int]]:
     """(text, completion tokens) for each prompt, generated with transformers (left padding, greedy by default)."""
-    import torch
+    from .local_generation import generate_completions
 
-    from .data import prompt_text
-    from .heldout import stop_token_ids
-
-    model = getattr(model, "module", model)
-    was_training = model.training
-    model.eval()
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos_ids = set(stop_token_ids(model, tokenizer))
-    device = next(model.parameters()).device
-    out = []
-    try:
-        from tqdm.auto import tqdm
-
-        for start in tqdm(range(0, len(prompts), batch_size), desc="student answers", unit="batch",
-                          dynamic_ncols=True):
-            texts = [prompt_text(tokenizer, p) for p in prompts[start : start + batch_size]]
-            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            sampling = dict(do_sample=True, temperature=temperature) if temperature > 0 else dict(do_sample=False)
-            with torch.no_grad():
-                generated = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad_id, **sampling)
-            for row in generated[:, batch["input_ids"].shape[1] :].tolist():
-                tokens = []
-                for token in row:
-                    tokens.append(token)
-                    if token in eos_ids:
-                        break
-                text = tokenizer.decode(tokens, skip_special_tokens=True)
-                out.append((text, len(tokens)))
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
-    return out
+    sampling = dict(do_sample=True, temperature=temperature) if temperature > 0 else dict(do_sample=False)
+    completions = generate_completions(model, tokenizer, prompts, max_new_tokens, batch_size, "student answers",
+                                       **sampling)
+    return [(tokenizer.decode(ids, skip_special_tokens=True), len(ids)) for ids, _ in completions]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

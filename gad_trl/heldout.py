@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from .data import encode_pair, prompt_ids, prompt_messages, prompt_text, teacher_text
+from .data import encode_pair, prompt_ids, prompt_messages, teacher_text
 from .end_of_turn import end_of_turn_token_id
 
 logger = logging.getLogger(__name__)
@@ -134,65 +134,31 @@ def sample_triples(
     """One sampled student response per row: `{"prompt", "teacher_response", "student_response",
     "student_completion_ids", "student_finished"}` (plus the row's `row` index when it has one).
 
-    `rows` hold `prompt` (messages) and `teacher_response` (text). Sampling is seeded, left-padded, batched.
+    `rows` hold `prompt` (messages) and `teacher_response` (text). Sampling is seeded, left-padded, batched
+    (`gad_trl.local_generation.generate_completions`).
     """
     import torch
 
+    from .local_generation import generate_completions
+
     torch.manual_seed(seed)
-    eos_ids = set(stop_token_ids(model, tokenizer))
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
+    completions = generate_completions(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens, batch_size,
+                                       do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
     triples = []
-    model.eval()
-    try:
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start : start + batch_size]
-            texts = [prompt_text(tokenizer, r["prompt"]) for r in batch]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            with torch.no_grad():
-                out = model.generate(
-                    **enc,
-                    do_sample=True,
-                    temperature=temperature,
-                    top_p=1.0,
-                    top_k=0,
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=sorted(eos_ids) or None,
-                )
-            for r, ids in zip(batch, out[:, enc["input_ids"].shape[1] :].tolist()):
-                cut = next((i for i, t in enumerate(ids) if t in eos_ids), None)
-                finished = cut is not None
-                # The completion as the trainer scores it: generated tokens up to and including the first EOS.
-                completion = ids[: cut + 1] if finished else [t for t in ids if t != tokenizer.pad_token_id]
-                body = completion[:-1] if finished else completion
-                triple = {
-                    "prompt": r["prompt"],
-                    "teacher_response": r["teacher_response"],
-                    "student_response": tokenizer.decode(body, skip_special_tokens=True),
-                    "student_completion_ids": completion,
-                    "student_finished": finished,
-                }
-                if "row" in r:
-                    triple["row"] = r["row"]
-                triples.append(triple)
-    finally:
-        tokenizer.padding_side = old_side
+    for r, (completion, finished) in zip(rows, completions):
+        # The completion as the trainer scores it: generated tokens up to and including the first EOS.
+        body = completion[:-1] if finished else completion
+        triple = {
+            "prompt": r["prompt"],
+            "teacher_response": r["teacher_response"],
+            "student_response": tokenizer.decode(body, skip_special_tokens=True),
+            "student_completion_ids": completion,
+            "student_finished": finished,
+        }
+        if "row" in r:
+            triple["row"] = r["row"]
+        triples.append(triple)
     return triples
-
-
-def stop_token_ids(model, tokenizer) -> list[int]:
-    """The ids that end a generated answer: the model's generation-config EOS id(s) and the tokenizer's EOS."""
-    ids = []
-    gen = getattr(model, "generation_config", None)
-    eos = getattr(gen, "eos_token_id", None) if gen is not None else None
-    if isinstance(eos, int):
-        ids.append(eos)
-    elif eos:
-        ids.extend(eos)
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -692,12 +692,9 @@ class GADTrainer(GRPOTrainer):
         def sample() -> list[dict]:
             devices = [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
             # Own seed, without moving the training RNG (resumed runs must see the same random stream).
-            with torch.random.fork_rng(devices=devices):
-                triples = sample_triples(student, self.processing_class, rows, self.args.seed,
-                                         self.max_completion_length, self.temperature,
-                                         self.args.per_device_eval_batch_size)
-            student.train(self.model.training)
-            return triples
+            with torch.random.fork_rng(devices=devices):  # (the student's train/eval mode is restored too)
+                return sample_triples(student, self.processing_class, rows, self.args.seed, self.max_completion_length,
+                                      self.temperature, self.args.per_device_eval_batch_size)
 
         path = os.path.join(self.args.output_dir, "heldout_triples.jsonl")
         self._heldout, _, _ = load_or_sample(path, key, sample, reuse=self._resumed_run, save=self.args.should_save)
