@@ -96,3 +96,32 @@ def resolve_resume_checkpoint(value, output_dir: str) -> str | None:
 
 
 __all__ = ["latest_complete_checkpoint", "resolve_resume_checkpoint", "with_resume_flag_value"]
+
+
+class EpochReplaySampler:
+    """TRL's `RepeatSampler`, resumable in any epoch.
+
+    It draws each epoch's prompt order from one generator seeded once, so epoch k's order is the (k+1)-th draw of this
+    process; transformers no longer iterates the earlier epochs when it resumes, so a run resumed in epoch k >= 1
+    drew epoch 0's order again and trained on other prompts than the uninterrupted run. `set_epoch(k)` (called before
+    every epoch) re-seeds the generator and replays the k earlier draws: the uninterrupted run's orders, unchanged.
+    """
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+
+    def __iter__(self):
+        return iter(self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def set_epoch(self, epoch: int) -> None:
+        import torch
+
+        sampler = self.sampler
+        if not sampler.shuffle or sampler.seed is None:
+            return  # no order to replay (unshuffled), or none that a resumed run could rebuild (unseeded)
+        sampler.generator.manual_seed(sampler.seed)
+        for _ in range(epoch):
+            torch.randperm(sampler.num_samples, generator=sampler.generator)  # as RepeatSampler.__iter__ draws

@@ -309,6 +309,7 @@ class GADTrainer(GRPOTrainer):
         # output_dir is reused only by a run resumed from a checkpoint (`train(resume_from_checkpoint=...)`).
         self._heldout: list[dict] | None = None
         self._resumed_run = False
+        self._train_sampler = None  # TRL's prompt sampler, made resumable in any epoch (gad_trl.resume)
         # The teacher data set's name (Hub id or path), named in the model cards; `gad-trl gad` sets it,
         # `push_to_hub(dataset_name=...)` too.
         self.dataset_name: str | None = None
@@ -367,6 +368,23 @@ class GADTrainer(GRPOTrainer):
         super()._set_signature_columns_if_needed()
         if self.args.teacher_response_column not in self._signature_columns:
             self._signature_columns = [*self._signature_columns, self.args.teacher_response_column]
+
+    def _get_train_sampler(self, dataset=None):
+        from trl.trainer.utils import RepeatSampler
+
+        from .resume import EpochReplaySampler
+
+        sampler = super()._get_train_sampler(dataset)
+        if isinstance(sampler, RepeatSampler):
+            sampler = self._train_sampler = EpochReplaySampler(sampler)
+        return sampler
+
+    def _run_epoch(self, *args, **kwargs):
+        # Set the sampler's epoch here: accelerate's set_epoch does not reach it through the wrappers of a run resumed
+        # mid-epoch on several processes (skipped batches around the per-process shards).
+        if self._train_sampler is not None:
+            self._train_sampler.set_epoch(kwargs["epoch"])
+        return super()._run_epoch(*args, **kwargs)
 
     def _generate(self, prompts: list):
         from .guards import NonFiniteError, is_sampling_divergence, student_sampling_divergence

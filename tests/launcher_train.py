@@ -15,7 +15,8 @@ model_dir, data_dir, out = sys.argv[1:4]
 common = ["--config", "recipes/tiny/gad.yaml", "--model_name_or_path", model_dir, "--dataset_name", data_dir,
           "--max_steps", "3", "--save_strategy", "steps", "--save_steps", "2", "--critic_warmup_steps", "1",
           "--sft_warmup_steps", "1", "--report_to", "none", "--disable_tqdm", "true", "--bf16", "false",
-          "--per_device_train_batch_size", "8"]  # fmt: skip  (4 prompts a step: the 3 steps stay in one epoch)
+          "--per_device_train_batch_size", "16"]  # fmt: skip  (8 prompts a step over 16 rows: checkpoint-2 ends
+# epoch 0, so the resumed run's step 3 starts epoch 1, whose prompt order must be the uninterrupted run's)
 
 
 def run(*extra):

@@ -55,6 +55,22 @@ def test_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
     assert steps_full == steps_resumed == {4}
 
 
+@pytest.mark.parametrize("checkpoint", [2, 3], ids=["epoch_boundary", "mid_second_epoch"])
+def test_resume_in_a_later_epoch_matches_an_uninterrupted_run(tiny_model_dir, tmp_path, checkpoint):
+    """4 prompts, 2 a step: checkpoint-2 ends epoch 0 and checkpoint-3 is inside epoch 1, whose prompt order the resumed
+    run must draw as the uninterrupted run did (TRL's RepeatSampler draws a new order from its generator each epoch)."""
+    common = dict(max_steps=4, save_strategy="steps", save_steps=1, critic_warmup_steps=1,
+                  per_device_train_batch_size=8)
+    full = make_trainer(tiny_model_dir, tmp_path / "full", num_rows=4, **common)
+    full.train()
+    assert full.state.epoch == 2.0
+
+    resumed = make_trainer(tiny_model_dir, tmp_path / "resumed", num_rows=4, **common)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / f"checkpoint-{checkpoint}"))
+    assert same_params(params_of(full.model), params_of(resumed.model), atol=1e-6)
+    assert same_params(params_of(full.discriminator), params_of(resumed.discriminator), atol=1e-6)
+
+
 def test_resume_from_a_non_gad_checkpoint_is_a_clear_error(tiny_model_dir, tmp_path):
     trainer = make_trainer(tiny_model_dir, tmp_path / "a", max_steps=2, save_strategy="steps", save_steps=1)
     trainer.train()

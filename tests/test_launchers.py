@@ -1,5 +1,6 @@
 """The DeepSpeed launchers for real, on CPU: `accelerate launch` with 2 processes (gloo, DS_ACCELERATOR=cpu) runs
-`gad-trl gad`'s main for 3 steps, checkpoints, saves, and a resumed run ends where the uninterrupted one did.
+`gad-trl gad`'s main for 3 steps, checkpoints, saves, and a run resumed into the next epoch ends where the
+uninterrupted one did.
 ZeRO-3 shards the discriminator next to the student (discriminator_sharding: auto); ZeRO-2 keeps it replicated.
 (The DDP-style multi-process path: tests/test_multiprocess.py and tests/test_discriminator_sharding.py.)"""
 
