@@ -76,6 +76,9 @@ def parse_args(argv=None):
     p.add_argument("--disc-loss", default="bradley_terry")
     p.add_argument("--beta", type=float, default=0.0, help="KL coefficient of GAD's GRPO phase")
     p.add_argument("--disc-pooling", default="last", choices=["last", "mean"], help="GADConfig.discriminator_pooling")
+    p.add_argument("--disc-replay", type=int, default=0, help="GADConfig.discriminator_replay_buffer_size (0 = off)")
+    p.add_argument("--disc-replay-ratio", type=float, default=0.5, help="GADConfig.discriminator_replay_ratio")
+    p.add_argument("--sft-loss-coef", type=float, default=0.0, help="GADConfig.sft_loss_coef of the GRPO phase")
     p.add_argument("--disc-hidden-size", type=int, default=None,
                    help="initialise the discriminator from a separately pre-trained student of this width (pre-trained "
                    "the same way, cached in --workdir) instead of the student itself")
@@ -219,6 +222,9 @@ def run_gad(base_dir, tok, train_rows, args, seed, out_dir, sft_epochs=None, fre
         discriminator_lr_scheduler_type="constant",
         discriminator_loss_type=args.disc_loss,
         discriminator_pooling=args.disc_pooling,
+        discriminator_replay_buffer_size=args.disc_replay,
+        discriminator_replay_ratio=args.disc_replay_ratio,
+        sft_loss_coef=args.sft_loss_coef,
         discriminator_model_name_or_path=disc_dir,
         discriminator_freeze_after_step=args.critic_warmup_steps + sft_steps if freeze else None,
         logging_steps=5,
