@@ -589,6 +589,16 @@ class GADScriptArguments(ScriptArguments):
             TRL 1.16's GRPOConfig has no prompt limit). Paper: 2048.
         max_train_samples (`int` or `None`, *optional*, defaults to `None`):
             Keep only the first N training rows (smoke tests, debugging).
+        reward_funcs (`list[str]` or `None`, *optional*, defaults to `None`):
+            `gad-trl gad` only: rewards added next to the discriminator's (`GADTrainer(reward_funcs=...)`), as
+            in TRL's `trl grpo`: the name of a reward in `trl.rewards` (`accuracy_reward`,
+            `reasoning_accuracy_reward`, `think_format_reward`) or a dotted import path
+            (`my_lib.rewards.custom_reward`, importable from the working directory). Weight the columns with
+            `reward_weights` (the discriminator's first).
+        reward_model_name_or_path (`str` or `None`, *optional*, defaults to `None`):
+            `gad-trl gad` only: a reward model (Hub id or local path, `AutoModelForSequenceClassification`)
+            added as a reward column after the discriminator's and before `reward_funcs`, as in TRL's `trl
+            grpo`.
     """
 
     stage: str | None = field(
@@ -616,4 +626,22 @@ class GADScriptArguments(ScriptArguments):
     )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N training rows (smoke tests, debugging)."}
+    )
+    reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "`gad-trl gad` only: rewards added next to the discriminator's (`GADTrainer(reward_funcs=...)`), as "
+            "in TRL's `trl grpo`: the name of a reward in `trl.rewards` (`accuracy_reward`, "
+            "`reasoning_accuracy_reward`, `think_format_reward`) or a dotted import path "
+            "(`my_lib.rewards.custom_reward`, importable from the working directory). Weight the columns with "
+            "`reward_weights` (the discriminator's first)."
+        },
+    )
+    reward_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "`gad-trl gad` only: a reward model (Hub id or local path, `AutoModelForSequenceClassification`) "
+            "added as a reward column after the discriminator's and before `reward_funcs`, as in TRL's `trl "
+            "grpo`."
+        },
     )
