@@ -33,8 +33,10 @@ def _variant(args: dict) -> str:
     """What the run changed from the suite's defaults, read from its saved arguments."""
     defaults = {"disc_pooling": "last", "disc_lr": 3e-4, "disc_loss": "bradley_terry", "beta": 0.0, "gad_epochs": 2.0,
                 "disc_hidden_size": None, "critic_warmup_steps": 20, "sft_warmup_epochs": 1.0, "gad_lr": 3e-5,
-                "hidden_size": 128}
-    changed = [f"{k}={args[k]}" for k, v in defaults.items() if k in args and args[k] != v]
+                "hidden_size": 128, "disc_replay": 0, "disc_replay_ratio": 0.5, "sft_loss_coef": 0.0,
+                "disc_reward_weight": 1.0}
+    changed = [f"{k}={args[k]}" for k, v in defaults.items() if k in args and args[k] != v
+               and not (k == "disc_replay_ratio" and not args.get("disc_replay"))]
     return ", ".join(changed) or "defaults"
 
 
@@ -60,7 +62,7 @@ def main(argv=None):
                 variant = ", ".join(f"{k}={v}" for k, v in (("hidden_size", key[1]), ("gad_epochs", key[2]))
                                     if v not in (128, 2.0))
                 sft_rows[key] = (f"| {METHOD_LABELS[m]}{f' ({variant})' if variant else ''} | {Path(path).stem} | {len(seeds)} | {judge} | {seed0} | "
-                               f"{_stat(results, m, 'sampled')[0]} | | | {cpu} | |")
+                               f"{_stat(results, m, 'sampled')[0]} | | | | {cpu} | |")
                 if key == ("seqkd_long", 128, 2.0):
                     long_cpu = cpu_mu
     for path, results in runs:
@@ -74,14 +76,17 @@ def main(argv=None):
                          _stat(results, m, "mean")[0], "" if seed0 is None else f"{seed0:.3f}",
                          _stat(results, m, "sampled")[0],
                          _stat(results, m, "d_judge_spearman")[0], _stat(results, m, "d_judge_spearman_final")[0],
-                         cpu, cpu_mu))
+                         _stat(results, m, "d_judge_spearman_within_start")[0],
+                         _stat(results, m, "d_judge_spearman_within_final")[0], cpu, cpu_mu))
     lines = ["| method | run | seeds | judge (greedy) | judge, seed 0 | judge (sampled) | Spearman D-judge, start samples | "
-             "Spearman, final samples | train CPU s / seed | x SeqKD-long CPU |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "Spearman, final samples | within-prompt Spearman, start / final student | train CPU s / seed | x SeqKD-long CPU |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += list(sft_rows.values())
-    for label, run, variant, n, judge, seed0, sampled, sp0, sp1, cpu, cpu_mu in rows:
+    for label, run, variant, n, judge, seed0, sampled, sp0, sp1, w0, w1, cpu, cpu_mu in rows:
         ratio = f"{cpu_mu / long_cpu:.1f}x" if cpu_mu and long_cpu else ""
-        lines.append(f"| {label} ({variant}) | {run} | {n} | {judge} | {seed0} | {sampled} | {sp0} | {sp1} | {cpu} | "
-                     f"{ratio} |")
+        within = f"{w0} / {w1}" if w0 or w1 else ""
+        lines.append(f"| {label} ({variant}) | {run} | {n} | {judge} | {seed0} | {sampled} | {sp0} | {sp1} | {within} | "
+                     f"{cpu} | {ratio} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:

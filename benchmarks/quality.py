@@ -76,6 +76,12 @@ def parse_args(argv=None):
     p.add_argument("--disc-loss", default="bradley_terry")
     p.add_argument("--beta", type=float, default=0.0, help="KL coefficient of GAD's GRPO phase")
     p.add_argument("--disc-pooling", default="last", choices=["last", "mean"], help="GADConfig.discriminator_pooling")
+    p.add_argument("--disc-replay", type=int, default=0, help="GADConfig.discriminator_replay_buffer_size (0 = off)")
+    p.add_argument("--disc-replay-ratio", type=float, default=0.5, help="GADConfig.discriminator_replay_ratio")
+    p.add_argument("--sft-loss-coef", type=float, default=0.0, help="GADConfig.sft_loss_coef of the GRPO phase")
+    p.add_argument("--disc-reward-weight", type=float, default=1.0,
+                   help="TRL reward_weights of the discriminator's reward column; 0 = zero advantages, so the GRPO "
+                   "phase learns only from sft_loss_coef's term (the control that isolates what the rewards add)")
     p.add_argument("--disc-hidden-size", type=int, default=None,
                    help="initialise the discriminator from a separately pre-trained student of this width (pre-trained "
                    "the same way, cached in --workdir) instead of the student itself")
@@ -219,6 +225,10 @@ def run_gad(base_dir, tok, train_rows, args, seed, out_dir, sft_epochs=None, fre
         discriminator_lr_scheduler_type="constant",
         discriminator_loss_type=args.disc_loss,
         discriminator_pooling=args.disc_pooling,
+        discriminator_replay_buffer_size=args.disc_replay,
+        discriminator_replay_ratio=args.disc_replay_ratio,
+        sft_loss_coef=args.sft_loss_coef,
+        reward_weights=[args.disc_reward_weight],
         discriminator_model_name_or_path=disc_dir,
         discriminator_freeze_after_step=args.critic_warmup_steps + sft_steps if freeze else None,
         logging_steps=5,
@@ -285,6 +295,25 @@ def disc_judge_agreement(disc, tok, tasks_by_name, rows, answers) -> float:
     d = disc_scores(disc, tok, [r["prompt_text"] for r in rows], answers).tolist()
     j = [tasks_by_name[r["task"]].judge(r["prompt_text"], a) for r, a in zip(rows, answers)]
     return _spearman(d, j)
+
+
+def disc_judge_within_prompt(disc, model, tok, tasks_by_name, rows, args, k: int = 8) -> dict:
+    """Mean over prompts of the Spearman correlation between D's and the judge's scores of `k` answers sampled from
+    `model` for that one prompt (T=args.temperature, fixed seed). This is the ranking GRPO acts on: its advantages
+    only compare the completions of one prompt, so a pooled correlation over prompts of different tasks mixes in
+    offsets the reward never uses. Prompts whose answers the judge (or D) scores all alike rank nothing and are left
+    out; `ranked` is the fraction kept."""
+    prompts = [r["prompt_text"] for r in rows for _ in range(k)]
+    answers = generate(model, tok, prompts, do_sample=True, temperature=args.temperature, seed=2468,
+                       max_new_tokens=args.max_completion_length)
+    d = disc_scores(disc, tok, prompts, answers).tolist()
+    per_prompt = []
+    for i, r in enumerate(rows):
+        judged = [tasks_by_name[r["task"]].judge(r["prompt_text"], a) for a in answers[i * k : (i + 1) * k]]
+        rho = _spearman(d[i * k : (i + 1) * k], judged)
+        if rho == rho:  # NaN: a constant side, no ranking to compare
+            per_prompt.append(rho)
+    return {"mean": statistics.mean(per_prompt) if per_prompt else float("nan"), "ranked": len(per_prompt) / len(rows)}
 
 
 def heldout_disc_accuracy(disc, tok, triples) -> float:
@@ -445,6 +474,11 @@ def main(argv=None):
             res[name]["d_judge_spearman"] = disc_judge_agreement(disc, tok, tasks_by_name, disc_rows, student_answers)
             # The same on the final student's samples: does the reward rank the answers GAD ends up producing?
             res[name]["d_judge_spearman_final"] = disc_judge_agreement(disc, tok, tasks_by_name, disc_rows, final_answers)
+            # Within one prompt (what GRPO's advantages compare), on 8 samples of the starting and of the final student.
+            for key, student in (("start", base), ("final", m)):
+                within = disc_judge_within_prompt(disc, student, tok, tasks_by_name, disc_rows, args)
+                res[name][f"d_judge_spearman_within_{key}"] = within["mean"]
+                res[name][f"d_judge_within_ranked_{key}"] = within["ranked"]
             res[f"{name}_log" if name != "gad" else "gad_log"] = info.get("log", [])
             print(f"  {name} {res[name]}", flush=True)
         results["seeds"][seed] = res
@@ -501,6 +535,8 @@ def write_report(args, tasks, results):
                           ("final_student_d_acc", "held-out accuracy vs the final GAD student's samples"),
                           ("d_judge_spearman", "Spearman(D score, judge score) of the starting student's held-out samples"),
                           ("d_judge_spearman_final", "Spearman(D score, judge score) of the final student's held-out samples"),
+                          ("d_judge_spearman_within_start", "within-prompt Spearman(D, judge), 8 samples a prompt, starting student"),
+                          ("d_judge_spearman_within_final", "within-prompt Spearman(D, judge), 8 samples a prompt, final student"),
                           ("train_d_acc_last", "last logged training accuracy"),
                           ("train_score_diff_last", "last logged score_diff (t - s)")):
             vals = [results["seeds"][s][gm].get(key) for s in seeds]

@@ -55,6 +55,10 @@ class GADConfig(GRPOConfig):
         sft_warmup_steps (`int`, *optional*, defaults to `0`):
             Optimizer steps after `critic_warmup_steps` where the student is trained by cross-entropy on the teacher
             responses (instead of GRPO) while the discriminator keeps learning.
+        sft_loss_coef (`float`, *optional*, defaults to `0.0`):
+            After the warm-ups, add this weight times the student's cross-entropy on the teacher responses of the batch
+            to the GRPO loss (as InstructGPT's PPO-ptx mixes its pre-training loss in), so the policy keeps what the
+            SFT warm-up taught while it follows the discriminator. 0 = pure GRPO on discriminator rewards (the paper).
 
         > Parameters that control the data
 
@@ -102,6 +106,15 @@ class GADConfig(GRPOConfig):
             Stop updating the discriminator from this global step on (it still scores and logs its metrics): the
             paper's frozen-discriminator ablation, e.g. critic_warmup_steps + sft_warmup_steps. None = co-trained at
             every step (GAD).
+        discriminator_replay_buffer_size (`int`, *optional*, defaults to `0`):
+            Keep a uniform sample (reservoir) of this many past student completions, from every step so far, and mix
+            some into each discriminator update as extra negatives, so the discriminator keeps penalising mistakes
+            the student made earlier instead of only separating the teacher from the current student. Replayed pairs
+            only train the discriminator; the rewards are the current completions'. Saved in checkpoints. 0 = off
+            (the paper).
+        discriminator_replay_ratio (`float`, *optional*, defaults to `0.5`):
+            Replayed pairs per discriminator update, as a fraction of the update's current student completions (used
+            when discriminator_replay_buffer_size > 0).
 
         > Parameters that make the discriminator small (LoRA / QLoRA / shared base; TRL ModelConfig's names)
 
@@ -219,6 +232,15 @@ class GADConfig(GRPOConfig):
             "teacher responses (instead of GRPO) while the discriminator keeps learning."
         },
     )
+    sft_loss_coef: float = field(
+        default=0.0,
+        metadata={
+            "help": "After the warm-ups, add this weight times the student's cross-entropy on the teacher responses of "
+            "the batch to the GRPO loss (as InstructGPT's PPO-ptx mixes its pre-training loss in), so the policy keeps "
+            "what the SFT warm-up taught while it follows the discriminator. 0 = pure GRPO on discriminator rewards "
+            "(the paper)."
+        },
+    )
 
     # Data
     teacher_response_column: str = field(
@@ -326,6 +348,23 @@ class GADConfig(GRPOConfig):
             "help": "Stop updating the discriminator from this global step on (it still scores and logs its "
             "metrics): the paper's frozen-discriminator ablation, e.g. critic_warmup_steps + sft_warmup_steps. "
             "None = co-trained at every step (GAD)."
+        },
+    )
+    discriminator_replay_buffer_size: int = field(
+        default=0,
+        metadata={
+            "help": "Keep a uniform sample (reservoir) of this many past student completions, from every step so far, "
+            "and mix some into each discriminator update as extra negatives, so the discriminator keeps penalising "
+            "mistakes the student made earlier instead of only separating the teacher from the current student. "
+            "Replayed pairs only train the discriminator; the rewards are the current completions'. Saved in "
+            "checkpoints. 0 = off (the paper)."
+        },
+    )
+    discriminator_replay_ratio: float = field(
+        default=0.5,
+        metadata={
+            "help": "Replayed pairs per discriminator update, as a fraction of the update's current student "
+            "completions (used when discriminator_replay_buffer_size > 0)."
         },
     )
 
@@ -463,6 +502,17 @@ class GADConfig(GRPOConfig):
             raise ValueError(
                 f"discriminator_freeze_after_step must be >= 0 or None, got {self.discriminator_freeze_after_step}."
             )
+        if not self.sft_loss_coef >= 0:
+            raise ValueError(f"sft_loss_coef must be >= 0 (0 = pure GRPO after the warm-ups), got {self.sft_loss_coef}.")
+        if self.discriminator_replay_buffer_size < 0:
+            raise ValueError(
+                f"discriminator_replay_buffer_size must be >= 0 (0 = no replay), got {self.discriminator_replay_buffer_size}."
+            )
+        if self.discriminator_replay_buffer_size > 0 and not self.discriminator_replay_ratio > 0:
+            raise ValueError(
+                f"discriminator_replay_ratio must be > 0 when discriminator_replay_buffer_size is set, got "
+                f"{self.discriminator_replay_ratio}. Set discriminator_replay_buffer_size=0 to turn replay off."
+            )
         if self.discriminator_mini_batch_size is not None and self.discriminator_mini_batch_size < 1:
             raise ValueError(
                 f"discriminator_mini_batch_size must be a positive integer or None, got {self.discriminator_mini_batch_size}."
@@ -543,6 +593,16 @@ class GADScriptArguments(ScriptArguments):
             TRL 1.16's GRPOConfig has no prompt limit). Paper: 2048.
         max_train_samples (`int` or `None`, *optional*, defaults to `None`):
             Keep only the first N training rows (smoke tests, debugging).
+        reward_funcs (`list[str]` or `None`, *optional*, defaults to `None`):
+            `gad-trl gad` only: rewards added next to the discriminator's (`GADTrainer(reward_funcs=...)`), as
+            in TRL's `trl grpo`: the name of a reward in `trl.rewards` (`accuracy_reward`,
+            `reasoning_accuracy_reward`, `think_format_reward`) or a dotted import path
+            (`my_lib.rewards.custom_reward`, importable from the working directory). Weight the columns with
+            `reward_weights` (the discriminator's first).
+        reward_model_name_or_path (`str` or `None`, *optional*, defaults to `None`):
+            `gad-trl gad` only: a reward model (Hub id or local path, `AutoModelForSequenceClassification`)
+            added as a reward column after the discriminator's and before `reward_funcs`, as in TRL's `trl
+            grpo`.
     """
 
     stage: str | None = field(
@@ -570,4 +630,22 @@ class GADScriptArguments(ScriptArguments):
     )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N training rows (smoke tests, debugging)."}
+    )
+    reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "`gad-trl gad` only: rewards added next to the discriminator's (`GADTrainer(reward_funcs=...)`), as "
+            "in TRL's `trl grpo`: the name of a reward in `trl.rewards` (`accuracy_reward`, "
+            "`reasoning_accuracy_reward`, `think_format_reward`) or a dotted import path "
+            "(`my_lib.rewards.custom_reward`, importable from the working directory). Weight the columns with "
+            "`reward_weights` (the discriminator's first)."
+        },
+    )
+    reward_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "`gad-trl gad` only: a reward model (Hub id or local path, `AutoModelForSequenceClassification`) "
+            "added as a reward column after the discriminator's and before `reward_funcs`, as in TRL's `trl "
+            "grpo`."
+        },
     )

@@ -29,12 +29,14 @@ from .guards import NonFiniteGuard, all_finite, nonfinite_details, student_diver
 from .health import HealthMonitor
 from .hub import CITATION, PAPER_ID, PAPER_TITLE
 from .losses import discriminator_loss
+from .replay import ReplayBuffer, ReplayPair
 
 logger = logging.get_logger(__name__)
 
 DISCRIMINATOR_DIR = "discriminator"
 DISCRIMINATOR_OPTIMIZER_NAME = "discriminator_optimizer.pt"
 DISCRIMINATOR_SCHEDULER_NAME = "discriminator_scheduler.pt"
+DISCRIMINATOR_REPLAY_NAME = "discriminator_replay-rank{rank}.pt"  # one buffer per process: its own completions
 
 PHASE_CRITIC_WARMUP, PHASE_SFT_WARMUP, PHASE_GAD = "critic_warmup", "sft_warmup", "gad"
 _PHASE_IDS = {PHASE_CRITIC_WARMUP: 0, PHASE_SFT_WARMUP: 1, PHASE_GAD: 2}
@@ -298,6 +300,10 @@ class GADTrainer(GRPOTrainer):
         self._nonfinite_guard = NonFiniteGuard(args.discriminator_max_nonfinite_updates, logger)
         self._student_nonfinite_guard = NonFiniteGuard(args.discriminator_max_nonfinite_updates, logger, "student")
         self._student_window_loss: torch.Tensor | None = None  # summed micro-batch losses until the optimizer step
+        self._replay = (
+            ReplayBuffer(args.discriminator_replay_buffer_size, args.seed + self.accelerator.process_index)
+            if args.discriminator_replay_buffer_size > 0 else None
+        )
         # Per-batch state handed between TRL's hooks, all set for the generation batch in flight:
         # `_generate` -> the prompt ids the completions continue (the discriminator's inputs start with them);
         # `_calculate_rewards` -> per completion row, its teacher's completion ids and teacher index, which
@@ -441,9 +447,7 @@ class GADTrainer(GRPOTrainer):
         frozen = mode == "train" and self.discriminator_frozen()
         with discriminator_scope(self.discriminator):  # shared base: the discriminator's adapter, forward and backward
             if mode == "train" and not frozen:
-                student_scores, info = self._discriminator_update(
-                    teacher_seqs, student_seqs, index, response_starts=starts
-                )
+                student_scores, info = self._discriminator_update(teacher_seqs, student_seqs, index, starts)
             else:
                 # Evaluation, or a frozen discriminator: score and measure, no update, with dropout off (eval mode),
                 # as the fixed held-out evaluation does.
@@ -502,8 +506,12 @@ class GADTrainer(GRPOTrainer):
                 batch_size or self.args.discriminator_mini_batch_size, response_starts,
             )
 
-    def _discriminator_update(self, teacher_seqs, student_seqs, index, response_starts=None):
-        """One optimizer step of the discriminator; returns the pre-update student scores (the rewards) and metrics."""
+    def _discriminator_update(self, teacher_seqs, student_seqs, index, response_starts):
+        """One optimizer step of the discriminator; returns the pre-update student scores (the rewards) and metrics.
+        `response_starts`: where each response begins in `teacher_seqs + student_seqs` (the prompt lengths)."""
+        num_current = len(student_seqs)
+        current = (teacher_seqs, student_seqs, index, response_starts)
+        teacher_seqs, student_seqs, index, response_starts, num_replayed = self._add_replayed_pairs(*current)
         num_teacher = len(teacher_seqs)
         sequences = teacher_seqs + student_seqs
         if self.args.discriminator_mini_batch_size is None:
@@ -524,6 +532,18 @@ class GADTrainer(GRPOTrainer):
                 part_starts = None if response_starts is None else response_starts[start : start + chunk]
                 part = self._score(sequences[start : start + chunk], batch_size=chunk, response_starts=part_starts)
                 (part * grad_scores[start : start + chunk]).sum().backward()
+        if num_replayed:
+            # Logged metrics describe the current pairs (what the health checks and the rewards are about); the
+            # replayed pairs get their own accuracy.
+            detached = scores.detach()
+            teacher_side, student_side = detached[:num_teacher][index], detached[num_teacher:]
+            _, info = discriminator_loss(teacher_side[:num_current], student_side[:num_current], **self._loss_kwargs())
+            _, replay_info = discriminator_loss(teacher_side[num_current:], student_side[num_current:], **self._loss_kwargs())
+            info["replay_accuracy"] = replay_info["accuracy"]
+            info["trained_loss"] = loss.item()
+        if self._replay is not None:
+            info["replay_pairs"] = float(num_replayed)
+            self._replay.add(self._replay_pairs(*current))
         self._all_reduce_discriminator_grads()
         max_norm = self.args.discriminator_max_grad_norm
         if max_norm is None:
@@ -545,7 +565,37 @@ class GADTrainer(GRPOTrainer):
             if self.discriminator_lr_scheduler is not None:
                 self.discriminator_lr_scheduler.step()
         self.discriminator_optimizer.zero_grad(set_to_none=True)
-        return scores[num_teacher:].detach(), info
+        return scores[num_teacher : num_teacher + num_current].detach(), info
+
+    def _add_replayed_pairs(self, teacher_seqs, student_seqs, index, response_starts):
+        """The update's pairs plus `discriminator_replay_ratio` x as many past ones drawn from the replay buffer (drawn
+        before this batch joins it, so they are strictly earlier completions); returns the extended
+        (teacher_seqs, student_seqs, index, response_starts) and the number replayed."""
+        if self._replay is None:
+            return teacher_seqs, student_seqs, index, response_starts, 0
+        # Every process has the same batch size and buffer fill, so every process replays the same number of pairs
+        # (a sharded discriminator needs the same number of forwards on each rank).
+        drawn = self._replay.sample(round(self.args.discriminator_replay_ratio * len(student_seqs)))
+        if not drawn:
+            return teacher_seqs, student_seqs, index, response_starts, 0
+        num_teacher = len(teacher_seqs)
+        teacher_starts, student_starts = response_starts[:num_teacher], response_starts[num_teacher:]
+        extra_index = torch.arange(num_teacher, num_teacher + len(drawn), device=index.device, dtype=index.dtype)
+        return (
+            teacher_seqs + [p.teacher for p in drawn],
+            student_seqs + [p.student for p in drawn],
+            torch.cat([index, extra_index]),
+            teacher_starts + [p.teacher_start for p in drawn] + student_starts + [p.student_start for p in drawn],
+            len(drawn),
+        )
+
+    @staticmethod
+    def _replay_pairs(teacher_seqs, student_seqs, index, response_starts) -> list[ReplayPair]:
+        num_teacher = len(teacher_seqs)
+        return [
+            ReplayPair(teacher_seqs[t], student, response_starts[t], response_starts[num_teacher + i])
+            for i, (t, student) in enumerate(zip(index.tolist(), student_seqs))
+        ]
 
     def _nonfinite_update_allowed(self, loss, scores, grad_norm) -> bool:
         """False (skip the update) when the loss, scores or gradient norm is non-finite on any process; raises after
@@ -578,9 +628,9 @@ class GADTrainer(GRPOTrainer):
     # ------------------------------------------------------------------ student loss by phase
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
-        if self.model.training and self.args.sft_warmup_steps > 0:
-            # Teacher tokens ride along with each completion row so they are shuffled/split with it; only read in
-            # the SFT warm-up phase.
+        if self.model.training and (self.args.sft_warmup_steps > 0 or self.args.sft_loss_coef > 0):
+            # Teacher tokens ride along with each completion row so they are shuffled/split with it; read by the
+            # SFT warm-up and by the sft_loss_coef term.
             ids, mask = pad_right(self._batch_teacher_completions, self._tokenizer.pad_token_id, self.accelerator.device)
             output["teacher_completion_ids"] = ids
             output["teacher_completion_mask"] = mask
@@ -600,6 +650,9 @@ class GADTrainer(GRPOTrainer):
                 return torch.zeros((), device=self.accelerator.device, requires_grad=True) * 1.0
             if phase == PHASE_SFT_WARMUP:
                 return self._sft_loss(model, inputs)
+            if self.args.sft_loss_coef > 0:
+                grpo_loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+                return grpo_loss + self.args.sft_loss_coef * self._sft_loss(model, inputs)
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     # ------------------------------------------------------------------ student non-finite guard (gad_trl.guards)
@@ -794,11 +847,27 @@ class GADTrainer(GRPOTrainer):
                            os.path.join(output_dir, DISCRIMINATOR_OPTIMIZER_NAME), self.args.should_save)
         elif self.args.should_save:
             torch.save(self.discriminator_optimizer.state_dict(), os.path.join(output_dir, DISCRIMINATOR_OPTIMIZER_NAME))
+        if self._replay is not None:  # every process saves its own buffer
+            torch.save(self._replay.state_dict(), self._replay_path(output_dir))
         if self.args.should_save:
             if self.discriminator_lr_scheduler is not None:
                 torch.save(
                     self.discriminator_lr_scheduler.state_dict(), os.path.join(output_dir, DISCRIMINATOR_SCHEDULER_NAME)
                 )
+
+    def _resume_pooling(self, saved: str, checkpoint: str) -> None:
+        """A resumed discriminator scores the way it was trained: the checkpoint's pooling, unless the config names
+        another one, which is an error (the weights were fitted to the saved one)."""
+        asked = self.args.discriminator_pooling
+        if asked is not None and asked != saved:
+            raise ValueError(
+                f"{checkpoint} holds a discriminator trained with discriminator_pooling={saved!r}, but this run sets "
+                f"discriminator_pooling={asked!r}. Resume with {saved!r} (or leave it unset), or start a new run."
+            )
+        set_discriminator_pooling(self.discriminator, saved)
+
+    def _replay_path(self, directory: str) -> str:
+        return os.path.join(directory, DISCRIMINATOR_REPLAY_NAME.format(rank=self.accelerator.process_index))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         from accelerate.utils import is_peft_model
@@ -831,12 +900,16 @@ class GADTrainer(GRPOTrainer):
 
         check_resume_layout(self.discriminator, disc_dir)
         if is_peft_discriminator(self.discriminator):
+            from .discriminator_peft import saved_adapter_pooling
+
+            self._resume_pooling(saved_adapter_pooling(disc_dir), checkpoint)
             load_discriminator_adapter(self.discriminator, disc_dir)
         else:
             with replicated_loading(getattr(self.args, "deepspeed_plugin", None)):
                 saved = AutoModelForSequenceClassification.from_pretrained(
                     disc_dir, num_labels=1, dtype=self.discriminator.dtype
                 )
+            self._resume_pooling(discriminator_pooling(saved), checkpoint)
             if self._discriminator_sharded:
                 load_weights(self.discriminator, saved.state_dict())
             else:
@@ -855,6 +928,12 @@ class GADTrainer(GRPOTrainer):
                     "discriminator_sharding='fsdp2', or 'auto' under FSDP / ZeRO-3): resume with the same sharding."
                 )
             self.discriminator_optimizer.load_state_dict(state)
+        if self._replay is not None:
+            replay_path = self._replay_path(checkpoint)
+            if os.path.isfile(replay_path):
+                self._replay.load_state_dict(torch.load(replay_path, weights_only=True))
+            else:
+                logger.warning(f"{replay_path} is missing: the discriminator's replay buffer restarts empty.")
         scheduler_path = os.path.join(checkpoint, DISCRIMINATOR_SCHEDULER_NAME)
         if os.path.isfile(scheduler_path) and self.discriminator_lr_scheduler is not None:
             self.discriminator_lr_scheduler.load_state_dict(torch.load(scheduler_path))

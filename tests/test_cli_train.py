@@ -146,3 +146,40 @@ def test_trainer_commands_relaunch_their_own_module(command):
     assert launch.launch(argv, module.make_parser(), module.MODULE, launch_command_fn=launched.append) == 0
     assert launched[0].training_script == f"gad_trl.cli.{command}" and launched[0].num_processes == 2
     assert launched[0].config_file.endswith("ddp.yaml") and launched[0].training_script_args == ["--config", recipe]
+
+
+def test_gad_command_adds_reward_funcs_next_to_the_discriminator(tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch):
+    """`--reward_funcs` takes trl.rewards names and dotted import paths (from the working directory), as `trl grpo`;
+    each becomes a reward column after the discriminator's, weighted by reward_weights."""
+    from gad_trl.cli import gad
+
+    (tmp_path / "gad_test_rewards.py").write_text(
+        "def length_reward(completions, **kwargs):\n"
+        "    return [float(len(c[0]['content'])) for c in completions]\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    common = ["--config", TINY_GAD, "--model_name_or_path", tiny_model_dir, "--dataset_name", tiny_data_dir,
+              "--output_dir", str(tmp_path / "out"), "--max_steps", "1", "--critic_warmup_steps", "0", "--report_to", "none",
+              "--disable_tqdm", "true"]
+    trainer = gad.build_trainer(*train_cli.parse_args(
+        common + ["--reward_funcs", "gad_test_rewards.length_reward", "think_format_reward",
+                  "--reward_weights", "1.0", "0.01", "0.5"]
+    ))
+    assert trainer.reward_func_names == ["discriminator", "length_reward", "think_format_reward"]
+    trainer.train()
+    logged = trainer.state.log_history[0]
+    assert logged["rewards/length_reward/mean"] > 0 and "rewards/think_format_reward/mean" in logged
+    assert "rewards/discriminator/mean" in logged
+
+    for bad, message in (("no_such_reward", "Unknown reward function 'no_such_reward'"),
+                         ("missing_module.fn", "cannot import module 'missing_module'"),
+                         ("gad_test_rewards.nothing", "has no callable 'nothing'")):
+        with pytest.raises(ValueError, match=message):
+            gad.build_trainer(*train_cli.parse_args(common + ["--reward_funcs", bad]))
+
+
+def test_seqkd_command_refuses_rewards():
+    from gad_trl.cli import seqkd
+
+    with pytest.raises(ValueError, match="SeqKD trains on the teacher text without rewards"):
+        seqkd.build_trainer(*train_cli.parse_args(["--config", TINY_SEQKD, "--reward_funcs", "think_format_reward"]))

@@ -169,7 +169,7 @@ def test_shared_base_one_base_and_each_optimizer_owns_its_parameters(tiny_model_
         from gad_trl.discriminator_peft import discriminator_scope
 
         with discriminator_scope(disc):
-            trainer._discriminator_update(seqs[:1], seqs[1:] * 2, torch.tensor([0, 0]))
+            trainer._discriminator_update(seqs[:1], seqs[1:] * 2, torch.tensor([0, 0]), [1, 1, 1])
     mid = _named(student)
     changed = {n for n in before if not torch.equal(before[n], mid[n])}
     assert changed and changed <= disc_adapter and not torch.equal(head0, disc.score.weight)

@@ -73,11 +73,26 @@ def test_nonfinite_discriminator_update_is_skipped_and_never_reaches_the_weights
 
 
 def test_diverging_discriminator_stops_with_a_clear_error(tiny_model_dir, tmp_path):
-    """The issue's case: discriminator_learning_rate 1e4 used to exit 0 with an all-NaN discriminator."""
+    """The issue's case: discriminator_learning_rate 1e4 used to exit 0 with an all-NaN discriminator. Whether one
+    1e4 step makes this tiny model's scores NaN depends on the CPU's kernels (on some machines they saturate to 0), so
+    the divergence itself is forced: every forward from the second update on is NaN, as a diverged model's is."""
     trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=12, discriminator_learning_rate=1e4,
                            max_grad_norm=1.0, discriminator_max_nonfinite_updates=2)
+    updates = []
+    original_update = trainer._discriminator_update
+
+    def update(*a, **k):
+        updates.append(1)
+        return original_update(*a, **k)
+
+    def diverged(module, inputs, output):
+        return output * float("nan") if len(updates) > 1 else output
+
+    trainer._discriminator_update = update
+    trainer.discriminator.model.norm.register_forward_hook(diverged)
     with pytest.raises(NonFiniteError, match="discriminator_learning_rate=10000 is too high"):
         trainer.train()
+    assert len(updates) == 3  # one applied, then two skipped in a row: the limit
     assert all(torch.isfinite(p).all() for p in trainer.discriminator.parameters())
 
 

@@ -100,3 +100,17 @@ def test_frozen_discriminator_stops_updating_after_the_step_and_still_logs(tiny_
         assert h["reward"] == pytest.approx(h["discriminator/student_score_mean"], abs=1e-5)
     state = trainer.discriminator_optimizer.state_dict()["state"]
     assert max(int(v["step"]) for v in state.values()) == 2
+
+
+def test_resume_keeps_the_checkpoint_pooling_and_refuses_another(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path / "a", max_steps=1, save_strategy="steps", save_steps=1,
+                           discriminator_pooling="mean")
+    trainer.train()
+    checkpoint = str(tmp_path / "a" / "checkpoint-1")
+    resumed = make_trainer(tiny_model_dir, tmp_path / "b", max_steps=2)  # pooling unset: a new one would be `last`
+    assert resumed.discriminator.config.discriminator_pooling == "last"
+    resumed.train(resume_from_checkpoint=checkpoint)
+    assert resumed.discriminator.config.discriminator_pooling == "mean"
+    other = make_trainer(tiny_model_dir, tmp_path / "c", max_steps=2, discriminator_pooling="last")
+    with pytest.raises(ValueError, match="trained with discriminator_pooling='mean'.*sets discriminator_pooling='last'"):
+        other.train(resume_from_checkpoint=checkpoint)

@@ -26,6 +26,11 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
     """The `SFTTrainer` of a `gad-trl seqkd` run; not trained."""
     from trl import SFTTrainer, get_peft_config
 
+    if script_args.reward_funcs or script_args.reward_model_name_or_path:
+        raise ValueError(
+            "reward_funcs / reward_model_name_or_path are GAD rewards; SeqKD trains on the teacher text without "
+            "rewards. Remove them from this recipe, or run `gad-trl gad`."
+        )
     train_dataset, eval_dataset = prepare_run(script_args, training_args, model_args, "seqkd")
     column = training_args.teacher_response_column
     train_dataset = to_seqkd_dataset(train_dataset, column)

@@ -219,3 +219,43 @@ def check_stage(script_args, command: str) -> None:
             f"This recipe says `stage: {script_args.stage}`, but `gad-trl {command}` runs the {command} trainer: run "
             f"it with `gad-trl {script_args.stage}` (or `gad-trl train`, which follows `stage:`)."
         )
+
+
+# The rewards of TRL's `trl.rewards` that `reward_funcs` names directly (TRL's `trl grpo` script keeps the same list).
+NAMED_REWARDS = ("accuracy_reward", "reasoning_accuracy_reward", "think_format_reward")
+
+
+def load_reward_funcs(script_args) -> list:
+    """The extra reward columns of a `gad-trl gad` run, in column order after the discriminator's:
+    `reward_model_name_or_path` (kept as a path: GRPOTrainer loads it), then each of `reward_funcs`, a name from
+    `trl.rewards` or a dotted import path resolved the way TRL's `trl grpo` does (the working directory importable)."""
+    import importlib
+    import sys
+
+    import trl.rewards
+
+    rewards = [script_args.reward_model_name_or_path] if script_args.reward_model_name_or_path else []
+    for name in script_args.reward_funcs or []:
+        if name in NAMED_REWARDS:
+            rewards.append(getattr(trl.rewards, name))
+            continue
+        module_path, _, attr = name.rpartition(".")
+        if not module_path:
+            raise ValueError(
+                f"Unknown reward function {name!r}: give one of {', '.join(NAMED_REWARDS)} (from trl.rewards) or a "
+                "dotted import path such as my_rewards.format_reward."
+            )
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        try:
+            module = importlib.import_module(module_path)
+        except ImportError as err:
+            raise ValueError(
+                f"reward_funcs: cannot import module {module_path!r} for {name!r} ({err}). Run from the directory that "
+                "holds it, or install it."
+            ) from err
+        func = getattr(module, attr, None)
+        if not callable(func):
+            raise ValueError(f"reward_funcs: {module_path!r} has no callable {attr!r} (from {name!r}).")
+        rewards.append(func)
+    return rewards
