@@ -77,6 +77,7 @@ def parse_args(argv=None):
     p.add_argument("--beta", type=float, default=0.0, help="KL coefficient of GAD's GRPO phase")
     p.add_argument("--disc-pooling", default="last", choices=["last", "mean"], help="GADConfig.discriminator_pooling")
     p.add_argument("--disc-replay", type=int, default=0, help="GADConfig.discriminator_replay_buffer_size (0 = off)")
+    p.add_argument("--disc-iterations", type=int, default=1, help="GADConfig.discriminator_num_iterations")
     p.add_argument("--disc-replay-ratio", type=float, default=0.5, help="GADConfig.discriminator_replay_ratio")
     p.add_argument("--sft-loss-coef", type=float, default=0.0, help="GADConfig.sft_loss_coef of the GRPO phase")
     p.add_argument("--disc-reward-weight", type=float, default=1.0,
@@ -226,6 +227,7 @@ def run_gad(base_dir, tok, train_rows, args, seed, out_dir, sft_epochs=None, fre
         discriminator_loss_type=args.disc_loss,
         discriminator_pooling=args.disc_pooling,
         discriminator_replay_buffer_size=args.disc_replay,
+        discriminator_num_iterations=args.disc_iterations,
         discriminator_replay_ratio=args.disc_replay_ratio,
         sft_loss_coef=args.sft_loss_coef,
         reward_weights=[args.disc_reward_weight],

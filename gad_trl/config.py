@@ -106,6 +106,10 @@ class GADConfig(GRPOConfig):
             Stop updating the discriminator from this global step on (it still scores and logs its metrics): the
             paper's frozen-discriminator ablation, e.g. critic_warmup_steps + sft_warmup_steps. None = co-trained at
             every step (GAD).
+        discriminator_num_iterations (`int`, *optional*, defaults to `1`):
+            Discriminator optimizer steps per generation batch, all on the same pairs (the GAN critic's
+            n_critic; GRPO's num_iterations is the student's). The rewards are the scores from before the first;
+            the logged metrics are the first step's. 1 = the paper.
         discriminator_replay_buffer_size (`int`, *optional*, defaults to `0`):
             Keep a uniform sample (reservoir) of this many past student completions, from every step so far, and mix
             some into each discriminator update as extra negatives, so the discriminator keeps penalising mistakes
@@ -350,6 +354,14 @@ class GADConfig(GRPOConfig):
             "None = co-trained at every step (GAD)."
         },
     )
+    discriminator_num_iterations: int = field(
+        default=1,
+        metadata={
+            "help": "Discriminator optimizer steps per generation batch, all on the same pairs (the GAN critic's "
+            "n_critic; GRPO's num_iterations is the student's). The rewards are the scores from before the first; "
+            "the logged metrics are the first step's. 1 = the paper."
+        },
+    )
     discriminator_replay_buffer_size: int = field(
         default=0,
         metadata={
@@ -504,6 +516,10 @@ class GADConfig(GRPOConfig):
             )
         if not self.sft_loss_coef >= 0:
             raise ValueError(f"sft_loss_coef must be >= 0 (0 = pure GRPO after the warm-ups), got {self.sft_loss_coef}.")
+        if self.discriminator_num_iterations < 1:
+            raise ValueError(
+                f"discriminator_num_iterations must be >= 1 (optimizer steps per batch), got {self.discriminator_num_iterations}."
+            )
         if self.discriminator_replay_buffer_size < 0:
             raise ValueError(
                 f"discriminator_replay_buffer_size must be >= 0 (0 = no replay), got {self.discriminator_replay_buffer_size}."

@@ -356,11 +356,13 @@ class GADTrainer(GRPOTrainer):
                     "counting during the critic warm-up (the student is still frozen: it gets no gradient)."
                 )
         if self.discriminator_lr_scheduler is None:
-            # The discriminator steps once per generation batch, i.e. every steps_per_generation * num_iterations
-            # micro-batches, while the student steps every gradient_accumulation_steps: size its schedule in its own
-            # updates (equal to the student's steps with TRL's defaults).
+            # The discriminator steps discriminator_num_iterations times per generation batch, i.e. per
+            # steps_per_generation * num_iterations micro-batches, while the student steps every
+            # gradient_accumulation_steps: size its schedule in its own updates (equal to the student's steps with
+            # TRL's defaults).
             micro_steps = num_training_steps * self.args.gradient_accumulation_steps
-            updates = -(-micro_steps // (self.args.steps_per_generation * self.num_iterations))
+            batches = -(-micro_steps // (self.args.steps_per_generation * self.num_iterations))
+            updates = batches * self.args.discriminator_num_iterations
             self.discriminator_lr_scheduler = get_scheduler(
                 self.args.discriminator_lr_scheduler_type,
                 optimizer=self.discriminator_optimizer,
@@ -507,13 +509,39 @@ class GADTrainer(GRPOTrainer):
             )
 
     def _discriminator_update(self, teacher_seqs, student_seqs, index, response_starts):
-        """One optimizer step of the discriminator; returns the pre-update student scores (the rewards) and metrics.
+        """`discriminator_num_iterations` optimizer steps of the discriminator on this batch's pairs (plus replayed
+        ones); returns the student scores from before the first step (the rewards) and that step's metrics.
         `response_starts`: where each response begins in `teacher_seqs + student_seqs` (the prompt lengths)."""
         num_current = len(student_seqs)
         current = (teacher_seqs, student_seqs, index, response_starts)
         teacher_seqs, student_seqs, index, response_starts, num_replayed = self._add_replayed_pairs(*current)
         num_teacher = len(teacher_seqs)
         sequences = teacher_seqs + student_seqs
+        rewards, info = None, None
+        for iteration in range(self.args.discriminator_num_iterations):
+            scores, loss, step_info = self._discriminator_step(sequences, num_teacher, index, response_starts)
+            if iteration == 0:
+                rewards, info = scores[num_teacher : num_teacher + num_current].detach(), step_info
+                if num_replayed:
+                    # Logged metrics describe the current pairs (what the health checks and the rewards are about);
+                    # the replayed pairs get their own accuracy.
+                    teacher_side, student_side = scores[:num_teacher][index], scores[num_teacher:]
+                    current_pairs = (teacher_side[:num_current], student_side[:num_current])
+                    _, current_info = discriminator_loss(*current_pairs, **self._loss_kwargs())
+                    _, replay_info = discriminator_loss(teacher_side[num_current:], student_side[num_current:],
+                                                        **self._loss_kwargs())
+                    info.update(current_info, replay_accuracy=replay_info["accuracy"], trained_loss=loss.item())
+            else:
+                info["last_iteration_loss"] = loss.item()
+            info["nonfinite_skipped"] = max(info["nonfinite_skipped"], step_info["nonfinite_skipped"])
+        if self._replay is not None:
+            info["replay_pairs"] = float(num_replayed)
+            self._replay.add(self._replay_pairs(*current))
+        return rewards, info
+
+    def _discriminator_step(self, sequences, num_teacher, index, response_starts):
+        """One optimizer step on the pairs (teacher `sequences[:num_teacher][index]`, student `sequences[num_teacher:]`);
+        returns the detached pre-step scores, the loss and the metrics."""
         if self.args.discriminator_mini_batch_size is None:
             # One forward with gradients: its detached scores are the rewards, its loss trains D.
             scores = self._score(sequences, response_starts=response_starts)
@@ -532,18 +560,6 @@ class GADTrainer(GRPOTrainer):
                 part_starts = None if response_starts is None else response_starts[start : start + chunk]
                 part = self._score(sequences[start : start + chunk], batch_size=chunk, response_starts=part_starts)
                 (part * grad_scores[start : start + chunk]).sum().backward()
-        if num_replayed:
-            # Logged metrics describe the current pairs (what the health checks and the rewards are about); the
-            # replayed pairs get their own accuracy.
-            detached = scores.detach()
-            teacher_side, student_side = detached[:num_teacher][index], detached[num_teacher:]
-            _, info = discriminator_loss(teacher_side[:num_current], student_side[:num_current], **self._loss_kwargs())
-            _, replay_info = discriminator_loss(teacher_side[num_current:], student_side[num_current:], **self._loss_kwargs())
-            info["replay_accuracy"] = replay_info["accuracy"]
-            info["trained_loss"] = loss.item()
-        if self._replay is not None:
-            info["replay_pairs"] = float(num_replayed)
-            self._replay.add(self._replay_pairs(*current))
         self._all_reduce_discriminator_grads()
         max_norm = self.args.discriminator_max_grad_norm
         if max_norm is None:
@@ -565,7 +581,7 @@ class GADTrainer(GRPOTrainer):
             if self.discriminator_lr_scheduler is not None:
                 self.discriminator_lr_scheduler.step()
         self.discriminator_optimizer.zero_grad(set_to_none=True)
-        return scores[num_teacher : num_teacher + num_current].detach(), info
+        return scores.detach(), loss.detach(), info
 
     def _add_replayed_pairs(self, teacher_seqs, student_seqs, index, response_starts):
         """The update's pairs plus `discriminator_replay_ratio` x as many past ones drawn from the replay buffer (drawn

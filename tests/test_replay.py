@@ -140,3 +140,33 @@ def test_sft_loss_coef_adds_the_teacher_cross_entropy_to_the_grpo_loss(tiny_mode
     plain = make_trainer(tiny_model_dir, tmp_path / "plain", max_steps=2)
     plain.train()
     assert not any("sft/loss" in h for h in plain.state.log_history)  # off by default: the paper's pure GRPO
+
+
+def test_discriminator_num_iterations_steps_several_times_per_batch(tiny_model_dir, tmp_path):
+    """k optimizer steps on each batch's pairs; the rewards are the scores from before the first, so the first batch's
+    rewards equal a one-step run's, and the discriminator's LR schedule counts k updates per batch."""
+    runs = {}
+    for k in (1, 3):
+        trainer = make_trainer(tiny_model_dir, tmp_path / str(k), max_steps=2, discriminator_num_iterations=k,
+                               discriminator_lr_scheduler_type="linear")
+        rewards = []
+        original_update = trainer._discriminator_update
+
+        def update(*a, _original=original_update, _rewards=rewards, **kw):
+            out = _original(*a, **kw)
+            _rewards.append(out[0].clone())
+            return out
+
+        trainer._discriminator_update = update
+        trainer.train()
+        runs[k] = (trainer, rewards)
+    one, three = runs[1][0], runs[3][0]
+    steps = {int(s["step"]) for s in three.discriminator_optimizer.state_dict()["state"].values()}
+    assert steps == {6}
+    assert three.discriminator_lr_scheduler.state_dict()["_step_count"] - 1 == 6
+    assert three.discriminator_lr_scheduler.get_last_lr()[0] == pytest.approx(0.0)  # linear decay over 6 updates
+    assert torch.allclose(runs[1][1][0], runs[3][1][0], atol=1e-6)  # batch 1: same pre-update scores
+    assert not same_params(params_of(one.discriminator), params_of(three.discriminator), atol=1e-7)
+    assert "discriminator/last_iteration_loss" in three.state.log_history[0]
+    with pytest.raises(ValueError, match="discriminator_num_iterations must be >= 1"):
+        GADConfig(output_dir=str(tmp_path), discriminator_num_iterations=0)
