@@ -99,10 +99,10 @@ def test_teacher_scored_once_per_prompt_and_rewards_are_pre_update_scores(tiny_m
     original = trainer._discriminator_update
     calls = []
 
-    def spy(teacher_seqs, student_seqs, index, **kwargs):
+    def spy(teacher_seqs, student_seqs, index, response_starts):
         with torch.no_grad():
             before = trainer._score(student_seqs)
-        rewards, info = original(teacher_seqs, student_seqs, index, **kwargs)
+        rewards, info = original(teacher_seqs, student_seqs, index, response_starts)
         with torch.no_grad():
             after = trainer._score(student_seqs)
         calls.append((len(teacher_seqs), len(student_seqs), before, after, rewards, index))
