@@ -45,7 +45,7 @@ def main(argv=None):
     p.add_argument("results", nargs="+", help="benchmarks.quality JSON files")
     p.add_argument("--out", default=None, help="markdown file to write (default: print only)")
     a = p.parse_args(argv)
-    rows, sft_rows, long_cpu = [], {}, None
+    rows, sft_rows, long_cpu = [], {}, {}
     runs = [(path, json.loads(Path(path).read_text())) for path in a.results]
     # SFT rows (and the CPU reference) from runs without trajectory evaluations, which would inflate their CPU time.
     runs_sft_first = sorted(runs, key=lambda r: bool(r[1]["args"].get("trajectory_every")))
@@ -61,10 +61,11 @@ def main(argv=None):
                 seed0 = "" if seed0 is None else f"{seed0:.3f}"
                 variant = ", ".join(f"{k}={v}" for k, v in (("hidden_size", key[1]), ("gad_epochs", key[2]))
                                     if v not in (128, 2.0))
+                length = _stat(results, m, "len", "{:.1f}")[0]
                 sft_rows[key] = (f"| {METHOD_LABELS[m]}{f' ({variant})' if variant else ''} | {Path(path).stem} | {len(seeds)} | {judge} | {seed0} | "
-                               f"{_stat(results, m, 'sampled')[0]} | | | | {cpu} | |")
-                if key == ("seqkd_long", 128, 2.0):
-                    long_cpu = cpu_mu
+                               f"{_stat(results, m, 'sampled')[0]} | {length} | | | | {cpu} | |")
+                if m == "seqkd_long":
+                    long_cpu[key[1:]] = cpu_mu
     for path, results in runs:
         seeds = sorted(results["seeds"])
         for m in GAD_METHODS:
@@ -72,21 +73,22 @@ def main(argv=None):
                 continue
             cpu, cpu_mu = _stat(results, m, "train_cpu_s", "{:.0f}")
             seed0 = results["seeds"].get("0", {}).get(m, {}).get("mean")
+            reference_cpu = long_cpu.get((results["args"].get("hidden_size"), results["args"].get("gad_epochs")))
             rows.append((METHOD_LABELS[m], Path(path).stem, _variant(results["args"]), len(seeds),
                          _stat(results, m, "mean")[0], "" if seed0 is None else f"{seed0:.3f}",
-                         _stat(results, m, "sampled")[0],
+                         _stat(results, m, "sampled")[0], _stat(results, m, "len", "{:.1f}")[0],
                          _stat(results, m, "d_judge_spearman")[0], _stat(results, m, "d_judge_spearman_final")[0],
                          _stat(results, m, "d_judge_spearman_within_start")[0],
-                         _stat(results, m, "d_judge_spearman_within_final")[0], cpu, cpu_mu))
-    lines = ["| method | run | seeds | judge (greedy) | judge, seed 0 | judge (sampled) | Spearman D-judge, start samples | "
-             "Spearman, final samples | within-prompt Spearman, start / final student | train CPU s / seed | x SeqKD-long CPU |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+                         _stat(results, m, "d_judge_spearman_within_final")[0], cpu, cpu_mu, reference_cpu))
+    lines = ["| method | run | seeds | judge (greedy) | judge, seed 0 | judge (sampled) | mean length | Spearman D-judge, start samples | "
+             "Spearman, final samples | within-prompt Spearman, start / final student | train CPU s / seed | x SeqKD-long CPU (same size) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += list(sft_rows.values())
-    for label, run, variant, n, judge, seed0, sampled, sp0, sp1, w0, w1, cpu, cpu_mu in rows:
-        ratio = f"{cpu_mu / long_cpu:.1f}x" if cpu_mu and long_cpu else ""
+    for label, run, variant, n, judge, seed0, sampled, length, sp0, sp1, w0, w1, cpu, cpu_mu, ref_cpu in rows:
+        ratio = f"{cpu_mu / ref_cpu:.1f}x" if cpu_mu and ref_cpu else ""
         within = f"{w0} / {w1}" if w0 or w1 else ""
-        lines.append(f"| {label} ({variant}) | {run} | {n} | {judge} | {seed0} | {sampled} | {sp0} | {sp1} | {within} | "
-                     f"{cpu} | {ratio} |")
+        lines.append(f"| {label} ({variant}) | {run} | {n} | {judge} | {seed0} | {sampled} | {length} | {sp0} | {sp1} | "
+                     f"{within} | {cpu} | {ratio} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:
