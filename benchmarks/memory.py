@@ -505,7 +505,7 @@ def measure_trainer_step(a, workdir: Path) -> list[dict]:
         num_gpus=1, per_device_train_batch_size=8, steps_per_generation=1, num_generations=4,
         prompt_length=prompt_length, max_completion_length=completion, gradient_checkpointing=False,
         discriminator_mini_batch_size=None, beta=0.04, student_dtype="float32", discriminator_dtype="float32",
-        bf16=False, use_vllm=False, device="cpu",
+        bf16=False, use_vllm=False, device="cpu", sft_loss_coef=args.sft_loss_coef,
     )
     est = memory.estimate(shape, shape, settings, "replicated")
     error = (est.peak - measured) / measured

@@ -42,7 +42,8 @@ ASSUMPTIONS = [
     "(1 byte per token pair) and, for the student, TRL's fused LM head (tiles of 4096 tokens x 32768 vocab; backward "
     "accumulates the hidden-state gradient and, if trained, the LM-head gradient in float32).",
     "SDPA attention is memory-efficient/flash (no L x L score matrix); eager attention needs far more.",
-    "Student activations at per_device_train_batch_size sequences; reference (and old log-probs) forward without "
+    "Student activations at per_device_train_batch_size sequences (plus, with sft_loss_coef > 0, a forward+backward "
+    "over one teacher answer per prompt with full-vocabulary logits); reference (and old log-probs) forward without "
     "gradient at the same batch; discriminator at discriminator_mini_batch_size sequences, or the whole generation "
     "batch of the device (per_device_train_batch_size x steps_per_generation completions + one teacher per prompt) "
     "when it is unset.",
@@ -286,6 +287,7 @@ class RunSettings:
     discriminator_gradient_checkpointing: bool | None = None
     discriminator_mini_batch_size: int | None = None
     beta: float = 0.0
+    sft_loss_coef: float = 1.0  # GADConfig.sft_loss_coef: > 0 adds a teacher cross-entropy forward to the GAD step
     student_dtype: str = "float32"  # load dtype of the student / reference (ModelConfig.dtype)
     discriminator_dtype: str = "float32"  # load dtype of the discriminator
     bf16: bool = True  # autocast / mixed-precision compute in bf16
@@ -363,6 +365,18 @@ def backbone_training_bytes(
         stored = shape.num_layers * layer
     mask = batch * length * length  # SDPA's boolean 4-D padding mask, built once per forward
     return tokens * (stored + fixed + working) + mask
+
+
+def teacher_cross_entropy_bytes(shape: ModelShape, settings: RunSettings, a: int, r: int, lora_dropout: bool) -> int:
+    """The `sft_loss_coef` term's plain forward+backward over one teacher answer per prompt of the micro-batch, alive
+    next to the GRPO graph until their sum's backward: the decoder stack, plus full-vocabulary logits (in the compute
+    dtype, their float32 copy for the loss, and its gradient)."""
+    if settings.sft_loss_coef <= 0:
+        return 0
+    rows = math.ceil(settings.per_device_train_batch_size / settings.num_generations)
+    length = settings.sequence_length
+    backbone = backbone_training_bytes(shape, rows, length, a, r, settings.gradient_checkpointing, lora_dropout)
+    return backbone + rows * length * shape.vocab_size * (a + 4 + 4)
 
 
 def last_layer_backward_bytes(shape: ModelShape, batch: int, length: int, a: int) -> int:
@@ -498,6 +512,7 @@ def estimate(student: ModelShape, discriminator: ModelShape, settings: RunSettin
     st.activations = backbone_training_bytes(
         student, s.per_device_train_batch_size, length, a_s, r_s, s.gradient_checkpointing, lora_dropout=peft and s.lora_dropout > 0
     ) + fused_lm_head_bytes(student, s.per_device_train_batch_size, s, a_s, head_trained=not peft, grad=True)
+    st.activations += teacher_cross_entropy_bytes(student, s, a_s, r_s, lora_dropout=peft and s.lora_dropout > 0)
     # The reference (and the old log-probs, with vLLM importance sampling) run a forward without gradients.
     no_grad = s.per_device_train_batch_size * length * no_grad_forward_bytes_per_token(student, a_s, r_s)
     no_grad += fused_lm_head_bytes(student, s.per_device_train_batch_size, s, a_s, head_trained=False, grad=False)

@@ -129,6 +129,7 @@ def settings_from_args(
         discriminator_gradient_checkpointing=training_args.discriminator_gradient_checkpointing,
         discriminator_mini_batch_size=training_args.discriminator_mini_batch_size,
         beta=training_args.beta,
+        sft_loss_coef=training_args.sft_loss_coef,
         student_dtype=student_dtype,
         discriminator_dtype=disc_dtype,
         bf16=bf16,
