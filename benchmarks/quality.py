@@ -40,6 +40,13 @@ from .common import (
 from .tasks import check_held_out, get_tasks, make_split
 
 
+def _gad_default(name: str):
+    """A GADConfig field's default: the suite's GAD runs what ships unless a flag says otherwise."""
+    from gad_trl import GADConfig
+
+    return GADConfig.__dataclass_fields__[name].default
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller run: fewer prompts, steps and seeds")
@@ -79,7 +86,8 @@ def parse_args(argv=None):
     p.add_argument("--disc-replay", type=int, default=0, help="GADConfig.discriminator_replay_buffer_size (0 = off)")
     p.add_argument("--disc-iterations", type=int, default=1, help="GADConfig.discriminator_num_iterations")
     p.add_argument("--disc-replay-ratio", type=float, default=0.5, help="GADConfig.discriminator_replay_ratio")
-    p.add_argument("--sft-loss-coef", type=float, default=0.0, help="GADConfig.sft_loss_coef of the GRPO phase")
+    p.add_argument("--sft-loss-coef", type=float, default=_gad_default("sft_loss_coef"),
+                   help="GADConfig.sft_loss_coef of the GRPO phase (default: GADConfig's)")
     p.add_argument("--disc-reward-weight", type=float, default=1.0,
                    help="TRL reward_weights of the discriminator's reward column; 0 = zero advantages, so the GRPO "
                    "phase learns only from sft_loss_coef's term (the control that isolates what the rewards add)")
