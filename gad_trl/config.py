@@ -610,6 +610,11 @@ class GADScriptArguments(ScriptArguments):
             TRL 1.16's GRPOConfig has no prompt limit). Paper: 2048.
         max_train_samples (`int` or `None`, *optional*, defaults to `None`):
             Keep only the first N training rows (smoke tests, debugging).
+        judge_eval_config (`str` or `None`, *optional*, defaults to `None`):
+            Judge every saved checkpoint during training (`JudgeEvalCallback`): the path of a `gad-trl evaluate`
+            YAML (its keys: dataset_name, judge_base_url, judge_model, student_max_tokens, ...). Each
+            checkpoint-N/ gets eval_judge.json and the score is logged as eval_judge/score; pick the best
+            afterwards with `gad-trl evaluate --pick_best`. Needs a save_strategy other than 'no'.
         reward_funcs (`list[str]` or `None`, *optional*, defaults to `None`):
             `gad-trl gad` only: rewards added next to the discriminator's (`GADTrainer(reward_funcs=...)`), as
             in TRL's `trl grpo`: the name of a reward in `trl.rewards` (`accuracy_reward`,
@@ -647,6 +652,15 @@ class GADScriptArguments(ScriptArguments):
     )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N training rows (smoke tests, debugging)."}
+    )
+    judge_eval_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "Judge every saved checkpoint during training (`JudgeEvalCallback`): the path of a `gad-trl evaluate` "
+            "YAML (its keys: dataset_name, judge_base_url, judge_model, student_max_tokens, ...). Each "
+            "checkpoint-N/ gets eval_judge.json and the score is logged as eval_judge/score; pick the best "
+            "afterwards with `gad-trl evaluate --pick_best`. Needs a save_strategy other than 'no'."
+        },
     )
     reward_funcs: list[str] | None = field(
         default=None,

@@ -132,3 +132,36 @@ def test_push_best_uploads_the_checkpoint_with_its_score(tmp_path, monkeypatch, 
     assert "*.pt" in upload["ignore_patterns"] and JUDGEMENTS_FILE in upload["ignore_patterns"]
     card = (tmp_path / "checkpoint-20" / "README.md").read_text()
     assert "**65.00**" in card and "mean answer length: 310.0 tokens" in card
+
+
+@pytest.mark.parametrize("command", ["gad", "seqkd"])
+def test_training_commands_judge_each_checkpoint_with_judge_eval_config(command, tiny_model_dir, tiny_data_dir, tmp_path):
+    """`--judge_eval_config eval.yaml` (a `gad-trl evaluate` YAML) adds JudgeEvalCallback to `gad-trl gad` / `seqkd`."""
+    import importlib
+
+    from gad_trl.cli import train as train_cli
+    from tests.gad_helpers import TINY_GAD, TINY_SEQKD
+
+    cli = importlib.import_module(f"gad_trl.cli.{command}")
+    data = write_jsonl(rows(2), tmp_path / "eval.jsonl")
+    out = tmp_path / "run"
+    with FaultServer(scripted_judge(lambda q, a1, a2: "4 6\nbetter")) as judge:
+        config = tmp_path / "judge.yaml"
+        config.write_text(f"dataset_name: {data}\njudge_base_url: {judge.url}\nstudent_max_tokens: 4\n")
+        common = ["--config", TINY_GAD if command == "gad" else TINY_SEQKD, "--model_name_or_path", tiny_model_dir,
+                  "--dataset_name", tiny_data_dir, "--output_dir", str(out), "--max_steps", "1", "--report_to", "none",
+                  "--disable_tqdm", "true"]
+        trainer = cli.build_trainer(*train_cli.parse_args(
+            common + ["--save_strategy", "steps", "--save_steps", "1", "--judge_eval_config", str(config)]
+        ))
+        trainer.train()
+        summary = json.loads((out / "checkpoint-1" / SUMMARY_FILE).read_text())
+        assert summary["judged"] == 2 and summary["score"]["mean"] == 60
+        assert any(entry.get("eval_judge/score") == 60 for entry in trainer.state.log_history)
+
+        with pytest.raises(ValueError, match="save_strategy is 'no'"):
+            cli.build_trainer(*train_cli.parse_args(common + ["--judge_eval_config", str(config)]))
+        config.write_text(f"dataset_name: {data}\n")
+        with pytest.raises(ValueError, match="judge_base_url is required"):
+            cli.build_trainer(*train_cli.parse_args(common + ["--save_strategy", "steps", "--judge_eval_config",
+                                                              str(config)]))

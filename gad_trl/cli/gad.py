@@ -14,7 +14,7 @@ from trl import ModelConfig, TrlParser
 
 from ..config import GADConfig, GADScriptArguments
 from . import launch as _launch
-from .utils import load_reward_funcs, prepare_run, quantization_config, train_and_save
+from .utils import judge_callbacks, load_reward_funcs, prepare_run, quantization_config, train_and_save
 
 MODULE = "gad_trl.cli.gad"
 
@@ -36,7 +36,7 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         peft_config=get_peft_config(model_args),
-        callbacks=callbacks,
+        callbacks=[*(callbacks or []), *judge_callbacks(script_args, training_args)],
         quantization_config=quantization_config(model_args),
         reward_funcs=load_reward_funcs(script_args),
     )

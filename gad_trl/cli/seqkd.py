@@ -13,7 +13,7 @@ from trl import ModelConfig, TrlParser
 
 from ..config import GADScriptArguments, SeqKDConfig
 from . import launch as _launch
-from .utils import prepare_run, quantization_config, to_seqkd_dataset, train_and_save
+from .utils import judge_callbacks, prepare_run, quantization_config, to_seqkd_dataset, train_and_save
 
 MODULE = "gad_trl.cli.seqkd"
 
@@ -42,7 +42,7 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         peft_config=get_peft_config(model_args),
-        callbacks=callbacks,
+        callbacks=[*(callbacks or []), *judge_callbacks(script_args, training_args)],
         quantization_config=quantization_config(model_args),
     )
 

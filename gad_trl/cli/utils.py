@@ -259,3 +259,22 @@ def load_reward_funcs(script_args) -> list:
             raise ValueError(f"reward_funcs: {module_path!r} has no callable {attr!r} (from {name!r}).")
         rewards.append(func)
     return rewards
+
+
+def judge_callbacks(script_args, training_args) -> list:
+    """`[JudgeEvalCallback]` when `judge_eval_config` names a `gad-trl evaluate` YAML, else `[]`."""
+    if not script_args.judge_eval_config:
+        return []
+    from ..checkpoint_selection import JudgeEvalCallback
+    from .evaluate import make_parser
+
+    path = script_args.judge_eval_config
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"judge_eval_config: {path!r} is not a file (a `gad-trl evaluate` YAML).")
+    if training_args.save_strategy == "no":
+        raise ValueError(
+            "judge_eval_config judges each saved checkpoint, but save_strategy is 'no': set save_strategy to 'steps' "
+            "(with save_steps) or 'epoch'."
+        )
+    (eval_args,) = make_parser().parse_args_and_config(["--config", path])  # EvaluationArguments checks its keys
+    return [JudgeEvalCallback(eval_args)]
