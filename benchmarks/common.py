@@ -178,6 +178,14 @@ def disc_scores(disc, tok, prompt_texts: list[str], responses: list[str], batch_
                            batch_size, [len(p) for p, _ in pairs]).cpu()
 
 
+def machine() -> str:
+    """The CPU, OS, torch version and torch threads a result was measured with (printed in the reports)."""
+    import platform
+
+    return (f"{platform.processor() or platform.machine()}, {platform.platform()}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

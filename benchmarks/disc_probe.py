@@ -28,8 +28,8 @@ import statistics
 import time
 from pathlib import Path
 
-from .common import RESULTS_DIR, build_tokenizer, encode_pair, generate, mean_std, seed_everything
-from .quality import _spearman
+from .common import RESULTS_DIR, build_tokenizer, encode_pair, generate, machine, mean_std, seed_everything
+from .quality import within_prompt_spearman
 from .tasks import get_tasks, make_split
 
 
@@ -76,17 +76,15 @@ def _scores(disc, tok, seqs, grad=False):
 
 def evaluate_disc(disc, tok, test) -> dict:
     disc.eval()
-    rhos, correct, total = [], 0, 0
+    groups, correct, total = [], 0, 0
     for item in test:
         scores = _scores(disc, tok, [item["teacher"]] + item["students"]).tolist()
-        rho = _spearman(scores[1:], item["judge"])
-        if rho == rho:
-            rhos.append(rho)
+        groups.append((scores[1:], item["judge"]))
         correct += sum(scores[0] > s for s in scores[1:])
         total += len(scores) - 1
     disc.train()
-    return {"within_spearman": statistics.mean(rhos) if rhos else float("nan"), "ranked": len(rhos) / len(test),
-            "teacher_vs_student_acc": correct / total}
+    within = within_prompt_spearman(groups)
+    return {"within_spearman": within["mean"], "ranked": within["ranked"], "teacher_vs_student_acc": correct / total}
 
 
 def train_probe(objective, student_dir, tok, train, test, args, seed) -> list[dict]:
@@ -171,6 +169,7 @@ def main(argv=None):
         }
         results["seeds"][seed]["judge_spread"] = judge_spread
     results["wall_s"] = time.perf_counter() - t0
+    results["machine"] = machine()
     write_report(args, results)
     return results
 
@@ -179,7 +178,8 @@ def write_report(args, results):
     seeds = list(results["seeds"])
     lines = ["# Discriminator probe: within-prompt ranking (issue 10)", "",
              f"Command: `python -m benchmarks.disc_probe --workdir {args.workdir} --seeds "
-             f"{','.join(map(str, args.seeds))} --epochs {args.epochs}` ({results['wall_s']:.0f} s). Held-out: "
+             f"{','.join(map(str, args.seeds))} --epochs {args.epochs}` ({results['wall_s']:.0f} s; machine: "
+             f"{results['machine']}). Held-out: "
              f"{args.n_disc} prompts a task, {args.k} answers each from the SeqKD-long student (T={args.temperature}).",
              "", "| epoch | BT (GAD): within-prompt Spearman | BT: teacher-vs-student acc | oracle (judge-ordered pairs): "
              "within-prompt Spearman | oracle: teacher-vs-student acc |", "|---|---|---|---|---|"]

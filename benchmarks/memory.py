@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from contextlib import nullcontext
@@ -41,6 +40,8 @@ from torch import nn  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from gad_trl import memory  # noqa: E402
+
+from .common import machine  # noqa: E402
 
 RESULTS_DIR = Path(__file__).parent / "results"
 MiB = 1024**2
@@ -518,11 +519,6 @@ def measure_trainer_step(a, workdir: Path) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------------- report
 def fmt_bytes(x: int) -> str:
     return f"{x / MiB:.3f}"
-
-
-def machine() -> str:
-    return (f"{platform.processor() or platform.machine()}, {platform.platform()}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads")
 
 
 def markdown(rows: list[dict], a, command: str, seconds: float, sharded_ranges: dict | None = None) -> str:

@@ -317,13 +317,17 @@ def disc_judge_within_prompt(disc, model, tok, tasks_by_name, rows, args, k: int
     answers = generate(model, tok, prompts, do_sample=True, temperature=args.temperature, seed=2468,
                        max_new_tokens=args.max_completion_length)
     d = disc_scores(disc, tok, prompts, answers).tolist()
-    per_prompt = []
-    for i, r in enumerate(rows):
-        judged = [tasks_by_name[r["task"]].judge(r["prompt_text"], a) for a in answers[i * k : (i + 1) * k]]
-        rho = _spearman(d[i * k : (i + 1) * k], judged)
-        if rho == rho:  # NaN: a constant side, no ranking to compare
-            per_prompt.append(rho)
-    return {"mean": statistics.mean(per_prompt) if per_prompt else float("nan"), "ranked": len(per_prompt) / len(rows)}
+    groups = [(d[i * k : (i + 1) * k], [tasks_by_name[r["task"]].judge(r["prompt_text"], a)
+                                        for a in answers[i * k : (i + 1) * k]]) for i, r in enumerate(rows)]
+    return within_prompt_spearman(groups)
+
+
+def within_prompt_spearman(groups: list[tuple[list[float], list[float]]]) -> dict:
+    """`groups`: (D's scores, the judge's scores) of the answers to one prompt each. `mean`: the mean of the groups'
+    Spearman correlations; a group where either side is constant ranks nothing and is left out (`ranked`: the
+    fraction kept)."""
+    rhos = [rho for rho in (_spearman(d, j) for d, j in groups) if rho == rho]  # NaN: a constant side
+    return {"mean": statistics.mean(rhos) if rhos else float("nan"), "ranked": len(rhos) / len(groups)}
 
 
 def heldout_disc_accuracy(disc, tok, triples) -> float:
