@@ -17,7 +17,7 @@ import torch  # noqa: E402
 
 from gad_trl.data import prompt_ids, teacher_completion_ids  # noqa: E402
 from gad_trl.data import prompt_text as templated_prompt  # noqa: E402
-from gad_trl.discriminator import score_sequences  # noqa: E402
+from gad_trl.discriminator.model import score_sequences  # noqa: E402
 from gad_trl.end_of_turn import end_of_turn_token_id  # noqa: E402
 from gad_trl.testing import build_tiny_model, build_tiny_tokenizer  # noqa: E402
 
@@ -166,7 +166,7 @@ def evaluate(model, tok, tasks_by_name, rows, **gen_kwargs) -> tuple[dict[str, f
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Discriminator scoring (last valid token, end-of-turn token included: gad_trl.discriminator)
+# Discriminator scoring (last valid token, end-of-turn token included: gad_trl.discriminator.model)
 # --------------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def disc_scores(disc, tok, prompt_texts: list[str], responses: list[str], batch_size: int = 64) -> torch.Tensor:

@@ -428,8 +428,8 @@ def _primitives(variants: list[str], a_dict: dict, ckpt: str, repeats: int, queu
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    from gad_trl.discriminator import score_sequences
-    from gad_trl.losses import discriminator_loss
+    from gad_trl.discriminator.model import score_sequences
+    from gad_trl.discriminator.losses import discriminator_loss
 
     hf_logging.set_verbosity_error()
     a = argparse.Namespace(**a_dict)

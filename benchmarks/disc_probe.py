@@ -67,7 +67,7 @@ def _encode(tok, rows, answers, k):
 def _scores(disc, tok, seqs, grad=False):
     import torch
 
-    from gad_trl.discriminator import score_sequences
+    from gad_trl.discriminator.model import score_sequences
 
     context = torch.enable_grad() if grad else torch.no_grad()
     with context:
@@ -90,8 +90,8 @@ def evaluate_disc(disc, tok, test) -> dict:
 def train_probe(objective, student_dir, tok, train, test, args, seed) -> list[dict]:
     import torch
 
-    from gad_trl.discriminator import load_discriminator
-    from gad_trl.losses import discriminator_loss
+    from gad_trl.discriminator.model import load_discriminator
+    from gad_trl.discriminator.losses import discriminator_loss
 
     seed_everything(seed)
     disc = load_discriminator(student_dir, None, {}, tok.pad_token_id)

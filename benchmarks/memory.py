@@ -1,4 +1,4 @@
-"""Memory estimate (`gad_trl.memory`, `gad-trl estimate-memory`) against measured peaks on CPU with tiny models.
+"""Memory estimate (`gad_trl.memory.estimator`, `gad-trl estimate-memory`) against measured peaks on CPU with tiny models.
 
     python -m benchmarks.memory                 # writes benchmarks/results/memory_cpu.md + .json
     python -m benchmarks.memory --quick         # smaller shapes, no file written unless --out is given
@@ -39,7 +39,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from gad_trl import memory  # noqa: E402
+from gad_trl.memory import estimator as memory  # noqa: E402
 
 from .common import machine  # noqa: E402
 
@@ -152,7 +152,7 @@ class Setup:
         from peft import get_peft_model
         from trl.trainer.utils import add_fused_lm_head
 
-        from gad_trl.discriminator import last_token_scores
+        from gad_trl.discriminator.model import last_token_scores
 
         quantized = mode.endswith("qlora")
         peft = mode != "replicated"
@@ -340,7 +340,7 @@ def compare(mode: str, measured: dict, est: memory.ModeEstimate) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------------- sharded
 def _sharded_worker(rank: int, world: int, path: str, a, port: int, queue) -> None:
     """One rank of the `sharded` mode over gloo, measured like `measure_mode`. The discriminator is sharded exactly as
-    the trainer does it (`gad_trl.discriminator_sharding.shard_discriminator`, then gradient checkpointing), so this
+    the trainer does it (`gad_trl.discriminator.sharding.shard_discriminator`, then gradient checkpointing), so this
     measures what ships; student and reference stand in for the launcher's FSDP (`fully_shard` per decoder layer,
     backbone and root), all with bf16 compute and float32 master weights."""
     import os
@@ -352,8 +352,8 @@ def _sharded_worker(rank: int, world: int, path: str, a, port: int, queue) -> No
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         from trl.trainer.utils import add_fused_lm_head
 
-        from gad_trl.discriminator import last_token_scores
-        from gad_trl.discriminator_sharding import shard_discriminator
+        from gad_trl.discriminator.model import last_token_scores
+        from gad_trl.discriminator.sharding import shard_discriminator
 
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         torch.manual_seed(0)
@@ -551,7 +551,7 @@ def markdown(rows: list[dict], a, command: str, seconds: float, sharded_ranges: 
         "activation + gradient part alone. The student and reference phases are dominated by TRL's fused-LM-head tile "
         "buffer (min(N, 4096) x 32768 values; on CPU also torch's float32 temporaries of the tile), the discriminator "
         "rows test the decoder-layer formula most directly. `sharded`: 2 CPU processes (gloo), the discriminator sharded by "
-        "`gad_trl.discriminator_sharding.shard_discriminator` (FSDP2 per decoder layer + root, as the trainer), student "
+        "`gad_trl.discriminator.sharding.shard_discriminator` (FSDP2 per decoder layer + root, as the trainer), student "
         "and reference by FSDP2 `fully_shard` per decoder layer, backbone and root in place of the launcher, bf16 "
         "compute with float32 master weights; phase peaks are the "
         "worst rank's and the worst of several runs: they vary from run to run (gloo collectives' buffers)"

@@ -1,8 +1,8 @@
 """gad_trl: Generative Adversarial Distillation (arXiv 2511.10643) on TRL's GRPOTrainer."""
 
-__version__ = "0.1.0"
+from .version import __version__
 
-from .losses import LOSS_TYPES, discriminator_loss
+from .discriminator.losses import LOSS_TYPES, discriminator_loss
 
 __all__ = ["GADConfig", "GADTrainer", "LOSS_TYPES", "discriminator_loss", "__version__"]
 

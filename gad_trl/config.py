@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig, ScriptArguments, SFTConfig
 
-from .losses import DEFAULT_CONSTANTS, LOSS_TYPES
+from .discriminator.losses import DEFAULT_CONSTANTS, LOSS_TYPES
 from .redact import redacting
 
 
@@ -550,7 +550,7 @@ class GADConfig(GRPOConfig):
         targets = self.discriminator_lora_target_modules
         if isinstance(targets, list) and len(targets) == 1:  # as TRL's ModelConfig: `--..._target_modules all-linear`
             self.discriminator_lora_target_modules = targets[0]
-        from .discriminator_peft import check_peft_fields
+        from .discriminator.adapters import check_peft_fields
 
         check_peft_fields(self)
         if isinstance(self.discriminator_init_kwargs, str):

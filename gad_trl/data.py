@@ -10,6 +10,8 @@ is a `GADDataError` naming the row and the column, never a silent skip.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
@@ -309,3 +311,53 @@ def encode_pair(
         tokenizer, response, end_token_id if finished else None, max_completion_length
     )
     return prompt_ids(tokenizer, prompt) + completion
+
+
+FILE_BUILDERS = {
+    ".parquet": "parquet",
+    ".json": "json",
+    ".jsonl": "json",
+    ".csv": "csv",
+    ".arrow": "arrow",
+}
+
+
+def load_any_dataset(dataset_name: str, dataset_config: str | None = None, streaming: bool = False):
+    """Load a `DatasetDict` from a Hub id, a local directory or a single data file.
+
+    - `.parquet` / `.json` / `.jsonl` / `.csv` / `.arrow` file: `load_dataset(<builder>, data_files=path)`, giving a
+      `train` split; a `{split}` placeholder in the path (e.g. `data/{split}.parquet`) loads every split that exists.
+    - a directory written by `save_to_disk`: `load_from_disk`;
+    - any other directory (e.g. `train.parquet` + `test.parquet`) or a Hub id: `load_dataset(dataset_name, ...)`.
+    """
+    from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+    path = Path(os.path.expanduser(dataset_name))
+    suffix = "".join(path.suffixes[-1:]).lower()
+    if suffix in FILE_BUILDERS:
+        builder = FILE_BUILDERS[suffix]
+        if "{split}" in str(path):
+            data_files = {
+                split: str(path).replace("{split}", split)
+                for split in ("train", "validation", "test")
+                if Path(str(path).replace("{split}", split)).exists()
+            }
+            if not data_files:
+                raise FileNotFoundError(f"No file matches {dataset_name!r} for the splits train/validation/test.")
+        else:
+            if not path.exists():
+                raise FileNotFoundError(f"Data file {dataset_name!r} does not exist.")
+            data_files = str(path)
+        for file in [data_files] if isinstance(data_files, str) else data_files.values():
+            check_data_file(file)
+        return load_dataset(builder, data_files=data_files, streaming=streaming)
+    if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
+        ds = load_from_disk(str(path))
+        return ds if isinstance(ds, DatasetDict) else DatasetDict({"train": ds})
+    if path.is_dir():
+        for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            check_data_file(str(file))
+    ds = load_dataset(dataset_name, name=dataset_config, streaming=streaming)
+    if isinstance(ds, Dataset):
+        ds = DatasetDict({"train": ds})
+    return ds

@@ -33,6 +33,14 @@ def all_finite(*values) -> bool:
     return True
 
 
+def finite_on_every_process(accelerator, finite: bool) -> bool:
+    """Every replica must take the same skip decision: True only when `finite` holds on all processes."""
+    if accelerator.num_processes > 1:
+        flag = torch.tensor([0.0 if finite else 1.0], device=accelerator.device)
+        finite = bool(accelerator.gather(flag).max() == 0)
+    return finite
+
+
 class NonFiniteGuard:
     """Counts skipped (non-finite) updates of one model (`name`: "discriminator" or "student") and stops after
     `max_in_a_row` consecutive ones."""

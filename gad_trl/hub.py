@@ -105,7 +105,7 @@ def discriminator_locations(args, repo_id: str | None) -> dict:
     (`discriminator_hub_model_id`) receives a plain model, for a PEFT discriminator its merged export. Otherwise
     sub-folders of the student's repo `repo_id` (next to the student when it has none): `discriminator/`, which for a
     PEFT discriminator is its adapter, and then the merged export `discriminator_merged/`."""
-    from .discriminator_peft import MERGED_DIR, wants_peft_discriminator
+    from .discriminator.adapters import MERGED_DIR, wants_peft_discriminator
 
     peft = wants_peft_discriminator(args)
     if args.discriminator_hub_model_id:
@@ -133,7 +133,7 @@ def discriminator_card(trainer_or_args, dataset_name=None, student_model_id=None
     """The discriminator's README.md (metadata, usage, training details, config, citation), from its template."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    from .discriminator_peft import MERGED_DIR, wants_peft_discriminator
+    from .discriminator.adapters import MERGED_DIR, wants_peft_discriminator
 
     trainer, args, context = _context(trainer_or_args, dataset_name)
     peft = wants_peft_discriminator(args)  # the plain model is discriminator_merged/, the adapter discriminator/
@@ -173,7 +173,7 @@ def push_discriminator(save_dir, repo_id, commit_message="GAD discriminator", to
                        revision=None, blocking=True):
     """Upload a saved discriminator folder (weights, tokenizer, README.md) to its own repo `repo_id`."""
     from huggingface_hub import HfApi
-    from . import __version__
+    from .version import __version__
 
     api = HfApi(library_name="gad_trl", library_version=__version__)
     repo_id = api.create_repo(repo_id, token=token, private=private, exist_ok=True).repo_id

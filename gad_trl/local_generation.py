@@ -1,5 +1,5 @@
 """Batched generation with transformers in this process: the student's answers for the judge evaluation
-(`gad_trl.evaluation.local_answers`, greedy) and for the fixed held-out set (`gad_trl.heldout.sample_triples`,
+(`gad_trl.workflow.evaluation.local_answers`, greedy) and for the fixed held-out set (`gad_trl.discriminator.heldout.sample_triples`,
 seeded sampling). One home for how a batch is padded and where a generated answer ends."""
 
 from __future__ import annotations

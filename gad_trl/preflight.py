@@ -22,3 +22,23 @@ def check_model_source(name, what: str = "model_name_or_path") -> None:
             f"{what}={name!r} looks like a local folder but does not exist (working directory: {os.getcwd()}). "
             "Check the path, or create it first (e.g. `gad-trl make-tiny outputs/tiny` for the tiny recipe)."
         )
+
+
+def check_reference_model_source(model, beta: float, peft_config=None) -> None:
+    """`beta > 0` needs a reference model, which `GRPOTrainer` rebuilds from the student's `config._name_or_path`. A
+    model instance built in memory has none, and TRL then fails deep inside the Hub client ("Repo id must use
+    alphanumeric chars ... ''"): say what is wrong and the two ways out. (A PEFT student needs no copy: TRL disables
+    its adapter instead.)"""
+    if isinstance(model, (str, os.PathLike)) or not beta or peft_config is not None:
+        return
+    if hasattr(model, "peft_config"):  # already a PEFT model
+        return
+    source = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+    if not source:
+        raise ValueError(
+            f"beta={beta:g} (GADConfig's default: the paper's KL penalty) needs a reference model, which GRPOTrainer "
+            "builds by reloading the student from `model.config._name_or_path`; this model instance has none (it was "
+            "built in memory, not loaded from a folder or the Hub). Either save it and pass the folder "
+            "(`model.save_pretrained(path)`, then `GADTrainer(path, ...)`), or set `beta=0.0` in GADConfig (no KL "
+            "penalty, no reference model)."
+        )

@@ -26,6 +26,8 @@ _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[
 _QUERY_SECRET = re.compile(r"(?P<key>[?&](?:[a-z_]*token|api_?key|key|secret|password|sig|signature)=)[^&#\s]+", re.I)
 # Hugging Face user access tokens, wherever they appear
 _HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
+# An Authorization header echoed back by an endpoint ("Bearer sk-...", "Basic ...").
+_AUTH_HEADER = re.compile(r"(?P<scheme>\b(?:Bearer|Basic|Token)\s+)[A-Za-z0-9._~+/=-]{8,}", re.I)
 
 
 def is_secret_key(key: Any) -> bool:
@@ -34,7 +36,8 @@ def is_secret_key(key: Any) -> bool:
 
 
 def redact_string(text: str) -> str:
-    """`text` with URL credentials, secret query parameters and Hugging Face tokens masked."""
+    """`text` with URL credentials, secret query parameters, Authorization header values and Hugging Face tokens
+    masked."""
 
     def url(match: re.Match) -> str:
         if match.group("pw") is None:  # a bare userinfo (https://<token>@host) is the credential itself
@@ -43,7 +46,17 @@ def redact_string(text: str) -> str:
 
     text = _URL_CREDENTIALS.sub(url, text)
     text = _QUERY_SECRET.sub(lambda m: m.group("key") + REDACTED, text)
+    text = _AUTH_HEADER.sub(lambda m: m.group("scheme") + REDACTED, text)
     return _HF_TOKEN.sub(REDACTED, text)
+
+
+def redact_values(text: str, secrets) -> str:
+    """`redact_string(text)`, with every exact occurrence of the given secret values (e.g. an API key an endpoint
+    echoed in its error body) masked too."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, REDACTED)
+    return redact_string(text)
 
 
 def redact(value: Any) -> Any:

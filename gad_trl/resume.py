@@ -125,3 +125,21 @@ class EpochReplaySampler:
         sampler.generator.manual_seed(sampler.seed)
         for _ in range(epoch):
             torch.randperm(sampler.num_samples, generator=sampler.generator)  # as RepeatSampler.__iter__ draws
+
+
+def load_checkpoint_file(path: str, map_location=None):
+    """A `torch.save`d state (optimizer, schedule, replay buffer) read as data only: tensors, numbers, strings and
+    containers. `weights_only=True` refuses any other pickled object, which could run code on loading, so a crafted
+    or foreign file in a checkpoint folder stops the run here, named, instead of executing."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path} holds objects other than tensors, numbers and containers, so it is not loaded (unpickling it "
+            "could run arbitrary code). GADTrainer never writes such a file: if this checkpoint comes from elsewhere, "
+            f"delete the file (its state then restarts) or resume from a checkpoint you wrote. Detail: {err}"
+        ) from err

@@ -3,40 +3,24 @@
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import torch
-from transformers import AutoTokenizer, PreTrainedModel, TrainerCallback, get_scheduler
+from transformers import AutoTokenizer, PreTrainedModel, TrainerCallback
 from transformers.utils import logging
 from trl import GRPOTrainer
 from trl.extras.profiling import profiling_decorator
-from trl.trainer.utils import disable_dropout_in_model
 
 from .config import GADConfig
 from .data import prepare_gad_dataset, teacher_completion_ids
-from .discriminator import (
-    discriminator_pooling,
-    eval_mode,
-    load_discriminator,
-    pad_right,
-    replicated_loading,
-    score_sequences,
-    set_discriminator_pooling,
-)
-from .discriminator_peft import discriminator_scope, is_peft_discriminator
+from .discriminator.component import DISCRIMINATOR_DIR, Discriminator, load_discriminator_model
+from .discriminator.model import pad_right
 from .end_of_turn import end_of_turn_token_id
-from .guards import NonFiniteGuard, all_finite, nonfinite_details, student_divergence_hint
+from .guards import NonFiniteGuard, all_finite, finite_on_every_process, nonfinite_details, student_divergence_hint
 from .health import HealthMonitor
 from .hub import CITATION, PAPER_ID, PAPER_TITLE
-from .losses import discriminator_loss
-from .replay import ReplayBuffer, ReplayPair
 
 logger = logging.get_logger(__name__)
-
-DISCRIMINATOR_DIR = "discriminator"
-DISCRIMINATOR_OPTIMIZER_NAME = "discriminator_optimizer.pt"
-DISCRIMINATOR_SCHEDULER_NAME = "discriminator_scheduler.pt"
-DISCRIMINATOR_REPLAY_NAME = "discriminator_replay-rank{rank}.pt"  # one buffer per process: its own completions
 
 PHASE_CRITIC_WARMUP, PHASE_SFT_WARMUP, PHASE_GAD = "critic_warmup", "sft_warmup", "gad"
 _PHASE_IDS = {PHASE_CRITIC_WARMUP: 0, PHASE_SFT_WARMUP: 1, PHASE_GAD: 2}
@@ -61,19 +45,6 @@ class DiscriminatorReward:
                 "sets them before TRL calls the reward functions."
             )
         return scores
-
-
-def _warn_if_half_precision(discriminator, learning_rate: float) -> None:
-    # The discriminator has a plain AdamW (no fp32 master weights, unlike DeepSpeed/FSDP mixed precision for the
-    # student): in bf16, a weight moves only if its update exceeds ~0.4% of its size, so most updates at lr 1e-6 vanish.
-    dtypes = {p.dtype for p in discriminator.parameters() if p.requires_grad}
-    half = sorted(str(d).removeprefix("torch.") for d in dtypes & {torch.bfloat16, torch.float16})
-    if half:
-        logger.warning(
-            f"The discriminator's trainable weights are {'/'.join(half)} and its AdamW keeps no float32 copy: updates "
-            f"at discriminator_learning_rate={learning_rate:g} smaller than {half[0]}'s resolution are lost. Load it in "
-            "float32 (discriminator_init_kwargs: {dtype: float32}) where memory allows, or raise its learning rate."
-        )
 
 
 @contextmanager
@@ -172,9 +143,10 @@ class GADTrainer(GRPOTrainer):
             raise ValueError(
                 f"Got {len(reward_processing_classes)} reward_processing_classes for {len(extra_rewards)} reward_funcs."
             )
-        from .preflight import check_model_source
+        from .preflight import check_model_source, check_reference_model_source
 
         check_model_source(model)
+        check_reference_model_source(model, args.beta, peft_config)
         check_model_source(discriminator if isinstance(discriminator, str) else args.discriminator_model_name_or_path,
                            "discriminator_model_name_or_path")
 
@@ -195,35 +167,7 @@ class GADTrainer(GRPOTrainer):
         from transformers import set_seed
 
         set_seed(args.seed)
-        if args.discriminator_shared_base:
-            if discriminator is not None:
-                raise ValueError(
-                    "discriminator_shared_base builds the discriminator on the student's base; do not pass a "
-                    "`discriminator` as well (drop one of the two)."
-                )
-            if args.world_size > 1:
-                raise ValueError(
-                    "discriminator_shared_base runs in one training process (the student's adapters are wrapped for "
-                    "data parallelism, the discriminator's must not be). Launch one process, or use "
-                    "discriminator_use_peft (a LoRA discriminator on its own base) for multi-GPU runs."
-                )
-        elif discriminator is None or isinstance(discriminator, str):
-            init_kwargs = args.discriminator_init_kwargs
-            if init_kwargs is None:
-                init_kwargs = dict(args.model_init_kwargs or {})
-            discriminator = load_discriminator(
-                model,
-                discriminator if isinstance(discriminator, str) else args.discriminator_model_name_or_path,
-                init_kwargs,
-                processing_class.pad_token_id,
-                deepspeed_plugin=getattr(args, "deepspeed_plugin", None),
-                args=args,
-            )
-        elif getattr(discriminator.config, "num_labels", None) != 1:
-            raise ValueError(
-                f"The discriminator must output one score (num_labels=1), got num_labels={discriminator.config.num_labels}. "
-                "Load it with AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)."
-            )
+        discriminator = load_discriminator_model(model, discriminator, args, processing_class)
 
         from .vllm import patched_vllm_generation
 
@@ -245,65 +189,19 @@ class GADTrainer(GRPOTrainer):
             )
 
         from .cpu_distributed import register_indexed_cpu_location
-        from .discriminator_peft import is_quantized, keep_4bit_layout_for_training
-        from .discriminator_sharding import resolve_discriminator_sharding, shard_discriminator
+        from .discriminator.adapters import is_quantized, keep_4bit_layout_for_training
 
         register_indexed_cpu_location()  # multi-process CPU runs resume with map_location="cpu:<rank>"
-
-        if args.discriminator_shared_base:
-            from .discriminator_peft import attach_shared_discriminator
-
-            discriminator = attach_shared_discriminator(self.model, args, processing_class.pad_token_id)
-        # Written into the discriminator's config (saved with it), so a reloaded discriminator scores the same way.
-        set_discriminator_pooling(discriminator, args.discriminator_pooling or discriminator_pooling(discriminator))
-        if is_peft_discriminator(discriminator):
-            if args.discriminator_sharding == "fsdp2":
-                raise ValueError(
-                    "discriminator_sharding='fsdp2' shards a full discriminator; a LoRA / QLoRA / shared-base one "
-                    "(discriminator_use_peft, discriminator_shared_base) trains only its adapter and head and stays "
-                    "replicated. Set discriminator_sharding to 'auto' or 'none'."
-                )
-            self._discriminator_sharded = False  # `auto`: its trainable part is small; the frozen base is replicated
-        else:
-            self._discriminator_sharded = resolve_discriminator_sharding(args.discriminator_sharding, self.accelerator)
-        if self._discriminator_sharded:  # before `.to(device)`: only this process's shards reach the device
-            compute_dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
-            discriminator = shard_discriminator(discriminator, self.accelerator.device, compute_dtype)
-        # A 4-bit base is already where bitsandbytes quantized it (device_map at load time).
-        self.discriminator = discriminator if is_quantized(discriminator) else discriminator.to(self.accelerator.device)
+        # The discriminator and its training state (optimizer, schedule, replay buffer, guard, pooling, sharding).
+        self.discriminator_component = Discriminator.build(
+            discriminator, args, self.accelerator, processing_class.pad_token_id, student=self.model
+        )
         if is_quantized(self.model):  # a QLoRA student (and shared base): trainable after evaluations on CPU too
             keep_4bit_layout_for_training(self.model)
-        if args.disable_dropout:
-            disable_dropout_in_model(self.discriminator)
-        checkpointing = args.discriminator_gradient_checkpointing
-        if checkpointing is None:
-            checkpointing = args.gradient_checkpointing
-        if checkpointing:
-            self.discriminator.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
-        self.discriminator.train()
-        _warn_if_half_precision(self.discriminator, args.discriminator_learning_rate)
-        if hasattr(self.discriminator, "add_model_tags"):
-            self.discriminator.add_model_tags(["gad", "discriminator"])
-        # Plain optimizer on purpose: one passed through accelerator.prepare only steps when accelerate's
-        # sync_gradients is set, i.e. silently never inside a gradient-accumulation window, which is exactly where
-        # the discriminator update runs (once per generation batch).
-        with discriminator_scope(self.discriminator):  # a shared-base adapter is trainable while active
-            self.discriminator_optimizer = torch.optim.AdamW(
-                [p for p in self.discriminator.parameters() if p.requires_grad],
-                lr=args.discriminator_learning_rate,
-                weight_decay=args.discriminator_weight_decay,
-                betas=(args.discriminator_adam_beta1, args.discriminator_adam_beta2),
-            )
-        self.discriminator_lr_scheduler = None  # built in create_scheduler, once max_steps is known
         self._teacher_eos = end_of_turn_token_id(self._tokenizer, self.eos_token_ids)
         self._health = HealthMonitor(logger)
-        self._nonfinite_guard = NonFiniteGuard(args.discriminator_max_nonfinite_updates, logger)
         self._student_nonfinite_guard = NonFiniteGuard(args.discriminator_max_nonfinite_updates, logger, "student")
         self._student_window_loss: torch.Tensor | None = None  # summed micro-batch losses until the optimizer step
-        self._replay = (
-            ReplayBuffer(args.discriminator_replay_buffer_size, args.seed + self.accelerator.process_index)
-            if args.discriminator_replay_buffer_size > 0 else None
-        )
         # Per-batch state handed between TRL's hooks, all set for the generation batch in flight:
         # `_generate` -> the prompt ids the completions continue (the discriminator's inputs start with them);
         # `_calculate_rewards` -> per completion row, its teacher's completion ids and teacher index, which
@@ -362,13 +260,7 @@ class GADTrainer(GRPOTrainer):
             # TRL's defaults).
             micro_steps = num_training_steps * self.args.gradient_accumulation_steps
             batches = -(-micro_steps // (self.args.steps_per_generation * self.num_iterations))
-            updates = batches * self.args.discriminator_num_iterations
-            self.discriminator_lr_scheduler = get_scheduler(
-                self.args.discriminator_lr_scheduler_type,
-                optimizer=self.discriminator_optimizer,
-                num_warmup_steps=self.args.discriminator_warmup_steps,
-                num_training_steps=max(updates, 1),
-            )
+            self.discriminator_component.create_scheduler(batches * self.args.discriminator_num_iterations)
         return self.lr_scheduler
 
     # ------------------------------------------------------------------ data plumbing
@@ -447,18 +339,13 @@ class GADTrainer(GRPOTrainer):
         student_cut = sum(1 for ids in completion_ids_list if len(ids) == 0 or ids[-1] not in eos_and_pad)
 
         frozen = mode == "train" and self.discriminator_frozen()
-        with discriminator_scope(self.discriminator):  # shared base: the discriminator's adapter, forward and backward
+        with self.discriminator_component.scope():  # shared base: the discriminator's adapter, forward and backward
             if mode == "train" and not frozen:
                 student_scores, info = self._discriminator_update(teacher_seqs, student_seqs, index, starts)
             else:
                 # Evaluation, or a frozen discriminator: score and measure, no update, with dropout off (eval mode),
                 # as the fixed held-out evaluation does.
-                with eval_mode(self.discriminator), torch.no_grad():
-                    scores = self._score(teacher_seqs + student_seqs, response_starts=starts)
-                _, info = discriminator_loss(
-                    scores[: len(teacher_seqs)][index], scores[len(teacher_seqs) :], **self._loss_kwargs()
-                )
-                student_scores = scores[len(teacher_seqs) :]
+                student_scores, info = self.discriminator_component.measure(teacher_seqs, student_seqs, index, starts)
         if mode == "train":
             info["frozen"] = float(frozen)
         if not all_finite(student_scores):
@@ -495,151 +382,32 @@ class GADTrainer(GRPOTrainer):
         out["num_teacher_sequences"] *= self.accelerator.num_processes
         return out
 
-    def _loss_kwargs(self) -> dict:
-        return {"loss_type": self.args.discriminator_loss_type, **self.args.discriminator_loss_constants()}
+    # ------------------------------------------------------------------ the discriminator (gad_trl.discriminator)
+    @property
+    def discriminator(self) -> torch.nn.Module:
+        """The discriminator's model (a sequence-classification model with one label, or its LoRA / shared form)."""
+        return self.discriminator_component.model
+
+    @property
+    def discriminator_optimizer(self) -> torch.optim.Optimizer:
+        return self.discriminator_component.optimizer
+
+    @property
+    def discriminator_lr_scheduler(self):
+        return self.discriminator_component.lr_scheduler
 
     def _score(self, sequences: list[list[int]], batch_size: int | None = None, response_starts=None) -> torch.Tensor:
-        """Discriminator scores of token sequences, in chunks of `batch_size` (default: discriminator_mini_batch_size);
-        `response_starts` (prompt lengths) are needed by mean pooling."""
-        context = self.accelerator.autocast() if self.args.bf16 or self.args.fp16 else nullcontext()
-        with context:
-            return score_sequences(
-                self.discriminator, sequences, self._tokenizer.pad_token_id, self.accelerator.device,
-                batch_size or self.args.discriminator_mini_batch_size, response_starts,
-            )
+        """Discriminator scores of token sequences (`Discriminator.score`)."""
+        return self.discriminator_component.score(sequences, batch_size, response_starts)
 
     def _discriminator_update(self, teacher_seqs, student_seqs, index, response_starts):
-        """`discriminator_num_iterations` optimizer steps of the discriminator on this batch's pairs (plus replayed
-        ones); returns the student scores from before the first step (the rewards) and that step's metrics.
-        `response_starts`: where each response begins in `teacher_seqs + student_seqs` (the prompt lengths)."""
-        num_current = len(student_seqs)
-        current = (teacher_seqs, student_seqs, index, response_starts)
-        teacher_seqs, student_seqs, index, response_starts, num_replayed = self._add_replayed_pairs(*current)
-        num_teacher = len(teacher_seqs)
-        sequences = teacher_seqs + student_seqs
-        rewards, info = None, None
-        for iteration in range(self.args.discriminator_num_iterations):
-            scores, loss, step_info = self._discriminator_step(sequences, num_teacher, index, response_starts)
-            if iteration == 0:
-                rewards, info = scores[num_teacher : num_teacher + num_current].detach(), step_info
-                if num_replayed:
-                    # Logged metrics describe the current pairs (what the health checks and the rewards are about);
-                    # the replayed pairs get their own accuracy.
-                    teacher_side, student_side = scores[:num_teacher][index], scores[num_teacher:]
-                    current_pairs = (teacher_side[:num_current], student_side[:num_current])
-                    _, current_info = discriminator_loss(*current_pairs, **self._loss_kwargs())
-                    _, replay_info = discriminator_loss(teacher_side[num_current:], student_side[num_current:],
-                                                        **self._loss_kwargs())
-                    info.update(current_info, replay_accuracy=replay_info["accuracy"], trained_loss=loss.item())
-            else:
-                info["last_iteration_loss"] = loss.item()
-            info["nonfinite_skipped"] = max(info["nonfinite_skipped"], step_info["nonfinite_skipped"])
-        if self._replay is not None:
-            info["replay_pairs"] = float(num_replayed)
-            self._replay.add(self._replay_pairs(*current))
-        return rewards, info
-
-    def _discriminator_step(self, sequences, num_teacher, index, response_starts):
-        """One optimizer step on the pairs (teacher `sequences[:num_teacher][index]`, student `sequences[num_teacher:]`);
-        returns the detached pre-step scores, the loss and the metrics."""
-        if self.args.discriminator_mini_batch_size is None:
-            # One forward with gradients: its detached scores are the rewards, its loss trains D.
-            scores = self._score(sequences, response_starts=response_starts)
-            loss, info = discriminator_loss(scores[:num_teacher][index], scores[num_teacher:], **self._loss_kwargs())
-            loss.backward()
-        else:
-            # Bounded memory: score everything without a graph, take dLoss/dscore, then re-run each chunk with a
-            # graph and back-propagate score * dLoss/dscore (same gradient as the one-pass loss).
-            with torch.no_grad():
-                scores = self._score(sequences, response_starts=response_starts)
-            leaf = scores.detach().requires_grad_(True)
-            loss, info = discriminator_loss(leaf[:num_teacher][index], leaf[num_teacher:], **self._loss_kwargs())
-            (grad_scores,) = torch.autograd.grad(loss, leaf)
-            chunk = self.args.discriminator_mini_batch_size
-            for start in range(0, len(sequences), chunk):
-                part_starts = None if response_starts is None else response_starts[start : start + chunk]
-                part = self._score(sequences[start : start + chunk], batch_size=chunk, response_starts=part_starts)
-                (part * grad_scores[start : start + chunk]).sum().backward()
-        self._all_reduce_discriminator_grads()
-        max_norm = self.args.discriminator_max_grad_norm
-        if max_norm is None:
-            max_norm = self.args.max_grad_norm
-        params = [p for p in self.discriminator.parameters() if p.requires_grad]
-        max_norm = max_norm if max_norm and max_norm > 0 else float("inf")
-        if self._discriminator_sharded:
-            from .discriminator_sharding import clip_grad_norm
-
-            grad_norm = clip_grad_norm(params, max_norm)
-        else:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        info["grad_norm"] = grad_norm.item()
-        info["learning_rate"] = self.discriminator_optimizer.param_groups[0]["lr"]
-        applied = self._nonfinite_update_allowed(loss, scores, grad_norm)
-        info["nonfinite_skipped"] = float(not applied)
-        if applied:
-            self.discriminator_optimizer.step()
-            if self.discriminator_lr_scheduler is not None:
-                self.discriminator_lr_scheduler.step()
-        self.discriminator_optimizer.zero_grad(set_to_none=True)
-        return scores.detach(), loss.detach(), info
-
-    def _add_replayed_pairs(self, teacher_seqs, student_seqs, index, response_starts):
-        """The update's pairs plus `discriminator_replay_ratio` x as many past ones drawn from the replay buffer (drawn
-        before this batch joins it, so they are strictly earlier completions); returns the extended
-        (teacher_seqs, student_seqs, index, response_starts) and the number replayed."""
-        if self._replay is None:
-            return teacher_seqs, student_seqs, index, response_starts, 0
-        # Every process has the same batch size and buffer fill, so every process replays the same number of pairs
-        # (a sharded discriminator needs the same number of forwards on each rank).
-        drawn = self._replay.sample(round(self.args.discriminator_replay_ratio * len(student_seqs)))
-        if not drawn:
-            return teacher_seqs, student_seqs, index, response_starts, 0
-        num_teacher = len(teacher_seqs)
-        teacher_starts, student_starts = response_starts[:num_teacher], response_starts[num_teacher:]
-        extra_index = torch.arange(num_teacher, num_teacher + len(drawn), device=index.device, dtype=index.dtype)
-        return (
-            teacher_seqs + [p.teacher for p in drawn],
-            student_seqs + [p.student for p in drawn],
-            torch.cat([index, extra_index]),
-            teacher_starts + [p.teacher_start for p in drawn] + student_starts + [p.student_start for p in drawn],
-            len(drawn),
-        )
-
-    @staticmethod
-    def _replay_pairs(teacher_seqs, student_seqs, index, response_starts) -> list[ReplayPair]:
-        num_teacher = len(teacher_seqs)
-        return [
-            ReplayPair(teacher_seqs[t], student, response_starts[t], response_starts[num_teacher + i])
-            for i, (t, student) in enumerate(zip(index.tolist(), student_seqs))
-        ]
-
-    def _nonfinite_update_allowed(self, loss, scores, grad_norm) -> bool:
-        """False (skip the update) when the loss, scores or gradient norm is non-finite on any process; raises after
-        discriminator_max_nonfinite_updates skips in a row (gad_trl.guards)."""
-        from .guards import discriminator_divergence_hint
-
-        return self._nonfinite_guard.check(
-            self._finite_on_every_process(all_finite(loss, scores, grad_norm)), self.state.global_step,
-            nonfinite_details(loss, scores, grad_norm), discriminator_divergence_hint(self.args),
-        )
+        """The discriminator's update on this batch (`Discriminator.update`): returns the rewards (pre-update student
+        scores) and the metrics. `response_starts`: where each response begins in `teacher_seqs + student_seqs`."""
+        return self.discriminator_component.update(teacher_seqs, student_seqs, index, response_starts,
+                                                   self.state.global_step)
 
     def _finite_on_every_process(self, finite: bool) -> bool:
-        """Every replica must take the same skip decision: True only when `finite` holds on all processes."""
-        if self.accelerator.num_processes > 1:
-            flag = torch.tensor([0.0 if finite else 1.0], device=self.accelerator.device)
-            finite = bool(self.accelerator.gather(flag).max() == 0)
-        return finite
-
-    def _all_reduce_discriminator_grads(self):
-        # The discriminator is replicated on every process (not wrapped in DDP): average its gradients by hand.
-        # (Sharded, FSDP2 has already reduce-scattered them.)
-        if self.accelerator.num_processes <= 1 or self._discriminator_sharded:
-            return
-        for p in self.discriminator.parameters():
-            if p.grad is not None:
-                # SUM then divide: ReduceOp.AVG exists only on NCCL, not on gloo (multi-process CPU runs).
-                torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
-                p.grad.div_(self.accelerator.num_processes)
+        return finite_on_every_process(self.accelerator, finite)
 
     # ------------------------------------------------------------------ student loss by phase
     def _generate_and_score_completions(self, inputs):
@@ -733,9 +501,10 @@ class GADTrainer(GRPOTrainer):
 
     def evaluate_discriminator_heldout(self) -> dict:
         """The discriminator's accuracy and score gap on the fixed held-out triples (sampled on first use)."""
-        from .heldout import evaluate_triples
+        from .discriminator.heldout import evaluate_triples
+        from .discriminator.model import eval_mode
 
-        with eval_mode(self.discriminator), discriminator_scope(self.discriminator):
+        with eval_mode(self.discriminator), self.discriminator_component.scope():
             return evaluate_triples(self.discriminator, self.processing_class, self._heldout_triples(),
                                     self.args.per_device_eval_batch_size, self.max_completion_length)
 
@@ -751,7 +520,7 @@ class GADTrainer(GRPOTrainer):
         return super().train(checkpoint, *args, **kwargs)
 
     def _heldout_triples(self) -> list[dict]:
-        from .heldout import draw_rows, load_or_sample, rows_digest, sample_triples
+        from .discriminator.heldout import draw_rows, load_or_sample, rows_digest, sample_triples
 
         if self._heldout is not None:
             return self._heldout
@@ -791,27 +560,8 @@ class GADTrainer(GRPOTrainer):
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         super().save_model(output_dir, _internal_call)
         output_dir = output_dir or self.args.output_dir
-        state_dict = None
-        if self._discriminator_sharded:  # gathered by every process, kept on the main one
-            from .discriminator_sharding import full_model_state_dict
-
-            state_dict = full_model_state_dict(self.discriminator)
-        if self.args.should_save:
-            disc_dir = os.path.join(output_dir, DISCRIMINATOR_DIR)
-            if is_peft_discriminator(self.discriminator):
-                from .discriminator_peft import MERGED_DIR, export_merged_discriminator, save_discriminator_adapter
-
-                # Adapter + head (small; what checkpoints resume from). A shared-base adapter is also written here
-                # by the student's PEFT save_pretrained (adapter "discriminator"), without the head: replaced now.
-                save_discriminator_adapter(self.discriminator, disc_dir)
-                if not _internal_call:  # the final save: a plain model folder too, for the Hub and reward-model use
-                    merged_dir = os.path.join(output_dir, MERGED_DIR)
-                    export_merged_discriminator(self.discriminator, disc_dir, merged_dir, self.processing_class)
-                    self._write_discriminator_card(merged_dir)
-            else:
-                self.accelerator.unwrap_model(self.discriminator).save_pretrained(disc_dir, state_dict=state_dict)
-            self.processing_class.save_pretrained(disc_dir)
-            self._write_discriminator_card(disc_dir)
+        self.discriminator_component.save_model(output_dir, final=not _internal_call, tokenizer=self.processing_class,
+                                                write_card=self._write_discriminator_card)
 
     def _write_discriminator_card(self, disc_dir: str) -> None:
         from .hub import write_discriminator_card
@@ -842,7 +592,7 @@ class GADTrainer(GRPOTrainer):
             result = super().push_to_hub(commit_message, blocking, token, revision,
                                          dataset_name=self.dataset_name, **kwargs)
         disc_dir = os.path.join(self.args.output_dir, DISCRIMINATOR_SUBFOLDER)
-        from .discriminator_peft import MERGED_DIR
+        from .discriminator.adapters import MERGED_DIR
 
         if os.path.isdir(os.path.join(self.args.output_dir, MERGED_DIR)):  # a PEFT discriminator's own repo: the merged
             disc_dir = os.path.join(self.args.output_dir, MERGED_DIR)  # export (a plain model), not the adapter
@@ -856,39 +606,12 @@ class GADTrainer(GRPOTrainer):
         # Next to the student's states, inside Trainer._save_checkpoint: written before a checkpoint is pushed
         # (hub_strategy="checkpoint") and skipped with save_only_model, like the student's.
         super()._save_optimizer_and_scheduler(output_dir)
-        if self._discriminator_sharded:
-            from .discriminator_sharding import save_optimizer
-
-            save_optimizer(self.discriminator, self.discriminator_optimizer,
-                           os.path.join(output_dir, DISCRIMINATOR_OPTIMIZER_NAME), self.args.should_save)
-        elif self.args.should_save:
-            torch.save(self.discriminator_optimizer.state_dict(), os.path.join(output_dir, DISCRIMINATOR_OPTIMIZER_NAME))
-        if self._replay is not None:  # every process saves its own buffer
-            torch.save(self._replay.state_dict(), self._replay_path(output_dir))
-        if self.args.should_save:
-            if self.discriminator_lr_scheduler is not None:
-                torch.save(
-                    self.discriminator_lr_scheduler.state_dict(), os.path.join(output_dir, DISCRIMINATOR_SCHEDULER_NAME)
-                )
-
-    def _resume_pooling(self, saved: str, checkpoint: str) -> None:
-        """A resumed discriminator scores the way it was trained: the checkpoint's pooling, unless the config names
-        another one, which is an error (the weights were fitted to the saved one)."""
-        asked = self.args.discriminator_pooling
-        if asked is not None and asked != saved:
-            raise ValueError(
-                f"{checkpoint} holds a discriminator trained with discriminator_pooling={saved!r}, but this run sets "
-                f"discriminator_pooling={asked!r}. Resume with {saved!r} (or leave it unset), or start a new run."
-            )
-        set_discriminator_pooling(self.discriminator, saved)
-
-    def _replay_path(self, directory: str) -> str:
-        return os.path.join(directory, DISCRIMINATOR_REPLAY_NAME.format(rank=self.accelerator.process_index))
+        self.discriminator_component.save_state(output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         from accelerate.utils import is_peft_model
 
-        from .discriminator_peft import is_adapter_folder
+        from .discriminator.adapters import is_adapter_folder
 
         model = model if model is not None else self.model
         if is_peft_model(model) and is_adapter_folder(os.path.join(resume_from_checkpoint, DISCRIMINATOR_DIR)):
@@ -901,58 +624,5 @@ class GADTrainer(GRPOTrainer):
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None:
-            return
-        disc_dir = os.path.join(checkpoint, DISCRIMINATOR_DIR)
-        if not os.path.isdir(disc_dir):
-            raise FileNotFoundError(
-                f"{checkpoint} has no '{DISCRIMINATOR_DIR}/' folder: it was not written by GADTrainer, so the "
-                "discriminator cannot be resumed. Resume from a GAD checkpoint, or start a new run."
-            )
-        from transformers import AutoModelForSequenceClassification
-
-        from .discriminator_peft import check_resume_layout, load_discriminator_adapter
-        from .discriminator_sharding import load_optimizer, load_weights, optimizer_state_is_by_name
-
-        check_resume_layout(self.discriminator, disc_dir)
-        if is_peft_discriminator(self.discriminator):
-            from .discriminator_peft import saved_adapter_pooling
-
-            self._resume_pooling(saved_adapter_pooling(disc_dir), checkpoint)
-            load_discriminator_adapter(self.discriminator, disc_dir)
-        else:
-            with replicated_loading(getattr(self.args, "deepspeed_plugin", None)):
-                saved = AutoModelForSequenceClassification.from_pretrained(
-                    disc_dir, num_labels=1, dtype=self.discriminator.dtype
-                )
-            self._resume_pooling(discriminator_pooling(saved), checkpoint)
-            if self._discriminator_sharded:
-                load_weights(self.discriminator, saved.state_dict())
-            else:
-                self.discriminator.load_state_dict(saved.state_dict())
-            del saved
-        optimizer_path = os.path.join(checkpoint, DISCRIMINATOR_OPTIMIZER_NAME)
-        if not os.path.isfile(optimizer_path):
-            logger.warning(f"{optimizer_path} is missing: the discriminator's optimizer restarts from scratch.")
-        elif self._discriminator_sharded:
-            load_optimizer(self.discriminator, self.discriminator_optimizer, optimizer_path)
-        else:
-            state = torch.load(optimizer_path, map_location=self.accelerator.device)
-            if optimizer_state_is_by_name(state):
-                raise ValueError(
-                    f"{optimizer_path} holds a sharded discriminator's optimizer state (written with "
-                    "discriminator_sharding='fsdp2', or 'auto' under FSDP / ZeRO-3): resume with the same sharding."
-                )
-            self.discriminator_optimizer.load_state_dict(state)
-        if self._replay is not None:
-            replay_path = self._replay_path(checkpoint)
-            if os.path.isfile(replay_path):
-                self._replay.load_state_dict(torch.load(replay_path, weights_only=True))
-            else:
-                logger.warning(f"{replay_path} is missing: the discriminator's replay buffer restarts empty.")
-        scheduler_path = os.path.join(checkpoint, DISCRIMINATOR_SCHEDULER_NAME)
-        if os.path.isfile(scheduler_path) and self.discriminator_lr_scheduler is not None:
-            self.discriminator_lr_scheduler.load_state_dict(torch.load(scheduler_path))
-        elif self.discriminator_lr_scheduler is not None:
-            logger.warning(f"{scheduler_path} is missing: the discriminator's learning-rate schedule restarts from step 0.")
-
+        if checkpoint is not None:
+            self.discriminator_component.load(checkpoint)

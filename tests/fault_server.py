@@ -7,7 +7,8 @@ message is `prompt` misbehave, one fault per request, then answer normally:
 - `"429"`: HTTP 429 with `Retry-After: <retry_after>` seconds; `"500"`: HTTP 500;
 - `"hang"`: say nothing for `hang_seconds` (bounded), then close; `"drop"`: close the connection without a response;
 - `"malformed"`: HTTP 200, `application/json`, a body that is not JSON; `"400"`: HTTP 400 (not retried);
-- `"always500"`: HTTP 500 on every request for that prompt.
+- `"always500"`: HTTP 500 on every request for that prompt; `"echo401"`: HTTP 401 whose body echoes the request's
+  Authorization header (as some proxies do), on every request.
 `delay` slows every normal answer (for kill tests). `log` records `(time, prompt, fault)` per request, `requests`
 the request bodies and `authorizations` their Authorization headers.
 """
@@ -67,7 +68,7 @@ class FaultServer:
                 with server.lock:
                     queue = server.plan.get(prompt, [])
                     fault = queue[0] if queue else "ok"
-                    if queue and fault != "always500":
+                    if queue and fault not in ("always500", "echo401"):
                         queue.pop(0)
                     server.log.append((time.monotonic(), prompt, fault))
                     server.requests.append(request)
@@ -77,6 +78,9 @@ class FaultServer:
                                       {"Retry-After": server.retry_after})
                 if fault in ("500", "always500"):
                     return self._send(500, b'{"error": {"message": "internal error"}}')
+                if fault == "echo401":
+                    echoed = {"error": {"message": f"invalid credentials: Authorization: {self.headers.get('Authorization')}"}}
+                    return self._send(401, json.dumps(echoed).encode())
                 if fault == "400":
                     return self._send(400, b'{"error": {"message": "bad request"}}')
                 if fault == "hang":
@@ -120,7 +124,7 @@ class FaultServer:
         self.httpd.server_close()
 
 
-# The default review prompt of gad_trl.judge, parsed back: (question, Assistant 1's answer, Assistant 2's answer).
+# The default review prompt of gad_trl.workflow.judge, parsed back: (question, Assistant 1's answer, Assistant 2's answer).
 REVIEW = re.compile(r"\[Question\]\n(.*?)\n\n\[The Start of Assistant 1's Answer\]\n(.*?)\n\n"
                     r"\[The End of Assistant 1's Answer\]\n\n\[The Start of Assistant 2's Answer\]\n(.*?)\n\n"
                     r"\[The End", re.S)

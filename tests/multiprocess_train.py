@@ -22,7 +22,7 @@ args = GADConfig(
 )  # fmt: skip
 trainer = GADTrainer(model_dir, args=args, train_dataset=Dataset.from_list(tiny_gad_rows(16, seed=0)))
 if "--no-all-reduce" in sys.argv:
-    trainer._all_reduce_discriminator_grads = lambda: None
+    trainer.discriminator_component.all_reduce_grads = lambda: None
 before = {k: v.clone() for k, v in trainer.discriminator.state_dict().items()}
 trainer.train()
 state = trainer.discriminator.state_dict()

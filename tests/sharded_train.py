@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
 from gad_trl import GADConfig, GADTrainer  # noqa: E402
-from gad_trl.discriminator_sharding import full_model_state_dict  # noqa: E402
+from gad_trl.discriminator.sharding import full_model_state_dict  # noqa: E402
 
 model_dir, out = sys.argv[1], sys.argv[2]
 rows = Dataset.from_list(tiny_gad_rows(16, seed=0))
@@ -38,7 +38,7 @@ def run(name, sharding, resume=None, **overrides):
 
 def gathered(trainer):
     """Full discriminator weights on every rank (rank 0's gathered copy, broadcast)."""
-    if trainer._discriminator_sharded:
+    if trainer.discriminator_component.sharded:
         state = [full_model_state_dict(trainer.discriminator)]
         torch.distributed.broadcast_object_list(state, src=0)
         return state[0]

@@ -1,13 +1,13 @@
-"""`gad_trl.checkpoint_selection`: the callback that judges each saved checkpoint, the loop over a run's checkpoints,
+"""`gad_trl.workflow.checkpoint_selection`: the callback that judges each saved checkpoint, the loop over a run's checkpoints,
 the best-checkpoint rule and its push, with a local OpenAI-compatible judge and the tiny model as student."""
 
 import json
 
 import pytest
 
-from gad_trl import judge as J
-from gad_trl.checkpoint_selection import JudgeEvalCallback, evaluate_checkpoints, pick_best
-from gad_trl.evaluation import JUDGEMENTS_FILE, SUMMARY_FILE, EvaluationArguments, summarize
+from gad_trl.workflow import judge as J
+from gad_trl.workflow.checkpoint_selection import JudgeEvalCallback, evaluate_checkpoints, pick_best
+from gad_trl.workflow.evaluation import JUDGEMENTS_FILE, SUMMARY_FILE, EvaluationArguments, summarize
 from gad_trl.testing import write_jsonl
 
 from .fault_server import FaultServer, scripted_judge
@@ -24,7 +24,7 @@ def test_callback_judges_the_saved_checkpoint_and_the_loop_resumes(tiny_model_di
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from gad_trl.cli.main import main
-    from gad_trl.evaluation import local_answers
+    from gad_trl.workflow.evaluation import local_answers
     from tests.gad_helpers import make_trainer
 
     data = write_jsonl(rows(3), tmp_path / "eval.jsonl")

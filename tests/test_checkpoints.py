@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from gad_trl.discriminator import last_token_scores
+from gad_trl.discriminator.model import last_token_scores
 from tests.gad_helpers import make_trainer, params_of, same_params
 
 
@@ -96,7 +96,7 @@ def test_reloaded_discriminator_scores_like_the_trainer_as_a_plain_reward_model(
     pooling: last non-pad token) give the trainer's scores: the last token, EOS included (pad != EOS here)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from gad_trl.discriminator import pad_right
+    from gad_trl.discriminator.model import pad_right
 
     trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=1)
     trainer.train()

@@ -3,7 +3,7 @@
 import json
 
 import gad_trl.cli.main as cli_main
-from gad_trl.memory import MODES
+from gad_trl.memory.estimator import MODES
 
 from tests.gad_helpers import REPO, TINY_GAD
 

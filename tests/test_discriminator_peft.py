@@ -4,7 +4,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from gad_trl.discriminator import last_token_scores
+from gad_trl.discriminator.model import last_token_scores
 from gad_trl.testing import tiny_gad_rows
 from tests.gad_helpers import make_args
 
@@ -32,7 +32,7 @@ def _trainer(model_dir, output_dir, student_lora=False, student_4bit=False, **ov
 
 
 def _probe(trainer):
-    from gad_trl.discriminator import pad_right
+    from gad_trl.discriminator.model import pad_right
 
     tok = trainer.processing_class
     rows = [tok(text)["input_ids"] + [tok.eos_token_id] for text in ("HELLO WORLD", "the sum of two words")]
@@ -51,7 +51,7 @@ def test_peft_discriminator_trains_adapter_and_head_and_exports(tiny_model_dir, 
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from gad_trl.discriminator_peft import keep_4bit_layout_for_training, load_saved_discriminator
+    from gad_trl.discriminator.adapters import keep_4bit_layout_for_training, load_saved_discriminator
 
     if four_bit:
         pytest.importorskip("bitsandbytes")  # in the `dev` and `quantization` extras
@@ -110,8 +110,9 @@ def test_saved_peft_discriminator_keeps_its_mean_pooling(tiny_model_dir, tmp_pat
     the merged export must still score with mean pooling, as the trained discriminator does."""
     from transformers import AutoModelForSequenceClassification
 
-    from gad_trl.discriminator import discriminator_pooling, score_sequences, set_discriminator_pooling
-    from gad_trl.discriminator_peft import load_saved_discriminator
+    from gad_trl.discriminator.model import score_sequences
+    from gad_trl.discriminator.pooling import discriminator_pooling, set_discriminator_pooling
+    from gad_trl.discriminator.adapters import load_saved_discriminator
     from tests.gad_helpers import response_sequences
 
     options = {"discriminator_shared_base": True} if shared_base else {"discriminator_use_peft": True}
@@ -128,7 +129,7 @@ def test_saved_peft_discriminator_keeps_its_mean_pooling(tiny_model_dir, tmp_pat
         with torch.no_grad():
             return score_sequences(model.eval(), seqs, pad, "cpu", None, starts)
 
-    from gad_trl.discriminator_peft import discriminator_scope
+    from gad_trl.discriminator.adapters import discriminator_scope
 
     with discriminator_scope(trainer.discriminator):
         expected = scores(trainer.discriminator)
@@ -144,8 +145,8 @@ def test_saved_peft_discriminator_keeps_its_mean_pooling(tiny_model_dir, tmp_pat
 def test_shared_base_one_base_and_each_optimizer_owns_its_parameters(tiny_model_dir, tmp_path):
     from trl.generation.vllm_generation import VLLMGeneration
 
-    from gad_trl.discriminator import backbone
-    from gad_trl.discriminator_peft import SharedBaseDiscriminator
+    from gad_trl.discriminator.model import backbone
+    from gad_trl.discriminator.adapters import SharedBaseDiscriminator
 
     trainer = _trainer(tiny_model_dir, tmp_path / "run", student_lora=True, max_steps=1,
                        discriminator_shared_base=True)
@@ -166,7 +167,7 @@ def test_shared_base_one_base_and_each_optimizer_owns_its_parameters(tiny_model_
     ids, mask = _probe(trainer)
     seqs = [row[: int(m.sum())] for row, m in zip(ids.tolist(), mask)]
     with torch.enable_grad():
-        from gad_trl.discriminator_peft import discriminator_scope
+        from gad_trl.discriminator.adapters import discriminator_scope
 
         with discriminator_scope(disc):
             trainer._discriminator_update(seqs[:1], seqs[1:] * 2, torch.tensor([0, 0]), [1, 1, 1])
@@ -251,7 +252,7 @@ def test_peft_errors_name_the_fix(tiny_model_dir, tmp_path, monkeypatch):
 
     from transformers import AutoModelForSequenceClassification
 
-    from gad_trl.discriminator_peft import add_lora, check_resume_layout, discriminator_peft_config
+    from gad_trl.discriminator.adapters import add_lora, check_resume_layout, discriminator_peft_config
 
     with pytest.raises(ValueError, match="use_peft: true"):
         _trainer(tiny_model_dir, tmp_path / "a", discriminator_shared_base=True)  # full student
@@ -259,7 +260,7 @@ def test_peft_errors_name_the_fix(tiny_model_dir, tmp_path, monkeypatch):
         _trainer(tiny_model_dir, tmp_path / "a", discriminator_use_peft=True, discriminator_sharding="fsdp2")
     with pytest.raises(ValueError, match="discriminator_use_peft: true"):
         make_args(tmp_path, discriminator_load_in_4bit=True)
-    from gad_trl.discriminator_peft import quantized_init_kwargs
+    from gad_trl.discriminator.adapters import quantized_init_kwargs
 
     with pytest.raises(ValueError, match="discriminator_load_in_4bit"):  # a student's 4-bit config is not inherited
         quantized_init_kwargs({"quantization_config": object()}, make_args(tmp_path))

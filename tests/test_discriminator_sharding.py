@@ -52,7 +52,7 @@ def test_fsdp2_sharding_in_a_single_plain_process_is_a_clear_error(tiny_model_di
 
 def test_auto_sharding_keeps_a_single_process_replicated(tiny_model_dir, tmp_path):
     trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=1)
-    assert trainer.args.discriminator_sharding == "auto" and trainer._discriminator_sharded is False
+    assert trainer.args.discriminator_sharding == "auto" and trainer.discriminator_component.sharded is False
 
 
 def test_unknown_sharding_mode_is_rejected(tmp_path):

@@ -1,4 +1,4 @@
-"""`gad_trl.evaluation` (`gad-trl evaluate`): the judge protocol and the pairwise win rate, with local
+"""`gad_trl.workflow.evaluation` (`gad-trl evaluate`): the judge protocol and the pairwise win rate, with local
 OpenAI-compatible servers as student and judge (scripted reviews, so the scores are known)."""
 
 import json
@@ -6,8 +6,8 @@ import statistics
 
 import pytest
 
-from gad_trl import judge as J
-from gad_trl.evaluation import ERRORS_FILE, JUDGEMENTS_FILE, SUMMARY_FILE, EvaluationArguments, evaluate
+from gad_trl.workflow import judge as J
+from gad_trl.workflow.evaluation import ERRORS_FILE, JUDGEMENTS_FILE, SUMMARY_FILE, EvaluationArguments, evaluate
 from gad_trl.testing import write_jsonl
 
 from .fault_server import REVIEW, FaultServer, echo_upper, scripted_judge

@@ -1,4 +1,4 @@
-"""`gad_trl.heldout`: held-out caches are checked against what they were drawn from, never trusted blindly, and
+"""`gad_trl.discriminator.heldout`: held-out caches are checked against what they were drawn from, never trusted blindly, and
 held-out teacher responses are encoded (and cut) exactly as the trainer encodes them."""
 
 import json
@@ -8,7 +8,7 @@ import torch
 from datasets import Dataset
 
 from gad_trl.data import encode_pair, prompt_ids
-from gad_trl.heldout import HeldoutCacheMismatch, load_or_sample, save_triples
+from gad_trl.discriminator.heldout import HeldoutCacheMismatch, load_or_sample, save_triples
 from gad_trl.testing import tiny_gad_rows
 from tests.gad_helpers import make_args
 
@@ -93,8 +93,8 @@ def test_heldout_teacher_is_cut_at_max_completion_length_as_in_training(trainer)
     assert truncated == 1 and teacher_seqs[0] == held_out
     assert len(held_out) == len(trainer._batch_prompt_ids[0]) + 3
 
-    from gad_trl.discriminator import score_sequences
-    from gad_trl.heldout import evaluate_triples
+    from gad_trl.discriminator.model import score_sequences
+    from gad_trl.discriminator.heldout import evaluate_triples
 
     scores = evaluate_triples(trainer.discriminator, tok, [triple], max_completion_length=trainer.max_completion_length)
     with torch.no_grad():
@@ -109,7 +109,7 @@ def test_scores_are_taken_at_the_last_token(tiny_discriminator):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from gad_trl.data import encode_pair
-    from gad_trl.discriminator import score_sequences
+    from gad_trl.discriminator.model import score_sequences
 
     def last_token_scores(model, sequences, pad_token_id, batch_size=8):
         with torch.no_grad():
@@ -134,8 +134,8 @@ def test_accuracy_and_score_gap(tiny_discriminator):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from gad_trl.data import encode_pair
-    from gad_trl.discriminator import score_sequences
-    from gad_trl.heldout import evaluate_triples
+    from gad_trl.discriminator.model import score_sequences
+    from gad_trl.discriminator.heldout import evaluate_triples
 
     def last_token_scores(model, sequences, pad_token_id, batch_size=8):
         with torch.no_grad():

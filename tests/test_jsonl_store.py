@@ -1,8 +1,8 @@
-"""`gad_trl.jsonl_store`: records appended durably; a torn last line is cut and redone, other damage is an error."""
+"""`gad_trl.workflow.jsonl_store`: records appended durably; a torn last line is cut and redone, other damage is an error."""
 
 import pytest
 
-from gad_trl.jsonl_store import JsonlStore
+from gad_trl.workflow.jsonl_store import JsonlStore
 
 from .gad_helpers import read_jsonl
 

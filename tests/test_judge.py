@@ -1,10 +1,10 @@
-"""`gad_trl.judge`: the review's score line, the per-prompt score and the interval."""
+"""`gad_trl.workflow.judge`: the review's score line, the per-prompt score and the interval."""
 
 import statistics
 
 import pytest
 
-from gad_trl import judge as J
+from gad_trl.workflow import judge as J
 
 
 def test_parse_ratings():

@@ -1,4 +1,4 @@
-"""`gad_trl.memory`: exact parameter counts, per-mode relations, bad input. The CLI: test_cli_estimate_memory.py.
+"""`gad_trl.memory.estimator`: exact parameter counts, per-mode relations, bad input. The CLI: test_cli_estimate_memory.py.
 
 The estimate's agreement with measured peaks is a benchmark (`python -m benchmarks.memory`), not a test."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gad_trl.memory import (
+from gad_trl.memory.estimator import (
     MemoryEstimateError,
     RunSettings,
     count_model,

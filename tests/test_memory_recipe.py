@@ -1,4 +1,4 @@
-"""`gad_trl.memory_recipe`: the estimate's mode of a run, from `discriminator_sharding` and the launch."""
+"""`gad_trl.memory.recipe`: the estimate's mode of a run, from `discriminator_sharding` and the launch."""
 
 from pathlib import Path
 
@@ -6,8 +6,9 @@ import pytest
 
 from gad_trl.cli.estimate_memory import make_parser  # noqa: F401  (imports trl once, at collection, as the CLI tests do)
 from gad_trl.cli.launch import resolve_accelerate_config
-from gad_trl.memory import MODES
-from gad_trl.memory_recipe import Launch, launch_from_args, mode_of_recipe, recipe_mode
+from gad_trl.memory.estimator import MODES
+from gad_trl.cli.estimate_memory import mode_of_recipe
+from gad_trl.memory.recipe import Launch, launch_from_args, recipe_mode
 
 
 def launch(name=None, *flags):

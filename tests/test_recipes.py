@@ -126,7 +126,7 @@ PEFT_RECIPES = {
 @pytest.mark.parametrize("recipe", sorted(PEFT_RECIPES))
 def test_single_gpu_peft_recipe_runs_its_mode_on_the_tiny_model(recipe, tmp_path, monkeypatch):
     import gad_trl.cli.main as cli_main
-    from gad_trl.discriminator_peft import SharedBaseDiscriminator, is_quantized
+    from gad_trl.discriminator.adapters import SharedBaseDiscriminator, is_quantized
 
     if PEFT_RECIPES[recipe] == "qlora_shared_base":
         pytest.importorskip("bitsandbytes")  # in the `dev` and `quantization` extras

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gad_trl import GADConfig
-from gad_trl.replay import ReplayBuffer, ReplayPair
+from gad_trl.discriminator.replay import ReplayBuffer, ReplayPair
 from tests.gad_helpers import make_trainer, params_of, same_params
 
 
@@ -60,7 +60,8 @@ def test_updates_train_on_replayed_pairs_and_reward_only_the_current_ones(tiny_m
     trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=3, discriminator_replay_buffer_size=64,
                            discriminator_replay_ratio=0.5)
     scored, rewards = [], []
-    original_score, original_update = trainer._score, trainer._discriminator_update
+    component = trainer.discriminator_component
+    original_score, original_update = component.score, trainer._discriminator_update
 
     def score(sequences, *a, **k):
         scored.append(len(sequences))
@@ -71,7 +72,7 @@ def test_updates_train_on_replayed_pairs_and_reward_only_the_current_ones(tiny_m
         rewards.append(len(out[0]))
         return out
 
-    trainer._score, trainer._discriminator_update = score, update
+    component.score, trainer._discriminator_update = score, update
     trainer.train()
     batch = trainer.args.per_device_train_batch_size  # completions per update
     teachers = batch // trainer.args.num_generations
@@ -81,7 +82,7 @@ def test_updates_train_on_replayed_pairs_and_reward_only_the_current_ones(tiny_m
     logged = [h["discriminator/replay_pairs"] for h in trainer.state.log_history if "discriminator/replay_pairs" in h]
     assert logged == [0.0, replayed, replayed]
     assert all("discriminator/replay_accuracy" in h for h in trainer.state.log_history[1:3])
-    assert len(trainer._replay) == 3 * batch and trainer._replay.seen == 3 * batch
+    assert len(trainer.discriminator_component.replay) == 3 * batch and trainer.discriminator_component.replay.seen == 3 * batch
 
 
 @pytest.mark.filterwarnings("ignore:critic_warmup_steps=2 >= max_steps")
@@ -104,7 +105,7 @@ def test_resume_restores_the_replay_buffer_exactly(tiny_model_dir, tmp_path):
     assert (tmp_path / "full" / "checkpoint-2" / "discriminator_replay-rank0.pt").is_file()
     resumed = make_trainer(tiny_model_dir, tmp_path / "resumed", **common)
     resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-2"))
-    assert resumed._replay.state_dict() == full._replay.state_dict()
+    assert resumed.discriminator_component.replay.state_dict() == full.discriminator_component.replay.state_dict()
     assert same_params(params_of(full.discriminator), params_of(resumed.discriminator), atol=1e-6)
     assert same_params(params_of(full.model), params_of(resumed.model), atol=1e-6)
 

@@ -9,14 +9,14 @@ import subprocess
 import sys
 import textwrap
 
-from gad_trl.discriminator import load_discriminator, replicated_loading
+from gad_trl.discriminator.model import load_discriminator, replicated_loading
 
 FSDP_RANK1_SCRIPT = textwrap.dedent(
     """
     import json, os, sys
     import torch, torch.distributed as dist
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-    from gad_trl.discriminator import load_discriminator
+    from gad_trl.discriminator.model import load_discriminator
 
     model_dir = sys.argv[1]
     student = AutoModelForCausalLM.from_pretrained(model_dir)  # reference weights, loaded before FSDP is set up

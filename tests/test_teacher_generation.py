@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from gad_trl.teacher_generation import TeacherGenerationArguments, generate_teacher
+from gad_trl.workflow.teacher import TeacherGenerationArguments, generate_teacher
 from gad_trl.testing import write_jsonl
 
 from .fault_server import FaultServer, echo_upper

@@ -169,7 +169,7 @@ def test_discriminator_from_student_instance_copies_backbone(tiny_model_dir, tmp
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from gad_trl.discriminator import backbone
+    from gad_trl.discriminator.model import backbone
     from gad_trl.testing import tiny_gad_rows
 
     student = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from gad_trl import judge as J
-from gad_trl.evaluation import JUDGEMENTS_FILE, EvaluationArguments, evaluate
+from gad_trl.workflow import judge as J
+from gad_trl.workflow.evaluation import JUDGEMENTS_FILE, EvaluationArguments, evaluate
 from gad_trl.testing import tiny_gad_rows, write_jsonl
 
 from .gad_helpers import read_jsonl

@@ -1,7 +1,7 @@
 """`gad-trl estimate-memory`: per-GPU memory of student, reference and discriminator for each training mode.
 
 Reads only the model's config (a local directory or a Hub id; no weights) and the run's settings, which come from a
-recipe (`--config recipe.yaml`) and/or the same flags `gad-trl gad` takes; the logic lives in `gad_trl.memory`.
+recipe (`--config recipe.yaml`) and/or the same flags `gad-trl gad` takes; the logic lives in `gad_trl.memory.estimator`.
 
     gad-trl estimate-memory --config recipes/Qwen2.5-7B-Instruct/gad/config_lmsys.yaml --num_gpus 8 --gpu_memory_gb 80
     gad-trl estimate-memory --model_name_or_path Qwen/Qwen2.5-1.5B-Instruct --per_device_train_batch_size 8 \
@@ -11,7 +11,7 @@ recipe (`--config recipe.yaml`) and/or the same flags `gad-trl gad` takes; the l
 The mode the run trains in (from `discriminator_sharding` and the launch: `accelerate_config` / `num_processes` in
 the recipe or on the command line, as `gad-trl gad` takes them; from `use_peft` / `load_in_4bit` and the PEFT
 discriminator's `discriminator_use_peft` / `discriminator_load_in_4bit` / `discriminator_shared_base`) is marked in
-every report (`gad_trl.memory_recipe`). The discriminator's LoRA adapter is counted from `discriminator_lora_*`.
+every report (`gad_trl.memory.recipe`). The discriminator's LoRA adapter is counted from `discriminator_lora_*`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from trl import ModelConfig, TrlParser
 
 from ..config import GADConfig, GADScriptArguments
-from ..memory import GiB, MODES, MemoryEstimateError, RunSettings, count_model, estimate_modes, format_report
+from ..memory.estimator import GiB, MODES, MemoryEstimateError, RunSettings, count_model, estimate_modes, format_report
 
 SETUP_PATTERN = re.compile(r"^(\d+)x(\d+(?:\.\d+)?)$")
 
@@ -168,11 +168,27 @@ def make_parser(prog: str | None = None) -> TrlParser:
     )
 
 
+def mode_of_recipe(argv: list[str]) -> tuple[str | None, str]:
+    """`recipe_mode` of a `gad-trl` command line (`["--config", recipe.yaml, ...]`), read as `gad-trl estimate-memory`
+    reads it: the stage, the launch and the training fields, without counting any model."""
+    from ..memory.recipe import launch_from_args, recipe_mode_of_args, stage_mode
+    from .launch import split_launch_args
+    from .train import peek_stage
+
+    other = stage_mode(peek_stage(argv))
+    if other is not None:
+        return other
+    parser = make_parser()
+    launch_args, _ = split_launch_args(argv, parser)
+    _, _, training_args, model_args, _ = parser.parse_args_and_config(list(argv), return_remaining_strings=True)
+    return recipe_mode_of_args(training_args, model_args, launch_from_args(launch_args))
+
+
 def run(argv: list[str]) -> int:
-    from ..memory_recipe import launch_from_args
+    from ..memory.recipe import launch_from_args
     from .launch import check_launch_args, split_launch_args
 
-    from ..memory_recipe import stage_mode
+    from ..memory.recipe import stage_mode
     from .train import peek_stage
 
     argv = list(argv)
@@ -203,7 +219,7 @@ def run(argv: list[str]) -> int:
 
 
 def _run(args, script_args, training_args, model_args, bf16: bool | None = None, launch=None) -> int:
-    from ..memory_recipe import Launch, recipe_mode_of_args
+    from ..memory.recipe import Launch, recipe_mode_of_args
 
     launch = launch or Launch(None, None, "no launcher given")
     unknown = [m for m in args.modes if m not in MODES]
@@ -233,7 +249,7 @@ def _run(args, script_args, training_args, model_args, bf16: bool | None = None,
         discriminator = count_model(
             model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code, **disc_lora
         )
-    from ..memory import load_model_config
+    from ..memory.estimator import load_model_config
 
     student_config, _ = load_model_config(model_args.model_name_or_path, training_args.trust_remote_code)
     modes = args.modes
@@ -266,7 +282,7 @@ def _run(args, script_args, training_args, model_args, bf16: bool | None = None,
 def _as_json(student, discriminator, by_setup, run_mode=None, why="") -> dict:
     from dataclasses import asdict
 
-    from ..memory import ASSUMPTIONS
+    from ..memory.estimator import ASSUMPTIONS
 
     return {
         "student": asdict(student),

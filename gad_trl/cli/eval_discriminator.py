@@ -24,7 +24,7 @@ from pathlib import Path
 
 from trl import TrlParser
 
-from ..heldout import draw_rows, evaluate_triples, load_or_sample, sample_triples
+from ..discriminator.heldout import draw_rows, evaluate_triples, load_or_sample, sample_triples
 
 
 @dataclass
@@ -146,7 +146,7 @@ def evaluate(args: EvalDiscriminatorArguments) -> dict:
     has_tokenizer = not Path(disc_path).is_dir() or (Path(disc_path) / "tokenizer_config.json").exists()
     tokenizer_path = disc_path if has_tokenizer else metadata.get("student")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=args.trust_remote_code)
-    from ..discriminator_peft import load_saved_discriminator
+    from ..discriminator.adapters import load_saved_discriminator
 
     # A plain folder, or the adapter folder of a LoRA / QLoRA / shared-base discriminator.
     model = load_saved_discriminator(disc_path, trust_remote_code=args.trust_remote_code)

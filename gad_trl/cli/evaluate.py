@@ -1,5 +1,5 @@
 """`gad-trl evaluate`: the paper's judge protocol on a student, per checkpoint, and the best checkpoint by score
-within a length bound (see gad_trl.evaluation and gad_trl.checkpoint_selection).
+within a length bound (see gad_trl.workflow.evaluation and gad_trl.workflow.checkpoint_selection).
 
     # one student, served by vLLM (or --student_model_name_or_path for transformers), judged by GPT-4o
     gad-trl evaluate --dataset_name data/test.jsonl --student_base_url http://127.0.0.1:8001/v1 \
@@ -19,8 +19,8 @@ import logging
 
 from trl import TrlParser
 
-from ..checkpoint_selection import evaluate_checkpoints, format_pick_best, pick_best, push_checkpoint
-from ..evaluation import EvaluationArguments, evaluate, format_summary
+from ..workflow.checkpoint_selection import evaluate_checkpoints, format_pick_best, pick_best, push_checkpoint
+from ..workflow.evaluation import EvaluationArguments, evaluate, format_summary
 
 
 def make_parser(prog: str | None = None) -> TrlParser:

@@ -1,5 +1,5 @@
 """`gad-trl generate-teacher`: the teacher's answer to every prompt, from an OpenAI-compatible endpoint, in the
-trainer's format (resumable; see gad_trl.teacher_generation).
+trainer's format (resumable; see gad_trl.workflow.teacher).
 
     export OPENAI_API_KEY=...        # read from the environment, never logged or saved
     gad-trl generate-teacher --dataset_name prompts.jsonl --output data/train.jsonl \
@@ -16,7 +16,7 @@ import logging
 
 from trl import TrlParser
 
-from ..teacher_generation import TeacherGenerationArguments, format_summary, generate_teacher
+from ..workflow.teacher import TeacherGenerationArguments, format_summary, generate_teacher
 
 
 def make_parser(prog: str | None = None) -> TrlParser:

@@ -1,68 +1,14 @@
-"""Helpers shared by the `gad-trl` subcommands: data set loading, SeqKD rows, the prompt-length filter, and the
+"""Helpers shared by the `gad-trl` subcommands: SeqKD rows, the prompt-length filter, and the
 steps every training script shares (splits, model kwargs, train-save-push).
 
-Row and token helpers live in `gad_trl.data`."""
+Data set loading, row and token helpers live in `gad_trl.data`."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
-
-from ..data import prompt_messages, prompt_token_length, teacher_text
-
-FILE_BUILDERS = {
-    ".parquet": "parquet",
-    ".json": "json",
-    ".jsonl": "json",
-    ".csv": "csv",
-    ".arrow": "arrow",
-}
 
 
-def load_any_dataset(dataset_name: str, dataset_config: str | None = None, streaming: bool = False):
-    """Load a `DatasetDict` from a Hub id, a local directory or a single data file.
-
-    - `.parquet` / `.json` / `.jsonl` / `.csv` / `.arrow` file: `load_dataset(<builder>, data_files=path)`, giving a
-      `train` split; a `{split}` placeholder in the path (e.g. `data/{split}.parquet`) loads every split that exists.
-    - a directory written by `save_to_disk`: `load_from_disk`;
-    - any other directory (e.g. `train.parquet` + `test.parquet`) or a Hub id: `load_dataset(dataset_name, ...)`.
-    """
-    from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
-
-    path = Path(os.path.expanduser(dataset_name))
-    suffix = "".join(path.suffixes[-1:]).lower()
-    if suffix in FILE_BUILDERS:
-        builder = FILE_BUILDERS[suffix]
-        if "{split}" in str(path):
-            data_files = {
-                split: str(path).replace("{split}", split)
-                for split in ("train", "validation", "test")
-                if Path(str(path).replace("{split}", split)).exists()
-            }
-            if not data_files:
-                raise FileNotFoundError(f"No file matches {dataset_name!r} for the splits train/validation/test.")
-        else:
-            if not path.exists():
-                raise FileNotFoundError(f"Data file {dataset_name!r} does not exist.")
-            data_files = str(path)
-        from ..data import check_data_file
-
-        for file in [data_files] if isinstance(data_files, str) else data_files.values():
-            check_data_file(file)
-        return load_dataset(builder, data_files=data_files, streaming=streaming)
-    if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
-        ds = load_from_disk(str(path))
-        return ds if isinstance(ds, DatasetDict) else DatasetDict({"train": ds})
-    if path.is_dir():
-        from ..data import check_data_file
-
-        for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
-            check_data_file(str(file))
-    ds = load_dataset(dataset_name, name=dataset_config, streaming=streaming)
-    if isinstance(ds, Dataset):
-        ds = DatasetDict({"train": ds})
-    return ds
-
+from ..data import load_any_dataset, prompt_messages, prompt_token_length, teacher_text  # noqa: F401  (load_any_dataset: for the commands)
 
 def to_seqkd_dataset(dataset, teacher_response_column: str = "teacher_response"):
     """Convert GAD rows to TRL's conversational prompt-completion format for `SFTTrainer` (SeqKD).
@@ -128,7 +74,7 @@ def quantization_config(model_args):
 
     config = get_quantization_config(model_args)
     if config is not None:
-        from ..discriminator_peft import require_bitsandbytes
+        from ..discriminator.adapters import require_bitsandbytes
 
         require_bitsandbytes("load_in_4bit / load_in_8bit")
     return config
@@ -265,7 +211,7 @@ def judge_callbacks(script_args, training_args) -> list:
     """`[JudgeEvalCallback]` when `judge_eval_config` names a `gad-trl evaluate` YAML, else `[]`."""
     if not script_args.judge_eval_config:
         return []
-    from ..checkpoint_selection import JudgeEvalCallback
+    from ..workflow.checkpoint_selection import JudgeEvalCallback
     from .evaluate import make_parser
 
     path = script_args.judge_eval_config

@@ -1,0 +1,428 @@
+"""`Discriminator`: the one object that owns GAD's discriminator and everything that trains it.
+
+It holds the model (full, LoRA / QLoRA, or sharing the student's base), its AdamW and learning-rate schedule, the
+replay buffer, the non-finite guard, the pooling and the FSDP2 sharding, and offers what `GADTrainer` needs of it:
+`build`, `score`, `measure` (score without training), `update` (the documented loss, k optimizer steps), `save_model`
+/ `save_state` and `load`. The trainer keeps the TRL glue (hooks, metrics, phases) and hands it token sequences.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+from transformers import get_scheduler
+from transformers.utils import logging
+
+from ..guards import NonFiniteGuard, all_finite, discriminator_divergence_hint, finite_on_every_process, nonfinite_details
+from ..resume import load_checkpoint_file
+from .adapters import discriminator_scope, is_peft_discriminator, is_quantized
+from .losses import discriminator_loss
+from .model import eval_mode, load_discriminator, replicated_loading, score_sequences
+from .pooling import discriminator_pooling, set_discriminator_pooling
+from .replay import ReplayBuffer, ReplayPair
+
+logger = logging.get_logger(__name__)
+
+DISCRIMINATOR_DIR = "discriminator"
+DISCRIMINATOR_OPTIMIZER_NAME = "discriminator_optimizer.pt"
+DISCRIMINATOR_SCHEDULER_NAME = "discriminator_scheduler.pt"
+DISCRIMINATOR_REPLAY_NAME = "discriminator_replay-rank{rank}.pt"  # one buffer per process: its own completions
+
+
+def load_discriminator_model(student, discriminator, args, processing_class) -> nn.Module | None:
+    """The discriminator's model before the student is wrapped (call it before `GRPOTrainer.__init__`, after seeding:
+    the value head is initialised here). `discriminator`: None, a path / Hub id, or a model instance. Returns None for
+    a shared base, which is attached to the student later (`Discriminator.build`)."""
+    if args.discriminator_shared_base:
+        if discriminator is not None:
+            raise ValueError(
+                "discriminator_shared_base builds the discriminator on the student's base; do not pass a "
+                "`discriminator` as well (drop one of the two)."
+            )
+        if args.world_size > 1:
+            raise ValueError(
+                "discriminator_shared_base runs in one training process (the student's adapters are wrapped for "
+                "data parallelism, the discriminator's must not be). Launch one process, or use "
+                "discriminator_use_peft (a LoRA discriminator on its own base) for multi-GPU runs."
+            )
+        return None
+    if discriminator is None or isinstance(discriminator, str):
+        init_kwargs = args.discriminator_init_kwargs
+        if init_kwargs is None:
+            init_kwargs = dict(args.model_init_kwargs or {})
+        return load_discriminator(
+            student,
+            discriminator if isinstance(discriminator, str) else args.discriminator_model_name_or_path,
+            init_kwargs,
+            processing_class.pad_token_id,
+            deepspeed_plugin=getattr(args, "deepspeed_plugin", None),
+            args=args,
+        )
+    if getattr(discriminator.config, "num_labels", None) != 1:
+        raise ValueError(
+            f"The discriminator must output one score (num_labels=1), got num_labels={discriminator.config.num_labels}. "
+            "Load it with AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)."
+        )
+    return discriminator
+
+
+def _warn_if_half_precision(model: nn.Module, learning_rate: float) -> None:
+    # The discriminator has a plain AdamW (no fp32 master weights, unlike DeepSpeed/FSDP mixed precision for the
+    # student): in bf16, a weight moves only if its update exceeds ~0.4% of its size, so most updates at lr 1e-6 vanish.
+    dtypes = {p.dtype for p in model.parameters() if p.requires_grad}
+    half = sorted(str(d).removeprefix("torch.") for d in dtypes & {torch.bfloat16, torch.float16})
+    if half:
+        logger.warning(
+            f"The discriminator's trainable weights are {'/'.join(half)} and its AdamW keeps no float32 copy: updates "
+            f"at discriminator_learning_rate={learning_rate:g} smaller than {half[0]}'s resolution are lost. Load it in "
+            "float32 (discriminator_init_kwargs: {dtype: float32}) where memory allows, or raise its learning rate."
+        )
+
+
+class Discriminator:
+    """GAD's discriminator and its training state. Build it with `Discriminator.build`."""
+
+    def __init__(self, model: nn.Module, args, accelerator, pad_token_id: int, sharded: bool):
+        self.model = model
+        self.args = args
+        self.accelerator = accelerator
+        self.pad_token_id = pad_token_id
+        self.sharded = sharded
+        # Plain optimizer on purpose: one passed through accelerator.prepare only steps when accelerate's
+        # sync_gradients is set, i.e. silently never inside a gradient-accumulation window, which is exactly where
+        # the discriminator update runs (once per generation batch).
+        with discriminator_scope(model):  # a shared-base adapter is trainable while active
+            self.optimizer = torch.optim.AdamW(
+                [p for p in model.parameters() if p.requires_grad],
+                lr=args.discriminator_learning_rate,
+                weight_decay=args.discriminator_weight_decay,
+                betas=(args.discriminator_adam_beta1, args.discriminator_adam_beta2),
+            )
+        self.lr_scheduler = None  # `create_scheduler`, once the run's length is known
+        self.guard = NonFiniteGuard(args.discriminator_max_nonfinite_updates, logger)
+        self.replay = (
+            ReplayBuffer(args.discriminator_replay_buffer_size, args.seed + accelerator.process_index)
+            if args.discriminator_replay_buffer_size > 0 else None
+        )
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def build(cls, model: nn.Module | None, args, accelerator, pad_token_id: int, student=None) -> Discriminator:
+        """Finish the model from `load_discriminator_model` once the student is wrapped: attach a shared base to
+        `student`, record the pooling, shard (FSDP2) or place it, set dropout / gradient checkpointing, and make the
+        optimizer, guard and replay buffer."""
+        from .sharding import resolve_discriminator_sharding, shard_discriminator
+
+        if args.discriminator_shared_base:
+            from .adapters import attach_shared_discriminator
+
+            model = attach_shared_discriminator(student, args, pad_token_id)
+        # Written into the discriminator's config (saved with it), so a reloaded discriminator scores the same way.
+        set_discriminator_pooling(model, args.discriminator_pooling or discriminator_pooling(model))
+        if is_peft_discriminator(model):
+            if args.discriminator_sharding == "fsdp2":
+                raise ValueError(
+                    "discriminator_sharding='fsdp2' shards a full discriminator; a LoRA / QLoRA / shared-base one "
+                    "(discriminator_use_peft, discriminator_shared_base) trains only its adapter and head and stays "
+                    "replicated. Set discriminator_sharding to 'auto' or 'none'."
+                )
+            sharded = False  # `auto`: its trainable part is small; the frozen base is replicated
+        else:
+            sharded = resolve_discriminator_sharding(args.discriminator_sharding, accelerator)
+        if sharded:  # before `.to(device)`: only this process's shards reach the device
+            compute_dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+            model = shard_discriminator(model, accelerator.device, compute_dtype)
+        # A 4-bit base is already where bitsandbytes quantized it (device_map at load time).
+        model = model if is_quantized(model) else model.to(accelerator.device)
+        if args.disable_dropout:
+            from trl.trainer.utils import disable_dropout_in_model
+
+            disable_dropout_in_model(model)
+        checkpointing = args.discriminator_gradient_checkpointing
+        if checkpointing is None:
+            checkpointing = args.gradient_checkpointing
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
+        model.train()
+        _warn_if_half_precision(model, args.discriminator_learning_rate)
+        if hasattr(model, "add_model_tags"):
+            model.add_model_tags(["gad", "discriminator"])
+        return cls(model, args, accelerator, pad_token_id, sharded)
+
+    def create_scheduler(self, num_updates: int):
+        """The discriminator's learning-rate schedule over `num_updates` optimizer steps (built once)."""
+        if self.lr_scheduler is None:
+            self.lr_scheduler = get_scheduler(
+                self.args.discriminator_lr_scheduler_type,
+                optimizer=self.optimizer,
+                num_warmup_steps=self.args.discriminator_warmup_steps,
+                num_training_steps=max(num_updates, 1),
+            )
+        return self.lr_scheduler
+
+    @property
+    def is_peft(self) -> bool:
+        return is_peft_discriminator(self.model)
+
+    def scope(self):
+        """Inside: the discriminator's adapter is the active one (a shared base); a no-op otherwise."""
+        return discriminator_scope(self.model)
+
+    # ------------------------------------------------------------------ scoring
+    def loss_kwargs(self) -> dict:
+        return {"loss_type": self.args.discriminator_loss_type, **self.args.discriminator_loss_constants()}
+
+    def score(self, sequences: list[list[int]], batch_size: int | None = None, response_starts=None) -> torch.Tensor:
+        """Scores of token sequences, in chunks of `batch_size` (default: discriminator_mini_batch_size);
+        `response_starts` (prompt lengths) are needed by mean pooling. Keeps autograd if enabled."""
+        context = self.accelerator.autocast() if self.args.bf16 or self.args.fp16 else nullcontext()
+        with context:
+            return score_sequences(
+                self.model, sequences, self.pad_token_id, self.accelerator.device,
+                batch_size or self.args.discriminator_mini_batch_size, response_starts,
+            )
+
+    def measure(self, teacher_seqs, student_seqs, index, response_starts) -> tuple[torch.Tensor, dict]:
+        """Score and measure without training (evaluation, a frozen discriminator): dropout off (eval mode), no
+        graph. Returns the student scores and the loss's metrics."""
+        with eval_mode(self.model), torch.no_grad():
+            scores = self.score(teacher_seqs + student_seqs, response_starts=response_starts)
+        _, info = discriminator_loss(scores[: len(teacher_seqs)][index], scores[len(teacher_seqs) :], **self.loss_kwargs())
+        return scores[len(teacher_seqs) :], info
+
+    # ------------------------------------------------------------------ training
+    def update(self, teacher_seqs, student_seqs, index, response_starts, global_step: int) -> tuple[torch.Tensor, dict]:
+        """`discriminator_num_iterations` optimizer steps on this batch's pairs (plus replayed ones); returns the
+        student scores from before the first step (the rewards) and that step's metrics. `response_starts`: where
+        each response begins in `teacher_seqs + student_seqs` (the prompt lengths)."""
+        num_current = len(student_seqs)
+        current = (teacher_seqs, student_seqs, index, response_starts)
+        teacher_seqs, student_seqs, index, response_starts, num_replayed = self._add_replayed_pairs(*current)
+        num_teacher = len(teacher_seqs)
+        sequences = teacher_seqs + student_seqs
+        rewards, info = None, None
+        for iteration in range(self.args.discriminator_num_iterations):
+            scores, loss, step_info = self.step(sequences, num_teacher, index, response_starts, global_step)
+            if iteration == 0:
+                rewards, info = scores[num_teacher : num_teacher + num_current].detach(), step_info
+                if num_replayed:
+                    # Logged metrics describe the current pairs (what the health checks and the rewards are about);
+                    # the replayed pairs get their own accuracy.
+                    teacher_side, student_side = scores[:num_teacher][index], scores[num_teacher:]
+                    current_pairs = (teacher_side[:num_current], student_side[:num_current])
+                    _, current_info = discriminator_loss(*current_pairs, **self.loss_kwargs())
+                    _, replay_info = discriminator_loss(teacher_side[num_current:], student_side[num_current:],
+                                                        **self.loss_kwargs())
+                    info.update(current_info, replay_accuracy=replay_info["accuracy"], trained_loss=loss.item())
+            else:
+                info["last_iteration_loss"] = loss.item()
+            info["nonfinite_skipped"] = max(info["nonfinite_skipped"], step_info["nonfinite_skipped"])
+        if self.replay is not None:
+            info["replay_pairs"] = float(num_replayed)
+            self.replay.add(_replay_pairs(*current))
+        return rewards, info
+
+    def step(self, sequences, num_teacher, index, response_starts, global_step: int):
+        """One optimizer step on the pairs (teacher `sequences[:num_teacher][index]`, student `sequences[num_teacher:]`);
+        returns the detached pre-step scores, the loss and the metrics."""
+        if self.args.discriminator_mini_batch_size is None:
+            # One forward with gradients: its detached scores are the rewards, its loss trains D.
+            scores = self.score(sequences, response_starts=response_starts)
+            loss, info = discriminator_loss(scores[:num_teacher][index], scores[num_teacher:], **self.loss_kwargs())
+            loss.backward()
+        else:
+            # Bounded memory: score everything without a graph, take dLoss/dscore, then re-run each chunk with a
+            # graph and back-propagate score * dLoss/dscore (same gradient as the one-pass loss).
+            with torch.no_grad():
+                scores = self.score(sequences, response_starts=response_starts)
+            leaf = scores.detach().requires_grad_(True)
+            loss, info = discriminator_loss(leaf[:num_teacher][index], leaf[num_teacher:], **self.loss_kwargs())
+            (grad_scores,) = torch.autograd.grad(loss, leaf)
+            chunk = self.args.discriminator_mini_batch_size
+            for start in range(0, len(sequences), chunk):
+                part_starts = None if response_starts is None else response_starts[start : start + chunk]
+                part = self.score(sequences[start : start + chunk], batch_size=chunk, response_starts=part_starts)
+                (part * grad_scores[start : start + chunk]).sum().backward()
+        self.all_reduce_grads()
+        max_norm = self.args.discriminator_max_grad_norm
+        if max_norm is None:
+            max_norm = self.args.max_grad_norm
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        max_norm = max_norm if max_norm and max_norm > 0 else float("inf")
+        if self.sharded:
+            from .sharding import clip_grad_norm
+
+            grad_norm = clip_grad_norm(params, max_norm)
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        info["grad_norm"] = grad_norm.item()
+        info["learning_rate"] = self.optimizer.param_groups[0]["lr"]
+        # Skip (no optimizer or scheduler step) when the loss, scores or gradient norm is non-finite on any process;
+        # raises after discriminator_max_nonfinite_updates skips in a row (gad_trl.guards).
+        applied = self.guard.check(
+            finite_on_every_process(self.accelerator, all_finite(loss, scores, grad_norm)), global_step,
+            nonfinite_details(loss, scores, grad_norm), discriminator_divergence_hint(self.args),
+        )
+        info["nonfinite_skipped"] = float(not applied)
+        if applied:
+            self.optimizer.step()
+            if self.lr_scheduler is not None:
+                self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return scores.detach(), loss.detach(), info
+
+    def _add_replayed_pairs(self, teacher_seqs, student_seqs, index, response_starts):
+        """The update's pairs plus `discriminator_replay_ratio` x as many past ones drawn from the replay buffer (drawn
+        before this batch joins it, so they are strictly earlier completions); returns the extended
+        (teacher_seqs, student_seqs, index, response_starts) and the number replayed."""
+        if self.replay is None:
+            return teacher_seqs, student_seqs, index, response_starts, 0
+        # Every process has the same batch size and buffer fill, so every process replays the same number of pairs
+        # (a sharded discriminator needs the same number of forwards on each rank).
+        drawn = self.replay.sample(round(self.args.discriminator_replay_ratio * len(student_seqs)))
+        if not drawn:
+            return teacher_seqs, student_seqs, index, response_starts, 0
+        num_teacher = len(teacher_seqs)
+        teacher_starts, student_starts = response_starts[:num_teacher], response_starts[num_teacher:]
+        extra_index = torch.arange(num_teacher, num_teacher + len(drawn), device=index.device, dtype=index.dtype)
+        return (
+            teacher_seqs + [p.teacher for p in drawn],
+            student_seqs + [p.student for p in drawn],
+            torch.cat([index, extra_index]),
+            teacher_starts + [p.teacher_start for p in drawn] + student_starts + [p.student_start for p in drawn],
+            len(drawn),
+        )
+
+    def all_reduce_grads(self):
+        # Replicated on every process (not wrapped in DDP): average the gradients by hand. (Sharded, FSDP2 has
+        # already reduce-scattered them.)
+        if self.accelerator.num_processes <= 1 or self.sharded:
+            return
+        for p in self.model.parameters():
+            if p.grad is not None:
+                # SUM then divide: ReduceOp.AVG exists only on NCCL, not on gloo (multi-process CPU runs).
+                torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
+                p.grad.div_(self.accelerator.num_processes)
+
+    # ------------------------------------------------------------------ saving
+    def save_model(self, output_dir: str, final: bool, tokenizer, write_card) -> None:
+        """The discriminator's weights into `output_dir/discriminator/` (an adapter folder for a PEFT one, plus a
+        merged plain model at the final save), with the tokenizer and a card (`write_card(folder)`). Collective when
+        sharded: every process must call it."""
+        state_dict = None
+        if self.sharded:  # gathered by every process, kept on the main one
+            from .sharding import full_model_state_dict
+
+            state_dict = full_model_state_dict(self.model)
+        if not self.args.should_save:
+            return
+        disc_dir = os.path.join(output_dir, DISCRIMINATOR_DIR)
+        if self.is_peft:
+            from .adapters import MERGED_DIR, export_merged_discriminator, save_discriminator_adapter
+
+            # Adapter + head (small; what checkpoints resume from). A shared-base adapter is also written here by
+            # the student's PEFT save_pretrained (adapter "discriminator"), without the head: replaced now.
+            save_discriminator_adapter(self.model, disc_dir)
+            if final:  # a plain model folder too, for the Hub and reward-model use
+                merged_dir = os.path.join(output_dir, MERGED_DIR)
+                export_merged_discriminator(self.model, disc_dir, merged_dir, tokenizer)
+                write_card(merged_dir)
+        else:
+            self.accelerator.unwrap_model(self.model).save_pretrained(disc_dir, state_dict=state_dict)
+        tokenizer.save_pretrained(disc_dir)
+        write_card(disc_dir)
+
+    def replay_path(self, directory: str) -> str:
+        return os.path.join(directory, DISCRIMINATOR_REPLAY_NAME.format(rank=self.accelerator.process_index))
+
+    def save_state(self, output_dir: str) -> None:
+        """Optimizer, schedule and replay buffer into a checkpoint folder. Collective when sharded."""
+        if self.sharded:
+            from .sharding import save_optimizer
+
+            save_optimizer(self.model, self.optimizer, os.path.join(output_dir, DISCRIMINATOR_OPTIMIZER_NAME),
+                           self.args.should_save)
+        elif self.args.should_save:
+            torch.save(self.optimizer.state_dict(), os.path.join(output_dir, DISCRIMINATOR_OPTIMIZER_NAME))
+        if self.replay is not None:  # every process saves its own buffer
+            torch.save(self.replay.state_dict(), self.replay_path(output_dir))
+        if self.args.should_save and self.lr_scheduler is not None:
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, DISCRIMINATOR_SCHEDULER_NAME))
+
+    # ------------------------------------------------------------------ resuming
+    def load(self, checkpoint: str) -> None:
+        """Restore weights, pooling, optimizer, replay buffer and schedule from a GAD checkpoint folder. Every file is
+        loaded as data only (`weights_only`), never unpickled as code."""
+        from transformers import AutoModelForSequenceClassification
+
+        from .adapters import check_resume_layout, load_discriminator_adapter, saved_adapter_pooling
+        from .sharding import load_optimizer, load_weights, optimizer_state_is_by_name
+
+        disc_dir = os.path.join(checkpoint, DISCRIMINATOR_DIR)
+        if not os.path.isdir(disc_dir):
+            raise FileNotFoundError(
+                f"{checkpoint} has no '{DISCRIMINATOR_DIR}/' folder: it was not written by GADTrainer, so the "
+                "discriminator cannot be resumed. Resume from a GAD checkpoint, or start a new run."
+            )
+        check_resume_layout(self.model, disc_dir)
+        if self.is_peft:
+            self._resume_pooling(saved_adapter_pooling(disc_dir), checkpoint)
+            load_discriminator_adapter(self.model, disc_dir)
+        else:
+            with replicated_loading(getattr(self.args, "deepspeed_plugin", None)):
+                saved = AutoModelForSequenceClassification.from_pretrained(
+                    disc_dir, num_labels=1, dtype=self.model.dtype
+                )
+            self._resume_pooling(discriminator_pooling(saved), checkpoint)
+            if self.sharded:
+                load_weights(self.model, saved.state_dict())
+            else:
+                self.model.load_state_dict(saved.state_dict())
+            del saved
+        optimizer_path = os.path.join(checkpoint, DISCRIMINATOR_OPTIMIZER_NAME)
+        if not os.path.isfile(optimizer_path):
+            logger.warning(f"{optimizer_path} is missing: the discriminator's optimizer restarts from scratch.")
+        elif self.sharded:
+            load_optimizer(self.model, self.optimizer, optimizer_path)
+        else:
+            state = load_checkpoint_file(optimizer_path, map_location=self.accelerator.device)
+            if optimizer_state_is_by_name(state):
+                raise ValueError(
+                    f"{optimizer_path} holds a sharded discriminator's optimizer state (written with "
+                    "discriminator_sharding='fsdp2', or 'auto' under FSDP / ZeRO-3): resume with the same sharding."
+                )
+            self.optimizer.load_state_dict(state)
+        if self.replay is not None:
+            replay_path = self.replay_path(checkpoint)
+            if os.path.isfile(replay_path):
+                self.replay.load_state_dict(load_checkpoint_file(replay_path))
+            else:
+                logger.warning(f"{replay_path} is missing: the discriminator's replay buffer restarts empty.")
+        scheduler_path = os.path.join(checkpoint, DISCRIMINATOR_SCHEDULER_NAME)
+        if os.path.isfile(scheduler_path) and self.lr_scheduler is not None:
+            self.lr_scheduler.load_state_dict(load_checkpoint_file(scheduler_path))
+        elif self.lr_scheduler is not None:
+            logger.warning(f"{scheduler_path} is missing: the discriminator's learning-rate schedule restarts from step 0.")
+
+    def _resume_pooling(self, saved: str, checkpoint: str) -> None:
+        """A resumed discriminator scores the way it was trained: the checkpoint's pooling, unless the config names
+        another one, which is an error (the weights were fitted to the saved one)."""
+        asked = self.args.discriminator_pooling
+        if asked is not None and asked != saved:
+            raise ValueError(
+                f"{checkpoint} holds a discriminator trained with discriminator_pooling={saved!r}, but this run sets "
+                f"discriminator_pooling={asked!r}. Resume with {saved!r} (or leave it unset), or start a new run."
+            )
+        set_discriminator_pooling(self.model, saved)
+
+
+def _replay_pairs(teacher_seqs, student_seqs, index, response_starts) -> list[ReplayPair]:
+    num_teacher = len(teacher_seqs)
+    return [
+        ReplayPair(teacher_seqs[t], student, response_starts[t], response_starts[num_teacher + i])
+        for i, (t, student) in enumerate(zip(index.tolist(), student_seqs))
+    ]
+

@@ -1,0 +1,161 @@
+"""One chat completion from an OpenAI-compatible endpoint (OpenAI, a vLLM server, TGI), through the `openai` client.
+
+Failure policy (tested against a local fault-injecting server, tests/test_teacher_generation.py):
+- HTTP 429 / 408 / 409 / 5xx, a dropped connection, a request over `timeout` seconds: retried by the `openai` client
+  itself, up to `max_retries` times, waiting what a `Retry-After` (or `retry-after-ms`) header asks for (up to the
+  client's 120 s cap; a longer `Retry-After` is not retried), else exponential backoff (0.5 s doubling, at most 8 s,
+  with jitter).
+- A 200 answer that is not a chat completion (malformed JSON, no `choices`, no text): retried here with the same
+  backoff, up to `max_retries` times.
+- Anything else (400, 401, 404, ...): not retried.
+The error that remains after the retries is raised; callers record it against the row.
+
+The API key is read from the environment variable named by the caller and handed to the client only: never logged,
+never written to a file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+# vLLM and TGI accept any key unless started with one; the client refuses to run without one.
+NO_KEY = "EMPTY"
+
+
+class MalformedResponseError(RuntimeError):
+    """The endpoint answered 200 but not with a usable chat completion."""
+
+
+@dataclass
+class ChatResult:
+    text: str
+    finish_reason: str | None
+    completion_tokens: int | None
+
+
+def make_client(base_url: str, api_key_env: str | None = "OPENAI_API_KEY", timeout: float = 600.0,
+                max_retries: int = 5):
+    """An `openai.OpenAI` client for `base_url`; the key comes from `$api_key_env` (unset: none, for local servers)."""
+    try:
+        import openai
+    except ImportError as err:
+        raise ImportError(
+            "The `openai` client is needed to talk to OpenAI-compatible endpoints: pip install 'gad_trl[workflow]'."
+        ) from err
+
+    api_key = os.environ.get(api_key_env) if api_key_env else None
+    if not api_key:
+        logger.info("No API key in $%s: sending none (fine for a local vLLM/TGI server).", api_key_env)
+    return openai.OpenAI(base_url=base_url, api_key=api_key or NO_KEY, timeout=timeout, max_retries=max_retries)
+
+
+def resolve_model(client, model: str | None) -> str:
+    """`model`, or the endpoint's only model when None (a vLLM server serves one; its id is the path it loaded)."""
+    if model:
+        return model
+    ids = [m.id for m in client.models.list()]
+    if len(ids) != 1:
+        raise ValueError(
+            f"The endpoint {client.base_url} serves {len(ids)} models ({ids[:10]}); name the one to use with --model."
+        )
+    return ids[0]
+
+
+def _backoff(attempt: int) -> float:
+    # Same schedule as the openai client's own retries.
+    return min(0.5 * 2**attempt, 8.0) * (1 - 0.25 * random.random())
+
+
+def chat(client, model: str, messages: list[dict], max_retries: int | None = None, **params) -> ChatResult:
+    """One chat completion; `params` are sampling parameters (None values are not sent) and `extra_body`."""
+    import openai
+
+    params = {k: v for k, v in params.items() if v is not None}
+    retries = client.max_retries if max_retries is None else max_retries
+    for attempt in range(retries + 1):
+        try:
+            response = client.chat.completions.create(model=model, messages=messages, **params)
+            return _parse(response)
+        except (MalformedResponseError, json.JSONDecodeError, openai.APIResponseValidationError) as err:
+            if attempt == retries:
+                raise MalformedResponseError(f"malformed response after {retries + 1} attempt(s): {err}") from err
+            logger.debug("Malformed response (%s); retrying.", err)
+            time.sleep(_backoff(attempt))
+    raise AssertionError("unreachable")
+
+
+def _parse(response) -> ChatResult:
+    choices = getattr(response, "choices", None)
+    if isinstance(response, str) or not choices:
+        raise MalformedResponseError(f"no choices in the response: {str(response)[:200]!r}")
+    choice = choices[0]
+    message = getattr(choice, "message", None)
+    text = getattr(message, "content", None)
+    if not isinstance(text, str):
+        raise MalformedResponseError(f"the first choice has no text content: {str(choice)[:200]!r}")
+    usage = getattr(response, "usage", None)
+    tokens = getattr(usage, "completion_tokens", None)
+    return ChatResult(text=text, finish_reason=getattr(choice, "finish_reason", None),
+                      completion_tokens=tokens if isinstance(tokens, int) else None)
+
+
+def describe_error(err: BaseException, *clients) -> str:
+    """A one-line description of a request error for the errors file and the console. An endpoint may echo the
+    request (its Authorization header included) in its error body: the `clients`' API keys and any bearer token are
+    masked before the text is written or printed."""
+    from ..redact import redact_values
+
+    status = getattr(err, "status_code", None)
+    text = f"{type(err).__name__}: {err}"
+    if status is not None and str(status) not in text:
+        text = f"HTTP {status} {text}"
+    keys = [getattr(c, "api_key", None) for c in clients if c is not None]
+    return redact_values(text.replace("\n", " "), [k for k in keys if k and k != NO_KEY])[:500]
+
+
+def map_bounded(fn, items, concurrency: int, desc: str, initial: int = 0, total: int | None = None):
+    """Yield `(item, result, error)` for `fn(item)` over `items`, at most `concurrency` in flight, in finishing order.
+
+    Results are yielded in the calling thread (so the caller can write them without a lock), under a tqdm bar with
+    rate and ETA; `initial` counts items already done by an earlier run.
+    """
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from tqdm.auto import tqdm
+
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}.")
+    if total is None and hasattr(items, "__len__"):
+        total = initial + len(items)
+    items = iter(items)
+    bar = tqdm(total=total, initial=initial, desc=desc, unit="row", dynamic_ncols=True)
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        running = {}
+
+        def fill():
+            for item in items:
+                running[pool.submit(fn, item)] = item
+                if len(running) >= concurrency:
+                    return
+
+        fill()
+        try:
+            while running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    item = running.pop(future)
+                    error = future.exception()
+                    yield item, (None if error else future.result()), error
+                    bar.update(1)
+                fill()
+        finally:
+            for future in running:
+                future.cancel()
+            bar.close()

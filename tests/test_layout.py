@@ -1,0 +1,103 @@
+"""The package layout: subpackages by concern, no import cycles (function-local imports included), and library
+modules never import the CLI (docs/architecture.md)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "gad_trl"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def all_modules() -> dict[str, Path]:
+    return {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """Every gad_trl module `path` imports explicitly, anywhere in the file (top level, functions, TYPE_CHECKING)."""
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            # `from pkg import sub` imports the submodule `pkg.sub` when there is one.
+            targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found |= {t for t in targets if t in modules and t != name}
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = all_modules()
+    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_import_graph_reads_function_local_and_relative_imports():
+    graph = import_graph()
+    assert "gad_trl.discriminator.model" in graph["gad_trl.trainer"]  # a top-level relative import
+    assert "gad_trl.discriminator.sharding" in graph["gad_trl.discriminator.component"]
+    assert "gad_trl.workflow.judge" in graph["gad_trl.workflow.evaluation"]  # `from . import judge as J`
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_import_cycles():
+    assert cycles(import_graph()) == []
+
+
+def test_library_modules_never_import_the_cli():
+    offenders = {
+        name: sorted(t for t in targets if t.startswith("gad_trl.cli"))
+        for name, targets in import_graph().items()
+        if not name.startswith("gad_trl.cli")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_at_most_16_modules_at_the_top_and_one_folder_per_concern():
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= 16, top
+    for folder in ("discriminator", "workflow", "memory", "vllm", "cli"):
+        assert (PACKAGE / folder / "__init__.py").is_file(), folder
