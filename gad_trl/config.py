@@ -25,6 +25,30 @@ def default_bf16_where_supported(config) -> None:
         config.bf16 = bool(not config.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
+# The values GRPOTrainer accepts for its enum-like fields (TRL 1.16, `GRPOConfig`'s help texts and the branches of
+# `GRPOTrainer`): TRL itself checks several of them only at the first GRPO step, after the warm-ups.
+TRL_CHOICES = {
+    "loss_type": ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"),
+    "importance_sampling_level": ("token", "sequence"),
+    "multi_objective_aggregation": ("sum_then_normalize", "normalize_then_sum"),
+    "scale_rewards": ("group", "batch", "none"),
+    "vllm_mode": ("server", "colocate"),
+    "vllm_model_impl": ("vllm", "transformers"),
+    "vllm_importance_sampling_mode": ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask"),
+}
+
+
+def check_choices(args) -> None:
+    """Every enum-like field is checked when the config is built, so a typo fails before the first step."""
+    from transformers import SchedulerType
+
+    choices = dict(TRL_CHOICES, discriminator_lr_scheduler_type=tuple(t.value for t in SchedulerType))
+    for name, allowed in choices.items():
+        value = getattr(args, name, None)
+        if value is not None and value not in allowed:
+            raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}. Fix `{name}`.")
+
+
 @redacting  # no secret in hparams, printed configs or training_args.bin (gad_trl.redact)
 @dataclass
 class GADConfig(GRPOConfig):
@@ -479,6 +503,12 @@ class GADConfig(GRPOConfig):
     def __post_init__(self):
         default_bf16_where_supported(self)
         super().__post_init__()
+        check_choices(self)
+        if not self.discriminator_learning_rate >= 0:
+            raise ValueError(
+                f"discriminator_learning_rate must be >= 0 (0 keeps the discriminator fixed), got "
+                f"{self.discriminator_learning_rate}."
+            )
         if self.discriminator_loss_type not in LOSS_TYPES:
             raise ValueError(
                 f"discriminator_loss_type={self.discriminator_loss_type!r} is not supported; "

@@ -42,3 +42,105 @@ def check_reference_model_source(model, beta: float, peft_config=None) -> None:
             "(`model.save_pretrained(path)`, then `GADTrainer(path, ...)`), or set `beta=0.0` in GADConfig (no KL "
             "penalty, no reference model)."
         )
+
+
+LOCK_NAME = ".gad_trl.lock"
+RUN_KEY_NAME = "gad_run.json"  # in each checkpoint: which run wrote it (model, data, max_steps)
+
+
+class OutputDirLock:
+    """An exclusive lock on `output_dir` for the length of a run, so two runs never overwrite each other's
+    checkpoints. `fcntl.flock` is released by the kernel when the holder exits, however it exits, so a lock left by a
+    killed run is never stale; the file names the holder for the error message."""
+
+    def __init__(self, output_dir: str):
+        self.path = os.path.join(output_dir, LOCK_NAME)
+        self._file = None
+
+    def acquire(self) -> None:
+        import fcntl
+        import socket
+
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RuntimeError(
+                f"{os.path.dirname(self.path)} is in use by another run ({holder}): two runs in one output_dir would "
+                "overwrite each other's checkpoints. Wait for it to finish, stop it, or use another output_dir."
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        if self._file is not None:
+            os.remove(self.path)  # not left in output_dir (nor uploaded with it)
+            self._file.close()  # closing releases the flock
+            self._file = None
+
+
+def check_output_dir_writable(output_dir: str) -> None:
+    """Fail at the start, not at the first save hours later, when `output_dir` cannot be written."""
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        probe = os.path.join(output_dir, f".gad_trl_write_test-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as err:
+        raise PermissionError(
+            f"output_dir={output_dir!r} is not writable ({err.strerror or err}): checkpoints and the final model could "
+            "not be saved. Fix its permissions or choose another output_dir."
+        ) from err
+
+
+def run_key(model_name: str, dataset, max_steps: int) -> dict:
+    """What identifies a run for resuming: the student, the training data (row count and a digest of the first 1000
+    rows) and `max_steps`."""
+    import hashlib
+    import json
+
+    rows = None
+    digest = hashlib.sha256()
+    if hasattr(dataset, "__len__"):
+        rows = len(dataset)
+        for row in dataset.select(range(min(rows, 1000))) if hasattr(dataset, "select") else list(dataset)[:1000]:
+            digest.update(json.dumps(row, sort_keys=True, default=str).encode())
+    return {"model": model_name, "train_rows": rows, "train_digest": digest.hexdigest() if rows is not None else None,
+            "max_steps": max_steps}
+
+
+def check_run_key(checkpoint: str, key: dict) -> None:
+    """A checkpoint resumes only the run that wrote it: a different student, data set or `max_steps` is an error
+    naming what differs (a checkpoint written before this check has no key and is accepted)."""
+    import json
+
+    path = os.path.join(checkpoint, RUN_KEY_NAME)
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    differs = [k for k in key if k in saved and saved[k] != key[k]]
+    if differs:
+        details = ", ".join(f"{k}: checkpoint {saved[k]!r:.80}, this run {key[k]!r:.80}" for k in differs)
+        raise ValueError(
+            f"{checkpoint} was written by another run ({details}). Resume it with the settings that wrote it, or start "
+            "this run in a new output_dir (or without resume_from_checkpoint)."
+        )
+
+
+def checkpoint_step(checkpoint: str) -> int | None:
+    """The global step a checkpoint was saved at (its trainer_state.json), None if unreadable."""
+    import json
+
+    try:
+        with open(os.path.join(checkpoint, "trainer_state.json")) as f:
+            return int(json.load(f)["global_step"])
+    except (OSError, ValueError, KeyError):
+        return None

@@ -143,10 +143,12 @@ class GADTrainer(GRPOTrainer):
             raise ValueError(
                 f"Got {len(reward_processing_classes)} reward_processing_classes for {len(extra_rewards)} reward_funcs."
             )
-        from .preflight import check_model_source, check_reference_model_source
+        from .preflight import check_model_source, check_output_dir_writable, check_reference_model_source
 
         check_model_source(model)
         check_reference_model_source(model, args.beta, peft_config)
+        if args.should_save:
+            check_output_dir_writable(args.output_dir)  # now, not at the first save hours later
         check_model_source(discriminator if isinstance(discriminator, str) else args.discriminator_model_name_or_path,
                            "discriminator_model_name_or_path")
 
@@ -511,13 +513,45 @@ class GADTrainer(GRPOTrainer):
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         """`Trainer.train`, with `resume_from_checkpoint=True` (or "true") resuming from the latest *complete*
         checkpoint: a folder left half-written by a kill during a save is named and skipped (gad_trl.resume)."""
+        from transformers.trainer_utils import TrainOutput, get_last_checkpoint
+
+        from .preflight import OutputDirLock, check_run_key, checkpoint_step
         from .resume import resolve_resume_checkpoint
 
-        checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        output_dir = self.args.output_dir
+        checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, output_dir)
+        if checkpoint is not None:
+            check_run_key(checkpoint, self._run_key())
+            step = checkpoint_step(checkpoint)
+            if self.args.max_steps > 0 and step is not None and step >= self.args.max_steps:
+                # transformers would train one more step and overwrite the saved discriminator: nothing to do.
+                logger.warning(f"{checkpoint} is already at step {step} of max_steps={self.args.max_steps}: the run is "
+                               "complete, nothing is trained. Raise max_steps in a new run to train further.")
+                return TrainOutput(step, 0.0, {})
+        elif os.path.isdir(output_dir) and get_last_checkpoint(output_dir) is not None:
+            logger.warning(
+                f"{output_dir} already holds checkpoints of another run ({os.path.basename(get_last_checkpoint(output_dir))}"
+                "): this new run writes next to them, and a later resume_from_checkpoint=True would pick the newest of "
+                "either run. Use an empty output_dir, or resume that run instead."
+            )
+        lock = None
+        if self.args.should_save:
+            lock = OutputDirLock(output_dir)
+            lock.acquire()
         # Only a resumed run may reuse the held-out triples found in output_dir (a new run draws its own).
         self._resumed_run = checkpoint is not None
         self._student_window_loss = None  # a window left open by an interrupted train() does not carry over
-        return super().train(checkpoint, *args, **kwargs)
+        try:
+            return super().train(checkpoint, *args, **kwargs)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run_key(self) -> dict:
+        from .preflight import run_key
+
+        student = self.accelerator.unwrap_model(self.model)
+        return run_key(str(getattr(student.config, "_name_or_path", "")), self.train_dataset, self.args.max_steps)
 
     def _heldout_triples(self) -> list[dict]:
         from .discriminator.heldout import draw_rows, load_or_sample, rows_digest, sample_triples
@@ -560,6 +594,13 @@ class GADTrainer(GRPOTrainer):
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         super().save_model(output_dir, _internal_call)
         output_dir = output_dir or self.args.output_dir
+        if self.args.should_save:  # which run wrote this folder: a resume checks it (gad_trl.preflight.check_run_key)
+            import json
+
+            from .preflight import RUN_KEY_NAME
+
+            with open(os.path.join(output_dir, RUN_KEY_NAME), "w") as f:
+                json.dump(self._run_key(), f, indent=2)
         self.discriminator_component.save_model(output_dir, final=not _internal_call, tokenizer=self.processing_class,
                                                 write_card=self._write_discriminator_card)
 

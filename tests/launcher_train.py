@@ -30,7 +30,7 @@ with open(f"{out}/rank{full.accelerator.process_index}.json", "w") as f:
         {
             "distributed_type": str(full.accelerator.distributed_type),
             "num_processes": full.accelerator.num_processes,
-            "sharded": [full._discriminator_sharded, resumed._discriminator_sharded],
+            "sharded": [full.discriminator_component.sharded, resumed.discriminator_component.sharded],
             "global_steps": [full.state.global_step, resumed.state.global_step],
         },
         f,

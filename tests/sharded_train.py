@@ -67,7 +67,7 @@ rank = sharded.accelerator.process_index
 with open(f"{out}/rank{rank}.json", "w") as f:
     json.dump(
         {
-            "sharded_flags": [replicated._discriminator_sharded, sharded._discriminator_sharded],
+            "sharded_flags": [replicated.discriminator_component.sharded, sharded.discriminator_component.sharded],
             "sharded_vs_replicated": max_diff(gathered(sharded), gathered(replicated)),
             "resumed_vs_uninterrupted": max_diff(gathered(resumed), gathered(sharded)),
             "replicated_resumed_vs_uninterrupted": max_diff(gathered(replicated_resumed), gathered(replicated)),

@@ -52,7 +52,7 @@ def test_sharded_optimizer_state_is_loaded_as_data_only(tmp_path):
 @pytest.mark.parametrize("name", ["discriminator_optimizer.pt", "discriminator_scheduler.pt"])
 def test_resume_refuses_a_crafted_discriminator_state(tiny_model_dir, tmp_path, name):
     out = tmp_path / "run"
-    make_trainer(tiny_model_dir, out, max_steps=1, save_strategy="steps", save_steps=1).train()
+    make_trainer(tiny_model_dir, out, max_steps=2, save_strategy="steps", save_steps=1).train()
     checkpoint = out / "checkpoint-1"
     assert (checkpoint / name).is_file()
     marker = tmp_path / "pwned"
@@ -110,3 +110,109 @@ def test_an_echoed_api_key_never_reaches_the_errors_files_or_the_console(tmp_pat
     judge_errors = (tmp_path / "eval" / ERRORS_FILE).read_text()
     assert json.loads(judge_errors.splitlines()[0])["error"] and secret not in judge_errors
     assert secret not in caplog.text and "invalid credentials" in caplog.text
+
+
+@pytest.mark.parametrize("field, value", [
+    ("loss_type", "dapoo"), ("importance_sampling_level", "seq"), ("scale_rewards", "grp"), ("vllm_mode", "sever"),
+    ("multi_objective_aggregation", "sum"), ("vllm_importance_sampling_mode", "mask"),
+    ("discriminator_lr_scheduler_type", "cosinee"),
+])
+def test_enum_typos_fail_when_the_config_is_built(tmp_path, field, value):
+    """A `loss_type` typo was raised only at the first GRPO step, after the warm-ups."""
+    with pytest.raises(ValueError, match=rf"{field}='{value}' is not one of .*Fix `{field}`"):
+        make_args(tmp_path, **{field: value})
+
+
+def test_negative_discriminator_learning_rate_names_the_field(tmp_path):
+    with pytest.raises(ValueError, match="discriminator_learning_rate must be >= 0"):
+        make_args(tmp_path, discriminator_learning_rate=-1e-5)
+    assert make_args(tmp_path, scale_rewards=True).scale_rewards == "group"  # TRL's bool spelling still works
+
+
+def test_a_second_run_on_the_same_output_dir_is_refused_naming_the_first(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    from gad_trl.preflight import OutputDirLock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from gad_trl.preflight import OutputDirLock
+        lock = OutputDirLock({str(out)!r}); lock.acquire(); print("locked", flush=True); time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RuntimeError, match=rf"in use by another run \(pid {holder.pid} on .*another output_dir"):
+            OutputDirLock(str(out)).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = OutputDirLock(str(out))  # the killed holder's lock is gone with it: never stale
+    lock.acquire()
+    lock.release()
+    assert not (out / ".gad_trl.lock").exists()
+
+
+def test_train_holds_the_lock_and_a_read_only_output_dir_fails_at_the_start(tiny_model_dir, tmp_path):
+    import os
+
+    from gad_trl.preflight import OutputDirLock
+
+    out = tmp_path / "run"
+    trainer = make_trainer(tiny_model_dir, out, max_steps=1)
+    seen = []
+    trainer.add_callback(type("Probe", (__import__("transformers").TrainerCallback,), {
+        "on_step_end": lambda self, *a, **k: seen.append(_locked(OutputDirLock(str(out))))})())
+    trainer.train()
+    assert seen == [True]  # a second run would have been refused during training
+    assert not (out / ".gad_trl.lock").exists()
+
+    a_file = tmp_path / "a_file"  # a folder that cannot be created, whoever runs the test
+    a_file.write_text("")
+    with pytest.raises(PermissionError, match="not writable"):
+        make_trainer(tiny_model_dir, a_file / "run", max_steps=1)
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    os.chmod(read_only, 0o500)
+    try:
+        if not os.access(read_only, os.W_OK):  # (root writes to read-only folders: only the case above applies)
+            with pytest.raises(PermissionError, match="not writable"):
+                make_trainer(tiny_model_dir, read_only / "run", max_steps=1)
+    finally:
+        os.chmod(read_only, 0o700)
+
+
+def _locked(lock) -> bool:
+    try:
+        lock.acquire()
+    except RuntimeError:
+        return True
+    lock.release()
+    return False
+
+
+def test_resume_checks_the_run_and_a_finished_run_trains_no_more(tiny_model_dir, tmp_path, caplog):
+    out = tmp_path / "run"
+    first = make_trainer(tiny_model_dir, out, max_steps=2, save_strategy="steps", save_steps=1)
+    first.train()
+    checkpoint = out / "checkpoint-2"
+    disc_before = (checkpoint / "discriminator" / "model.safetensors").read_bytes()
+    again = make_trainer(tiny_model_dir, out, max_steps=2, save_strategy="steps", save_steps=1)
+    result = again.train(resume_from_checkpoint=True)
+    assert result.global_step == 2 and not (out / "checkpoint-3").exists()
+    assert (checkpoint / "discriminator" / "model.safetensors").read_bytes() == disc_before
+    assert "already at step 2 of max_steps=2" in caplog.text
+
+    other_data = make_trainer(tiny_model_dir, out, rows=tiny_gad_rows(8, seed=5), max_steps=2)
+    with pytest.raises(ValueError, match="written by another run .*train_digest"):
+        other_data.train(resume_from_checkpoint=str(out / "checkpoint-1"))
+    longer = make_trainer(tiny_model_dir, out, max_steps=5)
+    with pytest.raises(ValueError, match="max_steps: checkpoint 2, this run 5"):
+        longer.train(resume_from_checkpoint=str(out / "checkpoint-1"))
+
+    caplog.clear()
+    make_trainer(tiny_model_dir, out, max_steps=1).train()  # a new run into a folder with another run's checkpoints
+    assert "already holds checkpoints of another run (checkpoint-2)" in caplog.text
