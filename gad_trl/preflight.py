@@ -117,8 +117,8 @@ def run_key(model_name: str, dataset, max_steps: int) -> dict:
 
 
 def check_run_key(checkpoint: str, key: dict) -> None:
-    """A checkpoint resumes only the run that wrote it: a different student, data set or `max_steps` is an error
-    naming what differs (a checkpoint written before this check has no key and is accepted)."""
+    """A checkpoint resumes only the run that wrote it: a different student or data set is an error naming what
+    differs (a checkpoint written before this check has no key and is accepted)."""
     import json
 
     path = os.path.join(checkpoint, RUN_KEY_NAME)
@@ -126,7 +126,9 @@ def check_run_key(checkpoint: str, key: dict) -> None:
         return
     with open(path) as f:
         saved = json.load(f)
-    differs = [k for k in key if k in saved and saved[k] != key[k]]
+    # max_steps is recorded but may change: resuming with more steps extends a run (a checkpoint already at or past
+    # this run's max_steps is stopped by GADTrainer.train instead).
+    differs = [k for k in key if k != "max_steps" and k in saved and saved[k] != key[k]]
     if differs:
         details = ", ".join(f"{k}: checkpoint {saved[k]!r:.80}, this run {key[k]!r:.80}" for k in differs)
         raise ValueError(

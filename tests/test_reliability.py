@@ -209,9 +209,12 @@ def test_resume_checks_the_run_and_a_finished_run_trains_no_more(tiny_model_dir,
     other_data = make_trainer(tiny_model_dir, out, rows=tiny_gad_rows(8, seed=5), max_steps=2)
     with pytest.raises(ValueError, match="written by another run .*train_digest"):
         other_data.train(resume_from_checkpoint=str(out / "checkpoint-1"))
-    longer = make_trainer(tiny_model_dir, out, max_steps=5)
-    with pytest.raises(ValueError, match="max_steps: checkpoint 2, this run 5"):
-        longer.train(resume_from_checkpoint=str(out / "checkpoint-1"))
+    other_model = make_trainer(tiny_model_dir, out, max_steps=2)
+    other_model.model.config._name_or_path = "someone/another-student"
+    with pytest.raises(ValueError, match="written by another run .*model: checkpoint"):
+        other_model.train(resume_from_checkpoint=str(out / "checkpoint-1"))
+    shorter = make_trainer(tiny_model_dir, out, max_steps=1)  # checkpoint-2 is past this run's end: nothing to train
+    assert shorter.train(resume_from_checkpoint=str(checkpoint)).global_step == 2
 
     caplog.clear()
     make_trainer(tiny_model_dir, out, max_steps=1).train()  # a new run into a folder with another run's checkpoints
