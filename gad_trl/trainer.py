@@ -215,6 +215,7 @@ class GADTrainer(GRPOTrainer):
         # output_dir is reused only by a run resumed from a checkpoint (`train(resume_from_checkpoint=...)`).
         self._heldout: list[dict] | None = None
         self._resumed_run = False
+        self._run_key_cache: dict | None = None  # `_run_key`
         self._train_sampler = None  # TRL's prompt sampler, made resumable in any epoch (gad_trl.resume)
         # The teacher data set's name (Hub id or path), named in the model cards; `gad-trl gad` sets it,
         # `push_to_hub(dataset_name=...)` too.
@@ -548,10 +549,14 @@ class GADTrainer(GRPOTrainer):
                 lock.release()
 
     def _run_key(self) -> dict:
-        from .preflight import run_key
+        # Computed once: the student's name and the training data do not change during a run, and every save writes it.
+        if self._run_key_cache is None:
+            from .preflight import run_key
 
-        student = self.accelerator.unwrap_model(self.model)
-        return run_key(str(getattr(student.config, "_name_or_path", "")), self.train_dataset, self.args.max_steps)
+            student = self.accelerator.unwrap_model(self.model)
+            self._run_key_cache = run_key(str(getattr(student.config, "_name_or_path", "")), self.train_dataset,
+                                          self.args.max_steps)
+        return self._run_key_cache
 
     def _heldout_triples(self) -> list[dict]:
         from .discriminator.heldout import draw_rows, load_or_sample, rows_digest, sample_triples
