@@ -43,6 +43,10 @@ def check_choices(args) -> None:
     from transformers import SchedulerType
 
     choices = dict(TRL_CHOICES, discriminator_lr_scheduler_type=tuple(t.value for t in SchedulerType))
+    if hasattr(args, "teacher_special_tokens"):
+        from .data import TEACHER_SPECIAL_TOKENS
+
+        choices["teacher_special_tokens"] = TEACHER_SPECIAL_TOKENS
     for name, allowed in choices.items():
         value = getattr(args, name, None)
         if value is not None and value not in allowed:
@@ -89,6 +93,10 @@ class GADConfig(GRPOConfig):
 
         teacher_response_column (`str`, *optional*, defaults to `"teacher_response"`):
             Dataset column holding the teacher's response text.
+        teacher_special_tokens (`str`, *optional*, defaults to `"text"`):
+            What a special-token string inside a teacher response (a literal `<|im_end|>`) becomes: `text` encodes it
+            as the plain text it is (never as a control token, which would be a tell for the discriminator);
+            `error` refuses such rows at data preparation, naming the row.
 
         > Parameters that control the discriminator model and its optimizer
 
@@ -274,6 +282,15 @@ class GADConfig(GRPOConfig):
     # Data
     teacher_response_column: str = field(
         default="teacher_response", metadata={"help": "Dataset column holding the teacher's response text."}
+    )
+    teacher_special_tokens: str = field(
+        default="text",
+        metadata={
+            "help": "What a special-token string inside a teacher response (a literal `<|im_end|>`) becomes: `text` "
+            "encodes it as the plain text it is (never as a control token, which would be a tell for the "
+            "discriminator); `error` refuses such rows at data preparation, naming the row.",
+            "choices": ["text", "error"],
+        },
     )
 
     # Discriminator model and optimisation

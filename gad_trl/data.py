@@ -152,12 +152,23 @@ def prepare_gad_dataset(
     teacher_response_column: str = "teacher_response",
     tokenizer=None,
     split_name: str = "train",
+    teacher_special_tokens: str = "text",
+    max_prompt_tokens: int | None = None,
+    max_prompt_tokens_reason: str = "",
 ) -> Dataset | IterableDataset:
     """Validate and normalise a GAD data set; returns a data set with `prompt` and `teacher_response_column`.
 
     Map-style data sets are checked eagerly, row by row, so a bad row fails before any training. Iterable data sets
-    are checked lazily, as rows stream in.
+    are checked lazily, as rows stream in. With a `tokenizer`:
+    - `teacher_special_tokens="error"`: a teacher response holding a special-token string (`<|im_end|>`, ...) is an
+      error naming the row (with `"text"`, the default, such strings are encoded as plain text by
+      `teacher_completion_ids`);
+    - `max_prompt_tokens`: a prompt longer than this many tokens (as the student reads it) is an error naming the row
+      and `max_prompt_length`; `max_prompt_tokens_reason` says where the limit comes from.
     """
+    if teacher_special_tokens not in TEACHER_SPECIAL_TOKENS:
+        raise ValueError(f"teacher_special_tokens={teacher_special_tokens!r}; expected one of {TEACHER_SPECIAL_TOKENS}.")
+    specials = special_token_strings(tokenizer) if tokenizer is not None else []
     if isinstance(dataset, (DatasetDict, IterableDatasetDict)):
         raise GADDataError(
             f"Got a {type(dataset).__name__} with splits {list(dataset)} for the {split_name} set; pass one split, "
@@ -180,10 +191,24 @@ def prepare_gad_dataset(
         if not needs_template and isinstance(prompt, list):
             needs_template.append(True)
             _check_chat_template(tokenizer, index, source)
-        out = {PROMPT_COLUMN: prompt, teacher_response_column: normalize_teacher_response(
-            row[teacher_response_column], index, teacher_response_column
-        )}
-        return out
+        response = normalize_teacher_response(row[teacher_response_column], index, teacher_response_column)
+        if teacher_special_tokens == "error" and specials:
+            found = special_tokens_in(response, specials)
+            if found:
+                raise GADDataError(
+                    f"Row {index}: column '{teacher_response_column}' contains the special-token string "
+                    f"{found[0]!r}; with teacher_special_tokens='error' such rows are refused. Clean the row, or set "
+                    "teacher_special_tokens='text' to encode it as plain text."
+                )
+        if max_prompt_tokens is not None and tokenizer is not None:
+            length = student_prompt_length(tokenizer, prompt)
+            if length > max_prompt_tokens:
+                raise GADDataError(
+                    f"Row {index}: the prompt is {length} tokens, longer than the {max_prompt_tokens} the run allows "
+                    f"({max_prompt_tokens_reason}). Drop such rows with --max_prompt_length {max_prompt_tokens} "
+                    "(gad-trl gad / train) or filter them before building the trainer, or lower max_completion_length."
+                )
+        return {PROMPT_COLUMN: prompt, teacher_response_column: response}
 
     if isinstance(dataset, Dataset):
         rows = [normalize(row, i) for i, row in enumerate(dataset)]
@@ -196,11 +221,7 @@ def prepare_gad_dataset(
                    teacher_response_column: [r[teacher_response_column] for r in rows]}
         for c in others:
             columns[c] = dataset[c]
-        kinds = {isinstance(p, list) for p in columns[PROMPT_COLUMN]}
-        if len(kinds) > 1:
-            raise GADDataError(
-                f"The {split_name} set mixes conversational (message list) and plain-text prompts; use one format."
-            )
+        _check_one_prompt_format(columns[PROMPT_COLUMN], split_name)
         return Dataset.from_dict(columns)
 
     # Iterable: validate lazily; errors carry the position in the stream.
@@ -213,6 +234,20 @@ def prepare_gad_dataset(
     if source != PROMPT_COLUMN:
         mapped = mapped.remove_columns([source])
     return mapped
+
+
+def _check_one_prompt_format(prompts: list, split_name: str) -> None:
+    """Arrow stores one type per column, and TRL templates conversational rows only: a mix is an error naming the
+    first row whose format differs from row 0's."""
+    first = isinstance(prompts[0], list)
+    for i, prompt in enumerate(prompts):
+        if isinstance(prompt, list) != first:
+            kinds = ("a message list", "a plain string")
+            raise GADDataError(
+                f"Row {i} of the {split_name} set has {kinds[0] if not first else kinds[1]} as its prompt, but row 0 "
+                f"has {kinds[0] if first else kinds[1]}: the set mixes conversational and plain-text prompts. Use one "
+                "format (e.g. wrap plain prompts as [{'role': 'user', 'content': text}])."
+            )
 
 
 def _check_chat_template(tokenizer, row: int, column: str) -> None:
@@ -276,13 +311,51 @@ def prompt_token_length(tokenizer, messages: list[dict]) -> int:
     return len(prompt_ids(tokenizer, messages))
 
 
+TEACHER_SPECIAL_TOKENS = ("text", "error")
+
+
+def special_token_strings(tokenizer) -> list[str]:
+    """The strings this tokenizer would read as control tokens: its named special tokens and the added tokens marked
+    special (e.g. `<|im_end|>`, `<|endoftext|>`), longest first."""
+    tokens = set(getattr(tokenizer, "all_special_tokens", None) or [])
+    for token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(token, "special", False):
+            tokens.add(getattr(token, "content", str(token)))
+    return sorted((t for t in tokens if t), key=lambda t: (-len(t), t))
+
+
+def special_tokens_in(text: str, specials: list[str]) -> list[str]:
+    """Which of `specials` (`special_token_strings`) occur literally in `text`."""
+    return [t for t in specials if t in text]
+
+
+def student_prompt_length(tokenizer, prompt: str | list[dict]) -> int:
+    """Tokens of a normalised prompt as TRL's `GRPOTrainer` feeds it to the student: chat-templated messages, or a
+    plain string tokenised as it is."""
+    if isinstance(prompt, list):
+        return prompt_token_length(tokenizer, prompt)
+    return len(tokenizer(text=prompt)["input_ids"])
+
+
+def row_prompt_length(tokenizer, row: dict, index: int | str | None = None) -> int:
+    """`student_prompt_length` of a raw row's prompt (TRL `prompt` or verl `content`), validated as the trainer does."""
+    column = PROMPT_COLUMN if row.get(PROMPT_COLUMN) is not None else VERL_PROMPT_COLUMN
+    if row.get(column) is None:
+        raise GADDataError(f"Row {index}: no prompt; expected a 'prompt' (TRL) or 'content' (verl) column.")
+    return student_prompt_length(tokenizer, normalize_prompt(row[column], index, column))
+
+
 def teacher_completion_ids(
     tokenizer, response: str, end_token_id: int | None, max_completion_length: int | None = None
 ) -> tuple[list[int], bool]:
     """A response's tokens as a finished student completion looks: no special tokens, then `end_token_id` (the
     end-of-turn token, `end_of_turn.end_of_turn_token_id`; None for an unfinished response), cut to
-    `max_completion_length` like a student completion. Returns `(ids, truncated)`."""
-    ids = tokenizer(text=response, add_special_tokens=False)["input_ids"]
+    `max_completion_length` like a student completion. Returns `(ids, truncated)`.
+
+    Special-token strings inside the text (a literal `<|im_end|>` in a teacher answer) are encoded as the plain text
+    they are (`split_special_tokens`): read as control tokens they would be an instant tell for the discriminator, and
+    the only end-of-turn token of a response is the one appended here (docs/algorithm.md, "Symmetry")."""
+    ids = tokenizer(text=response, add_special_tokens=False, split_special_tokens=True)["input_ids"]
     if end_token_id is not None:
         ids = ids + [end_token_id]
     if max_completion_length is not None and len(ids) > max_completion_length:
@@ -332,6 +405,8 @@ def load_any_dataset(dataset_name: str, dataset_config: str | None = None, strea
     """
     from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
+    from .preflight import looks_like_local_path
+
     path = Path(os.path.expanduser(dataset_name))
     suffix = "".join(path.suffixes[-1:]).lower()
     if suffix in FILE_BUILDERS:
@@ -357,7 +432,12 @@ def load_any_dataset(dataset_name: str, dataset_config: str | None = None, strea
     if path.is_dir():
         for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
             check_data_file(str(file))
+    elif looks_like_local_path(dataset_name):
+        from .preflight import missing_local_path_message
+
+        raise FileNotFoundError(missing_local_path_message(dataset_name, "data path"))
     ds = load_dataset(dataset_name, name=dataset_config, streaming=streaming)
     if isinstance(ds, Dataset):
         ds = DatasetDict({"train": ds})
     return ds
+

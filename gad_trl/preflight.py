@@ -11,6 +11,62 @@ def looks_like_local_path(name: str) -> bool:
     return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
 
 
+def missing_local_path_message(name: str, what: str) -> str:
+    """"The local <what> <name> does not exist", with the nearest existing folder and the closest names in it (a
+    typo's likely fix)."""
+    import difflib
+    from pathlib import Path
+
+    path = Path(os.path.expanduser(name))
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    message = f"The local {what} {name!r} does not exist (working directory: {os.getcwd()})."
+    if parent.is_dir():
+        entries = sorted(p.name for p in parent.iterdir() if not p.name.startswith("."))
+        first = path.relative_to(parent).parts[0] if path != parent else path.name
+        close = difflib.get_close_matches(first, entries, n=3)
+        if close:
+            message += f" Did you mean {', '.join(repr(str(parent / c)) for c in close)}?"
+    return message + " Pass an existing directory or file, or a Hub id of the form 'org/name'."
+
+
+def prompt_token_limit(model, args) -> tuple[int | None, str]:
+    """The longest prompt a run can take: the student's context (`max_position_embeddings`, and
+    `vllm_max_model_length` when vLLM is colocated) minus `max_completion_length`, and where that comes from. transformers
+    trains silently past the position embeddings and vLLM rejects the request only at the step that draws the row, so
+    the data are checked against it when the trainer is built. (None, "") when the config names no context."""
+    config = getattr(model, "config", None)
+    if config is None:
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(model, trust_remote_code=getattr(args, "trust_remote_code", False))
+        except Exception:  # noqa: BLE001 - the model load reports an unreadable config with its own error
+            return None, ""
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    contexts = {}
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(text_config, name, None)
+        if isinstance(value, int) and value > 0:
+            contexts[f"the student's {name}={value}"] = value
+            break
+    if getattr(args, "use_vllm", False) and getattr(args, "vllm_mode", None) == "colocate":
+        value = getattr(args, "vllm_max_model_length", None)
+        if value:
+            contexts[f"vllm_max_model_length={value}"] = value
+    if not contexts:
+        return None, ""
+    source, context = min(contexts.items(), key=lambda kv: kv[1])
+    completion = args.max_completion_length or 0
+    if completion >= context:
+        raise ValueError(
+            f"max_completion_length={completion} leaves no room for a prompt in {source}: lower max_completion_length "
+            "(gad-trl analyze-lengths suggests one)."
+        )
+    return context - completion, f"{source} minus max_completion_length={completion}"
+
+
 def check_model_source(name, what: str = "model_name_or_path") -> None:
     """A missing local model folder is reported as such, not as transformers' Hub-id validation error."""
     if not isinstance(name, (str, os.PathLike)):

@@ -158,12 +158,19 @@ class GADTrainer(GRPOTrainer):
         if getattr(processing_class, "pad_token", None) is None:
             processing_class.pad_token = processing_class.eos_token
 
-        column = args.teacher_response_column
-        train_dataset = prepare_gad_dataset(train_dataset, column, processing_class, "train")
+        from .preflight import prompt_token_limit
+
+        limit, limit_reason = prompt_token_limit(model, args)
+
+        def prepare(dataset, split_name):
+            return prepare_gad_dataset(dataset, args.teacher_response_column, processing_class, split_name,
+                                       args.teacher_special_tokens, limit, limit_reason)
+
+        train_dataset = prepare(train_dataset, "train")
         if isinstance(eval_dataset, dict):
-            eval_dataset = {k: prepare_gad_dataset(v, column, processing_class, f"eval '{k}'") for k, v in eval_dataset.items()}
+            eval_dataset = {k: prepare(v, f"eval '{k}'") for k, v in eval_dataset.items()}
         elif eval_dataset is not None:
-            eval_dataset = prepare_gad_dataset(eval_dataset, column, processing_class, "eval")
+            eval_dataset = prepare(eval_dataset, "eval")
 
         # Seed before the value head is initialised so runs are reproducible (GRPOTrainer seeds again later).
         from transformers import set_seed

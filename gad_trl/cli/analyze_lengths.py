@@ -57,7 +57,14 @@ def suggest_max_length(values: list[int], q: float = 99.0, round_to: int = 64) -
 
 
 def analyze(args: AnalyzeLengthsArguments, tokenizer=None, dataset=None) -> dict:
-    from ..data import prompt_messages, prompt_token_length, teacher_completion_ids, teacher_text
+    from ..data import (
+        prompt_messages,
+        prompt_token_length,
+        special_token_strings,
+        special_tokens_in,
+        teacher_completion_ids,
+        teacher_text,
+    )
     from ..end_of_turn import end_of_turn_token_id
     from .utils import load_any_dataset
 
@@ -74,10 +81,14 @@ def analyze(args: AnalyzeLengthsArguments, tokenizer=None, dataset=None) -> dict
 
     # As the trainer encodes teacher responses (uncut: the point is to choose the cut).
     end = end_of_turn_token_id(tokenizer) if tokenizer.eos_token_id is not None else None
-    teacher_lengths, prompt_lengths = [], []
+    teacher_lengths, prompt_lengths, special_rows = [], [], []
+    specials = special_token_strings(tokenizer)
     for i, row in enumerate(dataset):
-        ids, _ = teacher_completion_ids(tokenizer, teacher_text(row, args.teacher_response_column, i), end)
+        text = teacher_text(row, args.teacher_response_column, i)
+        ids, _ = teacher_completion_ids(tokenizer, text, end)
         teacher_lengths.append(len(ids))
+        if special_tokens_in(text, specials):
+            special_rows.append(i)
         prompt_lengths.append(prompt_token_length(tokenizer, prompt_messages(row, i)))
 
     suggestion = suggest_max_length(teacher_lengths, args.percentile, args.round_to)
@@ -93,6 +104,9 @@ def analyze(args: AnalyzeLengthsArguments, tokenizer=None, dataset=None) -> dict
         "suggested_vllm_max_model_length": suggest_max_length(
             [p + suggestion for p in prompt_lengths], 100.0, args.round_to
         ),
+        # Encoded as plain text by the trainer (GADConfig.teacher_special_tokens="text"), refused with "error".
+        "teacher_rows_with_special_token_strings": len(special_rows),
+        "teacher_special_token_rows_first": special_rows[:10],
     }
 
 
@@ -114,7 +128,19 @@ def format_report(report: dict) -> str:
             f"Suggested vllm_max_model_length (longest prompt + completion): "
             f"{report['suggested_vllm_max_model_length']}",
         ]
+        + special_token_line(report)
     )
+
+
+def special_token_line(report: dict) -> list[str]:
+    n = report.get("teacher_rows_with_special_token_strings", 0)
+    if not n:
+        return []
+    return [
+        f"{n} teacher response(s) contain special-token strings (rows {report['teacher_special_token_rows_first']}"
+        f"{', ...' if n > 10 else ''}): GAD encodes them as plain text (teacher_special_tokens='text'); "
+        "teacher_special_tokens='error' refuses them."
+    ]
 
 
 def make_parser(prog: str | None = None) -> TrlParser:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 
-from ..data import load_any_dataset, prompt_messages, prompt_token_length, teacher_text  # noqa: F401  (load_any_dataset: for the commands)
+from ..data import load_any_dataset, prompt_messages, row_prompt_length, teacher_text  # noqa: F401  (load_any_dataset: for the commands)
 
 def to_seqkd_dataset(dataset, teacher_response_column: str = "teacher_response"):
     """Convert GAD rows to TRL's conversational prompt-completion format for `SFTTrainer` (SeqKD).
@@ -31,7 +31,8 @@ def filter_long_prompts(dataset, tokenizer, max_prompt_length: int):
     import logging
 
     keep = dataset.filter(
-        lambda row, idx: prompt_token_length(tokenizer, prompt_messages(row, idx)) <= max_prompt_length,
+        # The length the trainer checks against the student's context (gad_trl.data.row_prompt_length).
+        lambda row, idx: row_prompt_length(tokenizer, row, idx) <= max_prompt_length,
         with_indices=True,
     )
     dropped = len(dataset) - len(keep)
