@@ -63,8 +63,19 @@ def _corpus() -> list[str]:
     return lines
 
 
-def build_tiny_tokenizer():
+# Another family's layout (for a discriminator with its own tokenizer): other special tokens, another template.
+OTHER_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|turn|>' + message['role'] + ': ' + message['content'] + '<|end_turn|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|turn|>assistant: ' }}{% endif %}"
+)
+OTHER_SPECIAL_TOKENS = ["<pad>", "<|end_turn|>", "<|turn|>", "<unk>"]
+
+
+def build_tiny_tokenizer(vocab_size: int = 1000, other_family: bool = False):
     """A byte-level BPE tokenizer (Qwen2/GPT-2 style) trained on a toy corpus, wrapped as a fast tokenizer.
+    `other_family`: other special tokens and chat template (`OTHER_CHAT_TEMPLATE`), for two-tokenizer tests.
 
     Byte-level BPE matters: transformers 5 reloads any `qwen2` checkpoint's tokenizer as `Qwen2Tokenizer`, which
     rebuilds the byte-level pipeline from `tokenizer.json`'s vocab and merges; a tokenizer of another kind would
@@ -76,21 +87,24 @@ def build_tiny_tokenizer():
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
+    specials = OTHER_SPECIAL_TOKENS if other_family else SPECIAL_TOKENS
     trainer = trainers.BpeTrainer(
-        vocab_size=1000,
-        special_tokens=SPECIAL_TOKENS,
+        vocab_size=vocab_size,
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         min_frequency=1,
     )
     tok.train_from_iterator(_corpus(), trainer=trainer)
+    pad, eos, start, unk = (specials[0], specials[1], specials[2], specials[3]) if other_family else (
+        "<|endoftext|>", "<|im_end|>", "<|im_start|>", "<unk>")
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token="<unk>",
-        additional_special_tokens=["<|im_start|>"],
+        eos_token=eos,
+        pad_token=pad,
+        unk_token=unk,
+        additional_special_tokens=[start],
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = OTHER_CHAT_TEMPLATE if other_family else CHAT_TEMPLATE
     fast.padding_side = "left"
     return fast
 
@@ -122,11 +136,12 @@ def build_tiny_model(tokenizer, seed: int = 0, hidden_size: int = 64, num_layers
     return model
 
 
-def save_tiny_model(output_dir: str | os.PathLike, seed: int = 0, **model_kwargs) -> str:
-    """Build the tiny tokenizer and model and `save_pretrained` both to `output_dir`; returns the path."""
+def save_tiny_model(output_dir: str | os.PathLike, seed: int = 0, tokenizer=None, **model_kwargs) -> str:
+    """Build the tiny tokenizer (unless given) and model and `save_pretrained` both to `output_dir`; returns the
+    path."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer()
     model = build_tiny_model(tokenizer, seed=seed, **model_kwargs)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)

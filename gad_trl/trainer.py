@@ -99,6 +99,10 @@ class GADTrainer(GRPOTrainer):
             `reward_weights` (one weight per column, the discriminator's first) and `multi_objective_aggregation`;
             each is logged as `rewards/<name>/mean`.
         reward_processing_classes: tokenizers of the extra reward models, as in `GRPOTrainer`.
+        discriminator_processing_class: the discriminator's own tokenizer, when it is not the student's. None: the
+            one saved with `discriminator` / `discriminator_model_name_or_path` if any, else the student's. With a
+            tokenizer of its own the discriminator re-tokenises every prompt (its chat template) and response (the
+            text) itself (`gad_trl.discriminator.tokenization`).
     """
 
     _tag_names = ["trl", "gad", "grpo"]
@@ -119,6 +123,7 @@ class GADTrainer(GRPOTrainer):
         quantization_config=None,
         reward_funcs=None,
         reward_processing_classes=None,
+        discriminator_processing_class=None,
     ):
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
@@ -176,7 +181,14 @@ class GADTrainer(GRPOTrainer):
         from transformers import set_seed
 
         set_seed(args.seed)
-        discriminator = load_discriminator_model(model, discriminator, args, processing_class)
+        discriminator_tokenizer = self._discriminator_tokenizer(discriminator, discriminator_processing_class, args,
+                                                                processing_class)
+        discriminator = load_discriminator_model(model, discriminator, args,
+                                                 discriminator_tokenizer or processing_class)
+        if discriminator_tokenizer is None and discriminator is not None:
+            from .discriminator.tokenization import check_vocabulary_fits
+
+            check_vocabulary_fits(discriminator, processing_class)
 
         from .vllm import patched_vllm_generation
 
@@ -203,8 +215,20 @@ class GADTrainer(GRPOTrainer):
         register_indexed_cpu_location()  # multi-process CPU runs resume with map_location="cpu:<rank>"
         # The discriminator and its training state (optimizer, schedule, replay buffer, guard, pooling, sharding).
         self.discriminator_component = Discriminator.build(
-            discriminator, args, self.accelerator, processing_class.pad_token_id, student=self.model
+            discriminator, args, self.accelerator, (discriminator_tokenizer or processing_class).pad_token_id,
+            student=self.model,
         )
+        # The discriminator's tokenizer (saved with it); with one of its own, every sequence it reads is re-encoded.
+        self.discriminator_processing_class = discriminator_tokenizer or processing_class
+        self._discriminator_encoding = None
+        if discriminator_tokenizer is not None:
+            from .discriminator.tokenization import DiscriminatorEncoding
+
+            self._discriminator_encoding = DiscriminatorEncoding(processing_class, discriminator_tokenizer,
+                                                                 self.eos_token_ids)
+            self._discriminator_encoding.check_prompts(train_dataset, "train")
+            for name, split in (eval_dataset if isinstance(eval_dataset, dict) else {"": eval_dataset}).items():
+                self._discriminator_encoding.check_prompts(split, f"eval '{name}'" if name else "eval")
         if is_quantized(self.model):  # a QLoRA student (and shared base): trainable after evaluations on CPU too
             keep_4bit_layout_for_training(self.model)
         self._teacher_eos = end_of_turn_token_id(self._tokenizer, self.eos_token_ids)
@@ -235,6 +259,30 @@ class GADTrainer(GRPOTrainer):
         progress = next((cb for cb in self.callback_handler.callbacks if isinstance(cb, ProgressCallback)), None)
         for callback in default_callbacks(progress):
             self.add_callback(callback)
+
+    @staticmethod
+    def _discriminator_tokenizer(discriminator, given, args, processing_class):
+        """The discriminator's own tokenizer, or None when it reads the student's: `given`
+        (`discriminator_processing_class`), else the one saved with `discriminator` / `discriminator_model_name_or_path`;
+        one equal to the student's counts as none (the student's ids are used as they are)."""
+        from .discriminator.tokenization import load_discriminator_tokenizer, same_tokenizer
+
+        if args.discriminator_shared_base:
+            if given is not None:
+                raise ValueError("discriminator_shared_base shares the student's model and tokenizer; drop "
+                                 "discriminator_processing_class.")
+            return None
+        tokenizer = given
+        if tokenizer is None:
+            source = discriminator if isinstance(discriminator, str) else (
+                args.discriminator_model_name_or_path if discriminator is None else None)
+            tokenizer = load_discriminator_tokenizer(source, args.trust_remote_code)
+        if tokenizer is None or same_tokenizer(tokenizer, processing_class):
+            return None
+        if getattr(tokenizer, "pad_token", None) is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        logger.info("The discriminator has its own tokenizer: prompts and responses are re-tokenised for it.")
+        return tokenizer
 
     # ------------------------------------------------------------------ schedule
     def current_phase(self) -> str:
@@ -342,6 +390,10 @@ class GADTrainer(GRPOTrainer):
         # Where each response starts in teacher_seqs + student_seqs (the prompt's length), for mean pooling.
         starts = [len(s) - len(c) for s, c in zip(teacher_seqs, teacher_completions)]
         starts += [len(s) - len(c) for s, c in zip(student_seqs, completion_ids_list)]
+        if self._discriminator_encoding is not None:  # its own tokenizer: both sides re-encoded the same way
+            teacher_seqs, student_seqs, starts = self._discriminator_encoding.encode_batch(
+                [row["prompt"] for row in inputs], teacher_index, teacher_completions, completion_ids_list
+            )
         self._batch_teacher_completions = [teacher_completions[j] for j in teacher_index]
         self._batch_teacher_index = teacher_index
         index = torch.tensor(teacher_index, device=device)
@@ -516,7 +568,8 @@ class GADTrainer(GRPOTrainer):
 
         with eval_mode(self.discriminator), self.discriminator_component.scope():
             return evaluate_triples(self.discriminator, self.processing_class, self._heldout_triples(),
-                                    self.args.per_device_eval_batch_size, self.max_completion_length)
+                                    self.args.per_device_eval_batch_size, self.max_completion_length,
+                                    encoding=self._discriminator_encoding)
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         """`Trainer.train`, with `resume_from_checkpoint=True` (or "true") resuming from the latest *complete*
@@ -613,7 +666,8 @@ class GADTrainer(GRPOTrainer):
 
             with open(os.path.join(output_dir, RUN_KEY_NAME), "w") as f:
                 json.dump(self._run_key(), f, indent=2)
-        self.discriminator_component.save_model(output_dir, final=not _internal_call, tokenizer=self.processing_class,
+        self.discriminator_component.save_model(output_dir, final=not _internal_call,
+                                                tokenizer=self.discriminator_processing_class,
                                                 write_card=self._write_discriminator_card)
 
     def _write_discriminator_card(self, disc_dir: str) -> None:

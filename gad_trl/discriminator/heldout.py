@@ -175,12 +175,15 @@ def _student_sequence(tokenizer, triple: dict, end_token_id: int) -> list[int]:
 
 
 def evaluate_triples(
-    model, tokenizer, triples: list[dict], batch_size: int = 8, max_completion_length: int | None = None
+    model, tokenizer, triples: list[dict], batch_size: int = 8, max_completion_length: int | None = None,
+    encoding=None,
 ) -> dict:
     """Accuracy (fraction with teacher score > student score), score gap and score statistics of the discriminator.
 
     Teacher responses are encoded as in training (`gad_trl.data.encode_pair`), cut at `max_completion_length` (the
-    student's length limit) as the trainer cuts them.
+    student's length limit) as the trainer cuts them. `tokenizer` is the student's; a discriminator with its own
+    tokenizer gets its `encoding` (`gad_trl.discriminator.tokenization.DiscriminatorEncoding`), which re-encodes both
+    sides as the trainer does.
     """
     import statistics
 
@@ -188,17 +191,22 @@ def evaluate_triples(
 
     from .model import score_sequences
 
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     end = end_of_turn_token_id(tokenizer)
     teacher_seqs = [
         encode_pair(tokenizer, t["prompt"], t["teacher_response"], True, end, max_completion_length) for t in triples
     ]
     student_seqs = [_student_sequence(tokenizer, t, end) for t in triples]
+    # Where each response starts (the prompt's length), for mean pooling (`discriminator_pooling` in its config).
+    starts = [len(prompt_ids(tokenizer, t["prompt"])) for t in triples]
+    if encoding is not None:
+        teacher_seqs = [encoding.encode(t["prompt"], seq[start:])[0] for t, seq, start in zip(triples, teacher_seqs, starts)]
+        student_seqs = [encoding.encode(t["prompt"], seq[start:])[0] for t, seq, start in zip(triples, student_seqs, starts)]
+        starts = [len(encoding.prompt_ids(t["prompt"])) for t in triples]
+        tokenizer = encoding.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model.eval()
     device = next(model.parameters()).device
     with torch.no_grad():
-        # Where each response starts (the prompt's length), for mean pooling (`discriminator_pooling` in its config).
-        starts = [len(prompt_ids(tokenizer, t["prompt"])) for t in triples]
         t_scores = score_sequences(model, teacher_seqs, pad, device, batch_size, starts).float().cpu().tolist()
         s_scores = score_sequences(model, student_seqs, pad, device, batch_size, starts).float().cpu().tolist()
     diffs = [t - s for t, s in zip(t_scores, s_scores)]
