@@ -121,3 +121,35 @@ def test_heldout_scoring_re_encodes_both_sides(other_disc_dir):
         "input_ids"] + [encoding.end_token_id] for t in triples]
     scores = score_sequences(model, expected, disc_tok.pad_token_id, "cpu").tolist()
     assert metrics["teacher_scores"] == pytest.approx(scores, abs=1e-5)
+
+
+def test_eval_discriminator_re_encodes_for_a_discriminator_with_its_own_tokenizer(
+        tiny_model_dir, other_disc_dir, tiny_data_dir, tmp_path):
+    """The held-out triples hold the student's tokens; a discriminator saved with another tokenizer reads them in its
+    own (before: an IndexError from ids past its 400-token vocabulary)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from gad_trl.cli import eval_discriminator as ev
+    from gad_trl.discriminator.heldout import evaluate_triples, load_triples
+
+    disc_dir = tmp_path / "disc"
+    disc = AutoModelForSequenceClassification.from_pretrained(other_disc_dir, num_labels=1)
+    disc_tok = AutoTokenizer.from_pretrained(other_disc_dir)
+    disc.config.pad_token_id = disc_tok.pad_token_id
+    disc.save_pretrained(disc_dir)
+    disc_tok.save_pretrained(disc_dir)
+    cache = tmp_path / "heldout.jsonl"
+    metrics = ev.evaluate(ev.EvalDiscriminatorArguments(
+        discriminator_name_or_path=str(disc_dir), student_name_or_path=tiny_model_dir, dataset_name=tiny_data_dir,
+        dataset_split="test", num_samples=4, max_new_tokens=6, heldout_cache=str(cache)))
+    assert metrics["num_pairs"] == 4
+    triples, _ = load_triples(cache)
+    student_tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    seen = []
+    disc.model.embed_tokens.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    encoding = DiscriminatorEncoding(student_tok, disc_tok, [student_tok.eos_token_id])
+    expected = evaluate_triples(disc, student_tok, triples, 8, max_completion_length=6, encoding=encoding)
+    assert metrics["teacher_scores"] == pytest.approx(expected["teacher_scores"])
+    assert metrics["student_scores"] == pytest.approx(expected["student_scores"])
+    turn = disc_tok.convert_tokens_to_ids("<|turn|>")
+    assert seen and all(int(ids.max()) < 400 and int(ids[0, 0]) == turn for ids in seen)

@@ -136,27 +136,47 @@ def _default_student(discriminator_path: str) -> str | None:
 
 
 def evaluate(args: EvalDiscriminatorArguments) -> dict:
-    from transformers import AutoTokenizer
 
     triples, metadata, path, created = load_or_create_heldout(args)
     if not triples:
         raise ValueError(f"The held-out cache {path} holds no triples.")
     disc_path = args.discriminator_name_or_path
-    # The discriminator shares the student's tokenizer; `save_model` writes it next to the discriminator's weights.
-    has_tokenizer = not Path(disc_path).is_dir() or (Path(disc_path) / "tokenizer_config.json").exists()
-    tokenizer_path = disc_path if has_tokenizer else metadata.get("student")
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=args.trust_remote_code)
     from ..discriminator.adapters import load_saved_discriminator
 
     # A plain folder, or the adapter folder of a LoRA / QLoRA / shared-base discriminator.
     model = load_saved_discriminator(disc_path, trust_remote_code=args.trust_remote_code)
+    tokenizer, encoding = _tokenizers(disc_path, metadata.get("student"), args.trust_remote_code)
     # Teacher responses are cut at the student's length limit, as the trainer cuts them.
     max_length = metadata.get("max_new_tokens", args.max_new_tokens)
-    metrics = evaluate_triples(model, tokenizer, triples, args.batch_size, max_completion_length=max_length)
+    metrics = evaluate_triples(model, tokenizer, triples, args.batch_size, max_completion_length=max_length,
+                               encoding=encoding)
     metrics.update(
         {"discriminator": disc_path, "heldout_cache": str(path), "heldout_created": created, "heldout": metadata}
     )
     return metrics
+
+
+def _tokenizers(disc_path: str, student: str | None, trust_remote_code: bool):
+    """(the student's tokenizer, the encoding for the discriminator or None). The triples hold the student's tokens;
+    `save_model` writes the discriminator's tokenizer next to its weights, which is the student's unless the run gave
+    the discriminator its own (`discriminator_processing_class`); then every triple is re-encoded for it."""
+    from transformers import AutoTokenizer
+
+    from ..discriminator.tokenization import DiscriminatorEncoding, load_discriminator_tokenizer, same_tokenizer
+    from ..end_of_turn import end_of_turn_token_id
+
+    disc_tokenizer = load_discriminator_tokenizer(disc_path, trust_remote_code)
+    student_tokenizer = AutoTokenizer.from_pretrained(student, trust_remote_code=trust_remote_code) if student else None
+    if student_tokenizer is None and disc_tokenizer is None:
+        raise ValueError(
+            f"No tokenizer for the discriminator {disc_path!r}: the folder holds none and the held-out cache names no "
+            "student. Save the tokenizer next to the discriminator (tokenizer.save_pretrained) or pass "
+            "--student_name_or_path."
+        )
+    if student_tokenizer is None or disc_tokenizer is None or same_tokenizer(student_tokenizer, disc_tokenizer):
+        return student_tokenizer or disc_tokenizer, None
+    stops = {end_of_turn_token_id(student_tokenizer), student_tokenizer.eos_token_id}
+    return student_tokenizer, DiscriminatorEncoding(student_tokenizer, disc_tokenizer, stops)
 
 
 def make_parser(prog: str | None = None) -> TrlParser:
