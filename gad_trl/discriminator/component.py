@@ -51,8 +51,9 @@ def load_discriminator_model(student, discriminator, args, processing_class) -> 
         return None
     if discriminator is None or isinstance(discriminator, str):
         init_kwargs = args.discriminator_init_kwargs
-        if init_kwargs is None:
-            init_kwargs = dict(args.model_init_kwargs or {})
+        init_kwargs = dict(args.model_init_kwargs or {}) if init_kwargs is None else dict(init_kwargs)
+        # As GRPOTrainer does for the student and the reference model.
+        init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
         return load_discriminator(
             student,
             discriminator if isinstance(discriminator, str) else args.discriminator_model_name_or_path,

@@ -101,7 +101,7 @@ def _load_discriminator(student, discriminator_model_name_or_path, init_kwargs, 
         config = copy.deepcopy(student.config)
         config.num_labels = 1
         disc = AutoModelForSequenceClassification.from_config(config, dtype=student.dtype)
-        missing, unexpected = backbone(disc).load_state_dict(backbone(student).state_dict(), strict=False)
+        missing, unexpected = backbone(disc).load_state_dict(student_body_weights(student), strict=False)
         if missing or unexpected:
             raise ValueError(
                 f"Could not initialise the discriminator from the student's weights (missing {missing[:5]}, unexpected "
@@ -113,6 +113,18 @@ def _load_discriminator(student, discriminator_model_name_or_path, init_kwargs, 
         disc.config.pad_token_id = pad_token_id
     score_head(disc)  # fail early on architectures without a value head
     return disc
+
+
+def student_body_weights(student: nn.Module) -> dict[str, torch.Tensor]:
+    """The student's transformer-body weights, keyed as in a plain model. A student already wrapped by PEFT keeps its
+    base weights under `.base_layer.` and adds `lora_*` tensors: the discriminator starts from the base weights (a fresh
+    adapter adds nothing to them; its own LoRA, if any, is added afterwards)."""
+    weights = backbone(student).state_dict()
+    if not hasattr(student, "get_base_model"):
+        return weights
+    # `modules_to_save` copies sit beside the `original_module` they were cloned from.
+    base = {k: v for k, v in weights.items() if ".lora_" not in k and ".modules_to_save." not in k}
+    return {k.replace(".base_layer.", ".").replace(".original_module.", "."): v for k, v in base.items()}
 
 
 @contextmanager
