@@ -215,6 +215,11 @@ class GADConfig(GRPOConfig):
             Seconds one request to the vLLM server (a generation batch, a weight sync) may wait for its answer
             before the step fails with VLLMServerError; None = wait forever (TRL's behaviour). It guards against a
             server that is alive but hung: raise it if one generation batch really takes longer.
+        async_generation (`bool`, *optional*, defaults to `False`):
+            One-step-off generation (vllm_mode='server'): the next batch's prompts go to the vLLM server in the
+            background while the discriminator and the policy update on the current batch, whose completions were
+            sampled one optimizer step earlier (corrected by TRL's vllm_importance_sampling_correction). Logged as
+            async_generation/staleness; off = the synchronous loop, numbers unchanged.
 
         > Parameters that control the Hub upload
 
@@ -481,6 +486,15 @@ class GADConfig(GRPOConfig):
             "against a server that is alive but hung: raise it if one generation batch really takes longer."
         },
     )
+    async_generation: bool = field(
+        default=False,
+        metadata={
+            "help": "One-step-off generation (vllm_mode='server'): the next batch's prompts go to the vLLM server in "
+            "the background while the discriminator and the policy update on the current batch, whose completions "
+            "were sampled one optimizer step earlier (corrected by TRL's vllm_importance_sampling_correction). "
+            "Logged as async_generation/staleness; off = the synchronous loop, numbers unchanged."
+        },
+    )
 
     # Hub
     discriminator_hub_model_id: str | None = field(
@@ -594,6 +608,19 @@ class GADConfig(GRPOConfig):
             )
         if self.vllm_weight_sync not in ("nccl", "reload"):
             raise ValueError(f"vllm_weight_sync must be 'nccl' or 'reload', got {self.vllm_weight_sync!r}.")
+        if self.async_generation:
+            if not (self.use_vllm and self.vllm_mode == "server"):
+                raise ValueError(
+                    "async_generation overlaps generation on a vLLM server with training: it needs use_vllm=True and "
+                    f"vllm_mode='server' (got use_vllm={self.use_vllm}, vllm_mode={self.vllm_mode!r}). Start a "
+                    "server (`gad-trl vllm-serve --model ...`) or set async_generation=False."
+                )
+            if not self.vllm_importance_sampling_correction:
+                raise ValueError(
+                    "async_generation trains on completions sampled one optimizer step earlier; TRL's "
+                    "vllm_importance_sampling_correction corrects for that and must stay True (choose its form with "
+                    "vllm_importance_sampling_mode, e.g. 'token_truncate')."
+                )
         targets = self.discriminator_lora_target_modules
         if isinstance(targets, list) and len(targets) == 1:  # as TRL's ModelConfig: `--..._target_modules all-linear`
             self.discriminator_lora_target_modules = targets[0]

@@ -209,6 +209,14 @@ class GADTrainer(GRPOTrainer):
                 quantization_config=quantization_config,
             )
 
+        # One-step-off generation (gad_trl.vllm.async_generation): None = the synchronous loop, untouched.
+        self._one_step_off = None
+        self._async_batch = None  # the generation batch whose inputs are being prepared
+        if args.async_generation:
+            from .vllm.async_generation import OneStepOffGeneration
+
+            self._one_step_off = OneStepOffGeneration(self)
+
         from .cpu_distributed import register_indexed_cpu_location
         from .discriminator.adapters import is_quantized, keep_4bit_layout_for_training
 
@@ -354,7 +362,25 @@ class GADTrainer(GRPOTrainer):
                 raise NonFiniteError(student_sampling_divergence(err, self.args)) from err
             raise
         self._batch_prompt_ids = outputs[0]  # the tokenised prompts the completions continue; reused for D's inputs
+        if self._one_step_off is not None and self.model.training:
+            self._one_step_off.record(self._metrics["train"])
+            # Before the discriminator and policy updates on this batch: the server generates the next one meanwhile.
+            self._one_step_off.maybe_launch(self._async_batch)
         return outputs
+
+    # ------------------------------------------------------------------ one-step-off generation (async_generation)
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        if self._one_step_off is not None:
+            epoch_iterator = self._one_step_off.wrap(epoch_iterator)  # same batches, same order; readable early
+        return super().get_batch_samples(epoch_iterator, num_batches, device)
+
+    def _prepare_inputs(self, generation_batch):
+        if self._one_step_off is not None and self.model.training:
+            self._async_batch = generation_batch
+            generate_every = self.args.steps_per_generation * self.num_iterations
+            if not (self._step % generate_every == 0 or self._buffered_inputs is None):
+                self._one_step_off.maybe_launch(generation_batch)  # a micro-step that reuses buffered completions
+        return super()._prepare_inputs(generation_batch)
 
     def _teacher_completion_ids(self, teacher_text: str) -> tuple[list[int], bool]:
         """`gad_trl.data.teacher_completion_ids` with this run's tokenizer, end-of-turn token and length limit (the
@@ -605,6 +631,8 @@ class GADTrainer(GRPOTrainer):
         try:
             return super().train(checkpoint, *args, **kwargs)
         finally:
+            if self._one_step_off is not None:
+                self._one_step_off.close()  # a request in flight is dropped: nothing trains on it, no checkpoint holds it
             if lock is not None:
                 lock.release()
 
