@@ -1,6 +1,7 @@
 """Run by tests/test_multiprocess.py under `torch.distributed.run` (2 CPU processes, gloo): trains GADTrainer for 2
 steps and writes each rank's discriminator checksums and logged metrics to `<out>/rank<k>.json`.
-`--no-all-reduce` switches the discriminator's gradient averaging off (shows what the test would catch)."""
+`--no-all-reduce` switches the discriminator's gradient averaging off (shows what the test would catch);
+`--async-vllm URL` generates on the vLLM server at URL with `async_generation=True` (3 steps)."""
 
 import json
 import sys
@@ -15,11 +16,16 @@ from datasets import Dataset  # noqa: E402
 from gad_trl import GADConfig, GADTrainer  # noqa: E402
 
 model_dir, out = sys.argv[1], sys.argv[2]
-args = GADConfig(
+settings = dict(
     output_dir=out, report_to="none", use_cpu=True, per_device_train_batch_size=4, num_generations=4,
     max_completion_length=8, max_steps=2, logging_steps=1, save_strategy="no", gradient_checkpointing=False,
     learning_rate=1e-3, discriminator_learning_rate=1e-2, seed=0, disable_tqdm=True, warn_on_unhealthy_metrics=False,
 )  # fmt: skip
+if "--async-vllm" in sys.argv:
+    settings.update(max_steps=3, use_vllm=True, vllm_mode="server", vllm_weight_sync="reload",
+                    vllm_server_base_url=sys.argv[sys.argv.index("--async-vllm") + 1], vllm_server_timeout=30,
+                    async_generation=True, vllm_importance_sampling_mode="token_truncate")
+args = GADConfig(**settings)
 trainer = GADTrainer(model_dir, args=args, train_dataset=Dataset.from_list(tiny_gad_rows(16, seed=0)))
 if "--no-all-reduce" in sys.argv:
     trainer.discriminator_component.all_reduce_grads = lambda: None
@@ -38,6 +44,9 @@ with open(f"{out}/rank{rank}.json", "w") as f:
             "teacher_prompts": [h["discriminator/num_teacher_sequences"] for h in logged],
             "accuracy": [h["discriminator/accuracy"] for h in logged],
             "loss": [h["discriminator/loss"] for h in logged],
+            "steps": trainer.state.global_step,
+            "prefetched": [h.get("async_generation/prefetched") for h in logged],
+            "staleness": [h.get("async_generation/staleness") for h in logged],
         },
         f,
     )

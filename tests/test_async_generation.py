@@ -215,3 +215,19 @@ def test_async_server_killed_mid_request_fails_with_the_clear_error(vllm_server_
     message = str(info.value)
     assert doomed.url in message and "gad-trl vllm-serve --model" in message and "resume_from_checkpoint" in message
     assert trainer.state.global_step == 1
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(900)
+def test_async_two_processes_with_the_server(vllm_server, tiny_model_dir, tmp_path):
+    """2 CPU processes (gloo) share one server: the prompts of both are gathered for each background request, and both
+    ranks train on the prefetched batches, with one discriminator."""
+    from tests.test_multiprocess import run_two_processes
+
+    completions_before = vllm_server.count_requests("/v1/completions")
+    ranks = run_two_processes(tiny_model_dir, tmp_path / "async", "--async-vllm", vllm_server.url)
+    assert all(r["steps"] == 3 for r in ranks)
+    assert vllm_server.count_requests("/v1/completions") - completions_before == 3  # one request per step, both ranks
+    assert ranks[0]["checksums"] == ranks[1]["checksums"]
+    for r in ranks:
+        assert r["prefetched"] == [0.0, 1.0, 1.0] and r["staleness"] == [0.0, 1.0, 1.0]
