@@ -685,18 +685,29 @@ class GADTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ saving / resuming
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        super().save_model(output_dir, _internal_call)
+        from .resume import explain_disk_full
+
         output_dir = output_dir or self.args.output_dir
-        if self.args.should_save:  # which run wrote this folder: a resume checks it (gad_trl.preflight.check_run_key)
-            import json
+        # A disk that fills up: a DiskFullError naming the file being written and the fix (gad_trl.resume).
+        with explain_disk_full(output_dir):
+            super().save_model(output_dir, _internal_call)
+            if self.args.should_save:  # which run wrote this folder: a resume checks it (preflight.check_run_key)
+                import json
 
-            from .preflight import RUN_KEY_NAME
+                from .preflight import RUN_KEY_NAME
 
-            with open(os.path.join(output_dir, RUN_KEY_NAME), "w") as f:
-                json.dump(self._run_key(), f, indent=2)
-        self.discriminator_component.save_model(output_dir, final=not _internal_call,
-                                                tokenizer=self.discriminator_processing_class,
-                                                write_card=self._write_discriminator_card)
+                with open(os.path.join(output_dir, RUN_KEY_NAME), "w") as f:
+                    json.dump(self._run_key(), f, indent=2)
+            self.discriminator_component.save_model(output_dir, final=not _internal_call,
+                                                    tokenizer=self.discriminator_processing_class,
+                                                    write_card=self._write_discriminator_card)
+
+    def _save_checkpoint(self, model, trial):
+        from .resume import explain_disk_full
+
+        # The whole checkpoint (model card, weights, optimizer, RNG and trainer states) under one explanation.
+        with explain_disk_full(self._get_output_dir(trial=trial)):
+            return super()._save_checkpoint(model, trial)
 
     def _write_discriminator_card(self, disc_dir: str) -> None:
         from .hub import write_discriminator_card

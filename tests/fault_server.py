@@ -1,16 +1,21 @@
 """A local OpenAI-compatible chat server (127.0.0.1 only) that answers deterministically and injects faults on demand.
 
-`FaultServer(responder)` serves `GET /v1/models` and `POST /v1/chat/completions`. The answer to a request is
-`responder(messages)`; `plan[prompt] = [fault, ...]` makes the successive requests for the prompt whose last user
-message is `prompt` misbehave, one fault per request, then answer normally:
+`FaultServer(responder)` serves `GET /health`, `GET /v1/models` and `POST /v1/chat/completions`. The answer to a
+request is `responder(messages)`; `plan[prompt] = [fault, ...]` makes the successive requests for the prompt whose
+last user message is `prompt` misbehave, one fault per request, then answer normally:
 
 - `"429"`: HTTP 429 with `Retry-After: <retry_after>` seconds; `"500"`: HTTP 500;
 - `"hang"`: say nothing for `hang_seconds` (bounded), then close; `"drop"`: close the connection without a response;
+- `"trickle"`: HTTP 200 headers, then one byte of the body every `trickle_interval` seconds for up to
+  `trickle_seconds` (the body is never finished): every socket read gets data in time, so only a deadline on the
+  whole request ends it; `trickle_ends` records when the server noticed the client had gone (or gave up);
 - `"malformed"`: HTTP 200, `application/json`, a body that is not JSON; `"400"`: HTTP 400 (not retried);
 - `"always500"`: HTTP 500 on every request for that prompt; `"echo401"`: HTTP 401 whose body echoes the request's
   Authorization header (as some proxies do), on every request.
-`delay` slows every normal answer (for kill tests). `log` records `(time, prompt, fault)` per request, `requests`
-the request bodies and `authorizations` their Authorization headers.
+`delay` slows every normal answer (for kill tests). Like vLLM's server, `GET /v1/models` lists `root` (the model it
+was started from; default `model`) and `POST /tokenize` answers `{"tokens": tokenize(prompt)}` (404 when `tokenize`
+is None). `log` records `(time, prompt, fault)` per request, `requests` the request bodies and `authorizations` their
+Authorization headers.
 """
 
 from __future__ import annotations
@@ -27,12 +32,18 @@ def echo_upper(messages: list[dict]) -> str:
 
 
 class FaultServer:
-    def __init__(self, responder=echo_upper, model="fault-teacher", delay=0.0, retry_after="1", hang_seconds=3.0):
+    def __init__(self, responder=echo_upper, model="fault-teacher", delay=0.0, retry_after="1", hang_seconds=3.0,
+                 trickle_interval=0.3, trickle_seconds=60.0, root=None, tokenize=None):
         self.responder = responder
         self.model = model
+        self.root = root or model
+        self.tokenize = tokenize
         self.delay = delay
         self.retry_after = retry_after
         self.hang_seconds = hang_seconds
+        self.trickle_interval = trickle_interval
+        self.trickle_seconds = trickle_seconds
+        self.trickle_ends: list[tuple[float, str]] = []  # (time, "client closed" | "gave up")
         self.plan: dict[str, list[str]] = {}
         self.log: list[tuple[float, str, str]] = []
         self.lock = threading.Lock()
@@ -54,15 +65,44 @@ class FaultServer:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _trickle(self):
+                self.close_connection = True
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "100000")
+                self.end_headers()
+                self.wfile.flush()
+                end = time.monotonic() + server.trickle_seconds
+                outcome = "gave up"
+                while time.monotonic() < end and not server.stopping.wait(server.trickle_interval):
+                    try:
+                        self.wfile.write(b" ")  # JSON whitespace: a body that is never finished
+                        self.wfile.flush()
+                    except OSError:  # the client closed the connection
+                        outcome = "client closed"
+                        break
+                with server.lock:
+                    server.trickle_ends.append((time.monotonic(), outcome))
+
             def do_GET(self):
+                if self.path.rstrip("/") == "/health":
+                    return self._send(200, b"")
                 if self.path.rstrip("/").endswith("/models"):
-                    body = {"object": "list", "data": [{"id": server.model, "object": "model", "owned_by": "test"}]}
+                    body = {"object": "list", "data": [{"id": server.model, "object": "model", "owned_by": "test",
+                                                        "root": server.root, "parent": None, "max_model_len": 512}]}
                     return self._send(200, json.dumps(body).encode())
                 self._send(404, b'{"error": "not found"}')
 
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))
                 request = json.loads(self.rfile.read(length))
+                if self.path.rstrip("/").endswith("/tokenize"):
+                    with server.lock:
+                        server.requests.append(request)
+                    if server.tokenize is None:
+                        return self._send(404, b'{"detail": "Not Found"}')
+                    tokens = server.tokenize(request["prompt"])
+                    return self._send(200, json.dumps({"tokens": tokens, "count": len(tokens)}).encode())
                 messages = request["messages"]
                 prompt = messages[-1]["content"]
                 with server.lock:
@@ -87,6 +127,8 @@ class FaultServer:
                     server.stopping.wait(server.hang_seconds)
                     self.close_connection = True
                     return
+                if fault == "trickle":
+                    return self._trickle()
                 if fault == "drop":
                     self.close_connection = True
                     return

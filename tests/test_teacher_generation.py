@@ -1,5 +1,6 @@
 """`gad-trl generate-teacher` against a local fault-injecting OpenAI-compatible server: retries (429 + Retry-After,
-500, hung request, malformed JSON, dropped connection), failures listed not dropped, resume after `kill -9`."""
+500, hung request, malformed JSON, dropped connection), a total deadline per request attempt (a server trickling its
+answer), failures listed not dropped, resume after `kill -9`."""
 
 import os
 import signal
@@ -60,6 +61,46 @@ def test_faults_are_retried_and_rows_come_back_once_in_order(tmp_path):
     assert read_jsonl(args.errors_path) == []
 
 
+def test_request_timeout_is_a_total_deadline_per_attempt(tmp_path):
+    """A server that sends its headers, then one byte every 0.3 s, answers every socket read in time (before the fix
+    the request lived until the server stopped: ~60 s here). --request_timeout 1.5 ends each attempt after 1.5 s,
+    closes its connection, retries it like any timeout, and lists the row that still fails."""
+    with FaultServer(trickle_interval=0.3, trickle_seconds=60.0) as server:
+        server.plan = {"question number 1": ["trickle", "trickle"], "question number 2": ["trickle"]}
+        args = make_args(tmp_path, server, n=4, request_timeout=1.5, max_retries=1)
+        start = time.monotonic()
+        summary = generate_teacher(args)
+        elapsed = time.monotonic() - start
+        # The server sees each abandoned connection closed (its next byte fails) - nothing keeps reading it.
+        while len(server.trickle_ends) < 3 and time.monotonic() - start < 30:
+            time.sleep(0.1)
+        ends = list(server.trickle_ends)
+
+    # 2 attempts of 1.5 s + a backoff of at most 0.5 s; generous for a loaded machine, far below the server's 60 s.
+    assert elapsed < 15, elapsed
+    assert summary["failed"] == 1 and summary["failed_ids"] == ["1"] and summary["done"] == 3
+    errors = {e["row_id"]: e["error"] for e in read_jsonl(args.errors_path)}
+    assert set(errors) == {"1"} and "APITimeoutError" in errors["1"], errors
+    assert server.faults_for("question number 1") == ["trickle", "trickle"]  # 1 try + 1 retry
+    assert server.faults_for("question number 2") == ["trickle", "ok"]  # the retry answered
+    times = [t for t, p, _ in server.log if p == "question number 1"]
+    assert 1.4 <= times[1] - times[0] < 8  # the retry came after the 1.5 s deadline (+ backoff), not at the end
+    assert [outcome for _, outcome in ends] == ["client closed"] * 3
+    assert max(t for t, _ in ends) - start < 20
+
+
+def test_request_timeout_without_retries_ends_a_trickling_request(tmp_path):
+    with FaultServer(trickle_interval=0.3, trickle_seconds=60.0) as server:
+        server.plan = {"question number 0": ["trickle"]}
+        args = make_args(tmp_path, server, n=1, request_timeout=1.5, max_retries=0)
+        start = time.monotonic()
+        summary = generate_teacher(args)
+        elapsed = time.monotonic() - start
+    assert elapsed < 6, elapsed
+    assert summary["failed"] == 1
+    assert "APITimeoutError" in read_jsonl(args.errors_path)[0]["error"]
+
+
 def test_failed_rows_are_listed_then_retried_by_a_rerun(tmp_path, capsys, caplog, monkeypatch):
     from gad_trl.cli.main import main
 
@@ -111,6 +152,18 @@ def test_commands_explain_themselves(capsys):
         TeacherGenerationArguments(dataset_name="p.jsonl", output="out.csv")
     with pytest.raises(ValueError, match="--extra_body is not valid JSON"):
         TeacherGenerationArguments(dataset_name="p.jsonl", output="o.jsonl", extra_body="{top_k: 2}")
+
+
+def test_request_timeout_help_says_it_is_a_total_per_attempt(capsys):
+    from gad_trl.cli.main import main
+
+    for command in ("generate-teacher", "evaluate"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "Total seconds one request attempt may take" in text, command
+    with pytest.raises(ValueError, match="--request_timeout must be > 0"):
+        TeacherGenerationArguments(dataset_name="p.jsonl", output="o.jsonl", request_timeout=0)
 
 
 def test_output_of_another_data_set_is_refused(tmp_path):

@@ -194,6 +194,25 @@ def test_server_dies_mid_run_clear_error_and_resume(vllm_server_factory, vllm_se
     assert os.path.isfile(out / "_vllm_weights" / "model.safetensors")
 
 
+def test_a_server_serving_another_model_is_refused(vllm_server, tiny_model_dir, tmp_path):
+    """A student of another architecture than the served model is refused when the trainer connects, before any
+    weight sync (not reported as a server that "stopped answering" after a failed reload), with both models named and
+    the command that starts the right server; the server is left as it was."""
+    from gad_trl.testing import save_tiny_model
+    from gad_trl.vllm import ServedModelError
+
+    other = save_tiny_model(tmp_path / "other-student", seed=0, hidden_size=32)
+    reloads_before = vllm_server.count_requests("/collective_rpc")
+    with pytest.raises(ServedModelError) as info:
+        make_trainer(other, tmp_path / "out", vllm_server)
+    text = str(info.value)
+    assert f"serves {vllm_server.model!r}" in text and repr(other) in text, text
+    assert "hidden_size: 64 (server) vs 32 (student)" in text, text
+    assert f"gad-trl vllm-serve --model {other}" in text, text
+    assert vllm_server.count_requests("/collective_rpc") == reloads_before  # no reload was tried
+    assert len(vllm_server.greedy([[1, 2, 3]], max_tokens=2)[0]) >= 1  # still serving
+
+
 def test_weight_sync_merges_peft_adapters(vllm_server, tiny_model_dir, tmp_path):
     from peft import LoraConfig, PeftModel
 

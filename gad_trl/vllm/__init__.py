@@ -9,6 +9,7 @@ from .serve import build_command, serve_main, suggested_command
 __all__ = [
     "NCCLVLLMGeneration",
     "ReloadVLLMGeneration",
+    "ServedModelError",
     "VLLMServer",
     "VLLMServerError",
     "build_command",
@@ -20,8 +21,8 @@ __all__ = [
 
 
 def __getattr__(name):
-    if name in ("NCCLVLLMGeneration", "ReloadVLLMGeneration", "VLLMServerError", "patched_vllm_generation",
-                "vllm_generation_class"):
+    if name in ("NCCLVLLMGeneration", "ReloadVLLMGeneration", "ServedModelError", "VLLMServerError",
+                "patched_vllm_generation", "vllm_generation_class"):
         from . import generation
 
         return getattr(generation, name)

@@ -37,6 +37,10 @@ class VLLMServerError(ConnectionError):
     """The vLLM server used for generation can't be reached, died, or rejected a request."""
 
 
+class ServedModelError(VLLMServerError):
+    """The vLLM server serves another model than the student (found when connecting, before any weight sync)."""
+
+
 def _model_name_or_path(model) -> str:
     for obj in (model, getattr(model, "base_model", None), getattr(getattr(model, "base_model", None), "model", None)):
         name = getattr(obj, "name_or_path", None)
@@ -133,7 +137,7 @@ class _ServerErrorsMixin:
     def _connect_client(self) -> VLLMClient:
         url = self._base_url()
         try:
-            return _GADVLLMClient(
+            client = _GADVLLMClient(
                 base_url=url, group_port=self.group_port, connection_timeout=self.server_timeout,
                 request_timeout=self.request_timeout,
             )  # fmt: skip
@@ -146,6 +150,25 @@ class _ServerErrorsMixin:
                 "or point the trainer at a running server with vllm_server_base_url / vllm_server_host + "
                 "vllm_server_port."
             ) from exc
+        self._check_served_model(client)
+        return client
+
+    def _check_served_model(self, client: VLLMClient) -> None:
+        """Refuse a server that serves another model than the student, before any weight sync
+        (`gad_trl.vllm.served_model`)."""
+        from .served_model import check_served_model
+
+        timeout = min(self.request_timeout or 30.0, 30.0)
+        try:
+            problem = check_served_model(
+                client.session, self._base_url(), self.model, _model_name_or_path(self.model),
+                tokenizer=getattr(self, "processing_class", None), start_command=self._start_command(),
+                timeout=timeout,
+            )  # fmt: skip
+        except (requests.exceptions.RequestException, ConnectionError) as exc:
+            raise self._server_died("listing its model (/v1/models)", exc) from exc
+        if problem is not None:
+            raise ServedModelError(problem)
 
     def _server_died(self, action: str, exc: BaseException) -> VLLMServerError:
         return VLLMServerError(
@@ -263,8 +286,18 @@ class ReloadVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
                 state[name] = param.detach().to("cpu", copy=True).contiguous()
         path = os.path.join(self.weight_sync_dir, WEIGHTS_FILE)
         if is_main:
+            from ..resume import explain_disk_full
+
             partial = path + ".partial"  # not matched by the server's *.safetensors glob
-            save_file(state, partial, metadata={"format": "pt"})
+            hint = ("Free space there or set vllm_weight_sync_dir to a folder on a larger disk that the vLLM server "
+                    "can read (each sync rewrites one file of the student's size).")
+            try:
+                with explain_disk_full(partial, hint=hint):
+                    save_file(state, partial, metadata={"format": "pt"})
+            except BaseException:
+                if os.path.exists(partial):
+                    os.remove(partial)  # give the space back
+                raise
             os.replace(partial, path)  # the server never sees a half-written file
         return path
 

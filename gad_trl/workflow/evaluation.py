@@ -105,7 +105,12 @@ class EvaluationArguments:
                   f"<output_dir>/{REFERENCES_FILE} (or <checkpoints_dir>/{REFERENCES_FILE})."},
     )
     concurrency: int = field(default=8, metadata={"help": "Requests in flight at once."})
-    request_timeout: float = field(default=600.0, metadata={"help": "Seconds before one request is abandoned."})
+    request_timeout: float = field(
+        default=600.0,
+        metadata={"help": "Total seconds one request attempt may take (connecting, sending, waiting for and reading "
+                  "the whole answer, however slowly the server sends it); an attempt over it is abandoned, its "
+                  "connection closed, and retried like other timeouts (--max_retries)."},
+    )
     max_retries: int = field(default=5, metadata={"help": "Retries per request (429/5xx/timeouts/malformed)."})
     # checkpoints
     checkpoints_dir: str | None = field(
@@ -134,6 +139,8 @@ class EvaluationArguments:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"--mode {self.mode!r}: choose one of {MODES}.")
+        if not self.request_timeout > 0:
+            raise ValueError(f"--request_timeout must be > 0 seconds, got {self.request_timeout}.")
         if self.push_to_hub and not (self.pick_best and self.hub_model_id):
             raise ValueError("--push_to_hub pushes the checkpoint --pick_best chooses: give --pick_best and "
                              "--hub_model_id (e.g. your-name/Qwen2.5-7B-GAD).")

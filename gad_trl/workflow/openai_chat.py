@@ -1,10 +1,12 @@
 """One chat completion from an OpenAI-compatible endpoint (OpenAI, a vLLM server, TGI), through the `openai` client.
 
 Failure policy (tested against a local fault-injecting server, tests/test_teacher_generation.py):
-- HTTP 429 / 408 / 409 / 5xx, a dropped connection, a request over `timeout` seconds: retried by the `openai` client
-  itself, up to `max_retries` times, waiting what a `Retry-After` (or `retry-after-ms`) header asks for (up to the
-  client's 120 s cap; a longer `Retry-After` is not retried), else exponential backoff (0.5 s doubling, at most 8 s,
-  with jitter).
+- HTTP 429 / 408 / 409 / 5xx, a dropped connection, a request attempt over `timeout` seconds in all (connecting,
+  sending, waiting and reading the whole answer, however slowly the server sends it: `gad_trl.workflow.deadline`; its
+  connection is closed): retried by the `openai` client itself, up to `max_retries` times, waiting what a
+  `Retry-After` (or `retry-after-ms`) header asks for (up to the client's 120 s cap; a longer `Retry-After` is not
+  retried), else exponential backoff (0.5 s doubling, at most 8 s, with jitter). The deadline is per attempt: the
+  retries' waits and attempts come on top of it.
 - A 200 answer that is not a chat completion (malformed JSON, no `choices`, no text): retried here with the same
   backoff, up to `max_retries` times.
 - Anything else (400, 401, 404, ...): not retried.
@@ -42,7 +44,10 @@ class ChatResult:
 
 def make_client(base_url: str, api_key_env: str | None = "OPENAI_API_KEY", timeout: float = 600.0,
                 max_retries: int = 5):
-    """An `openai.OpenAI` client for `base_url`; the key comes from `$api_key_env` (unset: none, for local servers)."""
+    """An `openai.OpenAI` client for `base_url`; the key comes from `$api_key_env` (unset: none, for local servers).
+
+    `timeout`: total seconds per request attempt (not per socket read, as the `openai` client's own timeout); an
+    attempt over it is abandoned and retried like any timeout."""
     try:
         import openai
     except ImportError as err:
@@ -53,7 +58,10 @@ def make_client(base_url: str, api_key_env: str | None = "OPENAI_API_KEY", timeo
     api_key = os.environ.get(api_key_env) if api_key_env else None
     if not api_key:
         logger.info("No API key in $%s: sending none (fine for a local vLLM/TGI server).", api_key_env)
-    return openai.OpenAI(base_url=base_url, api_key=api_key or NO_KEY, timeout=timeout, max_retries=max_retries)
+    from .deadline import deadline_http_client
+
+    return openai.OpenAI(base_url=base_url, api_key=api_key or NO_KEY, timeout=timeout, max_retries=max_retries,
+                         http_client=deadline_http_client(timeout))
 
 
 def resolve_model(client, model: str | None) -> str:

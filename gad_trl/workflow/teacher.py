@@ -65,7 +65,12 @@ class TeacherGenerationArguments:
                   "'{\"top_k\": 20}')."},
     )
     concurrency: int = field(default=8, metadata={"help": "Requests in flight at once."})
-    request_timeout: float = field(default=600.0, metadata={"help": "Seconds before one request is abandoned."})
+    request_timeout: float = field(
+        default=600.0,
+        metadata={"help": "Total seconds one request attempt may take (connecting, sending, waiting for and reading "
+                  "the whole answer, however slowly the server sends it); an attempt over it is abandoned, its "
+                  "connection closed, and retried like other timeouts (--max_retries)."},
+    )
     max_retries: int = field(
         default=5,
         metadata={"help": "Retries per request: 429 (honouring Retry-After), 5xx, timeouts, dropped connections and "
@@ -87,6 +92,8 @@ class TeacherGenerationArguments:
             raise ValueError("--push_to_hub needs --hub_dataset_id (e.g. your-name/lmsys-teacher-answers).")
         if self.concurrency < 1:
             raise ValueError(f"--concurrency must be >= 1, got {self.concurrency}.")
+        if not self.request_timeout > 0:
+            raise ValueError(f"--request_timeout must be > 0 seconds, got {self.request_timeout}.")
         if self.extra_body is not None:
             self.extra_body_dict()  # fail early on bad JSON
 
