@@ -6,6 +6,8 @@
     .venv/bin/python -m benchmarks.cost --processes 2 --trainers grpo,gad,gad_sharded --skip-primitives
                                                   # 2 processes (torchrun, gloo on CPU): the sharded discriminator row
     .venv/bin/python -m benchmarks.cost --peft --skip-primitives   # LoRA / QLoRA / shared-base discriminators
+    .venv/bin/python -m benchmarks.cost --vllm --pin --trainers grpo,gad,gad_async --skip-primitives
+                                                  # async_generation: server on core 0, trainer on core 1
 
 Part 1 (trainers, end to end). `GADTrainer` (GRPO phase: no warm-up) and TRL's `GRPOTrainer` with
 `reward_funcs=AutoModelForSequenceClassification` built from the same checkpoint (so the reward model has exactly the
@@ -90,6 +92,9 @@ def parse_args(argv=None):
                    help="reload (default: works on CPU and with the server on the trainer's own GPU) or nccl (the "
                    "server on another GPU: start it yourself and pass --vllm-url)")
     p.add_argument("--vllm-url", default=None, help="use this running server instead of starting one")
+    p.add_argument("--pin", action="store_true",
+                   help="pin the vLLM server to CPU core 0 and each trainer round to core 1 (an overlap benchmark on "
+                        "2 cores: both work at once only when generation overlaps training)")
     p.add_argument("--skip-trainers", action="store_true")
     p.add_argument("--skip-primitives", action="store_true")
     p.add_argument("--workdir", default="/tmp/gad_bench_cost")
@@ -112,6 +117,7 @@ def parse_args(argv=None):
     if a.peft:
         a.trainers = ",".join(PEFT_TRAINERS)
     suffix = ("_quick" if q else "") + ("_peft" if a.peft else "") + ("_vllm" if a.vllm else "")
+    suffix += "_async" if "gad_async" in a.trainers.split(",") else ""
     suffix += (f"_{a.processes}proc" if a.processes > 1 else "") + ("_cuda" if gpu else "_cpu")
     a.out = a.out or str(RESULTS_DIR / f"cost{suffix}.md")
     return a
@@ -175,6 +181,8 @@ def _trainer_round(kind: str, a_dict: dict, ckpt: str, queue):
 
     hf_logging.set_verbosity_error()
     a = argparse.Namespace(**a_dict)
+    if a.pin:
+        os.sched_setaffinity(0, {1})  # the server holds core 0
     torch.set_num_threads(a.threads)
     device = a.device
     records: list[tuple[int, str, float]] = []
@@ -242,7 +250,7 @@ def _trainer_round(kind: str, a_dict: dict, ckpt: str, queue):
         from peft import LoraConfig
 
         peft_config = LoraConfig(task_type="CAUSAL_LM", **LORA)
-    if kind in ("gad", "gad_separate", "gad_ckpt", "gad_sharded", "gad_lora", "gad_qlora", "gad_shared"):
+    if kind in ("gad", "gad_async", "gad_separate", "gad_ckpt", "gad_sharded", "gad_lora", "gad_qlora", "gad_shared"):
         from gad_trl import GADConfig, GADTrainer
 
         # gad_separate: discriminator_mini_batch_size = all rows in one chunk, which makes the trainer score them in a
@@ -257,6 +265,8 @@ def _trainer_round(kind: str, a_dict: dict, ckpt: str, queue):
             extra["discriminator_mini_batch_size"] = B * G + B
         if a.vllm:
             extra["vllm_weight_sync"] = a.vllm_weight_sync
+        if kind == "gad_async":  # one-step-off generation; truncated IS for the one-step-stale sampler (docs/vllm.md)
+            extra.update(async_generation=True, vllm_importance_sampling_mode="token_truncate")
         if kind in ("gad_lora", "gad_qlora", "gad_shared"):
             extra.update(discriminator_lora_r=LORA["r"], discriminator_lora_alpha=LORA["lora_alpha"],
                          discriminator_lora_dropout=LORA["lora_dropout"],
@@ -383,7 +393,13 @@ def run_trainers(a, ckpt):
 
         log = Path(a.workdir) / "vllm_server.log"
         print(f"  starting a vLLM server for {ckpt} (weight sync {a.vllm_weight_sync}; log {log})", flush=True)
-        server = VLLMServer(ckpt, log, weight_sync=a.vllm_weight_sync).start()
+        affinity = os.sched_getaffinity(0)
+        if a.pin:
+            os.sched_setaffinity(0, {0})  # inherited by the server and its workers
+        try:
+            server = VLLMServer(ckpt, log, weight_sync=a.vllm_weight_sync).start()
+        finally:
+            os.sched_setaffinity(0, affinity)
         a.vllm_url = server.url
         try:
             return _run_trainers(a, ckpt)
@@ -564,6 +580,7 @@ def report(a, ckpt, trainers, prims, wall, out_path):
         med, peaks = {}, {}
         replicated = " (replicated discriminator)" if a.processes > 1 else ""
         labels = {"grpo": "GRPO + frozen RM", "gad": "GAD" + replicated,
+                  "gad_async": "GAD, async_generation=True (one-step-off)",
                   "gad_separate": "GAD, separate no-grad scoring pass (discriminator_mini_batch_size=all)",
                   "gad_ckpt": "GAD, discriminator_gradient_checkpointing=True",
                   "gad_sharded": f"GAD, discriminator sharded (FSDP2 over {a.processes} processes)",
@@ -591,6 +608,11 @@ def report(a, ckpt, trainers, prims, wall, out_path):
         lines.append(f"| **ratio GAD / GRPO** | **{d['total'] / g['total']:.2f}x** | {d['generation'] / g['generation']:.2f}x "
                      f"| {sync_ratio} | {d['rewards'] / g['rewards']:.2f}x | {d['policy'] / g['policy']:.2f}x | | "
                      f"{peaks['gad'] / peaks['grpo']:.2f}x | |")
+        if "gad_async" in med:
+            h = med["gad_async"]
+            lines.append(f"| **ratio async GAD / GAD** | **{h['total'] / d['total']:.2f}x** | "
+                         f"{h['generation'] / d['generation']:.2f}x | | {h['rewards'] / d['rewards']:.2f}x | "
+                         f"{h['policy'] / d['policy']:.2f}x | | {peaks['gad_async'] / peaks['gad']:.2f}x | |")
         if "gad_sharded" in med:
             h = med["gad_sharded"]
             lines.append(f"| **ratio GAD sharded / GRPO** | **{h['total'] / g['total']:.2f}x** | "
@@ -630,6 +652,16 @@ def report(a, ckpt, trainers, prims, wall, out_path):
                      f"{100 * d['rewards'] / d['total']:.0f}%, policy {100 * d['policy'] / d['total']:.0f}%, other "
                      f"{100 * d['other'] / d['total']:.0f}%. GAD's extra time per step over GRPO+RM: "
                      f"{d['total'] - g['total']:+.3f}s, of which discriminator-vs-RM {d['rewards'] - g['rewards']:+.3f}s.\n")
+        if "gad_async" in med:
+            h = med["gad_async"]
+            pinned = ("the vLLM server pinned to CPU core 0 and the trainer to core 1 (`--pin`, one torch thread), "
+                      "so generation and training each have one core" if a.pin else "no CPU pinning")
+            lines.append(f"async_generation ({pinned}; one run, rounds alternating): in the async row the wait for the "
+                         "background request is in the weight-sync column (the sync waits for it before pushing "
+                         "weights), its generation column is the prefetched result's hand-over; the generation itself "
+                         "ran while the discriminator and policy updated.\n")
+            lines.append(f"async GAD / sync GRPO+RM step: {h['total'] / g['total']:.2f}x")
+            lines.append(f"async GAD / sync GAD step: {h['total'] / d['total']:.2f}x\n")
         if prims:
             floor = _med(prims["floor"]["times"])
             lines.append(f"Discriminator step inside the trainer vs its floor (part 2, same shapes): "

@@ -2,6 +2,8 @@
 
     .venv/bin/python -m benchmarks.quality            # full run (3 seeds)
     .venv/bin/python -m benchmarks.quality --quick    # smaller run
+    .venv/bin/python -m benchmarks.quality --vllm --methods gad,gad_async   # GAD generating on a vLLM server,
+                                                      # synchronous and one-step-off (async_generation)
 
 Setup (all offline, all measured; see benchmarks/README.md):
 - Teacher: programs (benchmarks/tasks.py) that answer prompts of several task kinds. Only their *text* is used.
@@ -56,6 +58,9 @@ def parse_args(argv=None):
                    help="comma-separated, from: " + ", ".join(METHOD_LABELS) + " (gad_after_long and sft_after_long "
                    "start from SeqKD-long's student and need seqkd_long)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--vllm", action="store_true",
+                   help="GAD methods generate on a CPU vLLM server (one per seed, reload weight sync), as gad_async "
+                        "must; without it they generate with transformers in the trainer")
     p.add_argument("--workdir", default="/tmp/gad_bench_quality")
     p.add_argument("--reuse-base", action="store_true",
                    help="reuse a pre-trained student found in --workdir with the same settings")
@@ -114,6 +119,8 @@ def parse_args(argv=None):
     unknown = [m for m in a.methods if m not in METHOD_LABELS]
     if unknown:
         p.error(f"unknown --methods {unknown}; choose from {', '.join(METHOD_LABELS)}")
+    if "gad_async" in a.methods and not a.vllm:
+        p.error("gad_async generates on a vLLM server: add --vllm (then every GAD method uses the server alike)")
     if {"gad_after_long", "sft_after_long"} & set(a.methods) and "seqkd_long" not in a.methods:
         p.error("gad_after_long / sft_after_long start from SeqKD-long's student: add seqkd_long to --methods")
     if (a.disc_num_layers is not None) and a.disc_hidden_size is None:
@@ -128,11 +135,12 @@ METHOD_LABELS = {
     "seqkd": "SeqKD",
     "seqkd_long": "SeqKD-long",
     "gad": "GAD",
+    "gad_async": "GAD, async_generation (one-step-off generation)",
     "gad_frozen": "GAD, discriminator frozen after the warm-up",
     "gad_after_long": "GAD from the SeqKD-long student",
     "sft_after_long": "SFT continued from the SeqKD-long student",
 }
-GAD_METHODS = ("gad", "gad_frozen", "gad_after_long")
+GAD_METHODS = ("gad", "gad_async", "gad_frozen", "gad_after_long")
 
 
 class TrajectoryCallback:
@@ -208,7 +216,7 @@ def cpu_run_kwargs(seed: int) -> dict:
 
 
 def run_gad(base_dir, tok, train_rows, args, seed, out_dir, sft_epochs=None, freeze=False, disc_dir=None,
-            callbacks=()):
+            callbacks=(), server_url=None, async_generation=False):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
@@ -243,7 +251,9 @@ def run_gad(base_dir, tok, train_rows, args, seed, out_dir, sft_epochs=None, fre
         discriminator_freeze_after_step=args.critic_warmup_steps + sft_steps if freeze else None,
         logging_steps=5,
         **cpu_run_kwargs(seed),
-        use_vllm=False,
+        **(dict(use_vllm=True, vllm_mode="server", vllm_server_base_url=server_url, vllm_weight_sync="reload",
+                vllm_server_timeout=60, async_generation=async_generation,
+                vllm_importance_sampling_mode="token_truncate") if server_url else dict(use_vllm=False)),
     )
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     trainer = GADTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(_row_subset(train_rows)),
@@ -464,37 +474,49 @@ def main(argv=None):
             seed_everything(seed)
             m, info = run_seqkd(long_dir, tok, train_rows, args.gad_epochs, args, seed, str(work / f"sftal_{seed}"))
             finish_sft("sft_after_long", m, info, [])
-        for name in GAD_METHODS:
-            if name not in args.methods:
-                continue
-            seed_everything(seed)
-            start, sft_epochs = (long_dir, 0.0) if name == "gad_after_long" else (base_dir, None)
-            cbs = traj(args.critic_warmup_steps) if name != "gad_after_long" else []
-            m, disc, info = run_gad(start, tok, train_rows, args, seed, str(work / f"{name}_{seed}"), sft_epochs=sft_epochs,
-                                    freeze=name == "gad_frozen", disc_dir=disc_dir, callbacks=cbs)
-            m.to("cpu")
-            disc.to("cpu")
-            res[name] = evaluate_both(m, tok, tasks_by_name, eval_rows, args)
-            res[name].update({k: v for k, v in info.items() if k != "log"})
-            if cbs:
-                res[name]["trajectory"] = cbs[0].points
-            res[name]["heldout_d_acc"] = heldout_disc_accuracy(disc, tok, triples)
-            # Also against the final GAD student's own (fresh, fixed-seed) samples on the same prompts.
-            final_answers = generate(m, tok, [r["prompt_text"] for r in disc_rows], do_sample=True,
-                                     temperature=args.temperature, seed=1234, max_new_tokens=args.max_completion_length)
-            res[name]["final_student_d_acc"] = heldout_disc_accuracy(
-                disc, tok, [(r["prompt_text"], r["teacher_response"], a) for r, a in zip(disc_rows, final_answers)]
-            )
-            res[name]["d_judge_spearman"] = disc_judge_agreement(disc, tok, tasks_by_name, disc_rows, student_answers)
-            # The same on the final student's samples: does the reward rank the answers GAD ends up producing?
-            res[name]["d_judge_spearman_final"] = disc_judge_agreement(disc, tok, tasks_by_name, disc_rows, final_answers)
-            # Within one prompt (what GRPO's advantages compare), on 8 samples of the starting and of the final student.
-            for key, student in (("start", base), ("final", m)):
-                within = disc_judge_within_prompt(disc, student, tok, tasks_by_name, disc_rows, args)
-                res[name][f"d_judge_spearman_within_{key}"] = within["mean"]
-                res[name][f"d_judge_within_ranked_{key}"] = within["ranked"]
-            res[f"{name}_log" if name != "gad" else "gad_log"] = info.get("log", [])
-            print(f"  {name} {res[name]}", flush=True)
+        server = None
+        if args.vllm and any(name in args.methods for name in GAD_METHODS):
+            from gad_trl.vllm import VLLMServer
+
+            # One server per seed; each GAD run pushes its student's weights at its first step.
+            server = VLLMServer(base_dir, work / f"vllm_{seed}.log", weight_sync="reload").start()
+        try:
+            for name in GAD_METHODS:
+                if name not in args.methods:
+                    continue
+                seed_everything(seed)
+                start, sft_epochs = (long_dir, 0.0) if name == "gad_after_long" else (base_dir, None)
+                cbs = traj(args.critic_warmup_steps) if name != "gad_after_long" else []
+                m, disc, info = run_gad(start, tok, train_rows, args, seed, str(work / f"{name}_{seed}"), sft_epochs=sft_epochs,
+                                        freeze=name == "gad_frozen", disc_dir=disc_dir, callbacks=cbs,
+                                        server_url=server.url if server else None,
+                                        async_generation=name == "gad_async")
+                m.to("cpu")
+                disc.to("cpu")
+                res[name] = evaluate_both(m, tok, tasks_by_name, eval_rows, args)
+                res[name].update({k: v for k, v in info.items() if k != "log"})
+                if cbs:
+                    res[name]["trajectory"] = cbs[0].points
+                res[name]["heldout_d_acc"] = heldout_disc_accuracy(disc, tok, triples)
+                # Also against the final GAD student's own (fresh, fixed-seed) samples on the same prompts.
+                final_answers = generate(m, tok, [r["prompt_text"] for r in disc_rows], do_sample=True,
+                                         temperature=args.temperature, seed=1234, max_new_tokens=args.max_completion_length)
+                res[name]["final_student_d_acc"] = heldout_disc_accuracy(
+                    disc, tok, [(r["prompt_text"], r["teacher_response"], a) for r, a in zip(disc_rows, final_answers)]
+                )
+                res[name]["d_judge_spearman"] = disc_judge_agreement(disc, tok, tasks_by_name, disc_rows, student_answers)
+                # The same on the final student's samples: does the reward rank the answers GAD ends up producing?
+                res[name]["d_judge_spearman_final"] = disc_judge_agreement(disc, tok, tasks_by_name, disc_rows, final_answers)
+                # Within one prompt (what GRPO's advantages compare), on 8 samples of the starting and of the final student.
+                for key, student in (("start", base), ("final", m)):
+                    within = disc_judge_within_prompt(disc, student, tok, tasks_by_name, disc_rows, args)
+                    res[name][f"d_judge_spearman_within_{key}"] = within["mean"]
+                    res[name][f"d_judge_within_ranked_{key}"] = within["ranked"]
+                res[f"{name}_log" if name != "gad" else "gad_log"] = info.get("log", [])
+                print(f"  {name} {res[name]}", flush=True)
+        finally:
+            if server is not None:
+                server.kill()
         results["seeds"][seed] = res
         # Written after every seed, so a run stopped early keeps its finished seeds (mergeable with --merge).
         Path(args.out).with_suffix(".partial.json").write_text(json.dumps(results, indent=1, default=str))
@@ -514,7 +536,8 @@ def write_report(args, tasks, results):
     labels = {"before": "before (pre-trained student)", "seqkd": f"SeqKD ({args.sft_warmup_epochs:g} ep SFT)",
               "seqkd_long": f"SeqKD-long ({long_ep:g} ep SFT, epoch-matched to GAD)",
               "gad": "GAD (critic + SFT warm-up + GRPO)",
-              "gad_frozen": "GAD, discriminator frozen after the warm-up",
+              "gad_async": "GAD, async_generation (one-step-off generation)",
+    "gad_frozen": "GAD, discriminator frozen after the warm-up",
               "gad_after_long": f"SeqKD-long student + GAD (critic warm-up + {args.gad_epochs:g} ep GRPO)",
               "sft_after_long": f"SeqKD-long student + {args.gad_epochs:g} ep more SFT"}
     lines = []
