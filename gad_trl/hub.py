@@ -151,9 +151,18 @@ def discriminator_card(trainer_or_args, dataset_name=None, student_model_id=None
         own_repo=args.discriminator_hub_model_id, loss_type=args.discriminator_loss_type,
         peft=peft, subfolder=MERGED_DIR if peft else DISCRIMINATOR_SUBFOLDER,
         learning_rate=args.discriminator_learning_rate, steps=trainer.state.global_step if trainer else None,
-        citation=CITATION, mean_pooled=_pooling(trainer, args) == "mean",
+        citation=CITATION, mean_pooled=_pooling(trainer, args) == "mean", value_head=_is_value_head(trainer),
     )
     return str(card)
+
+
+def _is_value_head(trainer) -> bool:
+    """Whether the saved discriminator is a `GADValueHeadModel` (an architecture without a seq-cls class), which
+    `AutoModelForSequenceClassification` cannot load: the card then shows gad_trl's class."""
+    from .discriminator.value_head import uses_value_head
+
+    config = getattr(getattr(trainer, "discriminator", None), "config", None)
+    return config is not None and uses_value_head(config)
 
 
 def _pooling(trainer, args) -> str:

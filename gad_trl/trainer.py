@@ -89,7 +89,8 @@ class GADTrainer(GRPOTrainer):
         train_dataset / eval_dataset: rows with a prompt (`prompt` messages or text, or verl's `content`) and the
             teacher response column.
         processing_class: tokenizer; loaded from the student when None.
-        discriminator: a ready `AutoModelForSequenceClassification` (num_labels=1), a path / Hub id, or None to build
+        discriminator: a ready `AutoModelForSequenceClassification` (num_labels=1), or a
+            `gad_trl.discriminator.value_head.GADValueHeadModel` for a decoder without one, a path / Hub id, or None to build
             it from `args.discriminator_model_name_or_path` or else from the student's weights.
         peft_config: a PEFT config for the student (as in GRPOTrainer).
         quantization_config: a `BitsAndBytesConfig` for a student loaded from a path (as in GRPOTrainer).

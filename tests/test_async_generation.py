@@ -231,3 +231,23 @@ def test_async_two_processes_with_the_server(vllm_server, tiny_model_dir, tmp_pa
     assert ranks[0]["checksums"] == ranks[1]["checksums"]
     for r in ranks:
         assert r["prefetched"] == [0.0, 1.0, 1.0] and r["staleness"] == [0.0, 1.0, 1.0]
+
+
+def test_async_estimate_memory_counts_the_held_batch(capsys, tmp_path):
+    import gad_trl.cli.main as cli_main
+    from gad_trl.memory.estimator import RunSettings
+    from tests.test_cli_estimate_memory import RECIPE_7B
+
+    out_json = tmp_path / "est.json"
+    argv = ["estimate-memory", "--config", RECIPE_7B, "--num_gpus", "8", "--output_json", str(out_json)]
+    assert cli_main.main(argv) == 0
+    assert "async_generation" not in capsys.readouterr().out
+    assert cli_main.main([*argv, "--async_generation", "true"]) == 0
+    text = capsys.readouterr().out
+    settings = json.loads(out_json.read_text())["setups"][0]["settings"]
+    assert settings["async_generation"] is True
+    held = RunSettings(**settings)
+    completions = held.generation_batch * 8
+    assert held.held_batch_bytes >= completions * held.max_completion_length * 12  # at least ids + float32 logprobs
+    assert (f"one generation batch ({completions} completions) held in host memory by the main process while the "
+            f"next step trains: about {held.held_batch_bytes / 2**20:.1f} MiB") in text

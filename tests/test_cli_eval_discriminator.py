@@ -63,3 +63,30 @@ def test_eval_discriminator_command(tiny_discriminator, tiny_model_dir, tiny_dat
     assert "reused" in capsys.readouterr().out
     metrics = json.loads(out.read_text())
     assert metrics["num_pairs"] == 4 and 0.0 <= metrics["accuracy"] <= 1.0
+
+
+def test_eval_discriminator_refuses_a_folder_without_a_trained_value_head(tiny_model_dir, tiny_data_dir, tmp_path):
+    """A plain causal LM (the student's folder) or a causal-LM LoRA adapter would load with a randomly initialised
+    head and score noise: refused, naming the folder, before anything is sampled."""
+    import pytest
+
+    from gad_trl.cli import eval_discriminator as ev
+
+    cache = tmp_path / "h.jsonl"
+    with pytest.raises(ValueError, match="has no trained value head") as err:
+        ev.evaluate(_eval_args(tiny_model_dir, tiny_model_dir, tiny_data_dir, str(cache)))
+    assert tiny_model_dir in str(err.value) and "Qwen2ForCausalLM" in str(err.value)
+    assert not cache.exists()  # refused before sampling the held-out set
+    argv = ["eval-discriminator", "--discriminator_name_or_path", tiny_model_dir, "--student_name_or_path",
+            tiny_model_dir, "--dataset_name", tiny_data_dir, "--heldout_cache", str(cache)]
+    with pytest.raises(ValueError, match="has no trained value head"):
+        cli_main.main(argv)
+
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    adapter = tmp_path / "student-adapter"
+    lora = peft.LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM")
+    peft.get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora).save_pretrained(adapter)
+    with pytest.raises(ValueError, match=f"{adapter} has no trained value head: it is a LoRA adapter"):
+        ev.evaluate(_eval_args(str(adapter), tiny_model_dir, tiny_data_dir, str(cache)))

@@ -134,6 +134,7 @@ def settings_from_args(
         discriminator_dtype=disc_dtype,
         bf16=bf16,
         use_vllm=bool(training_args.use_vllm),
+        async_generation=bool(getattr(training_args, "async_generation", False)),
         use_bnb_nested_quant=model_args.use_bnb_nested_quant,
         lora_dropout=model_args.lora_dropout,
         discriminator_lora_dropout=training_args.discriminator_lora_dropout,

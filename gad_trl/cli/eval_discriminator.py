@@ -136,12 +136,14 @@ def _default_student(discriminator_path: str) -> str | None:
 
 
 def evaluate(args: EvalDiscriminatorArguments) -> dict:
+    from ..discriminator.adapters import load_saved_discriminator, require_trained_value_head
 
+    # Before any sampling: a folder without a trained head (e.g. the student's model/) would score with a random one.
+    require_trained_value_head(args.discriminator_name_or_path)
     triples, metadata, path, created = load_or_create_heldout(args)
     if not triples:
         raise ValueError(f"The held-out cache {path} holds no triples.")
     disc_path = args.discriminator_name_or_path
-    from ..discriminator.adapters import load_saved_discriminator
 
     # A plain folder, or the adapter folder of a LoRA / QLoRA / shared-base discriminator.
     model = load_saved_discriminator(disc_path, trust_remote_code=args.trust_remote_code)

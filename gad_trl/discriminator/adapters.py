@@ -14,7 +14,9 @@ Three ways to make the discriminator small (GADConfig fields, TRL `ModelConfig` 
 Every PEFT discriminator is saved in one format: `discriminator/` holds a PEFT `SEQ_CLS` adapter (LoRA weights + the
 head) that reloads with `PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base,
 num_labels=1), path)`; `export_merged_discriminator` writes a plain `AutoModelForSequenceClassification` folder (a
-QLoRA adapter is merged into the dequantized 4-bit base it was trained on).
+QLoRA adapter is merged into the dequantized 4-bit base it was trained on). For a decoder without a
+sequence-classification class, read `GADValueHeadModel` (`gad_trl.discriminator.value_head`) for
+`AutoModelForSequenceClassification` throughout: same keys, same head, same PEFT task type.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from torch import nn
 from transformers.utils import logging
 
 from .pooling import POOLING_CONFIG_KEY, discriminator_pooling, set_discriminator_pooling
+from .value_head import load_value_model
 
 logger = logging.get_logger(__name__)
 
@@ -377,6 +380,53 @@ def check_resume_layout(discriminator, disc_dir: str) -> None:
         )
 
 
+def _saved_weight_names(path: str, prefix: str) -> list[str] | None:
+    """The tensor names of the `<prefix>*.safetensors` files in a local folder (headers only), or None without any."""
+    from safetensors import safe_open
+
+    files = sorted(f for f in os.listdir(path) if f.startswith(prefix) and f.endswith(".safetensors"))
+    if not files:
+        return None
+    names = []
+    for name in files:
+        with safe_open(os.path.join(path, name), framework="pt") as f:
+            names.extend(f.keys())
+    return names
+
+
+def require_trained_value_head(path: str) -> None:
+    """Refuse a local folder that holds no trained value head (`score` weights): a plain causal LM (e.g. the student's
+    `model/` folder) or a causal-LM adapter would load with a randomly initialised head and give meaningless scores.
+    Hub ids are not checked (nothing is downloaded for it)."""
+    if not os.path.isdir(path):
+        return
+    if is_adapter_folder(path):
+        names = _saved_weight_names(path, "adapter_model")
+        if names is not None and not any(n.endswith(f".{HEAD_MODULE}.weight") for n in names):
+            raise ValueError(
+                f"{path} has no trained value head: it is a LoRA adapter without `{HEAD_MODULE}` weights (a causal-LM "
+                "adapter, not a GAD discriminator), so it would score with a randomly initialised head. Pass the "
+                "`discriminator/` (or `discriminator_merged/`) folder that GADTrainer.save_model wrote."
+            )
+        return
+    architectures = []
+    if os.path.isfile(os.path.join(path, "config.json")):
+        with open(os.path.join(path, "config.json")) as f:
+            architectures = json.load(f).get("architectures") or []
+    names = _saved_weight_names(path, "model")
+    if names is not None:
+        has_head = any(n.split(".")[0] == HEAD_MODULE for n in names)
+    else:  # no safetensors to read (e.g. pickled .bin weights): go by what transformers recorded in config.json
+        has_head = not architectures or not all(a.endswith("ForCausalLM") for a in architectures)
+    if not has_head:
+        raise ValueError(
+            f"{path} has no trained value head: its checkpoint holds no `{HEAD_MODULE}` weights (architectures "
+            f"{architectures}: a plain causal LM, not a GAD discriminator), so it would score with a randomly "
+            "initialised head. Pass the `discriminator/` (or `discriminator_merged/`) folder that "
+            "GADTrainer.save_model wrote."
+        )
+
+
 def saved_adapter_pooling(adapter_dir: str) -> str:
     """The pooling an adapter folder was trained with (`SETTINGS_NAME`; `last` for a folder written before it was
     saved, as for a config.json without the key)."""
@@ -391,16 +441,14 @@ def saved_adapter_pooling(adapter_dir: str) -> str:
 def load_saved_discriminator(path: str, **kwargs):
     """A saved discriminator folder as a model: a plain one with `AutoModelForSequenceClassification`, an adapter folder
     (`discriminator/` of a PEFT run) as its base + adapter + head through PEFT, with the pooling it was trained with.
-    (transformers' own adapter loading would skip the head kept in `modules_to_save` and score with a random one.)"""
-    from transformers import AutoModelForSequenceClassification
-
-
+    (transformers' own adapter loading would skip the head kept in `modules_to_save` and score with a random one.)
+    A `GADValueHeadModel` folder, or a base without a sequence-classification class, loads as a `GADValueHeadModel`."""
     if not is_adapter_folder(path):
-        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
+        return load_value_model(path, num_labels=1, **kwargs)
     from peft import PeftConfig, PeftModel
 
     base = PeftConfig.from_pretrained(path).base_model_name_or_path
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, **kwargs)
+    model = load_value_model(base, num_labels=1, **kwargs)
     model = PeftModel.from_pretrained(model, path)
     set_discriminator_pooling(model, saved_adapter_pooling(path))  # the base's config.json knows nothing of it
     return model
@@ -413,8 +461,6 @@ def export_merged_discriminator(discriminator, adapter_dir: str, output_dir: str
     quantization and dequantized first, so the merged weights are the ones training saw (not the original ones).
     """
     from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification
-
 
     base_model = discriminator.student.get_base_model() if isinstance(discriminator, SharedBaseDiscriminator) else (
         discriminator.get_base_model()
@@ -428,7 +474,7 @@ def export_merged_discriminator(discriminator, adapter_dir: str, output_dir: str
     quantization_config = getattr(base_model.config, "quantization_config", None)
     dtype = base_model.dtype  # a 4-bit model reports its compute dtype (that of its non-quantized weights)
     kwargs = {} if quantization_config is None else {"quantization_config": quantization_config, "device_map": "cpu"}
-    base = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=dtype, **kwargs)
+    base = load_value_model(source, num_labels=1, dtype=dtype, **kwargs)
     if quantization_config is not None:
         base = base.dequantize()
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()

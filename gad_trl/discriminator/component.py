@@ -23,6 +23,7 @@ from .losses import discriminator_loss
 from .model import eval_mode, load_discriminator, replicated_loading, score_sequences
 from .pooling import discriminator_pooling, set_discriminator_pooling
 from .replay import ReplayBuffer, ReplayPair
+from .value_head import load_value_model
 
 logger = logging.get_logger(__name__)
 
@@ -357,8 +358,6 @@ class Discriminator:
     def load(self, checkpoint: str) -> None:
         """Restore weights, pooling, optimizer, replay buffer and schedule from a GAD checkpoint folder. Every file is
         loaded as data only (`weights_only`), never unpickled as code."""
-        from transformers import AutoModelForSequenceClassification
-
         from .adapters import check_resume_layout, load_discriminator_adapter, saved_adapter_pooling
         from .sharding import load_optimizer, load_weights, optimizer_state_is_by_name
 
@@ -374,9 +373,7 @@ class Discriminator:
             load_discriminator_adapter(self.model, disc_dir)
         else:
             with replicated_loading(getattr(self.args, "deepspeed_plugin", None)):
-                saved = AutoModelForSequenceClassification.from_pretrained(
-                    disc_dir, num_labels=1, dtype=self.model.dtype
-                )
+                saved = load_value_model(disc_dir, num_labels=1, dtype=self.model.dtype)
             self._resume_pooling(discriminator_pooling(saved), checkpoint)
             if self.sharded:
                 load_weights(self.model, saved.state_dict())

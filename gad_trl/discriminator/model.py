@@ -9,9 +9,10 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
-from transformers import AutoModelForSequenceClassification, PreTrainedModel
+from transformers import PreTrainedModel
 
 from .pooling import discriminator_pooling
+from .value_head import load_value_model, value_model_from_config
 
 
 @contextmanager
@@ -62,7 +63,8 @@ def load_discriminator(
     deepspeed_plugin=None,
     args=None,
 ) -> PreTrainedModel:
-    """Build the discriminator as an `AutoModelForSequenceClassification` with `num_labels=1`.
+    """Build the discriminator as an `AutoModelForSequenceClassification` with `num_labels=1` (a `GADValueHeadModel`,
+    the same layout on the architecture's `AutoModel`, for decoders without a sequence-classification class).
 
     - `discriminator_model_name_or_path` given: loaded from it (Hub id or local dir).
     - else, `student` a path/Hub id: loaded from the same checkpoint (backbone = student weights, new value head).
@@ -96,11 +98,11 @@ def _load_discriminator(student, discriminator_model_name_or_path, init_kwargs, 
     init_kwargs.setdefault("dtype", torch.float32)
     source = discriminator_model_name_or_path or (student if isinstance(student, str) else None)
     if source is not None:
-        disc = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, **init_kwargs)
+        disc = load_value_model(source, num_labels=1, **init_kwargs)
     else:
         config = copy.deepcopy(student.config)
         config.num_labels = 1
-        disc = AutoModelForSequenceClassification.from_config(config, dtype=student.dtype)
+        disc = value_model_from_config(config, dtype=student.dtype)
         missing, unexpected = backbone(disc).load_state_dict(student_body_weights(student), strict=False)
         if missing or unexpected:
             raise ValueError(
@@ -153,7 +155,8 @@ def score_head(model: nn.Module) -> nn.Module:
     if not isinstance(head, nn.Module):
         raise ValueError(
             f"{type(model).__name__} has no `score` value head; GAD needs an AutoModelForSequenceClassification whose "
-            "head is `model.score` (Qwen2, Llama, Mistral, Gemma, ... all have one)."
+            "head is `model.score` (Qwen2, Llama, Mistral, Gemma, ... all have one) or a "
+            "gad_trl.discriminator.value_head.GADValueHeadModel (any other decoder)."
         )
     return head
 

@@ -7,8 +7,9 @@ float32 master weights and optimizer states, and bf16 (or fp16) compute when the
 engine or FSDP wrapper is independent of it — and on CPU with gloo (how the tests run it).
 
 Save and resume go through full, unsharded state dicts (`torch.distributed.checkpoint.state_dict`): `discriminator/`
-stays a plain folder that `AutoModelForSequenceClassification.from_pretrained` reloads, and the optimizer file holds
-the full AdamW state keyed by parameter name, so a checkpoint does not depend on the number of processes.
+stays a plain folder that `AutoModelForSequenceClassification.from_pretrained` reloads (`GADValueHeadModel` for a
+decoder without one), and the optimizer file holds the full AdamW state keyed by parameter name, so a checkpoint does
+not depend on the number of processes.
 """
 
 from __future__ import annotations

@@ -170,14 +170,16 @@ class ModelShape:
 
 def _meta_model(config, kind: str):
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM
+
+    from ..discriminator.value_head import value_model_from_config
 
     config = copy.deepcopy(config)
     with torch.device("meta"):
         if kind == "causal":
             return AutoModelForCausalLM.from_config(config)
         config.num_labels = 1
-        return AutoModelForSequenceClassification.from_config(config)
+        return value_model_from_config(config)  # the discriminator GAD builds (a value-head fallback where needed)
 
 
 def _quantized_params(model) -> int:
@@ -296,6 +298,7 @@ class RunSettings:
     lora_dropout: float = 0.05  # TRL ModelConfig's default; > 0 keeps a dropout copy of each LoRA input
     discriminator_lora_dropout: float | None = None  # GADConfig.discriminator_lora_dropout; None: as lora_dropout
     device: str = "cuda"  # "cpu" changes TRL's fused LM head (it scores every position, not only completions)
+    async_generation: bool = False  # GADConfig.async_generation: one generation batch held on the host (below)
 
     def __post_init__(self):
         if self.num_gpus < 1:
@@ -321,6 +324,18 @@ class RunSettings:
     def generation_batch(self) -> int:
         """Completions one device scores per generation batch."""
         return self.per_device_train_batch_size * self.steps_per_generation
+
+    @property
+    def held_batch_bytes(self) -> int:
+        """Host memory of the completions `async_generation` holds while the next step trains, in the main process
+        (which receives every process's batch from the server): token ids and sampling log-probabilities as the
+        Python lists TRL's client parses them into, about 36 bytes per id (int object + list slot) and 96 per
+        log-probability (float in a one-element top-k list), plus the prompt ids of each unique prompt."""
+        if not self.async_generation:
+            return 0
+        completions = self.generation_batch * self.num_gpus
+        prompts = math.ceil(completions / self.num_generations)
+        return completions * self.max_completion_length * (36 + 96) + prompts * self.prompt_length * 36
 
     @property
     def discriminator_batch(self) -> int:
@@ -645,6 +660,12 @@ def format_report(
         f"{s.gradient_checkpointing}, discriminator {s.discriminator_checkpointing}; compute "
         f"{'bf16' if s.bf16 else 'float32'}; {s.num_gpus} GPU(s)"
     )
+    if s.async_generation:
+        lines.append(
+            f"async_generation: one generation batch ({s.generation_batch * s.num_gpus} completions) held in host "
+            f"memory by the main process while the next step trains: about {s.held_batch_bytes / 2**20:.1f} MiB "
+            "(not GPU memory: the completions become tensors when their step starts)"
+        )
     for mode, est in estimates.items():
         lines.append("")
         lines.append(f"[{mode}] {MODES[mode]}")
