@@ -1,6 +1,7 @@
 """Run by tests/test_launchers.py under `accelerate launch` (2 CPU processes, gloo; DeepSpeed with DS_ACCELERATOR=cpu).
 In one launch, through `gad-trl gad`'s own `main`: a 3-step tiny GAD run that checkpoints at step 2 and saves, then
-a second run resumed from that checkpoint. Writes `<out>/rank<k>.json` (launcher, discriminator layout, steps)."""
+a second run resumed from that checkpoint. Writes `<out>/rank<k>.json` (launcher, discriminator layout, steps).
+`--async-vllm URL` instead: one 3-step run generating on the vLLM server at URL with `async_generation`."""
 
 import json
 import sys
@@ -23,6 +24,22 @@ def run(*extra):
     return main(*make_parser().parse_args_and_config([*common, *extra]))
 
 
+if "--async-vllm" in sys.argv:
+    url = sys.argv[sys.argv.index("--async-vllm") + 1]
+    trainer = run("--output_dir", f"{out}/async", "--save_strategy", "no", "--use_vllm", "true", "--vllm_mode", "server",
+                  "--vllm_weight_sync", "reload", "--vllm_server_base_url", url, "--vllm_server_timeout", "30",
+                  "--async_generation", "true", "--vllm_importance_sampling_mode", "token_truncate")
+    logged = [h for h in trainer.state.log_history if "async_generation/prefetched" in h]
+    with open(f"{out}/rank{trainer.accelerator.process_index}.json", "w") as f:
+        json.dump({"distributed_type": str(trainer.accelerator.distributed_type),
+                   "num_processes": trainer.accelerator.num_processes,
+                   "sharded": trainer.discriminator_component.sharded, "global_step": trainer.state.global_step,
+                   "prefetched": [h["async_generation/prefetched"] for h in logged]}, f)
+    import torch.distributed as dist
+
+    trainer.accelerator.wait_for_everyone()
+    dist.destroy_process_group()  # before exit: both ranks leave the gloo group together
+    sys.exit(0)
 full = run("--output_dir", f"{out}/full")
 resumed = run("--output_dir", f"{out}/resumed", "--resume_from_checkpoint", f"{out}/full/checkpoint-2")
 with open(f"{out}/rank{full.accelerator.process_index}.json", "w") as f:

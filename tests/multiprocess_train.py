@@ -1,7 +1,8 @@
 """Run by tests/test_multiprocess.py under `torch.distributed.run` (2 CPU processes, gloo): trains GADTrainer for 2
 steps and writes each rank's discriminator checksums and logged metrics to `<out>/rank<k>.json`.
 `--no-all-reduce` switches the discriminator's gradient averaging off (shows what the test would catch);
-`--async-vllm URL` generates on the vLLM server at URL with `async_generation=True` (3 steps)."""
+`--async-vllm URL` generates on the vLLM server at URL with `async_generation=True` (3 steps); `--fsdp2` shards the
+discriminator over the processes."""
 
 import json
 import sys
@@ -25,13 +26,19 @@ if "--async-vllm" in sys.argv:
     settings.update(max_steps=3, use_vllm=True, vllm_mode="server", vllm_weight_sync="reload",
                     vllm_server_base_url=sys.argv[sys.argv.index("--async-vllm") + 1], vllm_server_timeout=30,
                     async_generation=True, vllm_importance_sampling_mode="token_truncate")
+if "--fsdp2" in sys.argv:
+    settings.update(discriminator_sharding="fsdp2")
 args = GADConfig(**settings)
 trainer = GADTrainer(model_dir, args=args, train_dataset=Dataset.from_list(tiny_gad_rows(16, seed=0)))
 if "--no-all-reduce" in sys.argv:
     trainer.discriminator_component.all_reduce_grads = lambda: None
-before = {k: v.clone() for k, v in trainer.discriminator.state_dict().items()}
+def local(t):  # a sharded (FSDP2) discriminator holds DTensors: compare this rank's shard
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+before = {k: local(v).clone() for k, v in trainer.discriminator.state_dict().items()}
 trainer.train()
-state = trainer.discriminator.state_dict()
+state = {k: local(v) for k, v in trainer.discriminator.state_dict().items()}
 rank = trainer.accelerator.process_index
 logged = [h for h in trainer.state.log_history if "discriminator/accuracy" in h]
 with open(f"{out}/rank{rank}.json", "w") as f:
@@ -45,6 +52,7 @@ with open(f"{out}/rank{rank}.json", "w") as f:
             "accuracy": [h["discriminator/accuracy"] for h in logged],
             "loss": [h["discriminator/loss"] for h in logged],
             "steps": trainer.state.global_step,
+            "sharded": trainer.discriminator_component.sharded,
             "prefetched": [h.get("async_generation/prefetched") for h in logged],
             "staleness": [h.get("async_generation/staleness") for h in logged],
         },

@@ -113,7 +113,7 @@ def test_async_generation_needs_server_mode_and_the_is_correction(tmp_path):
 MAX_TOKENS = 8
 
 
-def make_trainer(model, output_dir, server, rows=16, **overrides):
+def make_trainer(model, output_dir, server, rows=16, peft_config=None, **overrides):
     kwargs = dict(
         output_dir=str(output_dir), report_to="none", use_cpu=True, seed=0, disable_tqdm=True,
         per_device_train_batch_size=4, num_generations=4, max_completion_length=MAX_TOKENS, max_steps=3,
@@ -124,7 +124,7 @@ def make_trainer(model, output_dir, server, rows=16, **overrides):
     )  # fmt: skip
     kwargs.update(overrides)
     dataset = Dataset.from_list(tiny_gad_rows(rows, seed=0))
-    return GADTrainer(model, args=GADConfig(**kwargs), train_dataset=dataset)
+    return GADTrainer(model, args=GADConfig(**kwargs), train_dataset=dataset, peft_config=peft_config)
 
 
 class EventLog(TrainerCallback):
@@ -169,13 +169,20 @@ def test_async_training_on_the_real_server(vllm_server, tiny_model_dir, tmp_path
 @pytest.mark.vllm
 @pytest.mark.timeout(900)
 def test_async_resume_restarts_with_one_synchronous_generation(vllm_server, tiny_model_dir, tmp_path):
+    """With a LoRA student and a reference model (beta > 0) as well: the async path changes neither."""
+    from peft import LoraConfig
+
+    lora = dict(peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0),
+                beta=1e-3)
     out = tmp_path / "run"
-    first = make_trainer(tiny_model_dir, out, vllm_server, max_steps=2, save_strategy="steps", save_steps=1)
+    first = make_trainer(tiny_model_dir, out, vllm_server, max_steps=2, save_strategy="steps", save_steps=1, **lora)
     first.train()
     state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
+    assert [h["async_generation/prefetched"] for h in first.state.log_history if "loss" in h] == [0.0, 1.0]
+    assert all("kl" in h for h in first.state.log_history if "loss" in h)  # the reference model took part
     del first
-    resumed = make_trainer(tiny_model_dir, out, vllm_server, max_steps=4, save_strategy="steps", save_steps=1)
+    resumed = make_trainer(tiny_model_dir, out, vllm_server, max_steps=4, save_strategy="steps", save_steps=1, **lora)
     completions_before = vllm_server.count_requests("/v1/completions")
     resumed.train(resume_from_checkpoint=True)
     assert resumed.state.global_step == 4
@@ -220,15 +227,16 @@ def test_async_server_killed_mid_request_fails_with_the_clear_error(vllm_server_
 @pytest.mark.vllm
 @pytest.mark.timeout(900)
 def test_async_two_processes_with_the_server(vllm_server, tiny_model_dir, tmp_path):
-    """2 CPU processes (gloo) share one server: the prompts of both are gathered for each background request, and both
-    ranks train on the prefetched batches, with one discriminator."""
+    """2 CPU processes (gloo) share one server, the discriminator sharded with FSDP2 over them: the prompts of both
+    are gathered for each background request, and both ranks train on the prefetched batches, with one
+    discriminator."""
     from tests.test_multiprocess import run_two_processes
 
     completions_before = vllm_server.count_requests("/v1/completions")
-    ranks = run_two_processes(tiny_model_dir, tmp_path / "async", "--async-vllm", vllm_server.url)
+    ranks = run_two_processes(tiny_model_dir, tmp_path / "async", "--async-vllm", vllm_server.url, "--fsdp2")
     assert all(r["steps"] == 3 for r in ranks)
     assert vllm_server.count_requests("/v1/completions") - completions_before == 3  # one request per step, both ranks
-    assert ranks[0]["checksums"] == ranks[1]["checksums"]
+    assert all(r["sharded"] for r in ranks)
     for r in ranks:
         assert r["prefetched"] == [0.0, 1.0, 1.0] and r["staleness"] == [0.0, 1.0, 1.0]
 
@@ -251,3 +259,38 @@ def test_async_estimate_memory_counts_the_held_batch(capsys, tmp_path):
     assert held.held_batch_bytes >= completions * held.max_completion_length * 12  # at least ids + float32 logprobs
     assert (f"one generation batch ({completions} completions) held in host memory by the main process while the "
             f"next step trains: about {held.held_batch_bytes / 2**20:.1f} MiB") in text
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_async_zero3_launch_with_the_server(vllm_server, tmp_path):
+    """`accelerate launch` with ZeRO-3 (2 CPU processes, DeepSpeed on CPU) through `gad-trl gad`: the weight sync
+    gathers the ZeRO-3 shards on the training thread, the prompts of both processes go out in one background request."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("deepspeed", reason="the `deepspeed` extra is not installed")
+    from gad_trl.testing import save_tiny_model, write_jsonl
+    from gad_trl.vllm.launcher import free_port
+    from tests.test_launchers import ROOT, SCRIPT
+
+    model_dir = save_tiny_model(tmp_path / "model", seed=0)
+    write_jsonl(tiny_gad_rows(16, seed=0), tmp_path / "data" / "train.jsonl")
+    write_jsonl(tiny_gad_rows(4, seed=1), tmp_path / "data" / "test.jsonl")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ROOT / "gad_trl" / "accelerate_configs" / "zero3.yaml"), "--num_processes", "2",
+               "--mixed_precision", "no", "--main_process_port", str(free_port()),
+               str(SCRIPT), model_dir, str(tmp_path / "data"), str(tmp_path), "--async-vllm", vllm_server.url]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    completions_before = vllm_server.count_requests("/v1/completions")
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=800, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert vllm_server.count_requests("/v1/completions") - completions_before == 3
+    for rank in range(2):
+        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert result["distributed_type"] == "DistributedType.DEEPSPEED" and result["num_processes"] == 2
+        assert result["sharded"] and result["global_step"] == 3
+        # 16 rows = 2 steps an epoch: step 3 opens epoch 1, whose first batch is generated in turn (docs/vllm.md).
+        assert result["prefetched"] == [0.0, 1.0, 0.0]
