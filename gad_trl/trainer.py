@@ -212,7 +212,6 @@ class GADTrainer(GRPOTrainer):
 
         # One-step-off generation (gad_trl.vllm.async_generation): None = the synchronous loop, untouched.
         self._one_step_off = None
-        self._async_batch = None  # the generation batch whose inputs are being prepared
         if args.async_generation:
             from .vllm.async_generation import OneStepOffGeneration
 
@@ -364,9 +363,8 @@ class GADTrainer(GRPOTrainer):
             raise
         self._batch_prompt_ids = outputs[0]  # the tokenised prompts the completions continue; reused for D's inputs
         if self._one_step_off is not None and self.model.training:
-            self._one_step_off.record(self._metrics["train"])
             # Before the discriminator and policy updates on this batch: the server generates the next one meanwhile.
-            self._one_step_off.maybe_launch(self._async_batch)
+            self._one_step_off.after_generation(self._metrics["train"])
         return outputs
 
     # ------------------------------------------------------------------ one-step-off generation (async_generation)
@@ -377,10 +375,7 @@ class GADTrainer(GRPOTrainer):
 
     def _prepare_inputs(self, generation_batch):
         if self._one_step_off is not None and self.model.training:
-            self._async_batch = generation_batch
-            generate_every = self.args.steps_per_generation * self.num_iterations
-            if not (self._step % generate_every == 0 or self._buffered_inputs is None):
-                self._one_step_off.maybe_launch(generation_batch)  # a micro-step that reuses buffered completions
+            self._one_step_off.before_prepare(generation_batch)
         return super()._prepare_inputs(generation_batch)
 
     def _teacher_completion_ids(self, teacher_text: str) -> tuple[list[int], bool]:

@@ -78,6 +78,7 @@ def test_async_prefetched_request_is_returned_and_weight_sync_waits_for_it():
     # The same request is answered from the prefetch, without a second server call.
     assert client.generate(prompts=[[1, 2], [3]], features=None, **SAMPLING) == {"completion_ids": [[2], [1]]}
     assert len([c for c in fake.calls if c[0] == "generate-start"]) == 1 and client.last_hit[0] == 4
+    assert client.last_hit[1] >= 0.2  # the time the weight sync blocked on the request counts as the wait
     # Another request (other prompts or settings) goes to the server.
     client.generate(prompts=[[1, 2], [3]], features=None, **{**SAMPLING, "n": 1})
     assert len([c for c in fake.calls if c[0] == "generate-start"]) == 2

@@ -198,10 +198,11 @@ def evaluate_triples(
     student_seqs = [_student_sequence(tokenizer, t, end) for t in triples]
     # Where each response starts (the prompt's length), for mean pooling (`discriminator_pooling` in its config).
     starts = [len(prompt_ids(tokenizer, t["prompt"])) for t in triples]
-    if encoding is not None:
-        teacher_seqs = [encoding.encode(t["prompt"], seq[start:])[0] for t, seq, start in zip(triples, teacher_seqs, starts)]
-        student_seqs = [encoding.encode(t["prompt"], seq[start:])[0] for t, seq, start in zip(triples, student_seqs, starts)]
-        starts = [len(encoding.prompt_ids(t["prompt"])) for t in triples]
+    if encoding is not None:  # both sides re-encoded after the same prompt, rendered once in the discriminator's tokens
+        heads = [encoding.prompt_ids(t["prompt"]) for t in triples]
+        teacher_seqs = [h + encoding.response_ids(seq[s:]) for h, seq, s in zip(heads, teacher_seqs, starts)]
+        student_seqs = [h + encoding.response_ids(seq[s:]) for h, seq, s in zip(heads, student_seqs, starts)]
+        starts = [len(h) for h in heads]
         tokenizer = encoding.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model.eval()

@@ -85,7 +85,7 @@ class _Pending:
         self.key = key
         self.launched_at_step = launched_at_step
         self.future: Future = Future()
-        self.started = time.perf_counter()
+        self.waited = 0.0  # seconds the training thread blocked on it (in a weight sync or in `generate`)
 
 
 def request_key(prompts, features, sampling: dict):
@@ -126,6 +126,7 @@ class PrefetchingClient:
         return self._pending
 
     def _result(self, pending: _Pending):
+        start = time.perf_counter()
         try:
             return pending.future.result()
         except Exception as exc:
@@ -133,6 +134,8 @@ class PrefetchingClient:
             if error is None:
                 raise
             raise error from exc
+        finally:
+            pending.waited += time.perf_counter() - start
 
     def settle(self) -> None:
         """Wait for the background request to finish (its result is kept for `generate`); raise its error."""
@@ -153,10 +156,10 @@ class PrefetchingClient:
     def generate(self, prompts, features=None, **sampling):
         pending = self._pending
         if pending is not None and pending.key == request_key(prompts, features, sampling):
-            start = time.perf_counter()
             self.__dict__["_pending"] = None
             result = self._result(pending)
-            self.__dict__["last_hit"] = (pending.launched_at_step, time.perf_counter() - start)
+            # The wait mostly happened already, in the weight sync before this call (`settle`).
+            self.__dict__["last_hit"] = (pending.launched_at_step, pending.waited)
             return result
         self.settle()  # another request (evaluation, a batch the prefetch did not foresee): in turn, not alongside
         return self._client.generate(prompts=prompts, features=features, **sampling)
@@ -209,8 +212,7 @@ class OneStepOffGeneration:
                                                    exc)
             self.client = PrefetchingClient(generation.vllm_client, on_error)
             generation.vllm_client = self.client
-        self.launches = 0
-        self.hits = 0
+        self.current_batch = None  # the generation batch whose inputs are being prepared
 
     # ------------------------------------------------------------------ data
     def wrap(self, epoch_iterator):
@@ -221,12 +223,30 @@ class OneStepOffGeneration:
         return self.lookahead
 
     # ------------------------------------------------------------------ launch
+    @property
+    def generate_every(self) -> int:
+        """Micro-steps between two generations (TRL's `_prepare_inputs`)."""
+        return self.trainer.args.steps_per_generation * self.trainer.num_iterations
+
+    def before_prepare(self, batch) -> None:
+        """`_prepare_inputs` of a training micro-step, on every process: remember its batch; on a micro-step that
+        reuses buffered completions (no generation, so no `after_generation`) launch from here."""
+        t = self.trainer
+        self.current_batch = batch
+        if not (t._step % self.generate_every == 0 or t._buffered_inputs is None):
+            self.maybe_launch(batch)
+
+    def after_generation(self, metrics: dict) -> None:
+        """A training generation just returned, on every process: log it, then launch the next one."""
+        self.record(metrics)
+        self.maybe_launch(self.current_batch)
+
     def maybe_launch(self, current_batch) -> None:
         """Called on every process at the same micro-step, after the current batch's inputs are prepared: send the
         next generation batch when the optimizer step that follows is the last one before it is needed."""
         t = self.trainer
         ga = t.args.gradient_accumulation_steps
-        generate_every = t.args.steps_per_generation * t.num_iterations
+        generate_every = self.generate_every
         cycle = t._step % generate_every  # micro-steps since this batch was generated
         if cycle != max(generate_every - ga, 0):
             return  # launch in the optimizer step right before the next generation: staleness stays one step
@@ -250,7 +270,6 @@ class OneStepOffGeneration:
         n = t.num_generations
         if self.client is not None:
             self.client.submit(all_prompts[::n], sampling_params(t.vllm_generation, n), t.state.global_step)
-        self.launches += 1
 
     def _prompt_ids(self, batch) -> list[list[int]] | None:
         prompts = [row["prompt"] for row in batch]
@@ -277,7 +296,6 @@ class OneStepOffGeneration:
             metrics["async_generation/wait_time"].append(0.0)
         else:
             launched_at, waited = hit
-            self.hits += 1
             metrics["async_generation/staleness"].append(float(step - launched_at))
             metrics["async_generation/prefetched"].append(1.0)
             metrics["async_generation/wait_time"].append(float(waited))
@@ -287,3 +305,4 @@ class OneStepOffGeneration:
         if self.client is not None:
             self.client.discard()
         self.lookahead = None
+        self.current_batch = None
