@@ -135,6 +135,13 @@ class GADConfig(GRPOConfig):
             (paper), 'mean' = the value head on the mean hidden state of the response tokens. Saved in the
             discriminator's config.json, so a reloaded discriminator scores the same way. None = the loaded
             discriminator's saved choice ('last' for a new one).
+        discriminator_length_penalty (`float`, *optional*, defaults to `0.0`):
+            beta of the length-debiased reward: the student's reward is score - beta * log1p(response tokens), on the
+            reward only (the discriminator's loss reads the raw scores). Counters a discriminator that prefers long
+            (or short) answers. Saved in the discriminator's config.json. 0 = the paper's raw score.
+        discriminator_score_clip (`float` or `None`, *optional*, defaults to `None`):
+            Clip the reward (after the length penalty) to [-c, c], so one extreme score cannot dominate a group's
+            advantage. On the reward only; saved in the discriminator's config.json. None = no clipping (paper).
         discriminator_freeze_after_step (`int` or `None`, *optional*, defaults to `None`):
             Stop updating the discriminator from this global step on (it still scores and logs its metrics): the
             paper's frozen-discriminator ablation, e.g. critic_warmup_steps + sft_warmup_steps. None = co-trained at
@@ -393,6 +400,21 @@ class GADConfig(GRPOConfig):
             "choices": ["last", "mean"],
         },
     )
+    discriminator_length_penalty: float = field(
+        default=0.0,
+        metadata={
+            "help": "beta of the length-debiased reward: score - beta * log1p(response tokens), on the reward only "
+            "(the discriminator's loss reads the raw scores). Saved in the discriminator's config.json. 0 = the "
+            "paper's raw score."
+        },
+    )
+    discriminator_score_clip: float | None = field(
+        default=None,
+        metadata={
+            "help": "Clip the reward (after the length penalty) to [-c, c]; on the reward only, saved in the "
+            "discriminator's config.json. None = no clipping (paper)."
+        },
+    )
     discriminator_freeze_after_step: int | None = field(
         default=None,
         metadata={
@@ -572,6 +594,19 @@ class GADConfig(GRPOConfig):
             )
         if self.discriminator_pooling not in (None, "last", "mean"):
             raise ValueError(f"discriminator_pooling must be 'last', 'mean' or None, got {self.discriminator_pooling!r}.")
+        import math
+
+        if not (math.isfinite(self.discriminator_length_penalty) and self.discriminator_length_penalty >= 0):
+            raise ValueError(
+                f"discriminator_length_penalty must be a finite number >= 0 (0 = raw scores), got "
+                f"{self.discriminator_length_penalty}."
+            )
+        if self.discriminator_score_clip is not None and not (
+                math.isfinite(self.discriminator_score_clip) and self.discriminator_score_clip > 0):
+            raise ValueError(
+                f"discriminator_score_clip must be a positive number or None (no clipping), got "
+                f"{self.discriminator_score_clip}."
+            )
         if self.discriminator_freeze_after_step is not None and self.discriminator_freeze_after_step < 0:
             raise ValueError(
                 f"discriminator_freeze_after_step must be >= 0 or None, got {self.discriminator_freeze_after_step}."
@@ -653,7 +688,9 @@ class SeqKDConfig(SFTConfig):
 
     learning_rate: float = field(default=5e-6, metadata={"help": "SeqKD learning rate. Paper: 5e-6."})
     teacher_response_column: str = field(
-        default="teacher_response", metadata={"help": "Dataset column holding the teacher's response text."}
+        default="teacher_response",
+        metadata={"help": "Dataset column holding the teacher's response text (one answer, or a list of k: SeqKD "
+                  "trains on every one)."},
     )
 
     def __post_init__(self):

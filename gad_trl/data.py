@@ -4,7 +4,8 @@ Accepted prompt formats (docs/algorithm.md, "Data"):
 - TRL conversational: `prompt` = list of `{"role", "content"}` messages;
 - verl / GAD parquet: `content` = list of messages (renamed to `prompt`);
 - standard: `prompt` = a plain string.
-The teacher response is a string, or a one-message assistant list / dict; it becomes a plain string. Every problem
+The teacher response is one answer (a string, an assistant message, or a list of one) or k answers (a list of k strings
+or assistant messages); it becomes a string, or a list of strings when some row has several. Every problem
 is a `GADDataError` naming the row and the column, never a silent skip.
 """
 
@@ -92,41 +93,74 @@ def normalize_prompt(value: Any, row: int | str, column: str) -> str | list[dict
     )
 
 
-def normalize_teacher_response(value: Any, row: int | str, column: str) -> str:
-    """Return the teacher response as a non-empty string, or raise `GADDataError`."""
-    if isinstance(value, (list, tuple)):
-        if len(value) != 1 or not _is_message(value[0]):
-            raise GADDataError(
-                f"Row {row}: column '{column}' is a list of {len(value)} item(s); a teacher response must be a string "
-                "or a list holding exactly one assistant message."
-            )
-        value = value[0]
+def _answer_text(value: Any, row: int | str, column: str, where: str = "") -> str:
+    """One teacher answer (a string or an assistant message) as a non-empty string, or `GADDataError`."""
     if isinstance(value, dict):
         if not _is_message(value):
             raise GADDataError(
-                f"Row {row}: column '{column}' is a dict without 'role'/'content'; expected a string or an assistant "
-                "message."
+                f"Row {row}: column '{column}'{where} is a dict without 'role'/'content'; expected a string or an "
+                "assistant message."
             )
         if value["role"] != "assistant":
             raise GADDataError(
-                f"Row {row}: column '{column}' holds a '{value['role']}' message; the teacher response must be an "
+                f"Row {row}: column '{column}'{where} holds a '{value['role']}' message; a teacher answer must be an "
                 "assistant message."
+            )
+        if value.get("tool_calls"):
+            raise GADDataError(
+                f"Row {row}: column '{column}'{where} is an assistant message with tool_calls: a tool-using "
+                "trajectory, which the plain-text teacher column does not take. Give the final answer's text."
             )
         value = value["content"]
     if value is None:
         raise GADDataError(
-            f"Row {row}: column '{column}' is None. Every prompt needs the teacher's answer; drop or fill such rows "
-            "before training (e.g. dataset.filter(lambda r: r[column] is not None))."
+            f"Row {row}: column '{column}'{where} is None. Every prompt needs the teacher's answer; drop or fill such "
+            "rows before training (e.g. dataset.filter(lambda r: r[column] is not None))."
         )
     if not isinstance(value, str):
         raise GADDataError(
-            f"Row {row}: column '{column}' has type {type(value).__name__}; the teacher response must be text."
+            f"Row {row}: column '{column}'{where} has type {type(value).__name__}; a teacher answer must be text."
         )
     if not value.strip():
         raise GADDataError(
-            f"Row {row}: column '{column}' is an empty string; the discriminator needs the teacher's text to compare."
+            f"Row {row}: column '{column}'{where} is an empty string; the discriminator needs the teacher's text to "
+            "compare."
         )
     return value
+
+
+def normalize_teacher_responses(value: Any, row: int | str, column: str) -> list[str]:
+    """The teacher answers of a row as a non-empty list of strings, or `GADDataError`.
+
+    A row holds one answer (a string, an assistant message, or a list of one) or k answers to the same prompt (a list
+    of k strings or of k assistant messages; k may differ between rows). A list mixing roles (a conversation) is
+    refused: a teacher column holds answers, not turns."""
+    if isinstance(value, (list, tuple)):
+        if len(value) == 0:
+            raise GADDataError(
+                f"Row {row}: column '{column}' is an empty list; give at least one teacher answer (a string, or a "
+                "list of answer strings / assistant messages)."
+            )
+        return [_answer_text(v, row, column, f" answer {j}" if len(value) > 1 else "") for j, v in enumerate(value)]
+    return [_answer_text(value, row, column)]
+
+
+def normalize_teacher_response(value: Any, row: int | str, column: str) -> str:
+    """The one teacher answer of a row as a non-empty string, or `GADDataError` (also for a row with several
+    answers: use `normalize_teacher_responses` where k answers are accepted)."""
+    answers = normalize_teacher_responses(value, row, column)
+    if len(answers) != 1:
+        raise GADDataError(
+            f"Row {row}: column '{column}' holds {len(answers)} teacher answers where one is expected here; give one "
+            "answer per row, or use a command that takes k answers (gad-trl gad / seqkd / soda)."
+        )
+    return answers[0]
+
+
+def teacher_answers(value: Any) -> list[str]:
+    """The answers of an already normalised teacher column value (`prepare_gad_dataset`): a string (one answer) or a
+    list of strings (k answers)."""
+    return [value] if isinstance(value, str) else list(value)
 
 
 def _prompt_source_column(column_names: list[str] | None, teacher_column: str) -> str:
@@ -191,9 +225,9 @@ def prepare_gad_dataset(
         if not needs_template and isinstance(prompt, list):
             needs_template.append(True)
             _check_chat_template(tokenizer, index, source)
-        response = normalize_teacher_response(row[teacher_response_column], index, teacher_response_column)
+        responses = normalize_teacher_responses(row[teacher_response_column], index, teacher_response_column)
         if teacher_special_tokens == "error" and specials:
-            found = special_tokens_in(response, specials)
+            found = [t for response in responses for t in special_tokens_in(response, specials)]
             if found:
                 raise GADDataError(
                     f"Row {index}: column '{teacher_response_column}' contains the special-token string "
@@ -208,7 +242,7 @@ def prepare_gad_dataset(
                     f"({max_prompt_tokens_reason}). Drop such rows with --max_prompt_length {max_prompt_tokens} "
                     "(gad-trl gad / train) or filter them before building the trainer, or lower max_completion_length."
                 )
-        return {PROMPT_COLUMN: prompt, teacher_response_column: response}
+        return {PROMPT_COLUMN: prompt, teacher_response_column: responses[0] if len(responses) == 1 else responses}
 
     if isinstance(dataset, Dataset):
         rows = [normalize(row, i) for i, row in enumerate(dataset)]
@@ -217,14 +251,16 @@ def prepare_gad_dataset(
         # Rebuild rather than .map(): the normalised prompt may change type (verl's 'content' column, mixed
         # message/str rows are rejected above), and rows are already in memory after validation.
         others = [c for c in column_names if c not in (source, PROMPT_COLUMN, teacher_response_column)]
-        columns = {PROMPT_COLUMN: [r[PROMPT_COLUMN] for r in rows],
-                   teacher_response_column: [r[teacher_response_column] for r in rows]}
+        answers = [r[teacher_response_column] for r in rows]
+        if any(isinstance(a, list) for a in answers):  # Arrow holds one type per column: every row a list of answers
+            answers = [teacher_answers(a) for a in answers]
+        columns = {PROMPT_COLUMN: [r[PROMPT_COLUMN] for r in rows], teacher_response_column: answers}
         for c in others:
             columns[c] = dataset[c]
         _check_one_prompt_format(columns[PROMPT_COLUMN], split_name)
         return Dataset.from_dict(columns)
 
-    # Iterable: validate lazily; errors carry the position in the stream.
+    # Iterable: validate lazily; errors carry the position in the stream (a row's answers: a string, or a list of k).
     counter = iter(range(1 << 62))
 
     def normalize_stream(row):
@@ -288,10 +324,17 @@ def prompt_messages(row: dict, index: int | str | None = None) -> list[dict]:
 
 
 def teacher_text(row: dict, column: str = "teacher_response", index: int | str | None = None) -> str:
-    """The teacher's answer of a row as text; a missing or empty answer is an error naming the row and the column."""
+    """The teacher's one answer of a row as text; a missing or empty answer is an error naming the row and the column."""
     if column not in row:
         raise GADDataError(f"Row {index}: the teacher response column '{column}' is missing (columns: {sorted(row)}).")
     return normalize_teacher_response(row[column], index, column)
+
+
+def teacher_texts(row: dict, column: str = "teacher_response", index: int | str | None = None) -> list[str]:
+    """All teacher answers of a row (one or k) as texts; errors as `teacher_text`."""
+    if column not in row:
+        raise GADDataError(f"Row {index}: the teacher response column '{column}' is missing (columns: {sorted(row)}).")
+    return normalize_teacher_responses(row[column], index, column)
 
 
 def prompt_text(tokenizer, messages: list[dict]) -> str:
