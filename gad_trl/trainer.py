@@ -12,8 +12,8 @@ from trl import GRPOTrainer
 from trl.extras.profiling import profiling_decorator
 
 from .config import GADConfig
-from .data import prepare_gad_dataset, teacher_completion_ids
-from .discriminator.component import DISCRIMINATOR_DIR, Discriminator, load_discriminator_model
+from .data import prepare_gad_dataset, teacher_answers, teacher_completion_ids
+from .discriminator.component import DISCRIMINATOR_DIR, Discriminator, Pairs, load_discriminator_model
 from .discriminator.model import pad_right
 from .end_of_turn import end_of_turn_token_id
 from .guards import NonFiniteGuard, all_finite, finite_on_every_process, nonfinite_details, student_divergence_hint
@@ -239,6 +239,9 @@ class GADTrainer(GRPOTrainer):
                 self._discriminator_encoding.check_prompts(split, f"eval '{name}'" if name else "eval")
         if is_quantized(self.model):  # a QLoRA student (and shared base): trainable after evaluations on CPU too
             keep_4bit_layout_for_training(self.model)
+        from .discriminator.shaping import RewardShaping
+
+        self._reward_shaping = RewardShaping.from_args(args)  # length penalty / clip of the reward (not of D's loss)
         self._teacher_eos = end_of_turn_token_id(self._tokenizer, self.eos_token_ids)
         self._health = HealthMonitor(logger)
         self._student_nonfinite_guard = NonFiniteGuard(args.discriminator_max_nonfinite_updates, logger, "student")
@@ -384,29 +387,47 @@ class GADTrainer(GRPOTrainer):
         return teacher_completion_ids(self.processing_class, teacher_text, self._teacher_eos, self.max_completion_length)
 
     def _build_pairs(self, inputs, completion_ids_list):
-        """Unique teacher sequences (one per prompt, not G) and, for each completion, the index of its teacher."""
+        """Unique teacher sequences (one per answer of each prompt, not G per prompt) and, for each completion, the
+        indices of its prompt's teacher answers (`groups`: one with a single answer per row, k with k answers)."""
         column = self.args.teacher_response_column
         prompt_ids = self._batch_prompt_ids
-        teacher_index, teacher_seqs, teacher_completions, keys = [], [], [], {}
+        groups, teacher_seqs, teacher_completions, keys = [], [], [], {}
         truncated = 0
         for i, row in enumerate(inputs):
-            key = (tuple(prompt_ids[i]), row[column])
-            if key not in keys:
-                ids, was_cut = self._teacher_completion_ids(row[column])
-                truncated += was_cut
-                keys[key] = len(teacher_seqs)
-                teacher_seqs.append(list(prompt_ids[i]) + ids)
-                teacher_completions.append(ids)
-            teacher_index.append(keys[key])
+            group = []
+            for answer in teacher_answers(row[column]):
+                key = (tuple(prompt_ids[i]), answer)  # identical answers of a prompt are one teacher sequence
+                if key not in keys:
+                    ids, was_cut = self._teacher_completion_ids(answer)
+                    truncated += was_cut
+                    keys[key] = len(teacher_seqs)
+                    teacher_seqs.append(list(prompt_ids[i]) + ids)
+                    teacher_completions.append(ids)
+                if keys[key] not in group:
+                    group.append(keys[key])
+            groups.append(group)
         student_seqs = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids_list, strict=True)]
-        return teacher_seqs, teacher_completions, teacher_index, student_seqs, truncated
+        return teacher_seqs, teacher_completions, groups, student_seqs, truncated
+
+    @staticmethod
+    def _sft_teacher_per_row(groups: list[list[int]]) -> list[int]:
+        """The teacher answer each completion row carries for the SFT loss: the rows of a prompt take its answers in
+        turn (row r of the prompt -> answer r mod k), so the k answers share the SFT signal."""
+        seen: dict[tuple, int] = {}
+        chosen = []
+        for group in groups:
+            key = tuple(group)
+            r = seen.get(key, 0)
+            seen[key] = r + 1
+            chosen.append(group[r % len(group)])
+        return chosen
 
     # ------------------------------------------------------------------ discriminator step (= reward computation)
     @profiling_decorator  # as in GRPOTrainer: the discriminator step shows up in TRL's profiling timings
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         mode = "train" if self.model.training else "eval"
         device = self.accelerator.device
-        teacher_seqs, teacher_completions, teacher_index, student_seqs, teacher_cut = self._build_pairs(
+        teacher_seqs, teacher_completions, groups, student_seqs, teacher_cut = self._build_pairs(
             inputs, completion_ids_list
         )
         # Where each response starts in teacher_seqs + student_seqs (the prompt's length), for mean pooling.
@@ -414,11 +435,12 @@ class GADTrainer(GRPOTrainer):
         starts += [len(s) - len(c) for s, c in zip(student_seqs, completion_ids_list)]
         if self._discriminator_encoding is not None:  # its own tokenizer: both sides re-encoded the same way
             teacher_seqs, student_seqs, starts = self._discriminator_encoding.encode_batch(
-                [row["prompt"] for row in inputs], teacher_index, teacher_completions, completion_ids_list
+                [row["prompt"] for row in inputs], groups, teacher_completions, completion_ids_list
             )
+        teacher_index = self._sft_teacher_per_row(groups)
         self._batch_teacher_completions = [teacher_completions[j] for j in teacher_index]
         self._batch_teacher_index = teacher_index
-        index = torch.tensor(teacher_index, device=device)
+        index = Pairs.from_groups(groups, device)  # every completion against each answer of its prompt
         eos_and_pad = {*self.eos_token_ids, self._tokenizer.pad_token_id}
         student_cut = sum(1 for ids in completion_ids_list if len(ids) == 0 or ids[-1] not in eos_and_pad)
 
@@ -435,9 +457,13 @@ class GADTrainer(GRPOTrainer):
         if not all_finite(student_scores):
             # NaN rewards would make NaN advantages and reach the student's weights: no signal this step instead.
             student_scores = torch.zeros_like(student_scores)
+        if self._reward_shaping.active:  # on the reward only: the discriminator's loss above read the raw scores
+            student_scores = self._reward_shaping(student_scores, [len(c) for c in completion_ids_list])
+            info["shaped_reward_mean"] = student_scores.mean().item()
         info["student_truncated_ratio"] = student_cut / max(len(student_seqs), 1)
         info["teacher_truncated_ratio"] = teacher_cut / max(len(teacher_seqs), 1)
         info["num_teacher_sequences"] = float(len(teacher_seqs))
+        info["teacher_answers_per_prompt"] = sum(len(g) for g in groups) / max(len(groups), 1)
         info["phase"] = float(_PHASE_IDS[self.current_phase()])
         info = self._average_over_processes(info)
         for name, value in info.items():

@@ -113,7 +113,7 @@ def test_teacher_scored_once_per_prompt_and_rewards_are_pre_update_scores(tiny_m
     assert len(calls) == 2
     for num_teacher, num_student, before, after, rewards, index in calls:
         assert (num_teacher, num_student) == (2, 8)  # 8 completions of 2 prompts: 2 teacher sequences, not 8
-        assert index.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+        assert index.teacher.tolist() == [0, 0, 0, 0, 1, 1, 1, 1] and index.weight is None  # one answer a prompt
         assert torch.allclose(rewards, before, atol=score_atol(trainer))
         assert not torch.allclose(rewards, after, atol=score_atol(trainer))
 

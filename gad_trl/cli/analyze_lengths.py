@@ -63,7 +63,7 @@ def analyze(args: AnalyzeLengthsArguments, tokenizer=None, dataset=None) -> dict
         special_token_strings,
         special_tokens_in,
         teacher_completion_ids,
-        teacher_text,
+        teacher_texts,
     )
     from ..end_of_turn import end_of_turn_token_id
     from .utils import load_any_dataset
@@ -84,10 +84,11 @@ def analyze(args: AnalyzeLengthsArguments, tokenizer=None, dataset=None) -> dict
     teacher_lengths, prompt_lengths, special_rows = [], [], []
     specials = special_token_strings(tokenizer)
     for i, row in enumerate(dataset):
-        text = teacher_text(row, args.teacher_response_column, i)
-        ids, _ = teacher_completion_ids(tokenizer, text, end)
-        teacher_lengths.append(len(ids))
-        if special_tokens_in(text, specials):
+        texts = teacher_texts(row, args.teacher_response_column, i)  # every answer of a row with k of them
+        for text in texts:
+            ids, _ = teacher_completion_ids(tokenizer, text, end)
+            teacher_lengths.append(len(ids))
+        if any(special_tokens_in(text, specials) for text in texts):
             special_rows.append(i)
         prompt_lengths.append(prompt_token_length(tokenizer, prompt_messages(row, i)))
 

@@ -8,22 +8,28 @@ from __future__ import annotations
 import os
 
 
-from ..data import load_any_dataset, prompt_messages, row_prompt_length, teacher_text  # noqa: F401  (load_any_dataset: for the commands)
+from ..data import load_any_dataset, prompt_messages, row_prompt_length, teacher_texts  # noqa: F401  (load_any_dataset: for the commands)
+
 
 def to_seqkd_dataset(dataset, teacher_response_column: str = "teacher_response"):
     """Convert GAD rows to TRL's conversational prompt-completion format for `SFTTrainer` (SeqKD).
 
-    `{"prompt": [messages], "completion": [{"role": "assistant", "content": teacher_response}]}`; other columns are
+    `{"prompt": [messages], "completion": [{"role": "assistant", "content": answer}]}`, one example per teacher answer:
+    a row with k answers gives k examples (SeqKD learns from every answer GAD's discriminator sees). Other columns are
     dropped. Raises on the first row without a usable teacher response.
     """
 
-    def convert(row, idx):
-        return {
-            "prompt": prompt_messages(row, idx),
-            "completion": [{"role": "assistant", "content": teacher_text(row, teacher_response_column, idx)}],
-        }
+    def convert(batch, indices):
+        out = {"prompt": [], "completion": []}
+        for j, idx in enumerate(indices):
+            row = {name: values[j] for name, values in batch.items()}
+            messages = prompt_messages(row, idx)
+            for answer in teacher_texts(row, teacher_response_column, idx):
+                out["prompt"].append(messages)
+                out["completion"].append([{"role": "assistant", "content": answer}])
+        return out
 
-    return dataset.map(convert, with_indices=True, remove_columns=dataset.column_names)
+    return dataset.map(convert, with_indices=True, batched=True, remove_columns=dataset.column_names)
 
 
 def filter_long_prompts(dataset, tokenizer, max_prompt_length: int):

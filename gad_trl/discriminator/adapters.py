@@ -317,8 +317,11 @@ def save_discriminator_adapter(discriminator, save_dir: str) -> None:
     `SETTINGS_NAME` with the pooling (saved in a full discriminator's config.json)."""
 
     os.makedirs(save_dir, exist_ok=True)
-    with open(os.path.join(save_dir, SETTINGS_NAME), "w") as f:
-        json.dump({POOLING_CONFIG_KEY: discriminator_pooling(discriminator)}, f, indent=2)
+    from .shaping import RewardShaping
+
+    with open(os.path.join(save_dir, SETTINGS_NAME), "w") as f:  # pooling and reward shaping: how it scores
+        json.dump({POOLING_CONFIG_KEY: discriminator_pooling(discriminator),
+                   **RewardShaping.of(discriminator).as_dict()}, f, indent=2)
     if not isinstance(discriminator, SharedBaseDiscriminator):
         discriminator.save_pretrained(save_dir)
         return
@@ -451,7 +454,19 @@ def load_saved_discriminator(path: str, **kwargs):
     model = load_value_model(base, num_labels=1, **kwargs)
     model = PeftModel.from_pretrained(model, path)
     set_discriminator_pooling(model, saved_adapter_pooling(path))  # the base's config.json knows nothing of it
+    saved_adapter_shaping(path).record(model)
     return model
+
+
+def saved_adapter_shaping(adapter_dir: str):
+    """The reward shaping an adapter folder was trained with (none for a folder written before it was recorded)."""
+    from .shaping import RewardShaping
+
+    settings = os.path.join(adapter_dir, SETTINGS_NAME)
+    if not os.path.isfile(settings):
+        return RewardShaping()
+    with open(settings) as f:
+        return RewardShaping.from_dict(json.load(f))
 
 
 def export_merged_discriminator(discriminator, adapter_dir: str, output_dir: str, tokenizer=None) -> str:
@@ -480,6 +495,9 @@ def export_merged_discriminator(discriminator, adapter_dir: str, output_dir: str
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.config.pad_token_id = discriminator.config.pad_token_id
     set_discriminator_pooling(merged, discriminator_pooling(discriminator))  # into its config.json, as a full one's
+    from .shaping import RewardShaping
+
+    RewardShaping.of(discriminator).record(merged)
     merged.save_pretrained(output_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(output_dir)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -84,6 +85,68 @@ def _warn_if_half_precision(model: nn.Module, learning_rate: float) -> None:
         )
 
 
+@dataclass
+class Pairs:
+    """Which (teacher sequence, student sequence) pairs the loss compares: pair p is (`teacher[p]`, `student[p]`),
+    indices into a batch's teacher and student sequences, with weight `weight[p]` (None: all 1).
+
+    One teacher answer per prompt: one pair per completion (`one_per_student`). k answers: every completion is paired
+    with each of its prompt's answers, weight 1/k each (`from_groups`), so each completion counts once in the loss and
+    the metrics (docs/algorithm.md, "Several teacher answers per prompt")."""
+
+    teacher: torch.Tensor
+    student: torch.Tensor
+    weight: torch.Tensor | None = None
+
+    @classmethod
+    def one_per_student(cls, index: torch.Tensor) -> Pairs:
+        """Completion i against teacher `index[i]` (the paper's pairing)."""
+        return cls(index, torch.arange(len(index), device=index.device, dtype=index.dtype))
+
+    @classmethod
+    def from_groups(cls, groups: list[list[int]], device) -> Pairs:
+        """Completion i against every teacher in `groups[i]` (its prompt's answers)."""
+        if all(len(g) == 1 for g in groups):
+            return cls.one_per_student(torch.tensor([g[0] for g in groups], device=device, dtype=torch.long))
+        teacher = [t for g in groups for t in g]
+        student = [i for i, g in enumerate(groups) for _ in g]
+        weight = [1.0 / len(g) for g in groups for _ in g]
+        return cls(torch.tensor(teacher, device=device, dtype=torch.long),
+                   torch.tensor(student, device=device, dtype=torch.long),
+                   torch.tensor(weight, device=device, dtype=torch.float32))
+
+    @classmethod
+    def of(cls, index) -> Pairs:
+        """`index` as pairs: already `Pairs`, or a tensor of one teacher index per completion."""
+        return index if isinstance(index, Pairs) else cls.one_per_student(index)
+
+    def __len__(self) -> int:
+        return len(self.teacher)
+
+    def extended(self, teacher: torch.Tensor, student: torch.Tensor) -> Pairs:
+        """These pairs plus more of weight 1 (replayed pairs: one per past completion)."""
+        weight = self.weight
+        if weight is not None:
+            weight = torch.cat([weight, torch.ones(len(teacher), device=weight.device, dtype=weight.dtype)])
+        return Pairs(torch.cat([self.teacher, teacher]), torch.cat([self.student, student]), weight)
+
+    def restricted_to_students(self, num_students: int) -> Pairs:
+        """The pairs whose student is one of the first `num_students` (the current batch, without replayed ones)."""
+        keep = self.student < num_students
+        return Pairs(self.teacher[keep], self.student[keep], None if self.weight is None else self.weight[keep])
+
+    def scores(self, scores: torch.Tensor, num_teacher: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(teacher side, student side) of every pair, from the scores of `teacher_seqs + student_seqs`."""
+        return scores[:num_teacher][self.teacher], scores[num_teacher:][self.student]
+
+    def primary_teacher(self, num_students: int) -> list[int]:
+        """One teacher per completion (its first pair's): what the replay buffer keeps of a completion."""
+        first: dict[int, int] = {}
+        for t, i in zip(self.teacher.tolist(), self.student.tolist()):
+            first.setdefault(i, t)
+        return [first[i] for i in range(num_students)]
+
+
 class Discriminator:
     """GAD's discriminator and its training state. Build it with `Discriminator.build`."""
 
@@ -124,6 +187,9 @@ class Discriminator:
             model = attach_shared_discriminator(student, args, pad_token_id)
         # Written into the discriminator's config (saved with it), so a reloaded discriminator scores the same way.
         set_discriminator_pooling(model, args.discriminator_pooling or discriminator_pooling(model))
+        from .shaping import RewardShaping
+
+        RewardShaping.from_args(args).record(model)  # this run's reward shaping, saved with the weights
         if is_peft_discriminator(model):
             if args.discriminator_sharding == "fsdp2":
                 raise ValueError(
@@ -187,37 +253,41 @@ class Discriminator:
                 batch_size or self.args.discriminator_mini_batch_size, response_starts,
             )
 
+    def pair_loss(self, scores: torch.Tensor, num_teacher: int, pairs: Pairs):
+        """`discriminator_loss` of `pairs` on the scores of `teacher_seqs + student_seqs`."""
+        return discriminator_loss(*pairs.scores(scores, num_teacher), weights=pairs.weight, **self.loss_kwargs())
+
     def measure(self, teacher_seqs, student_seqs, index, response_starts) -> tuple[torch.Tensor, dict]:
         """Score and measure without training (evaluation, a frozen discriminator): dropout off (eval mode), no
-        graph. Returns the student scores and the loss's metrics."""
+        graph. `index`: `Pairs`, or one teacher index per completion. Returns the student scores and the loss's
+        metrics."""
         with eval_mode(self.model), torch.no_grad():
             scores = self.score(teacher_seqs + student_seqs, response_starts=response_starts)
-        _, info = discriminator_loss(scores[: len(teacher_seqs)][index], scores[len(teacher_seqs) :], **self.loss_kwargs())
+        _, info = self.pair_loss(scores, len(teacher_seqs), Pairs.of(index))
         return scores[len(teacher_seqs) :], info
 
     # ------------------------------------------------------------------ training
     def update(self, teacher_seqs, student_seqs, index, response_starts, global_step: int) -> tuple[torch.Tensor, dict]:
         """`discriminator_num_iterations` optimizer steps on this batch's pairs (plus replayed ones); returns the
-        student scores from before the first step (the rewards) and that step's metrics. `response_starts`: where
-        each response begins in `teacher_seqs + student_seqs` (the prompt lengths)."""
+        student scores from before the first step (the rewards) and that step's metrics. `index`: `Pairs`, or one
+        teacher index per completion. `response_starts`: where each response begins in `teacher_seqs + student_seqs`
+        (the prompt lengths)."""
         num_current = len(student_seqs)
-        current = (teacher_seqs, student_seqs, index, response_starts)
-        teacher_seqs, student_seqs, index, response_starts, num_replayed = self._add_replayed_pairs(*current)
+        current = (teacher_seqs, student_seqs, Pairs.of(index), response_starts)
+        teacher_seqs, student_seqs, pairs, response_starts, num_replayed = self._add_replayed_pairs(*current)
         num_teacher = len(teacher_seqs)
         sequences = teacher_seqs + student_seqs
         rewards, info = None, None
         for iteration in range(self.args.discriminator_num_iterations):
-            scores, loss, step_info = self.step(sequences, num_teacher, index, response_starts, global_step)
+            scores, loss, step_info = self.step(sequences, num_teacher, pairs, response_starts, global_step)
             if iteration == 0:
                 rewards, info = scores[num_teacher : num_teacher + num_current].detach(), step_info
                 if num_replayed:
                     # Logged metrics describe the current pairs (what the health checks and the rewards are about);
                     # the replayed pairs get their own accuracy.
-                    teacher_side, student_side = scores[:num_teacher][index], scores[num_teacher:]
-                    current_pairs = (teacher_side[:num_current], student_side[:num_current])
-                    _, current_info = discriminator_loss(*current_pairs, **self.loss_kwargs())
-                    _, replay_info = discriminator_loss(teacher_side[num_current:], student_side[num_current:],
-                                                        **self.loss_kwargs())
+                    _, current_info = self.pair_loss(scores, num_teacher, pairs.restricted_to_students(num_current))
+                    replayed = Pairs(pairs.teacher[-num_replayed:], pairs.student[-num_replayed:])
+                    _, replay_info = self.pair_loss(scores, num_teacher, replayed)
                     info.update(current_info, replay_accuracy=replay_info["accuracy"], trained_loss=loss.item())
             else:
                 info["last_iteration_loss"] = loss.item()
@@ -227,13 +297,14 @@ class Discriminator:
             self.replay.add(_replay_pairs(*current))
         return rewards, info
 
-    def step(self, sequences, num_teacher, index, response_starts, global_step: int):
-        """One optimizer step on the pairs (teacher `sequences[:num_teacher][index]`, student `sequences[num_teacher:]`);
+    def step(self, sequences, num_teacher, pairs: Pairs, response_starts, global_step: int):
+        """One optimizer step on `pairs` (indices into `sequences[:num_teacher]` and `sequences[num_teacher:]`);
         returns the detached pre-step scores, the loss and the metrics."""
+        pairs = Pairs.of(pairs)
         if self.args.discriminator_mini_batch_size is None:
             # One forward with gradients: its detached scores are the rewards, its loss trains D.
             scores = self.score(sequences, response_starts=response_starts)
-            loss, info = discriminator_loss(scores[:num_teacher][index], scores[num_teacher:], **self.loss_kwargs())
+            loss, info = self.pair_loss(scores, num_teacher, pairs)
             loss.backward()
         else:
             # Bounded memory: score everything without a graph, take dLoss/dscore, then re-run each chunk with a
@@ -241,7 +312,7 @@ class Discriminator:
             with torch.no_grad():
                 scores = self.score(sequences, response_starts=response_starts)
             leaf = scores.detach().requires_grad_(True)
-            loss, info = discriminator_loss(leaf[:num_teacher][index], leaf[num_teacher:], **self.loss_kwargs())
+            loss, info = self.pair_loss(leaf, num_teacher, pairs)
             (grad_scores,) = torch.autograd.grad(loss, leaf)
             chunk = self.args.discriminator_mini_batch_size
             for start in range(0, len(sequences), chunk):
@@ -276,24 +347,25 @@ class Discriminator:
         self.optimizer.zero_grad(set_to_none=True)
         return scores.detach(), loss.detach(), info
 
-    def _add_replayed_pairs(self, teacher_seqs, student_seqs, index, response_starts):
-        """The update's pairs plus `discriminator_replay_ratio` x as many past ones drawn from the replay buffer (drawn
-        before this batch joins it, so they are strictly earlier completions); returns the extended
-        (teacher_seqs, student_seqs, index, response_starts) and the number replayed."""
+    def _add_replayed_pairs(self, teacher_seqs, student_seqs, pairs: Pairs, response_starts):
+        """The update's pairs plus `discriminator_replay_ratio` x as many past ones (one per completion) drawn from
+        the replay buffer (drawn before this batch joins it, so they are strictly earlier completions); returns the
+        extended (teacher_seqs, student_seqs, pairs, response_starts) and the number replayed."""
         if self.replay is None:
-            return teacher_seqs, student_seqs, index, response_starts, 0
+            return teacher_seqs, student_seqs, pairs, response_starts, 0
         # Every process has the same batch size and buffer fill, so every process replays the same number of pairs
         # (a sharded discriminator needs the same number of forwards on each rank).
         drawn = self.replay.sample(round(self.args.discriminator_replay_ratio * len(student_seqs)))
         if not drawn:
-            return teacher_seqs, student_seqs, index, response_starts, 0
-        num_teacher = len(teacher_seqs)
+            return teacher_seqs, student_seqs, pairs, response_starts, 0
+        num_teacher, num_student = len(teacher_seqs), len(student_seqs)
         teacher_starts, student_starts = response_starts[:num_teacher], response_starts[num_teacher:]
-        extra_index = torch.arange(num_teacher, num_teacher + len(drawn), device=index.device, dtype=index.dtype)
+        device, dtype = pairs.teacher.device, pairs.teacher.dtype
         return (
             teacher_seqs + [p.teacher for p in drawn],
             student_seqs + [p.student for p in drawn],
-            torch.cat([index, extra_index]),
+            pairs.extended(torch.arange(num_teacher, num_teacher + len(drawn), device=device, dtype=dtype),
+                           torch.arange(num_student, num_student + len(drawn), device=device, dtype=dtype)),
             teacher_starts + [p.teacher_start for p in drawn] + student_starts + [p.student_start for p in drawn],
             len(drawn),
         )
@@ -417,10 +489,11 @@ class Discriminator:
         set_discriminator_pooling(self.model, saved)
 
 
-def _replay_pairs(teacher_seqs, student_seqs, index, response_starts) -> list[ReplayPair]:
+def _replay_pairs(teacher_seqs, student_seqs, pairs: Pairs, response_starts) -> list[ReplayPair]:
+    # One pair per completion (with k answers, its first): the buffer keeps past completions, not every pairing.
     num_teacher = len(teacher_seqs)
     return [
         ReplayPair(teacher_seqs[t], student, response_starts[t], response_starts[num_teacher + i])
-        for i, (t, student) in enumerate(zip(index.tolist(), student_seqs))
+        for i, (t, student) in enumerate(zip(pairs.primary_teacher(len(student_seqs)), student_seqs))
     ]
 

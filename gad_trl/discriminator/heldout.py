@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from ..data import encode_pair, prompt_ids, prompt_messages, teacher_text
+from ..data import encode_pair, prompt_ids, prompt_messages, teacher_answers, teacher_texts
 from ..end_of_turn import end_of_turn_token_id
 
 logger = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def rows_digest(rows: list[dict]) -> str:
 
 def draw_rows(dataset, num_samples: int, seed: int, teacher_response_column: str = "teacher_response") -> list[dict]:
     """`num_samples` rows drawn without replacement with `seed`, in data set order, as
-    `{"prompt": messages, "teacher_response": text, "row": index}`."""
+    `{"prompt": messages, "teacher_response": text (a list of texts for a row with k answers), "row": index}`."""
     import random
 
     n = len(dataset)
@@ -121,11 +121,15 @@ def draw_rows(dataset, num_samples: int, seed: int, teacher_response_column: str
         rows.append(
             {
                 "prompt": prompt_messages(row, i),
-                "teacher_response": teacher_text(row, teacher_response_column, i),
+                "teacher_response": _one_or_list(teacher_texts(row, teacher_response_column, i)),
                 "row": i,
             }
         )
     return rows
+
+
+def _one_or_list(answers: list[str]):
+    return answers[0] if len(answers) == 1 else answers
 
 
 def sample_triples(
@@ -180,6 +184,9 @@ def evaluate_triples(
 ) -> dict:
     """Accuracy (fraction with teacher score > student score), score gap and score statistics of the discriminator.
 
+    A triple whose `teacher_response` is a list of k answers counts each (answer, student) pair with weight 1/k, as
+    the training loss does: every triple counts once. `teacher_scores` lists every answer's score.
+
     Teacher responses are encoded as in training (`gad_trl.data.encode_pair`), cut at `max_completion_length` (the
     student's length limit) as the trainer cuts them. `tokenizer` is the student's; a discriminator with its own
     tokenizer gets its `encoding` (`gad_trl.discriminator.tokenization.DiscriminatorEncoding`), which re-encodes both
@@ -192,30 +199,37 @@ def evaluate_triples(
     from .model import score_sequences
 
     end = end_of_turn_token_id(tokenizer)
+    owner = [i for i, t in enumerate(triples) for _ in teacher_answers(t["teacher_response"])]  # answer -> its triple
     teacher_seqs = [
-        encode_pair(tokenizer, t["prompt"], t["teacher_response"], True, end, max_completion_length) for t in triples
+        encode_pair(tokenizer, t["prompt"], answer, True, end, max_completion_length)
+        for t in triples for answer in teacher_answers(t["teacher_response"])
     ]
     student_seqs = [_student_sequence(tokenizer, t, end) for t in triples]
     # Where each response starts (the prompt's length), for mean pooling (`discriminator_pooling` in its config).
     starts = [len(prompt_ids(tokenizer, t["prompt"])) for t in triples]
+    teacher_starts = [starts[i] for i in owner]
     if encoding is not None:  # both sides re-encoded after the same prompt, rendered once in the discriminator's tokens
         heads = [encoding.prompt_ids(t["prompt"]) for t in triples]
-        teacher_seqs = [h + encoding.response_ids(seq[s:]) for h, seq, s in zip(heads, teacher_seqs, starts)]
+        teacher_seqs = [heads[i] + encoding.response_ids(seq[s:])
+                        for i, seq, s in zip(owner, teacher_seqs, teacher_starts)]
         student_seqs = [h + encoding.response_ids(seq[s:]) for h, seq, s in zip(heads, student_seqs, starts)]
         starts = [len(h) for h in heads]
+        teacher_starts = [starts[i] for i in owner]
         tokenizer = encoding.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model.eval()
     device = next(model.parameters()).device
     with torch.no_grad():
-        t_scores = score_sequences(model, teacher_seqs, pad, device, batch_size, starts).float().cpu().tolist()
+        t_scores = score_sequences(model, teacher_seqs, pad, device, batch_size, teacher_starts).float().cpu().tolist()
         s_scores = score_sequences(model, student_seqs, pad, device, batch_size, starts).float().cpu().tolist()
-    diffs = [t - s for t, s in zip(t_scores, s_scores)]
-    n = len(diffs)
+    answers_of = [owner.count(i) for i in range(len(triples))]
+    # Per (answer, student) pair, weighted 1/k: each triple counts once.
+    weighted = [(t - s_scores[i], 1.0 / answers_of[i]) for t, i in zip(t_scores, owner)]
+    n = len(triples)
     return {
         "num_pairs": n,
-        "accuracy": sum(d > 0 for d in diffs) / n,
-        "score_diff": sum(diffs) / n,
+        "accuracy": sum(w for d, w in weighted if d > 0) / n,
+        "score_diff": sum(d * w for d, w in weighted) / n,
         "teacher_score_mean": statistics.fmean(t_scores),
         "teacher_score_std": statistics.pstdev(t_scores),
         "student_score_mean": statistics.fmean(s_scores),

@@ -110,10 +110,11 @@ class DiscriminatorEncoding:
         head = self.prompt_ids(prompt)
         return head + self.response_ids(student_ids), len(head)
 
-    def encode_batch(self, prompts: list, teacher_index: list[int], teacher_completions: list[list[int]],
+    def encode_batch(self, prompts: list, groups: list[list[int]], teacher_completions: list[list[int]],
                      completion_ids_list: list[list[int]]):
-        """Teacher sequences (one per unique teacher, its prompt = that of its first row), student sequences, and the
-        response starts of `teacher + student`, all in the discriminator's tokens."""
+        """Teacher sequences (one per unique teacher answer, its prompt = that of its first row), student sequences,
+        and the response starts of `teacher + student`, all in the discriminator's tokens. `groups[i]`: the teacher
+        answers of row i's prompt."""
         prompt_cache: dict[str, list[int]] = {}  # a prompt repeats num_generations times in a batch
 
         def head(i: int) -> list[int]:
@@ -123,8 +124,9 @@ class DiscriminatorEncoding:
             return prompt_cache[key]
 
         first_row = {}
-        for i, j in enumerate(teacher_index):
-            first_row.setdefault(j, i)
+        for i, group in enumerate(groups):
+            for j in group:
+                first_row.setdefault(j, i)
         teacher_seqs, starts = [], []
         for j, completion in enumerate(teacher_completions):
             p = head(first_row[j])
