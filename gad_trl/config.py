@@ -136,12 +136,12 @@ class GADConfig(GRPOConfig):
             discriminator's config.json, so a reloaded discriminator scores the same way. None = the loaded
             discriminator's saved choice ('last' for a new one).
         discriminator_length_penalty (`float`, *optional*, defaults to `0.0`):
-            beta of the length-debiased reward: the student's reward is score - beta * log1p(response tokens), on the
-            reward only (the discriminator's loss reads the raw scores). Counters a discriminator that prefers long
-            (or short) answers. Saved in the discriminator's config.json. 0 = the paper's raw score.
+            beta of the length-debiased reward: score - beta * log1p(response tokens), on the reward only (the
+            discriminator's loss reads the raw scores). Saved in the discriminator's config.json. 0 = the paper's raw
+            score.
         discriminator_score_clip (`float` or `None`, *optional*, defaults to `None`):
-            Clip the reward (after the length penalty) to [-c, c], so one extreme score cannot dominate a group's
-            advantage. On the reward only; saved in the discriminator's config.json. None = no clipping (paper).
+            Clip the reward (after the length penalty) to [-c, c]; on the reward only, saved in the discriminator's
+            config.json. None = no clipping (paper).
         discriminator_freeze_after_step (`int` or `None`, *optional*, defaults to `None`):
             Stop updating the discriminator from this global step on (it still scores and logs its metrics): the
             paper's frozen-discriminator ablation, e.g. critic_warmup_steps + sft_warmup_steps. None = co-trained at
@@ -683,7 +683,8 @@ class SeqKDConfig(SFTConfig):
         learning_rate (`float`, *optional*, defaults to `5e-6`):
             SeqKD learning rate. Paper: 5e-6.
         teacher_response_column (`str`, *optional*, defaults to `"teacher_response"`):
-            Dataset column holding the teacher's response text.
+            Dataset column holding the teacher's response text (one answer, or a list of k: SeqKD trains on every
+            one).
     """
 
     learning_rate: float = field(default=5e-6, metadata={"help": "SeqKD learning rate. Paper: 5e-6."})
