@@ -699,7 +699,7 @@ class SeqKDConfig(SFTConfig):
         super().__post_init__()
 
 
-STAGES = ("gad", "seqkd")
+STAGES = ("gad", "seqkd", "soda")
 
 
 @dataclass
@@ -792,3 +792,146 @@ class GADScriptArguments(ScriptArguments):
             "grpo`."
         },
     )
+
+
+from trl import DPOConfig  # noqa: E402  (SODAConfig's base; kept next to the class it serves)
+
+
+@redacting
+@dataclass
+class SODAConfig(DPOConfig):
+    r"""
+    Configuration class for the SODA baseline (`gad-trl soda`, arXiv 2604.03873): TRL's `DPOTrainer` on pairs whose
+    `chosen` is the teacher's answer and whose `rejected` is a sample of the starting student, drawn once before
+    training and cached (`gad_trl.workflow.soda`). Every [`~trl.DPOConfig`] field, plus the ones below. The DPO fields
+    keep TRL's defaults (`beta` 0.1, `learning_rate` 1e-6, `loss_type` sigmoid): the SODA paper's hyper-parameters
+    were not available to this implementation.
+
+    Parameters:
+        > Parameters that control the data
+
+        teacher_response_column (`str`, *optional*, defaults to `"teacher_response"`):
+            Dataset column holding the teacher's response text (one answer, or a list of k: one pair per answer, each
+            with its own student sample).
+
+        > Parameters that control the rejected samples (the starting student's answers)
+
+        rejected_temperature (`float`, *optional*, defaults to `1.0`):
+            Sampling temperature of the student's rejected answers; 0 = greedy. 1.0 samples the student's own
+            distribution, which is DPO's reference policy here.
+        rejected_top_p (`float`, *optional*, defaults to `1.0`):
+            Nucleus sampling of the rejected answers (top-k is off).
+        rejected_max_new_tokens (`int`, *optional*, defaults to `512`):
+            Longest rejected answer, in tokens; a longer one is cut there (and counted in a warning).
+        rejected_seed (`int` or `None`, *optional*, defaults to `None`):
+            Seed of the rejected samples; None = `seed`.
+        rejected_max_attempts (`int`, *optional*, defaults to `3`):
+            Draws of a sample that comes back empty before the run stops with an error naming its rows.
+        rejected_batch_size (`int`, *optional*, defaults to `8`):
+            Prompts per generation batch when sampling with transformers.
+        rejected_cache (`str` or `None`, *optional*, defaults to `None`):
+            JSONL file caching the rejected samples (resumable; a rerun reuses them). A cache drawn from another
+            student or with other rejected_* settings is an error naming the differences. None =
+            `<output_dir>/_soda_rejected.jsonl` (the leading `_` keeps it out of Hub uploads).
+        rejected_base_url (`str` or `None`, *optional*, defaults to `None`):
+            An OpenAI-compatible server serving the starting student (`gad-trl vllm-serve --model STUDENT`, URL
+            ending in /v1) to sample from instead of transformers in the training process.
+        rejected_model (`str` or `None`, *optional*, defaults to `None`):
+            The student's name on that server; None = the server's only model.
+        rejected_api_key_env (`str` or `None`, *optional*, defaults to `None`):
+            Environment variable holding that server's API key; None = no key sent (a local vLLM server).
+        rejected_concurrency (`int`, *optional*, defaults to `8`):
+            Requests in flight at once to that server.
+    """
+
+    teacher_response_column: str = field(
+        default="teacher_response",
+        metadata={"help": "Dataset column holding the teacher's response text (one answer, or a list of k: one pair "
+                  "per answer, each with its own student sample)."},
+    )
+    rejected_temperature: float = field(
+        default=1.0,
+        metadata={"help": "Sampling temperature of the student's rejected answers; 0 = greedy. 1.0 samples the "
+                  "student's own distribution, which is DPO's reference policy here."},
+    )
+    rejected_top_p: float = field(
+        default=1.0, metadata={"help": "Nucleus sampling of the rejected answers (top-k is off)."}
+    )
+    rejected_max_new_tokens: int = field(
+        default=512,
+        metadata={"help": "Longest rejected answer, in tokens; a longer one is cut there (and counted in a warning)."},
+    )
+    rejected_seed: int | None = field(
+        default=None, metadata={"help": "Seed of the rejected samples; None = `seed`."}
+    )
+    rejected_max_attempts: int = field(
+        default=3,
+        metadata={"help": "Draws of a sample that comes back empty before the run stops with an error naming its "
+                  "rows."},
+    )
+    rejected_batch_size: int = field(
+        default=8, metadata={"help": "Prompts per generation batch when sampling with transformers."}
+    )
+    rejected_cache: str | None = field(
+        default=None,
+        metadata={"help": "JSONL file caching the rejected samples (resumable; a rerun reuses them). A cache drawn "
+                  "from another student or with other rejected_* settings is an error naming the differences. None = "
+                  "<output_dir>/_soda_rejected.jsonl (the leading `_` keeps it out of Hub uploads)."},
+    )
+    rejected_base_url: str | None = field(
+        default=None,
+        metadata={"help": "An OpenAI-compatible server serving the starting student (`gad-trl vllm-serve --model "
+                  "STUDENT`, URL ending in /v1) to sample from instead of transformers in the training process."},
+    )
+    rejected_model: str | None = field(
+        default=None, metadata={"help": "The student's name on that server; None = the server's only model."}
+    )
+    rejected_api_key_env: str | None = field(
+        default=None,
+        metadata={"help": "Environment variable holding that server's API key; None = no key sent (a local vLLM "
+                  "server)."},
+    )
+    rejected_concurrency: int = field(
+        default=8, metadata={"help": "Requests in flight at once to that server."}
+    )
+
+    def __post_init__(self):
+        default_bf16_where_supported(self)  # same rule as GADConfig
+        super().__post_init__()
+        import math
+
+        if not (math.isfinite(self.rejected_temperature) and self.rejected_temperature >= 0):
+            raise ValueError(f"rejected_temperature must be a number >= 0 (0 = greedy), got {self.rejected_temperature}.")
+        if not 0 < self.rejected_top_p <= 1:
+            raise ValueError(f"rejected_top_p must be in (0, 1] (1 = off), got {self.rejected_top_p}.")
+        for name in ("rejected_max_new_tokens", "rejected_max_attempts", "rejected_batch_size", "rejected_concurrency"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+        if self.rejected_base_url is not None and not self.rejected_base_url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"rejected_base_url must be an http(s) URL of an OpenAI-compatible server (e.g. "
+                f"http://127.0.0.1:8000/v1), got {self.rejected_base_url!r}."
+            )
+        for name in ("rejected_model", "rejected_api_key_env"):
+            if getattr(self, name) is not None and self.rejected_base_url is None:
+                raise ValueError(
+                    f"{name} names the student on a server, but rejected_base_url is not set: set rejected_base_url "
+                    f"to sample from that server, or remove {name} to sample with transformers."
+                )
+        if self.max_length is not None and self.rejected_max_new_tokens >= self.max_length:
+            import warnings
+
+            warnings.warn(
+                f"rejected_max_new_tokens={self.rejected_max_new_tokens} >= max_length={self.max_length}: DPO "
+                "truncates prompt + answer to max_length, so the end of long rejected answers is never trained on.",
+                stacklevel=3,
+            )
+
+    def rejected_cache_path(self) -> str:
+        """`rejected_cache`, or `<output_dir>/_soda_rejected.jsonl` (the leading `_` keeps it out of Hub uploads)."""
+        import os
+
+        return self.rejected_cache or os.path.join(self.output_dir, "_soda_rejected.jsonl")
+
+    def rejected_sampling_seed(self) -> int:
+        return self.seed if self.rejected_seed is None else self.rejected_seed

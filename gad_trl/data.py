@@ -108,8 +108,8 @@ def _answer_text(value: Any, row: int | str, column: str, where: str = "") -> st
             )
         if value.get("tool_calls"):
             raise GADDataError(
-                f"Row {row}: column '{column}'{where} is an assistant message with tool_calls: a tool-using "
-                "trajectory, which the plain-text teacher column does not take. Give the final answer's text."
+                f"Row {row}: column '{column}'{where} is one assistant message with tool_calls: give the whole "
+                "trajectory as a list (the tool-calling turns, the 'tool' results, the final answer)."
             )
         value = value["content"]
     if value is None:
@@ -129,19 +129,100 @@ def _answer_text(value: Any, row: int | str, column: str, where: str = "") -> st
     return value
 
 
-def normalize_teacher_responses(value: Any, row: int | str, column: str) -> list[str]:
-    """The teacher answers of a row as a non-empty list of strings, or `GADDataError`.
+def is_trajectory(value: Any) -> bool:
+    """A tool-using teacher trajectory: a list of messages with a `tool` message or an assistant `tool_calls`."""
+    return (isinstance(value, (list, tuple)) and len(value) > 0 and all(isinstance(m, dict) for m in value)
+            and any(m.get("role") == "tool" or m.get("tool_calls") for m in value))
 
-    A row holds one answer (a string, an assistant message, or a list of one) or k answers to the same prompt (a list
-    of k strings or of k assistant messages; k may differ between rows). A list mixing roles (a conversation) is
-    refused: a teacher column holds answers, not turns."""
+
+def _tool_call(call: Any, row, column: str, where: str) -> dict:
+    """One OpenAI-style tool call with its arguments as a JSON string: an Arrow column then holds any arguments
+    unchanged (dicts of varying keys would be unified, missing keys filled with None)."""
+    import json
+
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+        raise GADDataError(
+            f"Row {row}: column '{column}'{where} has a tool call without a function name; expected "
+            "{'type': 'function', 'function': {'name': ..., 'arguments': {...}}} (OpenAI format)."
+        )
+    arguments = function.get("arguments", {})
+    if isinstance(arguments, str):
+        try:
+            parsed = json.loads(arguments or "{}")
+        except json.JSONDecodeError as err:
+            raise GADDataError(f"Row {row}: column '{column}'{where}: the arguments of tool call "
+                               f"{function['name']!r} are not JSON ({err}).") from None
+    else:
+        parsed = arguments
+    if not isinstance(parsed, dict):
+        raise GADDataError(f"Row {row}: column '{column}'{where}: the arguments of tool call {function['name']!r} must "
+                           f"be a JSON object, got {type(parsed).__name__}.")
+    return {"type": "function", "id": call.get("id"),
+            "function": {"name": function["name"], "arguments": json.dumps(parsed)}}
+
+
+def normalize_trajectory(value: list, row: int | str, column: str, where: str = "") -> list[dict]:
+    """A teacher trajectory (assistant turns with `tool_calls`, `tool` results, a final assistant answer) as messages of
+    one fixed shape: `{"role", "content", "name", "tool_calls", "tool_call_id"}` (unused keys None), or
+    `GADDataError`."""
+    messages = []
+    for j, message in enumerate(value):
+        at = f"{where} message {j}"
+        if not _is_message(message) and not (isinstance(message, dict) and message.get("tool_calls")):
+            raise GADDataError(f"Row {row}: column '{column}'{at} is not a message with 'role' and 'content'.")
+        role = message.get("role")
+        if role not in ("assistant", "tool"):
+            raise GADDataError(
+                f"Row {row}: column '{column}'{at} has role {role!r}; a teacher trajectory holds only 'assistant' "
+                "turns and 'tool' results (earlier user turns belong in the prompt)."
+            )
+        content = message.get("content") or ""
+        if not isinstance(content, str):
+            raise GADDataError(f"Row {row}: column '{column}'{at} has content of type {type(content).__name__}; "
+                               "GAD expects text content.")
+        calls = message.get("tool_calls") or None
+        if calls is not None and role != "assistant":
+            raise GADDataError(f"Row {row}: column '{column}'{at}: only assistant messages make tool calls.")
+        if role == "assistant" and calls is None and not content.strip():
+            raise GADDataError(f"Row {row}: column '{column}'{at} is an empty assistant turn without tool calls.")
+        messages.append({
+            "role": role,
+            "content": content,
+            "name": message.get("name") if role == "tool" else None,
+            "tool_calls": [_tool_call(c, row, column, at) for c in calls] if calls else None,
+            "tool_call_id": message.get("tool_call_id"),
+        })
+    last = messages[-1]
+    if last["role"] != "assistant" or last["tool_calls"] or not last["content"].strip():
+        raise GADDataError(
+            f"Row {row}: column '{column}'{where}: a teacher trajectory must end with the final assistant answer (text, "
+            "no tool calls); the discriminator scores that turn's last token."
+        )
+    return messages
+
+
+def normalize_teacher_responses(value: Any, row: int | str, column: str) -> list:
+    """The teacher answers of a row as a non-empty list, or `GADDataError`. Each answer is a string, or a tool-using
+    trajectory (`normalize_trajectory`).
+
+    A row holds one answer (a string, an assistant message, a list of one, or one trajectory: a list of messages with
+    tool calls / results) or k answers to the same prompt (a list of k of those; k may differ between rows). A list
+    mixing user turns into the answers is refused: a teacher column holds answers, not the conversation."""
+    if is_trajectory(value):
+        return [normalize_trajectory(list(value), row, column)]
     if isinstance(value, (list, tuple)):
         if len(value) == 0:
             raise GADDataError(
                 f"Row {row}: column '{column}' is an empty list; give at least one teacher answer (a string, or a "
                 "list of answer strings / assistant messages)."
             )
-        return [_answer_text(v, row, column, f" answer {j}" if len(value) > 1 else "") for j, v in enumerate(value)]
+        answers = []
+        for j, v in enumerate(value):
+            where = f" answer {j}" if len(value) > 1 else ""
+            answers.append(normalize_trajectory(list(v), row, column, where) if is_trajectory(v)
+                           else _answer_text(v, row, column, where))
+        return answers
     return [_answer_text(value, row, column)]
 
 
@@ -157,10 +238,12 @@ def normalize_teacher_response(value: Any, row: int | str, column: str) -> str:
     return answers[0]
 
 
-def teacher_answers(value: Any) -> list[str]:
-    """The answers of an already normalised teacher column value (`prepare_gad_dataset`): a string (one answer) or a
-    list of strings (k answers)."""
-    return [value] if isinstance(value, str) else list(value)
+def teacher_answers(value: Any) -> list:
+    """The answers of an already normalised teacher column value (`prepare_gad_dataset`): a string or a trajectory (one
+    answer), or a list of k of them."""
+    if isinstance(value, str) or (isinstance(value, list) and value and isinstance(value[0], dict)):
+        return [value]
+    return list(value)
 
 
 def _prompt_source_column(column_names: list[str] | None, teacher_column: str) -> str:
@@ -226,8 +309,19 @@ def prepare_gad_dataset(
             needs_template.append(True)
             _check_chat_template(tokenizer, index, source)
         responses = normalize_teacher_responses(row[teacher_response_column], index, teacher_response_column)
+        for answer in responses:
+            if isinstance(answer, list) and specials:  # a trajectory is rendered by the chat template, whose
+                # tokenisation would read such a string as a control token: refused whatever the policy
+                found = [t for m in answer for t in special_tokens_in(m["content"], specials)]
+                if found:
+                    raise GADDataError(
+                        f"Row {index}: a teacher trajectory in column '{teacher_response_column}' contains the "
+                        f"special-token string {found[0]!r}; trajectories are rendered by the chat template, which "
+                        "would read it as a control token. Clean the row."
+                    )
         if teacher_special_tokens == "error" and specials:
-            found = [t for response in responses for t in special_tokens_in(response, specials)]
+            found = [t for response in responses if isinstance(response, str)
+                     for t in special_tokens_in(response, specials)]
             if found:
                 raise GADDataError(
                     f"Row {index}: column '{teacher_response_column}' contains the special-token string "
@@ -252,8 +346,14 @@ def prepare_gad_dataset(
         # message/str rows are rejected above), and rows are already in memory after validation.
         others = [c for c in column_names if c not in (source, PROMPT_COLUMN, teacher_response_column)]
         answers = [r[teacher_response_column] for r in rows]
-        if any(isinstance(a, list) for a in answers):  # Arrow holds one type per column: every row a list of answers
+        if any(len(teacher_answers(a)) > 1 for a in answers):  # Arrow holds one type per column: every row a list
             answers = [teacher_answers(a) for a in answers]
+        if len({isinstance(a, str) for r in answers for a in teacher_answers(r)}) > 1:
+            raise GADDataError(
+                f"The {split_name} set mixes text answers and tool-using trajectories in column "
+                f"'{teacher_response_column}': Arrow stores one type per column. Give every row trajectories, or "
+                "every row text answers."
+            )
         columns = {PROMPT_COLUMN: [r[PROMPT_COLUMN] for r in rows], teacher_response_column: answers}
         for c in others:
             columns[c] = dataset[c]
@@ -335,6 +435,26 @@ def teacher_texts(row: dict, column: str = "teacher_response", index: int | str 
     if column not in row:
         raise GADDataError(f"Row {index}: the teacher response column '{column}' is missing (columns: {sorted(row)}).")
     return normalize_teacher_responses(row[column], index, column)
+
+
+def text_answers(row: dict, column: str, index: int | str | None, where: str) -> list[str]:
+    """All teacher answers of a row as texts, for a consumer that reads text only (`where` names it): a tool-using
+    trajectory is refused there with an error that says so, rather than being flattened silently."""
+    answers = teacher_texts(row, column, index)
+    if any(not isinstance(a, str) for a in answers):
+        raise GADDataError(
+            f"Row {index}: column '{column}' holds a tool-using teacher trajectory; {where} reads text answers only. "
+            "Train on trajectories with gad-trl gad (GADTrainer with tools=...), or give this command text answers."
+        )
+    return answers
+
+
+def final_answer_text(answer: str | list[dict]) -> str:
+    """A teacher answer as the text a reader compares against: the answer itself, or a trajectory's last assistant
+    content (its final answer; the tool calls before it are the way there)."""
+    if isinstance(answer, str):
+        return answer
+    return next((m["content"] for m in reversed(answer) if m["role"] == "assistant" and m.get("content")), "")
 
 
 def prompt_text(tokenizer, messages: list[dict]) -> str:

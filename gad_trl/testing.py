@@ -178,3 +178,113 @@ def write_jsonl(rows: list[dict], path: str | os.PathLike) -> str:
         for row in rows:
             f.write(json.dumps(row) + "\n")
     return str(path)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Tool calling: a tiny student that calls a calculator (tests, the agentic toy task, docs examples)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def add(a: int, b: int) -> int:
+    """Add two integers.
+
+    Args:
+        a: The first number.
+        b: The second number.
+    """
+    return a + b
+
+
+# Qwen2.5's tool-calling layout (`<tool_call>` JSON in assistant turns, tool results as `<tool_response>` in a user
+# turn, "<|im_end|>" closing every turn), with a one-line tool list instead of Qwen's 400-token system prompt: the
+# tiny models then train and generate on short sequences.
+TOOL_CHAT_TEMPLATE = (
+    "{%- if tools %}{{ '<|im_start|>system\nTools: ' }}{%- for tool in tools %}"
+    "{{ (tool.function.name if tool.function is defined else tool.name) + ('' if loop.last else ', ') }}"
+    "{%- endfor %}{{ '<|im_end|>\n' }}{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'assistant' %}"
+    "{{ '<|im_start|>assistant\n' + (message.content or '') }}"
+    "{%- for call in (message.tool_calls or []) %}"
+    "{%- if message.content or not loop.first %}{{ '\n' }}{%- endif %}"
+    "{{ '<tool_call>\n{\"name\": \"' + call.function.name + '\", \"arguments\": ' }}"
+    "{{ call.function.arguments | tojson }}{{ '}\n</tool_call>' }}"
+    "{%- endfor %}{{ '<|im_end|>\n' }}"
+    "{%- elif message.role == 'tool' %}"
+    "{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{ '<|im_start|>user' }}{%- endif %}"
+    "{{ '\n<tool_response>\n' + message.content + '\n</tool_response>' }}"
+    "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{ '<|im_end|>\n' }}{%- endif %}"
+    "{%- else %}{{ '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{%- endif %}"
+)
+
+
+def build_tiny_tool_tokenizer(vocab_size: int = 1000):
+    """`build_tiny_tokenizer` with a tool-calling chat template in Qwen2.5's layout (`TOOL_CHAT_TEMPLATE`) and the
+    response parser TRL uses for Qwen's `<tool_call>` format (`trl.chat_template_utils.qwen3_template`), so TRL's
+    `GRPOTrainer` parses the tiny model's tool calls."""
+    from trl.chat_template_utils import qwen3_template
+
+    tok = build_tiny_tokenizer(vocab_size)
+    tok.chat_template = TOOL_CHAT_TEMPLATE
+    tok.response_template = qwen3_template
+    return tok
+
+
+def tiny_tool_rows(num_rows: int = 8, seed: int = 0) -> list[dict]:
+    """Rows of a toy agentic set: "add A and B", the teacher's answer a trajectory that calls `add`, reads the result
+    and answers "A plus B equals S"."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(num_rows):
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        rows.append({
+            "prompt": [{"role": "user", "content": f"add {a} and {b}"}],
+            "teacher_response": [
+                {"role": "assistant", "content": "",
+                 "tool_calls": [{"type": "function", "function": {"name": "add", "arguments": {"a": a, "b": b}}}]},
+                {"role": "tool", "name": "add", "content": str(a + b)},
+                {"role": "assistant", "content": f"{a} plus {b} equals {a + b}"},
+            ],
+        })
+    return rows
+
+
+def save_tiny_tool_caller(output_dir: str | os.PathLike, rows: list[dict] | None = None, steps: int = 120,
+                          seed: int = 0, lr: float = 3e-3) -> str:
+    """A tiny student that emits tool calls: `build_tiny_tool_tokenizer` + a tiny Qwen2, given a short SFT on the
+    teacher trajectories of `rows` (default `tiny_tool_rows(8)`) laid out as its rollouts are
+    (`gad_trl.discriminator.trajectory`), loss on its own tokens only; saved to `output_dir`."""
+    import torch
+
+    from .data import normalize_trajectory
+    from .discriminator.trajectory import TrajectoryEncoder
+
+    rows = rows if rows is not None else tiny_tool_rows(8, seed)
+    tok = build_tiny_tool_tokenizer()
+    model = build_tiny_model(tok, seed=seed)
+    encoder = TrajectoryEncoder(tok, [add])
+    examples = []
+    for i, row in enumerate(rows):
+        prompt = encoder._ids(row["prompt"], add_generation_prompt=True)
+        ids, mask, _ = encoder.encode(row["prompt"], normalize_trajectory(row["teacher_response"], i, "teacher"))
+        examples.append((prompt + ids, [0] * len(prompt) + mask))
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.tensor([ids + [tok.pad_token_id] * (width - len(ids)) for ids, _ in examples])
+    attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in examples])
+    labels = torch.tensor([[t if m else -100 for t, m in zip(ids, mask)] + [-100] * (width - len(ids))
+                           for ids, mask in examples])
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    output_dir = Path(output_dir)
+    model.save_pretrained(output_dir)
+    tok.save_pretrained(output_dir)
+    return str(output_dir)

@@ -104,6 +104,11 @@ class GADTrainer(GRPOTrainer):
             one saved with `discriminator` / `discriminator_model_name_or_path` if any, else the student's. With a
             tokenizer of its own the discriminator re-tokenises every prompt (its chat template) and response (the
             text) itself (`gad_trl.discriminator.tokenization`).
+        tools, environment_factory, rollout_func: TRL's tool-calling rollouts, passed to `GRPOTrainer` as they are
+            (tool results masked from the student's loss by TRL). The discriminator reads the whole trajectory
+            (tool results as context) and scores its final token; teacher answers may then be trajectories
+            (assistant turns with `tool_calls`, `tool` results, the final answer), laid out the same way
+            (`gad_trl.discriminator.trajectory`; docs/algorithm.md, "Agents and tools").
     """
 
     _tag_names = ["trl", "gad", "grpo"]
@@ -125,6 +130,9 @@ class GADTrainer(GRPOTrainer):
         reward_funcs=None,
         reward_processing_classes=None,
         discriminator_processing_class=None,
+        tools=None,
+        rollout_func=None,
+        environment_factory=None,
     ):
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
@@ -208,6 +216,9 @@ class GADTrainer(GRPOTrainer):
                 optimizers=optimizers,
                 peft_config=peft_config,
                 quantization_config=quantization_config,
+                tools=tools,
+                rollout_func=rollout_func,
+                environment_factory=environment_factory,
             )
 
         # One-step-off generation (gad_trl.vllm.async_generation): None = the synchronous loop, untouched.
@@ -251,6 +262,8 @@ class GADTrainer(GRPOTrainer):
         # `_calculate_rewards` -> per completion row, its teacher's completion ids and teacher index, which
         # `_generate_and_score_completions` attaches to the batch for the SFT warm-up.
         self._batch_prompt_ids: list[list[int]] | None = None
+        self._batch_tool_mask: list[list[int]] | None = None
+        self._trajectory_encoders: dict = {}  # `_trajectory_encoder`: one per tool set (environment)
         self._batch_teacher_completions: list[list[int]] | None = None
         self._batch_teacher_index: list[int] | None = None
         # Fixed held-out triples: drawn at the first evaluation that needs them (`_heldout_triples`); a file left in
@@ -365,6 +378,7 @@ class GADTrainer(GRPOTrainer):
                 raise NonFiniteError(student_sampling_divergence(err, self.args)) from err
             raise
         self._batch_prompt_ids = outputs[0]  # the tokenised prompts the completions continue; reused for D's inputs
+        self._batch_tool_mask = outputs[2]  # per completion, 0 on tool-result tokens (None without tools)
         if self._one_step_off is not None and self.model.training:
             # Before the discriminator and policy updates on this batch: the server generates the next one meanwhile.
             self._one_step_off.after_generation(self._metrics["train"])
@@ -386,27 +400,52 @@ class GADTrainer(GRPOTrainer):
         symmetry rule, docs/algorithm.md); returns (ids, truncated)."""
         return teacher_completion_ids(self.processing_class, teacher_text, self._teacher_eos, self.max_completion_length)
 
+    def _trajectory_encoder(self, row: int):
+        """The encoder of teacher trajectories for batch row `row`: the tools its prompt was rendered with."""
+        from .discriminator.trajectory import TrajectoryEncoder
+
+        name = None
+        if getattr(self, "environment_factories", None) is not None and getattr(self, "_multi_environment", False):
+            name = self._batch_environments[row]
+        if name not in self._trajectory_encoders:
+            tools = self._env_tools[name] if getattr(self, "_env_tools", None) and name in self._env_tools else self.tools
+            self._trajectory_encoders[name] = TrajectoryEncoder(self.processing_class, tools, self._teacher_eos,
+                                                                self.chat_template, self.chat_template_kwargs)
+        return self._trajectory_encoders[name]
+
     def _build_pairs(self, inputs, completion_ids_list):
         """Unique teacher sequences (one per answer of each prompt, not G per prompt) and, for each completion, the
-        indices of its prompt's teacher answers (`groups`: one with a single answer per row, k with k answers)."""
+        indices of its prompt's teacher answers (`groups`: one with a single answer per row, k with k answers).
+        `self._batch_teacher_masks` gets, per teacher sequence, None (a text answer) or the 0/1 mask of its
+        assistant tokens (a trajectory: tool results 0)."""
+        import json
+
         column = self.args.teacher_response_column
         prompt_ids = self._batch_prompt_ids
-        groups, teacher_seqs, teacher_completions, keys = [], [], [], {}
+        groups, teacher_seqs, teacher_completions, keys, masks = [], [], [], {}, []
         truncated = 0
         for i, row in enumerate(inputs):
             group = []
             for answer in teacher_answers(row[column]):
-                key = (tuple(prompt_ids[i]), answer)  # identical answers of a prompt are one teacher sequence
+                # Identical answers of a prompt are one teacher sequence.
+                key = (tuple(prompt_ids[i]), answer if isinstance(answer, str) else json.dumps(answer))
                 if key not in keys:
-                    ids, was_cut = self._teacher_completion_ids(answer)
+                    if isinstance(answer, str):
+                        ids, was_cut = self._teacher_completion_ids(answer)
+                        mask = None
+                    else:
+                        ids, mask, was_cut = self._trajectory_encoder(i).encode(row["prompt"], answer,
+                                                                                self.max_completion_length)
                     truncated += was_cut
                     keys[key] = len(teacher_seqs)
                     teacher_seqs.append(list(prompt_ids[i]) + ids)
                     teacher_completions.append(ids)
+                    masks.append(mask)
                 if keys[key] not in group:
                     group.append(keys[key])
             groups.append(group)
         student_seqs = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids_list, strict=True)]
+        self._batch_teacher_masks = masks
         return teacher_seqs, teacher_completions, groups, student_seqs, truncated
 
     @staticmethod
@@ -430,15 +469,27 @@ class GADTrainer(GRPOTrainer):
         teacher_seqs, teacher_completions, groups, student_seqs, teacher_cut = self._build_pairs(
             inputs, completion_ids_list
         )
-        # Where each response starts in teacher_seqs + student_seqs (the prompt's length), for mean pooling.
-        starts = [len(s) - len(c) for s, c in zip(teacher_seqs, teacher_completions)]
-        starts += [len(s) - len(c) for s, c in zip(student_seqs, completion_ids_list)]
+        # Where each response starts in teacher_seqs + student_seqs (the prompt's length), for mean pooling; a
+        # tool-using trajectory gives its token mask instead (assistant tokens 1, prompt and tool results 0).
+        tool_masks = self._batch_tool_mask
+        starts = [len(s) - len(c) if m is None else [0] * (len(s) - len(c)) + m
+                  for s, c, m in zip(teacher_seqs, teacher_completions, self._batch_teacher_masks)]
+        starts += [len(s) - len(c) if tool_masks is None else [0] * (len(s) - len(c)) + list(tool_masks[i])
+                   for i, (s, c) in enumerate(zip(student_seqs, completion_ids_list))]
+        if self._discriminator_encoding is not None and (tool_masks is not None or any(
+                m is not None for m in self._batch_teacher_masks)):
+            raise ValueError(
+                "A discriminator with its own tokenizer re-encodes text answers; tool-using trajectories are laid out "
+                "in the student's tokens only. Use a discriminator that shares the student's tokenizer."
+            )
         if self._discriminator_encoding is not None:  # its own tokenizer: both sides re-encoded the same way
             teacher_seqs, student_seqs, starts = self._discriminator_encoding.encode_batch(
                 [row["prompt"] for row in inputs], groups, teacher_completions, completion_ids_list
             )
         teacher_index = self._sft_teacher_per_row(groups)
         self._batch_teacher_completions = [teacher_completions[j] for j in teacher_index]
+        self._batch_teacher_label_masks = [self._batch_teacher_masks[j] or [1] * len(teacher_completions[j])
+                                           for j in teacher_index]  # no cross-entropy on tool results
         self._batch_teacher_index = teacher_index
         index = Pairs.from_groups(groups, device)  # every completion against each answer of its prompt
         eos_and_pad = {*self.eos_token_ids, self._tokenizer.pad_token_id}
@@ -458,7 +509,9 @@ class GADTrainer(GRPOTrainer):
             # NaN rewards would make NaN advantages and reach the student's weights: no signal this step instead.
             student_scores = torch.zeros_like(student_scores)
         if self._reward_shaping.active:  # on the reward only: the discriminator's loss above read the raw scores
-            student_scores = self._reward_shaping(student_scores, [len(c) for c in completion_ids_list])
+            lengths = ([len(c) for c in completion_ids_list] if tool_masks is None
+                       else [sum(m) for m in tool_masks])  # the student's own tokens, not tool results
+            student_scores = self._reward_shaping(student_scores, lengths)
             info["shaped_reward_mean"] = student_scores.mean().item()
         info["student_truncated_ratio"] = student_cut / max(len(student_seqs), 1)
         info["teacher_truncated_ratio"] = teacher_cut / max(len(teacher_seqs), 1)
@@ -528,6 +581,7 @@ class GADTrainer(GRPOTrainer):
             ids, mask = pad_right(self._batch_teacher_completions, self._tokenizer.pad_token_id, self.accelerator.device)
             output["teacher_completion_ids"] = ids
             output["teacher_completion_mask"] = mask
+            output["teacher_label_mask"], _ = pad_right(self._batch_teacher_label_masks, 0, self.accelerator.device)
             output["teacher_index"] = torch.tensor(self._batch_teacher_index, device=self.accelerator.device)
         return output
 
@@ -588,7 +642,8 @@ class GADTrainer(GRPOTrainer):
         completion_ids, completion_mask = inputs["teacher_completion_ids"][keep], inputs["teacher_completion_mask"][keep]
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
         attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        labels = input_ids.masked_fill(attention_mask == 0, -100)
+        label_mask = torch.cat([prompt_mask, inputs["teacher_label_mask"][keep]], dim=1)  # 0: a trajectory's tool results
+        labels = input_ids.masked_fill((attention_mask == 0) | (label_mask == 0), -100)
         labels[:, : prompt_ids.size(1)] = -100
         with self.accelerator.autocast():
             # Plain forward (no fused head): the fused head divides logits by the sampling temperature.

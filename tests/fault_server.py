@@ -12,7 +12,14 @@ last user message is `prompt` misbehave, one fault per request, then answer norm
 - `"malformed"`: HTTP 200, `application/json`, a body that is not JSON; `"400"`: HTTP 400 (not retried);
 - `"always500"`: HTTP 500 on every request for that prompt; `"echo401"`: HTTP 401 whose body echoes the request's
   Authorization header (as some proxies do), on every request.
-`delay` slows every normal answer (for kill tests). Like vLLM's server, `GET /v1/models` lists `root` (the model it
+- `"emptychoice"`: a normal answer whose last choice is an empty string (an answer the trainer would reject).
+`delay` slows every normal answer (for kill tests).
+
+The API's `n` (several choices per request): `n_mode="support"` answers `n` choices, like vLLM; `"ignore"` answers
+one choice whatever `n` asks; `"reject"` answers HTTP 400 to a request with `n` > 1 (logged as fault `"reject_n"`).
+Choice texts: `responder(messages)`, with ` (sample S)` appended when the request has a `seed` (S = seed + choice
+index, as vLLM seeds its n samples) and ` (choice i)` for choices i > 0 without a seed - so a request without `n` or
+`seed` gets exactly `responder(messages)`. Like vLLM's server, `GET /v1/models` lists `root` (the model it
 was started from; default `model`) and `POST /tokenize` answers `{"tokens": tokenize(prompt)}` (404 when `tokenize`
 is None). `log` records `(time, prompt, fault)` per request, `requests` the request bodies and `authorizations` their
 Authorization headers.
@@ -33,8 +40,11 @@ def echo_upper(messages: list[dict]) -> str:
 
 class FaultServer:
     def __init__(self, responder=echo_upper, model="fault-teacher", delay=0.0, retry_after="1", hang_seconds=3.0,
-                 trickle_interval=0.3, trickle_seconds=60.0, root=None, tokenize=None):
+                 trickle_interval=0.3, trickle_seconds=60.0, root=None, tokenize=None, n_mode="support"):
+        if n_mode not in ("support", "ignore", "reject"):
+            raise ValueError(f"n_mode must be support, ignore or reject, got {n_mode!r}")
         self.responder = responder
+        self.n_mode = n_mode
         self.model = model
         self.root = root or model
         self.tokenize = tokenize
@@ -110,6 +120,9 @@ class FaultServer:
                     fault = queue[0] if queue else "ok"
                     if queue and fault not in ("always500", "echo401"):
                         queue.pop(0)
+                    n = request.get("n") or 1
+                    if fault == "ok" and n > 1 and server.n_mode == "reject":
+                        fault = "reject_n"
                     server.log.append((time.monotonic(), prompt, fault))
                     server.requests.append(request)
                     server.authorizations.append(self.headers.get("Authorization"))
@@ -123,6 +136,8 @@ class FaultServer:
                     return self._send(401, json.dumps(echoed).encode())
                 if fault == "400":
                     return self._send(400, b'{"error": {"message": "bad request"}}')
+                if fault == "reject_n":
+                    return self._send(400, b'{"error": {"message": "n > 1 is not supported"}}')
                 if fault == "hang":
                     server.stopping.wait(server.hang_seconds)
                     self.close_connection = True
@@ -136,13 +151,19 @@ class FaultServer:
                     return self._send(200, b'{"id": "x", "choices": [{"message": ')
                 if server.delay:
                     time.sleep(server.delay)
-                text = server.responder(messages)
+                base = server.responder(messages)
+                seed = request.get("seed")
+                texts = [base if seed is None and i == 0 else
+                         base + (f" (sample {seed + i})" if seed is not None else f" (choice {i})")
+                         for i in range(1 if server.n_mode == "ignore" else n)]
+                if fault == "emptychoice":
+                    texts[-1] = ""
                 body = {
                     "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": server.model,
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": text}}],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": len(text.split()),
-                              "total_tokens": 1 + len(text.split())},
+                    "choices": [{"index": i, "finish_reason": "stop", "message": {"role": "assistant", "content": t}}
+                                for i, t in enumerate(texts)],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": sum(len(t.split()) for t in texts),
+                              "total_tokens": 1 + sum(len(t.split()) for t in texts)},
                 }  # fmt: skip
                 self._send(200, json.dumps(body).encode())
 

@@ -43,7 +43,7 @@ def test_custom_teacher_column_and_extra_columns_are_kept(tok):
         ([{"prompt": "a", "teacher_response": 3}], "teacher_response", r"Row 0: column 'teacher_response' has type int"),
         ([{"prompt": "", "teacher_response": "x"}], "teacher_response", r"Row 0: column 'prompt' is an empty string"),
         ([{"prompt": [{"role": "user", "content": "a"}], "teacher_response": [{"role": "user", "content": "x"}]}], "teacher_response", r"Row 0: column 'teacher_response' holds a 'user' message"),
-        ([{"prompt": [{"role": "user", "content": "a"}], "teacher_response": [{"role": "assistant", "content": "x"}, {"role": "tool", "content": "y"}]}], "teacher_response", r"answer 1 holds a 'tool' message"),
+        ([{"prompt": [{"role": "user", "content": "a"}], "teacher_response": [{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}]}], "teacher_response", r"answer 1 holds a 'user' message"),
             ([{"prompt": "a", "teacher_response": []}], "teacher_response", r"column 'teacher_response' is an empty list"),
             ([{"prompt": "a", "teacher_response": ["x", "  "]}], "teacher_response", r"answer 1 is an empty string"),
         ([{"prompt": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "teacher_response": "x"}], "teacher_response", r"ends with an assistant message"),

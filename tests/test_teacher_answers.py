@@ -42,10 +42,12 @@ def test_rows_with_k_answers_become_a_list_column_and_one_answer_stays_a_string(
 
 
 def test_a_tool_calling_message_is_not_taken_for_an_answer():
-    rows = [{"prompt": "q", "teacher_response": [{"role": "assistant", "content": "",
-                                                  "tool_calls": [{"type": "function"}]}]}]
-    with pytest.raises(GADDataError, match="tool_calls"):
-        prepare_gad_dataset(Dataset.from_list(rows))
+    call = {"role": "assistant", "content": "", "tool_calls": [{"type": "function"}]}
+    with pytest.raises(GADDataError, match="tool call without a function name"):
+        prepare_gad_dataset(Dataset.from_list([{"prompt": "q", "teacher_response": [call]}]))
+    with pytest.raises(GADDataError, match="give the whole trajectory as a list"):
+        prepare_gad_dataset(Dataset.from_list([{"prompt": "q", "teacher_response": dict(call, tool_calls=[
+            {"type": "function", "function": {"name": "f", "arguments": "{}"}}])}]))
 
 
 # ------------------------------------------------------------------ loss

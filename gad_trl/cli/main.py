@@ -3,7 +3,8 @@
     gad-trl make-tiny outputs/tiny                       # offline tiny model + toy data set
     gad-trl gad --config recipes/tiny/gad.yaml           # GAD (GADTrainer)
     gad-trl seqkd --config recipes/tiny/seqkd.yaml       # SeqKD baseline (TRL's SFTTrainer on the teacher responses)
-    gad-trl train --config recipes/tiny/gad.yaml         # either, following the recipe's `stage:` key
+    gad-trl soda --config recipes/tiny/soda.yaml         # SODA baseline (TRL's DPOTrainer: teacher vs student sample)
+    gad-trl train --config recipes/tiny/gad.yaml         # any of them, following the recipe's `stage:` key
     gad-trl analyze-lengths --model_name_or_path M --dataset_name D
     gad-trl eval-discriminator --discriminator_name_or_path OUT/discriminator --dataset_name D
     gad-trl generate-teacher --dataset_name P --output data/train.jsonl --base_url URL --model TEACHER
@@ -25,7 +26,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "gad": ("gad", "Train a student with GAD (GADTrainer)"),
     "seqkd": ("seqkd", "SeqKD baseline: SFT of the student on the teacher responses (TRL's SFTTrainer)"),
-    "train": ("train", "Run a recipe with the trainer its `stage:` key names (gad or seqkd)"),
+    "soda": ("soda", "SODA baseline: DPO of the student, teacher answer vs its own starting sample (TRL's DPOTrainer)"),
+    "train": ("train", "Run a recipe with the trainer its `stage:` key names (gad, seqkd or soda)"),
     "analyze-lengths": ("analyze_lengths", "Teacher response token lengths and a suggested max_completion_length"),
     "eval-discriminator": ("eval_discriminator", "Discriminator accuracy / score gap on a fixed held-out set"),
     "estimate-memory": ("estimate_memory", "Per-GPU memory of student, reference and discriminator for each mode"),

@@ -1,8 +1,10 @@
 """`gad-trl train`: the recipe-driven entry point, kept for recipes with a `stage:` key. It reads the stage (flag or
-YAML) and runs `gad-trl gad` (`stage: gad`, the default) or `gad-trl seqkd` (`stage: seqkd`).
+YAML) and runs `gad-trl gad` (`stage: gad`, the default), `gad-trl seqkd` (`stage: seqkd`) or `gad-trl soda`
+(`stage: soda`).
 
     gad-trl train --config recipes/tiny/gad.yaml            # = gad-trl gad --config recipes/tiny/gad.yaml
     gad-trl train --config recipes/tiny/seqkd.yaml          # = gad-trl seqkd --config recipes/tiny/seqkd.yaml
+    gad-trl train --config recipes/tiny/soda.yaml           # = gad-trl soda --config recipes/tiny/soda.yaml
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import os
 import sys
 
 from ..config import STAGES
-from . import gad, seqkd
+from . import gad, seqkd, soda
 from . import launch as _launch
 from .launch import resolve_accelerate_config  # noqa: F401  (the `--accelerate_config` lookup, for callers of train)
 
@@ -41,7 +43,7 @@ def peek_stage(argv: list[str]) -> str:
 
 
 def _command(stage: str):
-    return seqkd if stage == "seqkd" else gad
+    return {"seqkd": seqkd, "soda": soda}.get(stage, gad)
 
 
 def make_parser(stage: str = "gad", prog: str | None = None):
@@ -58,7 +60,8 @@ def parse_args(argv: list[str], fail_with_unknown_args: bool = True):
 
 
 def build_trainer(script_args, training_args, model_args, callbacks=None):
-    """The trainer a `gad-trl train` run would use (GADTrainer or, for `stage: seqkd`, SFTTrainer); not trained."""
+    """The trainer a `gad-trl train` run would use (GADTrainer; SFTTrainer for `stage: seqkd`, DPOTrainer for
+    `stage: soda`); not trained."""
     return _command(script_args.stage).build_trainer(script_args, training_args, model_args, callbacks)
 
 

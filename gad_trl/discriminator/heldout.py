@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from ..data import encode_pair, prompt_ids, prompt_messages, teacher_answers, teacher_texts
+from ..data import encode_pair, prompt_ids, prompt_messages, teacher_answers, text_answers
 from ..end_of_turn import end_of_turn_token_id
 
 logger = logging.getLogger(__name__)
@@ -121,7 +121,8 @@ def draw_rows(dataset, num_samples: int, seed: int, teacher_response_column: str
         rows.append(
             {
                 "prompt": prompt_messages(row, i),
-                "teacher_response": _one_or_list(teacher_texts(row, teacher_response_column, i)),
+                "teacher_response": _one_or_list(text_answers(row, teacher_response_column, i,
+                                                               "the held-out discriminator evaluation")),
                 "row": i,
             }
         )

@@ -238,6 +238,23 @@ def pad_right(sequences: list[list[int]], pad_token_id: int, device) -> tuple[to
     return ids.to(device), mask.to(device)
 
 
+def _response_mask(starts_or_masks: list, lengths: list[int], width: int, device) -> torch.Tensor:
+    """(rows, width) 0/1 mask of the tokens mean pooling averages: from each start on, or each given mask (padded
+    right). At least the last token counts, so an empty response still gets a score (its end-of-turn position)."""
+    rows = []
+    for item, length in zip(starts_or_masks, lengths, strict=True):
+        if isinstance(item, (list, tuple)):
+            if len(item) != length:
+                raise ValueError(f"A response mask of {len(item)} entries for a sequence of {length} tokens.")
+            row = list(item)
+        else:
+            start = min(int(item), length - 1)
+            row = [0] * start + [1] * (length - start)
+        row[length - 1] = 1
+        rows.append(row + [0] * (width - length))
+    return torch.tensor(rows, device=device, dtype=torch.long)
+
+
 def score_sequences(
     model: nn.Module,
     sequences: list[list[int]],
@@ -248,8 +265,10 @@ def score_sequences(
 ) -> torch.Tensor:
     """Score token sequences in chunks of `batch_size` (all at once when None); keeps autograd if enabled.
 
-    `response_starts[i]`: index in `sequences[i]` where the response begins (= the prompt's length); needed by
-    `mean` pooling, ignored by `last`. Pooling follows the model config (`discriminator_pooling`).
+    `response_starts[i]`: index in `sequences[i]` where the response begins (= the prompt's length), or, for a
+    tool-using trajectory, a 0/1 list over the whole sequence marking the tokens mean pooling averages (assistant
+    tokens: tool results are context, not the answer); needed by `mean` pooling, ignored by `last`. Pooling follows
+    the model config (`discriminator_pooling`).
     """
     pooling = discriminator_pooling(model)
     if pooling != "last" and response_starts is None:
@@ -265,10 +284,8 @@ def score_sequences(
         ids, mask = pad_right([sequences[i] for i in idx], pad_token_id, device)
         response_mask = None
         if pooling != "last":
-            positions = torch.arange(ids.size(1), device=ids.device).unsqueeze(0)
-            # At least the last token counts, so an empty response still gets a score (its end-of-turn position).
-            starts = torch.tensor([min(response_starts[i], len(sequences[i]) - 1) for i in idx], device=ids.device)
-            response_mask = (positions >= starts.unsqueeze(1)).long()
+            response_mask = _response_mask([response_starts[i] for i in idx], [len(sequences[i]) for i in idx],
+                                           ids.size(1), ids.device)
         chunks.append(sequence_scores(model, ids, mask, response_mask, pooling))
     scores = torch.cat(chunks)
     inverse = torch.empty(len(order), dtype=torch.long, device=scores.device)

@@ -214,7 +214,7 @@ def evaluate(args: EvaluationArguments, output_dir: str | os.PathLike | None = N
     The student is `model` + `tokenizer` (in memory, e.g. from a callback), else `args.student_model_name_or_path`
     (loaded here), else the endpoint `args.student_base_url`.
     """
-    from ..data import prompt_messages, teacher_text
+    from ..data import final_answer_text, prompt_messages, teacher_texts
     from .jsonl_store import JsonlStore, write_jsonl_atomic
     from .openai_chat import chat, describe_error, make_client, map_bounded, resolve_model
 
@@ -230,7 +230,9 @@ def evaluate(args: EvaluationArguments, output_dir: str | os.PathLike | None = N
     prompts = {key: prompt_messages(row, key) for key, row in rows}
     teacher = {}
     if args.mode == "pairwise":
-        teacher = {key: teacher_text(row, args.teacher_response_column, key) for key, row in rows}
+        # The reference is a row's first answer (rows with k answers); a trajectory's is its final answer.
+        teacher = {key: final_answer_text(teacher_texts(row, args.teacher_response_column, key)[0])
+                   for key, row in rows}
 
     if judge_client is None:
         judge_client = make_client(args.judge_base_url, args.judge_api_key_env, args.request_timeout,

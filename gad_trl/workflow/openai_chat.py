@@ -11,6 +11,8 @@ Failure policy (tested against a local fault-injecting server, tests/test_teache
   backoff, up to `max_retries` times.
 - Anything else (400, 401, 404, ...): not retried.
 The error that remains after the retries is raised; callers record it against the row.
+`chat_choices` asks for several answers in one request (the API's `n`); what to do when an endpoint lacks `n` is the
+caller's choice (`gad_trl.workflow.teacher` falls back to one request per answer).
 
 The API key is read from the environment variable named by the caller and handed to the client only: never logged,
 never written to a file.
@@ -83,6 +85,22 @@ def _backoff(attempt: int) -> float:
 
 def chat(client, model: str, messages: list[dict], max_retries: int | None = None, **params) -> ChatResult:
     """One chat completion; `params` are sampling parameters (None values are not sent) and `extra_body`."""
+    return _create(client, model, messages, max_retries, params, _parse)
+
+
+def chat_choices(client, model: str, messages: list[dict], n: int = 1, max_retries: int | None = None,
+                 **params) -> list[ChatResult]:
+    """`n` chat completions of one prompt in one request (the API's `n`), in choice-index order; retried as `chat`.
+
+    `n` is only sent when > 1, so `n=1` is exactly the request `chat` sends. An endpoint without `n` may reject it
+    (HTTP 400/422, raised) or ignore it and answer with fewer choices: the caller checks `len(result) < n`.
+    Each result's `completion_tokens` is None when n > 1 (the usage covers all choices together)."""
+    if n > 1:
+        params = {**params, "n": n}
+    return _create(client, model, messages, max_retries, params, _parse_all)
+
+
+def _create(client, model, messages, max_retries, params, parse):
     import openai
 
     params = {k: v for k, v in params.items() if v is not None}
@@ -90,7 +108,7 @@ def chat(client, model: str, messages: list[dict], max_retries: int | None = Non
     for attempt in range(retries + 1):
         try:
             response = client.chat.completions.create(model=model, messages=messages, **params)
-            return _parse(response)
+            return parse(response)
         except (MalformedResponseError, json.JSONDecodeError, openai.APIResponseValidationError) as err:
             if attempt == retries:
                 raise MalformedResponseError(f"malformed response after {retries + 1} attempt(s): {err}") from err
@@ -99,19 +117,46 @@ def chat(client, model: str, messages: list[dict], max_retries: int | None = Non
     raise AssertionError("unreachable")
 
 
-def _parse(response) -> ChatResult:
+def _choices(response) -> list:
     choices = getattr(response, "choices", None)
     if isinstance(response, str) or not choices:
         raise MalformedResponseError(f"no choices in the response: {str(response)[:200]!r}")
-    choice = choices[0]
+    return choices
+
+
+def _choice_text(choice, which: str) -> str:
     message = getattr(choice, "message", None)
     text = getattr(message, "content", None)
     if not isinstance(text, str):
-        raise MalformedResponseError(f"the first choice has no text content: {str(choice)[:200]!r}")
+        raise MalformedResponseError(f"the {which} choice has no text content: {str(choice)[:200]!r}")
+    return text
+
+
+def _parse(response) -> ChatResult:
+    choice = _choices(response)[0]
+    text = _choice_text(choice, "first")
     usage = getattr(response, "usage", None)
     tokens = getattr(usage, "completion_tokens", None)
     return ChatResult(text=text, finish_reason=getattr(choice, "finish_reason", None),
                       completion_tokens=tokens if isinstance(tokens, int) else None)
+
+
+def _parse_all(response) -> list[ChatResult]:
+    choices = _choices(response)
+    if len(choices) == 1:
+        return [_parse(response)]
+    # Servers list choices in index order, but nothing in the API promises it: sort by `index` where all have one.
+    if all(isinstance(getattr(c, "index", None), int) for c in choices):
+        choices = sorted(choices, key=lambda c: c.index)
+    return [ChatResult(text=_choice_text(c, f"index-{i}"), finish_reason=getattr(c, "finish_reason", None),
+                       completion_tokens=None) for i, c in enumerate(choices)]
+
+
+def rejected_request(err: BaseException) -> bool:
+    """HTTP 400/422: the endpoint refused the request itself (e.g. a parameter it does not know), not a passing fault."""
+    import openai
+
+    return isinstance(err, (openai.BadRequestError, openai.UnprocessableEntityError))
 
 
 def describe_error(err: BaseException, *clients) -> str:
@@ -128,11 +173,13 @@ def describe_error(err: BaseException, *clients) -> str:
     return redact_values(text.replace("\n", " "), [k for k in keys if k and k != NO_KEY])[:500]
 
 
-def map_bounded(fn, items, concurrency: int, desc: str, initial: int = 0, total: int | None = None):
+def map_bounded(fn, items, concurrency: int, desc: str, initial: int = 0, total: int | None = None,
+                size=None, unit: str = "row"):
     """Yield `(item, result, error)` for `fn(item)` over `items`, at most `concurrency` in flight, in finishing order.
 
     Results are yielded in the calling thread (so the caller can write them without a lock), under a tqdm bar with
-    rate and ETA; `initial` counts items already done by an earlier run.
+    rate and ETA; `initial` counts items already done by an earlier run. `items` is read lazily, as room frees up.
+    `size(item)`: how many `unit`s an item counts for on the bar (default 1).
     """
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
@@ -143,7 +190,7 @@ def map_bounded(fn, items, concurrency: int, desc: str, initial: int = 0, total:
     if total is None and hasattr(items, "__len__"):
         total = initial + len(items)
     items = iter(items)
-    bar = tqdm(total=total, initial=initial, desc=desc, unit="row", dynamic_ncols=True)
+    bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True)
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         running = {}
 
@@ -161,7 +208,7 @@ def map_bounded(fn, items, concurrency: int, desc: str, initial: int = 0, total:
                     item = running.pop(future)
                     error = future.exception()
                     yield item, (None if error else future.result()), error
-                    bar.update(1)
+                    bar.update(1 if size is None else size(item))
                 fill()
         finally:
             for future in running:

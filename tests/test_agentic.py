@@ -1,0 +1,201 @@
+"""Agentic GAD: TRL's tool-calling rollouts through GADTrainer, teacher trajectories laid out as the student's."""
+
+import pytest
+import torch
+from datasets import Dataset
+
+from gad_trl import GADConfig, GADTrainer
+from gad_trl.data import GADDataError, normalize_trajectory, prepare_gad_dataset
+from gad_trl.testing import add, save_tiny_tool_caller, tiny_tool_rows
+from tests.gad_helpers import params_of, same_params
+
+
+@pytest.fixture(scope="module")
+def tool_caller_dir(tmp_path_factory):
+    """A tiny student taught (short SFT) to call `add` in the Qwen2.5 tool format."""
+    return save_tiny_tool_caller(tmp_path_factory.mktemp("tool-caller"), steps=200)
+
+
+def tool_args(output_dir, **overrides):
+    kwargs = dict(
+        output_dir=str(output_dir), report_to="none", use_cpu=True, seed=0, disable_tqdm=True,
+        per_device_train_batch_size=4, num_generations=4, max_completion_length=128, max_steps=2, logging_steps=1,
+        save_strategy="no", learning_rate=1e-3, discriminator_learning_rate=1e-3, beta=0.0,
+        warn_on_unhealthy_metrics=False, temperature=1.0,
+    )  # fmt: skip
+    kwargs.update(overrides)
+    return GADConfig(**kwargs)
+
+
+def test_trajectories_are_normalised_to_one_message_shape():
+    row = tiny_tool_rows(1)[0]
+    messages = normalize_trajectory(row["teacher_response"], 0, "teacher_response")
+    assert [m["role"] for m in messages] == ["assistant", "tool", "assistant"]
+    assert all(set(m) == {"role", "content", "name", "tool_calls", "tool_call_id"} for m in messages)
+    assert messages[0]["tool_calls"][0]["function"]["arguments"].startswith('{"a": ')  # JSON text: Arrow-safe
+    ds = prepare_gad_dataset(Dataset.from_list(tiny_tool_rows(3)))
+    assert ds[0]["teacher_response"][2]["content"] == row["teacher_response"][2]["content"]
+    bad = dict(row, teacher_response=row["teacher_response"][:2])
+    with pytest.raises(GADDataError, match="must end with the final assistant answer"):
+        prepare_gad_dataset(Dataset.from_list([bad]))
+    user_turn = dict(row, teacher_response=[{"role": "user", "content": "x"}, *row["teacher_response"]])
+    with pytest.raises(GADDataError, match="role 'user'"):
+        prepare_gad_dataset(Dataset.from_list([user_turn]))
+
+
+def test_text_only_readers_refuse_trajectories_and_judges_compare_final_answers():
+    from gad_trl.data import final_answer_text, text_answers
+    from gad_trl.discriminator.heldout import draw_rows
+    from gad_trl.workflow.soda import preference_slots
+
+    rows = tiny_tool_rows(2)
+    with pytest.raises(GADDataError, match="held-out discriminator evaluation reads text answers only"):
+        draw_rows(Dataset.from_list(rows), 2, seed=0)
+    with pytest.raises(GADDataError, match="SODA reads text answers only"):
+        preference_slots(rows)
+    assert text_answers({"t": ["a", "b"]}, "t", 0, "x") == ["a", "b"]
+    assert final_answer_text(rows[0]["teacher_response"]) == rows[0]["teacher_response"][-1]["content"]
+    assert final_answer_text("plain") == "plain"
+
+
+def test_same_content_gives_identical_ids_on_both_sides(tool_caller_dir, tmp_path):
+    """The student's rollout built by TRL's own tool loop (its generation replaced by scripted turns, tokenised as the
+    tokenizer does) and the teacher trajectory with the same messages encode to the same ids and the same mask."""
+    rows = tiny_tool_rows(4, seed=1)
+    trainer = GADTrainer(tool_caller_dir, args=tool_args(tmp_path), train_dataset=Dataset.from_list(rows),
+                         tools=[add])
+    tok = trainer.processing_class
+    eos = tok.eos_token_id
+    turns = {}  # prompt position -> scripted assistant turns
+
+    def scripted(prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        out = []
+        for ids in prompt_ids:
+            i = next(k for k, p in enumerate(prompt_texts) if tok.decode(ids).startswith(p))
+            first = len(ids) == len(prompt_tokens[i])
+            text = turns[i][0] if first else turns[i][1]
+            out.append(tok(text, add_special_tokens=False)["input_ids"] + [eos])
+        return out, None
+
+    prompt_tokens = [tok.apply_chat_template(r["prompt"], tools=[add], add_generation_prompt=True, tokenize=True,
+                                             return_dict=False) for r in rows]
+    prompt_texts = [tok.decode(p) for p in prompt_tokens]
+    for i, r in enumerate(rows):
+        a, b = (r["teacher_response"][0]["tool_calls"][0]["function"]["arguments"][k] for k in "ab")
+        turns[i] = (f'<tool_call>\n{{"name": "add", "arguments": {{"a": {a}, "b": {b}}}}}\n</tool_call>',
+                    r["teacher_response"][2]["content"])
+    trainer._generate_single_turn = scripted
+    trainer._sync_tool_dicts, trainer._async_tool_dicts = [{"add": add}] * 4, [{}] * 4  # as TRL sets them per batch
+    trainer.model.train()
+    prompt_ids, completion_ids, tool_mask, completions, *_ = trainer._generate([r["prompt"] for r in rows])
+    for i, r in enumerate(rows):
+        assert [m["role"] for m in completions[i]] == ["assistant", "tool", "assistant"]  # TRL ran the tool
+        assert completions[i][1]["content"] == r["teacher_response"][1]["content"]
+        teacher = normalize_trajectory(completions[i], i, "teacher_response")
+        ids, mask, cut = trainer._trajectory_encoder(i).encode(r["prompt"], teacher, trainer.max_completion_length)
+        assert not cut and prompt_ids[i] == prompt_tokens[i]
+        assert ids == completion_ids[i] and mask == tool_mask[i]
+        assert ids[-1] == eos and 0 in mask and mask[-1] == 1  # scored at the final answer's end of turn
+
+
+def test_gad_trains_on_live_tool_rollouts(tool_caller_dir, tmp_path):
+    rows = tiny_tool_rows(8, seed=2)
+    rows[1]["prompt"] = [{"role": "user", "content": "add 1 and 1"}, {"role": "assistant", "content": "1 plus 1 equals 2"},
+                         {"role": "user", "content": rows[1]["prompt"][0]["content"]}]  # a multi-turn prompt
+    trainer = GADTrainer(tool_caller_dir, args=tool_args(tmp_path, discriminator_pooling="mean", sft_loss_coef=0.1),
+                         train_dataset=Dataset.from_list(rows), tools=[add])
+    seen = []
+    update = trainer.discriminator_component.update
+
+    def spy(teacher_seqs, student_seqs, pairs, starts, step):
+        seen.append((teacher_seqs, student_seqs, starts))
+        return update(teacher_seqs, student_seqs, pairs, starts, step)
+
+    trainer.discriminator_component.update = spy
+    disc0, student0 = params_of(trainer.discriminator), params_of(trainer.model)
+    trainer.train()
+    assert not same_params(disc0, params_of(trainer.discriminator))
+    assert not same_params(student0, params_of(trainer.model))
+    calls = [h["tools/call_frequency"] for h in trainer.state.log_history if "tools/call_frequency" in h]
+    assert calls and max(calls) > 0  # the student really called the tool
+    response = trainer.processing_class("<tool_response>", add_special_tokens=False)["input_ids"]
+    called = {"teacher": 0, "student": 0}
+
+    def check(side, seq, start):
+        assert isinstance(start, list) and len(start) == len(seq)
+        hits = [k for k in range(len(seq)) if seq[k:k + len(response)] == response]
+        if hits:  # tool results are context, excluded from mean pooling
+            called[side] += 1
+            assert all(start[k] == 0 for k in hits)
+        assert start[-1] == 1  # the final assistant turn is pooled
+
+    for teacher_seqs, student_seqs, starts in seen:
+        num_teacher = len(teacher_seqs)
+        for seq, start in zip(teacher_seqs, starts[:num_teacher]):
+            assert seq[-1] == trainer.processing_class.eos_token_id
+            check("teacher", seq, start)
+        for seq, start in zip(student_seqs, starts[num_teacher:]):
+            check("student", seq, start)
+    assert called["teacher"] > 0 and called["student"] > 0
+
+
+def test_environment_factory_reaches_trl(tool_caller_dir, tmp_path):
+    class Calculator:
+        def __init__(self):
+            self.calls = 0
+
+        def reset(self, **kwargs):
+            self.calls = 0
+
+        def add(self, a: int, b: int) -> int:
+            """Add two integers.
+
+            Args:
+                a: The first number.
+                b: The second number.
+            """
+            self.calls += 1
+            return a + b
+
+    trainer = GADTrainer(tool_caller_dir, args=tool_args(tmp_path, max_steps=1),
+                         train_dataset=Dataset.from_list(tiny_tool_rows(8, seed=3)), environment_factory=Calculator)
+    assert [t.__name__ for t in trainer.tools] == ["add"]
+    trainer.train()
+    assert trainer.state.global_step == 1
+
+
+def test_mean_pooling_reads_the_given_mask():
+    from gad_trl.discriminator.model import _response_mask
+
+    mask = _response_mask([2, [0, 1, 0, 1, 0]], [4, 5], 6, "cpu")
+    assert mask.tolist() == [[0, 0, 1, 1, 0, 0], [0, 1, 0, 1, 1, 0]]  # the last token always counts
+    with pytest.raises(ValueError, match="response mask of 3 entries"):
+        _response_mask([[0, 1, 1]], [4], 4, "cpu")
+
+
+def test_trajectories_with_a_discriminator_tokenizer_of_its_own_are_refused(tool_caller_dir, tmp_path):
+    from gad_trl.testing import build_tiny_tokenizer, save_tiny_model
+
+    other = save_tiny_model(tmp_path / "other", tokenizer=build_tiny_tokenizer(400, other_family=True))
+    trainer = GADTrainer(tool_caller_dir, args=tool_args(tmp_path / "run", max_steps=1),
+                         train_dataset=Dataset.from_list(tiny_tool_rows(4)), tools=[add],
+                         discriminator=other)
+    with pytest.raises(ValueError, match="tool-using trajectories are laid out in the student's tokens"):
+        trainer.train()
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(900)
+def test_tool_rollouts_through_the_real_vllm_server(vllm_server_factory, tool_caller_dir, tmp_path):
+    server = vllm_server_factory(tool_caller_dir)
+    trainer = GADTrainer(tool_caller_dir, args=tool_args(
+        tmp_path, use_vllm=True, vllm_mode="server", vllm_weight_sync="reload", vllm_server_base_url=server.url,
+        vllm_server_timeout=10, vllm_importance_sampling_mode="token_truncate"),
+        train_dataset=Dataset.from_list(tiny_tool_rows(8, seed=4)), tools=[add])
+    disc0 = params_of(trainer.discriminator)
+    trainer.train()
+    assert trainer.state.global_step == 2 and not same_params(disc0, params_of(trainer.discriminator))
+    calls = [h["tools/call_frequency"] for h in trainer.state.log_history if "tools/call_frequency" in h]
+    assert calls and max(calls) > 0
+    assert torch.isfinite(torch.tensor([h["discriminator/loss"] for h in trainer.state.log_history
+                                        if "discriminator/loss" in h])).all()
