@@ -29,7 +29,7 @@ def test_recipe_inventory():
 def test_recipe_parses(recipe):
     # fail_with_unknown_args: a misspelt key in a recipe is an error here.
     script_args, args, model_args = train_cli.parse_args(["--config", str(recipe)])
-    expected = "SeqKDConfig" if script_args.stage == "seqkd" else "GADConfig"
+    expected = {"seqkd": "SeqKDConfig", "soda": "SODAConfig"}.get(script_args.stage, "GADConfig")
     assert type(args).__name__ == expected
     assert model_args.model_name_or_path and script_args.dataset_name and args.output_dir
     assert args.teacher_response_column == "teacher_response"
@@ -88,7 +88,7 @@ def test_accelerate_config_loads(config):
     assert Path(train_cli.resolve_accelerate_config(config.stem)) == config
 
 
-@pytest.mark.parametrize("stage", ["gad", "seqkd"])
+@pytest.mark.parametrize("stage", ["gad", "seqkd", "soda"])
 def test_tiny_recipe_runs_end_to_end(stage, tmp_path, monkeypatch):
     """The README's tiny command, as written (relative paths under the working directory), 4 steps."""
     import gad_trl.cli.main as cli_main
