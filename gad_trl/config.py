@@ -737,6 +737,11 @@ class GADScriptArguments(ScriptArguments):
             `gad-trl gad` only: a reward model (Hub id or local path, `AutoModelForSequenceClassification`)
             added as a reward column after the discriminator's and before `reward_funcs`, as in TRL's `trl
             grpo`.
+        tools (`list[str]` or `None`, *optional*, defaults to `None`):
+            `gad-trl gad` only: Python functions the student may call during its rollouts (`GADTrainer(tools=...)`,
+            TRL's tool calling), as import paths `module.function` or `module:function` (importable from the working
+            directory). Each needs type hints and a Google-style docstring (TRL builds the tool schema from them).
+            Teacher answers are then tool-using trajectories (docs/algorithm.md, "Agents and tools").
     """
 
     stage: str | None = field(
@@ -790,6 +795,16 @@ class GADScriptArguments(ScriptArguments):
             "help": "`gad-trl gad` only: a reward model (Hub id or local path, `AutoModelForSequenceClassification`) "
             "added as a reward column after the discriminator's and before `reward_funcs`, as in TRL's `trl "
             "grpo`."
+        },
+    )
+    tools: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "`gad-trl gad` only: Python functions the student may call during its rollouts "
+            "(`GADTrainer(tools=...)`, TRL's tool calling), as import paths `module.function` or `module:function` "
+            "(importable from the working directory). Each needs type hints and a Google-style docstring (TRL builds "
+            "the tool schema from them). Teacher answers are then tool-using trajectories (docs/algorithm.md, "
+            "\"Agents and tools\")."
         },
     )
 

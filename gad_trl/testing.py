@@ -265,16 +265,12 @@ def save_tiny_tool_caller(output_dir: str | os.PathLike, rows: list[dict] | None
     tok = build_tiny_tool_tokenizer()
     model = build_tiny_model(tok, seed=seed)
     encoder = TrajectoryEncoder(tok, [add])
-    examples = []
-    for i, row in enumerate(rows):
-        prompt = encoder._ids(row["prompt"], add_generation_prompt=True)
-        ids, mask, _ = encoder.encode(row["prompt"], normalize_trajectory(row["teacher_response"], i, "teacher"))
-        examples.append((prompt + ids, [0] * len(prompt) + mask))
-    width = max(len(ids) for ids, _ in examples)
-    input_ids = torch.tensor([ids + [tok.pad_token_id] * (width - len(ids)) for ids, _ in examples])
-    attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in examples])
-    labels = torch.tensor([[t if m else -100 for t, m in zip(ids, mask)] + [-100] * (width - len(ids))
-                           for ids, mask in examples])
+    examples = [encoder.sft_example(row["prompt"], normalize_trajectory(row["teacher_response"], i, "teacher"))
+                for i, row in enumerate(rows)]
+    width = max(len(e["input_ids"]) for e in examples)
+    input_ids = torch.tensor([e["input_ids"] + [tok.pad_token_id] * (width - len(e["input_ids"])) for e in examples])
+    attention = torch.tensor([[1] * len(e["input_ids"]) + [0] * (width - len(e["input_ids"])) for e in examples])
+    labels = torch.tensor([e["labels"] + [-100] * (width - len(e["labels"])) for e in examples])
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()

@@ -283,6 +283,20 @@ class GADTrainer(GRPOTrainer):
         progress = next((cb for cb in self.callback_handler.callbacks if isinstance(cb, ProgressCallback)), None)
         for callback in default_callbacks(progress):
             self.add_callback(callback)
+        for callback in self.callback_handler.callbacks:
+            self._bind_callback(callback)
+
+    def add_callback(self, callback):
+        super().add_callback(callback)
+        for added in self.callback_handler.callbacks[-1:]:  # the instance Trainer built when given a class
+            self._bind_callback(added)
+
+    def _bind_callback(self, callback):
+        # Callbacks that read the trainer's discriminator (JudgeEvalCallback) get it here: transformers hands
+        # callbacks the model and the optimizer, not the trainer.
+        bind = getattr(callback, "bind_trainer", None)
+        if callable(bind) and getattr(callback, "trainer", None) is None:
+            bind(self)
 
     @staticmethod
     def _discriminator_tokenizer(discriminator, given, args, processing_class):

@@ -199,3 +199,47 @@ def test_tool_rollouts_through_the_real_vllm_server(vllm_server_factory, tool_ca
     assert calls and max(calls) > 0
     assert torch.isfinite(torch.tensor([h["discriminator/loss"] for h in trainer.state.log_history
                                         if "discriminator/loss" in h])).all()
+
+
+def test_seqkd_trains_on_the_tokens_gads_sft_trains_on(tool_caller_dir):
+    from transformers import AutoTokenizer
+
+    from gad_trl.cli.utils import to_seqkd_dataset
+    from gad_trl.discriminator.trajectory import TrajectoryEncoder
+
+    tok = AutoTokenizer.from_pretrained(tool_caller_dir)
+    rows = tiny_tool_rows(3)
+    with pytest.raises(ValueError, match="pass the student's tokenizer"):
+        to_seqkd_dataset(Dataset.from_list(rows))
+    ds = to_seqkd_dataset(Dataset.from_list(rows), tokenizer=tok, tools=[add])
+    assert ds.column_names == ["input_ids", "labels"] and len(ds) == 3
+    encoder = TrajectoryEncoder(tok, [add])
+    ids, mask, _ = encoder.encode(rows[0]["prompt"], normalize_trajectory(rows[0]["teacher_response"], 0, "t"))
+    head = encoder.prompt_ids(rows[0]["prompt"])
+    assert ds[0]["input_ids"] == head + ids
+    trained = [t for t, label in zip(ds[0]["input_ids"], ds[0]["labels"]) if label != -100]
+    assert trained == [t for t, m in zip(ids, mask) if m]  # the assistant turns, no prompt, no tool result
+    assert "<tool_response>" not in tok.decode(trained) and "<tool_response>" in tok.decode(ds[0]["input_ids"])
+    mixed = [rows[0], dict(rows[1], teacher_response="plain text")]
+    with pytest.raises((ValueError, GADDataError), match="mix"):
+        to_seqkd_dataset(Dataset.from_list(mixed), tokenizer=tok, tools=[add])
+
+
+def test_tiny_tool_recipes_run_end_to_end(tmp_path, monkeypatch):
+    """`make-tiny --tools`, then the agentic recipe with `gad-trl gad` and SeqKD on the same trajectories."""
+    import gad_trl.cli.main as cli_main
+    from tests.test_recipes import RECIPES
+
+    monkeypatch.chdir(tmp_path)
+    assert cli_main.main(["make-tiny", "outputs/tiny-tools", "--tools", "--num_train", "8", "--num_test", "2"]) == 0
+    assert cli_main.main(["gad", "--config", str(RECIPES / "tiny" / "gad_tools.yaml"), "--max_steps", "3",
+                          "--critic_warmup_steps", "1", "--sft_warmup_steps", "1", "--per_device_train_batch_size",
+                          "8", "--disable_tqdm", "true", "--report_to", "none"]) == 0
+    assert (tmp_path / "outputs" / "tiny-gad-tools" / "discriminator" / "model.safetensors").exists()
+    assert cli_main.main(["seqkd", "--config", str(RECIPES / "tiny" / "seqkd.yaml"), "--model_name_or_path",
+                          "outputs/tiny-tools/model", "--dataset_name", "outputs/tiny-tools/data", "--tools",
+                          "gad_trl.testing:add", "--max_steps", "2", "--output_dir", "outputs/seqkd-tools",
+                          "--disable_tqdm", "true", "--report_to", "none"]) == 0
+    assert (tmp_path / "outputs" / "seqkd-tools" / "model.safetensors").exists()
+    with pytest.raises(ValueError, match="tools: cannot import module 'no_such_tools'"):
+        cli_main.main(["gad", "--config", str(RECIPES / "tiny" / "gad_tools.yaml"), "--tools", "no_such_tools:f"])

@@ -31,7 +31,9 @@ def test_callback_judges_the_saved_checkpoint_and_the_loop_resumes(tiny_model_di
     out = tmp_path / "run"
     ckpt = out / "checkpoint-1"
     with FaultServer(scripted_judge(lambda q, a1, a2: "5 5\nequal")) as judge:
-        eval_args = EvaluationArguments(dataset_name=data, judge_base_url=judge.url, student_max_tokens=6)
+        # discriminator_judge_samples=0: the judge score only, as before the reward-judge agreement (test_judge_auc.py)
+        eval_args = EvaluationArguments(dataset_name=data, judge_base_url=judge.url, student_max_tokens=6,
+                                        discriminator_judge_samples=0)
         trainer = make_trainer(tiny_model_dir, out, max_steps=1, save_strategy="steps", save_steps=1)
         trainer.add_callback(JudgeEvalCallback(eval_args))
         trainer.train()
@@ -158,6 +160,12 @@ def test_training_commands_judge_each_checkpoint_with_judge_eval_config(command,
         summary = json.loads((out / "checkpoint-1" / SUMMARY_FILE).read_text())
         assert summary["judged"] == 2 and summary["score"]["mean"] == 60
         assert any(entry.get("eval_judge/score") == 60 for entry in trainer.state.log_history)
+        # The reward-judge agreement: GAD only (a discriminator); this judge rates every answer alike, so no pair of
+        # completions differs: 0 pairs logged, no AUC.
+        (entry,) = [e for e in trainer.state.log_history if "eval_judge/score" in e]
+        assert "eval/discriminator_judge_auc" not in entry
+        assert entry.get("eval/discriminator_judge_pairs") == (0 if command == "gad" else None)
+        assert ("discriminator_judge" in summary) == (command == "gad")
 
         with pytest.raises(ValueError, match="save_strategy is 'no'"):
             cli.build_trainer(*train_cli.parse_args(common + ["--judge_eval_config", str(config)]))

@@ -14,7 +14,7 @@ from trl import ModelConfig, TrlParser
 
 from ..config import GADConfig, GADScriptArguments
 from . import launch as _launch
-from .utils import judge_callbacks, load_reward_funcs, prepare_run, quantization_config, train_and_save
+from .utils import judge_callbacks, load_reward_funcs, load_tools, prepare_run, quantization_config, train_and_save
 
 MODULE = "gad_trl.cli.gad"
 
@@ -39,6 +39,7 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
         callbacks=[*(callbacks or []), *judge_callbacks(script_args, training_args)],
         quantization_config=quantization_config(model_args),
         reward_funcs=load_reward_funcs(script_args),
+        tools=load_tools(script_args),
     )
     trainer.dataset_name = script_args.dataset_name  # named in the model cards (see GADTrainer.dataset_name)
     return trainer

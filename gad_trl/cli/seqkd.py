@@ -13,7 +13,7 @@ from trl import ModelConfig, TrlParser
 
 from ..config import GADScriptArguments, SeqKDConfig
 from . import launch as _launch
-from .utils import judge_callbacks, prepare_run, quantization_config, to_seqkd_dataset, train_and_save
+from .utils import judge_callbacks, load_tools, prepare_run, quantization_config, to_seqkd_dataset, train_and_save
 
 MODULE = "gad_trl.cli.seqkd"
 
@@ -33,9 +33,11 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
         )
     train_dataset, eval_dataset = prepare_run(script_args, training_args, model_args, "seqkd")
     column = training_args.teacher_response_column
-    train_dataset = to_seqkd_dataset(train_dataset, column)
+    tokenizer = _student_tokenizer(model_args, training_args)
+    tools = load_tools(script_args)  # the prompt of a trajectory is rendered with them, as GAD's rollouts are
+    train_dataset = to_seqkd_dataset(train_dataset, column, tokenizer, tools)
     if eval_dataset is not None:
-        eval_dataset = to_seqkd_dataset(eval_dataset, column)
+        eval_dataset = to_seqkd_dataset(eval_dataset, column, tokenizer, tools)
     return SFTTrainer(
         model=model_args.model_name_or_path,
         args=training_args,
@@ -45,6 +47,15 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
         callbacks=[*(callbacks or []), *judge_callbacks(script_args, training_args)],
         quantization_config=quantization_config(model_args),
     )
+
+
+def _student_tokenizer(model_args, training_args):
+    """The student's tokenizer, which lays out tool-using trajectories (`to_seqkd_dataset`)."""
+    from transformers import AutoTokenizer
+
+    trust = (training_args.model_init_kwargs or {}).get("trust_remote_code", False)
+    return AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision,
+                                         trust_remote_code=trust)
 
 
 def main(script_args, training_args, model_args):

@@ -11,24 +11,52 @@ import os
 from ..data import load_any_dataset, prompt_messages, row_prompt_length, teacher_texts  # noqa: F401  (load_any_dataset: for the commands)
 
 
-def to_seqkd_dataset(dataset, teacher_response_column: str = "teacher_response"):
-    """Convert GAD rows to TRL's conversational prompt-completion format for `SFTTrainer` (SeqKD).
+def to_seqkd_dataset(dataset, teacher_response_column: str = "teacher_response", tokenizer=None, tools=None):
+    """Convert GAD rows to a data set for `SFTTrainer` (SeqKD), one example per teacher answer: a row with k answers
+    gives k examples (SeqKD learns from every answer GAD's discriminator sees). Other columns are dropped. Raises on
+    the first row without a usable teacher response.
 
-    `{"prompt": [messages], "completion": [{"role": "assistant", "content": answer}]}`, one example per teacher answer:
-    a row with k answers gives k examples (SeqKD learns from every answer GAD's discriminator sees). Other columns are
-    dropped. Raises on the first row without a usable teacher response.
+    Text answers: TRL's conversational prompt-completion format, `{"prompt": [messages], "completion": [{"role":
+    "assistant", "content": answer}]}`, so the loss is on the answer only. Tool-using trajectories (which need
+    `tokenizer`, the student's, and the run's `tools`): tokenized examples laid out as GAD lays them out
+    (`TrajectoryEncoder.sft_example`: `input_ids`, `labels` -100 on the prompt and on tool results), so SeqKD trains
+    on exactly the tokens GAD's teacher-SFT loss trains on.
     """
+    from ..data import is_trajectory, normalize_trajectory
+
+    encoders = []
+
+    def encoder():
+        if not encoders:
+            if tokenizer is None:
+                raise ValueError("Teacher trajectories are laid out with the student's chat template: pass the "
+                                 "student's tokenizer to to_seqkd_dataset.")
+            from ..discriminator.trajectory import TrajectoryEncoder
+            from ..end_of_turn import end_of_turn_token_id
+
+            encoders.append(TrajectoryEncoder(tokenizer, tools, end_of_turn_token_id(tokenizer)))
+        return encoders[0]
 
     def convert(batch, indices):
-        out = {"prompt": [], "completion": []}
+        out = {"prompt": [], "completion": []} if not trajectories else {"input_ids": [], "labels": []}
         for j, idx in enumerate(indices):
             row = {name: values[j] for name, values in batch.items()}
             messages = prompt_messages(row, idx)
             for answer in teacher_texts(row, teacher_response_column, idx):
-                out["prompt"].append(messages)
-                out["completion"].append([{"role": "assistant", "content": answer}])
+                if trajectories != is_trajectory(answer):
+                    raise ValueError(f"Row {idx}: teacher answers mix text and tool-using trajectories across rows; "
+                                     "give every row the same kind of answer.")
+                if trajectories:
+                    example = encoder().sft_example(messages, normalize_trajectory(answer, idx, teacher_response_column))
+                    out["input_ids"].append(example["input_ids"])
+                    out["labels"].append(example["labels"])
+                else:
+                    out["prompt"].append(messages)
+                    out["completion"].append([{"role": "assistant", "content": answer}])
         return out
 
+    first = next(iter(dataset), None)
+    trajectories = first is not None and is_trajectory(teacher_texts(first, teacher_response_column, 0)[0])
     return dataset.map(convert, with_indices=True, batched=True, remove_columns=dataset.column_names)
 
 
@@ -178,40 +206,56 @@ def check_stage(script_args, command: str) -> None:
 NAMED_REWARDS = ("accuracy_reward", "reasoning_accuracy_reward", "think_format_reward")
 
 
-def load_reward_funcs(script_args) -> list:
-    """The extra reward columns of a `gad-trl gad` run, in column order after the discriminator's:
-    `reward_model_name_or_path` (kept as a path: GRPOTrainer loads it), then each of `reward_funcs`, a name from
-    `trl.rewards` or a dotted import path resolved the way TRL's `trl grpo` does (the working directory importable)."""
+def import_callable(spec: str, option: str):
+    """The function a `module.function` or `module:function` name points to, imported the way TRL's `trl grpo`
+    resolves dotted reward paths (the working directory importable); a clear error naming `option` otherwise."""
     import importlib
     import sys
 
+    module_path, sep, attr = spec.partition(":")
+    if not sep:
+        module_path, _, attr = spec.rpartition(".")
+    if not module_path or not attr:
+        raise ValueError(f"{option}: {spec!r} is not an import path; write module.function or module:function "
+                         "(e.g. my_tools.calculator).")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_path)
+    except ImportError as err:
+        raise ValueError(
+            f"{option}: cannot import module {module_path!r} for {spec!r} ({err}). Run from the directory that holds "
+            "it, or install it."
+        ) from err
+    func = getattr(module, attr, None)
+    if not callable(func):
+        raise ValueError(f"{option}: {module_path!r} has no callable {attr!r} (from {spec!r}).")
+    return func
+
+
+def load_reward_funcs(script_args) -> list:
+    """The extra reward columns of a `gad-trl gad` run, in column order after the discriminator's:
+    `reward_model_name_or_path` (kept as a path: GRPOTrainer loads it), then each of `reward_funcs`, a name from
+    `trl.rewards` or an import path (`import_callable`)."""
     import trl.rewards
 
     rewards = [script_args.reward_model_name_or_path] if script_args.reward_model_name_or_path else []
     for name in script_args.reward_funcs or []:
         if name in NAMED_REWARDS:
             rewards.append(getattr(trl.rewards, name))
-            continue
-        module_path, _, attr = name.rpartition(".")
-        if not module_path:
+        elif "." not in name and ":" not in name:
             raise ValueError(
                 f"Unknown reward function {name!r}: give one of {', '.join(NAMED_REWARDS)} (from trl.rewards) or a "
                 "dotted import path such as my_rewards.format_reward."
             )
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())
-        try:
-            module = importlib.import_module(module_path)
-        except ImportError as err:
-            raise ValueError(
-                f"reward_funcs: cannot import module {module_path!r} for {name!r} ({err}). Run from the directory that "
-                "holds it, or install it."
-            ) from err
-        func = getattr(module, attr, None)
-        if not callable(func):
-            raise ValueError(f"reward_funcs: {module_path!r} has no callable {attr!r} (from {name!r}).")
-        rewards.append(func)
+        else:
+            rewards.append(import_callable(name, "reward_funcs"))
     return rewards
+
+
+def load_tools(script_args) -> list | None:
+    """The tools of a `gad-trl gad` run (`tools:` import paths), passed to TRL's tool-calling rollouts; None without."""
+    return [import_callable(name, "tools") for name in script_args.tools] if script_args.tools else None
 
 
 def judge_callbacks(script_args, training_args) -> list:

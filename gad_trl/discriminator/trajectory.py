@@ -57,6 +57,21 @@ class TrajectoryEncoder:
         )
         return list(ids)
 
+    def prompt_ids(self, prompt: list[dict]) -> list[int]:
+        """The prompt rendered with the tools and the generation prompt, as TRL renders a tool-calling rollout's."""
+        return self._ids(list(prompt), add_generation_prompt=True)
+
+    def sft_example(self, prompt: list[dict], trajectory: list[dict], max_length: int | None = None) -> dict:
+        """A tokenized SFT example of a trajectory: `input_ids` (prompt + trajectory) and `labels` (-100 on the prompt
+        and on tool-result tokens: the student learns its own turns only, as GAD's teacher-SFT loss does)."""
+        head = self.prompt_ids(prompt)
+        ids, mask, _ = self.encode(prompt, trajectory)
+        input_ids = head + ids
+        labels = [-100] * len(head) + [t if m else -100 for t, m in zip(ids, mask)]
+        if max_length is not None:
+            input_ids, labels = input_ids[:max_length], labels[:max_length]
+        return {"input_ids": input_ids, "labels": labels}
+
     def _through_end_of_turn(self, ids: list[int], after: int) -> list[int]:
         # Templates write "<|im_end|>\n" after a turn; a generated turn stops at the end-of-turn token (as TRL aligns).
         ends = [i for i in range(after, len(ids)) if ids[i] == self.end_token_id]

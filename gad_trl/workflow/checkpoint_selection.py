@@ -3,7 +3,9 @@
 - `JudgeEvalCallback`: judges each checkpoint as the Trainer saves it (`checkpoint-N/eval_judge.json`);
 - `evaluate_checkpoints`: the same afterwards, for every `checkpoint-N` of a run that has no complete score yet;
 - `pick_best`: the table of scores and the best checkpoint within a length bound; `push_checkpoint` uploads it with its
-  score in the model card.
+  score in the model card;
+- `discriminator_judge_agreement`: in a GAD run, does the discriminator's reward track the judge? Several sampled
+  completions per eval prompt, scored by both, and their within-prompt AUC (`gad_trl.workflow.agreement`).
 The judging itself is `gad_trl.workflow.evaluation.evaluate`.
 """
 
@@ -18,6 +20,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from .evaluation import (
+    AGREEMENT_FILE,
     ERRORS_FILE,
     JUDGEMENTS_FILE,
     REFERENCES_FILE,
@@ -124,7 +127,7 @@ def format_pick_best(best: Path | None, table: list[dict], max_mean_length: floa
 
 
 JUDGE_CARD_MARKER = "<!-- gad-trl evaluate -->"
-PUSH_IGNORE = ["*.pt", "*.pth", "rng_state*", "training_args.bin", JUDGEMENTS_FILE, ERRORS_FILE]
+PUSH_IGNORE = ["*.pt", "*.pth", "rng_state*", "training_args.bin", JUDGEMENTS_FILE, ERRORS_FILE, AGREEMENT_FILE]
 
 
 def judge_card_section(summary: dict) -> str:
@@ -170,6 +173,146 @@ def push_checkpoint(path: str | os.PathLike, repo_id: str, private: bool = False
                              commit_message=commit_message or f"{path.name}, picked by gad-trl evaluate")
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Reward-judge agreement
+# ----------------------------------------------------------------------------------------------------------------------
+
+AUC_KEY = "eval/discriminator_judge_auc"
+PAIRS_KEY = "eval/discriminator_judge_pairs"
+SHAPED_AUC_KEY = "eval/shaped_reward_judge_auc"
+
+
+def discriminator_scores(discriminator, tokenizer, triples: list[dict], batch_size: int = 8,
+                         encoding=None) -> list[float]:
+    """Raw discriminator scores of sampled student completions, encoded as the trainer encodes its rewards' inputs: the
+    student half of `gad_trl.discriminator.heldout.evaluate_triples` (prompt ids + the exact sampled ids, EOS
+    included; re-encoded by `encoding` for a discriminator with its own tokenizer; pooling from its config).
+
+    `triples`: `sample_triples`'s (`prompt`, `student_completion_ids`, ...; no teacher response needed). The caller
+    sets eval mode and the discriminator's adapter scope."""
+    import torch
+
+    from ..data import prompt_ids
+    from ..discriminator.heldout import _student_sequence
+    from ..discriminator.model import score_sequences
+    from ..end_of_turn import end_of_turn_token_id
+
+    if not triples:
+        return []
+    end = end_of_turn_token_id(tokenizer)
+    sequences = [_student_sequence(tokenizer, t, end) for t in triples]
+    starts = [len(prompt_ids(tokenizer, t["prompt"])) for t in triples]
+    if encoding is not None:
+        heads = [encoding.prompt_ids(t["prompt"]) for t in triples]
+        sequences = [h + encoding.response_ids(seq[s:]) for h, seq, s in zip(heads, sequences, starts)]
+        starts = [len(h) for h in heads]
+        tokenizer = encoding.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(discriminator.parameters()).device
+    with torch.no_grad():
+        return score_sequences(discriminator, sequences, pad, device, batch_size, starts).float().cpu().tolist()
+
+
+def trainer_discriminator_scores(trainer, triples: list[dict]) -> list[float]:
+    """`discriminator_scores` with a `GADTrainer`'s current discriminator, its encoding and adapter scope, dropout off
+    (as its fixed held-out evaluation scores)."""
+    from ..discriminator.model import eval_mode
+
+    with eval_mode(trainer.discriminator), trainer.discriminator_component.scope():
+        return discriminator_scores(trainer.discriminator, trainer.processing_class, triples,
+                                    trainer.args.per_device_eval_batch_size,
+                                    getattr(trainer, "_discriminator_encoding", None))
+
+
+def discriminator_judge_agreement(eval_args: EvaluationArguments, trainer, model, tokenizer,
+                                  output_dir: str | os.PathLike, dataset=None, judge_client=None,
+                                  seed: int = 0) -> dict:
+    """The within-prompt reward-judge AUC of `trainer`'s discriminator on the eval prompts.
+
+    For each eval prompt (the first `discriminator_judge_max_prompts`), `discriminator_judge_samples` completions are
+    sampled from `model` (seeded with `seed`, without moving the training RNG) at `discriminator_judge_temperature`
+    (default: the trainer's `temperature`) and up to the trainer's `max_completion_length` tokens: completions like
+    the ones GRPO ranks. Each is rated by the judge on its own (`evaluation.judge_completions`, `eval_args.mode`) and
+    scored by the discriminator as in training (`trainer_discriminator_scores`); `gad_trl.workflow.agreement
+    .within_prompt_auc` compares the two orders within each prompt. Completions without a judge score (unparseable
+    review, failed request) are left out. Writes one row per completion to `output_dir/eval_judge_agreement.jsonl`.
+
+    Returns `{"auc" (None when no prompt has two completions the judge tells apart), "pairs", "prompts",
+    "samples_per_prompt", "temperature", "completions", "unscored", "failed", "file"}`, plus `shaped_reward_auc` when
+    the run shapes its rewards (`discriminator_length_penalty` / `discriminator_score_clip`): the same AUC on the
+    rewards GRPO actually receives.
+    """
+    import torch
+
+    from ..data import prompt_messages
+    from ..discriminator.heldout import sample_triples
+    from ..discriminator.shaping import RewardShaping
+    from .agreement import within_prompt_auc
+    from .evaluation import judge_completions, load_eval_rows
+    from .jsonl_store import write_jsonl_atomic
+
+    k = eval_args.discriminator_judge_samples
+    if k < 2:
+        raise ValueError(f"discriminator_judge_samples={k}: the within-prompt agreement needs at least 2 completions "
+                         "per prompt.")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rows = load_eval_rows(eval_args, dataset)
+    if eval_args.discriminator_judge_max_prompts is not None:
+        rows = rows[: eval_args.discriminator_judge_max_prompts]
+    temperature = eval_args.discriminator_judge_temperature or getattr(trainer, "temperature", None) or 1.0
+    max_new_tokens = getattr(trainer, "max_completion_length", None) or eval_args.student_max_tokens
+    draws = [{"prompt": prompt_messages(row, key), "teacher_response": None, "row": key}
+             for key, row in rows for _ in range(k)]
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):  # the training random stream does not move (resumed runs)
+        triples = sample_triples(model, tokenizer, draws, seed, max_new_tokens, temperature,
+                                 eval_args.student_batch_size)
+    completions: dict[str, list[str]] = {}
+    for t in triples:
+        completions.setdefault(t["row"], []).append(t["student_response"])
+    judged, failures = judge_completions(eval_args, rows, completions, output_dir, judge_client)
+    scores = trainer_discriminator_scores(trainer, triples)
+    shaping = RewardShaping.from_args(trainer.args)
+    rewards = None
+    if shaping.active:  # the reward GRPO reads: shaped by the completion's length (EOS included, as in training)
+        rewards = shaping(torch.tensor(scores), [len(t["student_completion_ids"]) for t in triples]).tolist()
+
+    errors = {(f["row_id"], f["sample"]): f["error"] for f in failures}
+    records, groups, shaped_groups, position = [], {}, {}, {}
+    for n, t in enumerate(triples):
+        key = t["row"]
+        i = position[key] = position.get(key, -1) + 1
+        judgement = judged.get(key, [None] * k)[i]
+        judge_score = judgement["score"] if judgement is not None else None
+        record = {"row_id": key, "sample": i, "student_answer": t["student_response"],
+                  "student_tokens": len(t["student_completion_ids"]), "finished": t["student_finished"],
+                  "judge_score": judge_score, "discriminator_score": scores[n]}
+        if rewards is not None:
+            record["shaped_reward"] = rewards[n]
+        if judgement is not None:
+            record["judgement"] = judgement
+        elif (key, i) in errors or (key, None) in errors:
+            record["error"] = errors.get((key, i)) or errors[(key, None)]
+        records.append(record)
+        if judge_score is not None:
+            groups.setdefault(key, ([], []))
+            groups[key][0].append(scores[n])
+            groups[key][1].append(judge_score)
+            if rewards is not None:
+                shaped_groups.setdefault(key, ([], []))
+                shaped_groups[key][0].append(rewards[n])
+                shaped_groups[key][1].append(judge_score)
+    path = output_dir / AGREEMENT_FILE
+    write_jsonl_atomic(records, path)
+    result = within_prompt_auc(list(groups.values()))
+    result.update(samples_per_prompt=k, temperature=temperature, completions=len(records),
+                  unscored=sum(r["judge_score"] is None for r in records), failed=len(failures), file=str(path))
+    if rewards is not None:
+        result["shaped_reward_auc"] = within_prompt_auc(list(shaped_groups.values()))["auc"]
+    return result
+
+
 class JudgeEvalCallback(TrainerCallback):
     """Judges every saved checkpoint with the in-memory student and writes `checkpoint-N/eval_judge.json`.
 
@@ -179,13 +322,29 @@ class JudgeEvalCallback(TrainerCallback):
     model on the main process with transformers (other processes wait at their next collective meanwhile: mind
     `ddp_timeout`); with ZeRO-3/FSDP, which shard the student, it refuses to start: judge the saved checkpoints
     afterwards (`gad-trl evaluate --checkpoints_dir`).
+
+    In a GAD run (a trainer with a discriminator) it also measures whether the discriminator's reward tracks the
+    judge (`discriminator_judge_agreement`; `EvaluationArguments.discriminator_judge_samples`, default 4, 0 = off):
+    logged as `eval/discriminator_judge_auc` (absent when no pair of completions of a prompt differs in the judge's
+    eyes) and `eval/discriminator_judge_pairs` (0 then), with `eval/shaped_reward_judge_auc` for shaped rewards, and
+    saved under `discriminator_judge` in eval_judge.json. The trainer is `trainer`, or the `GADTrainer` the callback is
+    given to (`bind_trainer`).
     """
 
-    def __init__(self, eval_args: EvaluationArguments, dataset=None, judge_client=None):
+    def __init__(self, eval_args: EvaluationArguments, dataset=None, judge_client=None, trainer=None):
         self.eval_args = eval_args
         self.dataset = dataset
         self.judge_client = judge_client
+        self.trainer = trainer
+        self.agreement = False  # set when training starts: a GAD trainer and discriminator_judge_samples > 0
         self.last = None
+
+    def bind_trainer(self, trainer) -> JudgeEvalCallback:
+        """Use `trainer`'s discriminator for the reward-judge agreement. `GADTrainer` calls this for the callbacks it
+        is given (also through `add_callback`): a callback built before its trainer (`--judge_eval_config`) needs no
+        wiring."""
+        self.trainer = trainer
+        return self
 
     def on_train_begin(self, args, state, control, **kwargs):
         from transformers.integrations import is_deepspeed_zero3_enabled
@@ -196,6 +355,26 @@ class JudgeEvalCallback(TrainerCallback):
                 "Remove the callback and judge the saved checkpoints after training: gad-trl evaluate "
                 f"--checkpoints_dir {args.output_dir} ..."
             )
+        self.agreement = self._agreement_applies()
+
+    def _agreement_applies(self) -> bool:
+        if self.eval_args.discriminator_judge_samples == 0:
+            return False
+        component = getattr(self.trainer, "discriminator_component", None)
+        if component is None:  # SeqKD, SODA, or no trainer found: the judge score only
+            logger.info("JudgeEvalCallback: no discriminator in this run, so no %s.", AUC_KEY)
+            return False
+        if getattr(component, "sharded", False):
+            raise ValueError(
+                "discriminator_judge_samples scores sampled completions with the discriminator on the main process "
+                "only, but this run shards it across processes (discriminator_sharding). Set "
+                "discriminator_judge_samples: 0 in the judge_eval_config YAML, or discriminator_sharding: none."
+            )
+        if getattr(self.trainer, "tools", None) or getattr(self.trainer, "environment_factories", None):
+            logger.warning("JudgeEvalCallback: %s is not measured in a run with tools or environments (the judge "
+                           "evaluation samples plain chat answers, not the run's trajectories).", AUC_KEY)
+            return False
+        return True
 
     def on_save(self, args, state, control, model=None, processing_class=None, **kwargs):
         if not state.is_world_process_zero:
@@ -208,7 +387,19 @@ class JudgeEvalCallback(TrainerCallback):
         self.last = evaluate(self.eval_args, checkpoint, dataset=self.dataset, model=model, tokenizer=tokenizer,
                              student_name=str(checkpoint.resolve()), judge_client=self.judge_client)
         score, length = self.last["score"]["mean"], self.last["mean_student_tokens"]
-        state.log_history.append({"eval_judge/score": score, "eval_judge/mean_student_tokens": length,
-                                  "step": state.global_step})
+        entry = {"eval_judge/score": score, "eval_judge/mean_student_tokens": length}
+        if self.agreement:
+            agreement = discriminator_judge_agreement(self.eval_args, self.trainer, model, tokenizer, checkpoint,
+                                                      self.dataset, self.judge_client, seed=args.seed)
+            self.last["discriminator_judge"] = agreement
+            with open(checkpoint / SUMMARY_FILE, "w") as f:
+                json.dump(self.last, f, indent=2)
+            entry[PAIRS_KEY] = agreement["pairs"]
+            if agreement["auc"] is not None:
+                entry[AUC_KEY] = agreement["auc"]
+            if agreement.get("shaped_reward_auc") is not None:
+                entry[SHAPED_AUC_KEY] = agreement["shaped_reward_auc"]
+            logger.info("checkpoint-%d: discriminator-judge AUC %s over %d pairs of %d prompts", state.global_step,
+                        agreement["auc"], agreement["pairs"], agreement["prompts"])
+        state.log_history.append({**entry, "step": state.global_step})
         logger.info("checkpoint-%d: judge score %s, mean length %s", state.global_step, score, length)
-

@@ -11,6 +11,8 @@ Every judgement is appended to `eval_judge_judgements.jsonl` as it finishes (res
 summary (`eval_judge.json`) holds the mean score with its 95% interval, the student's mean length in tokens, and the
 counts of unparseable judgements and failed rows (whose errors are in `eval_judge_errors.jsonl`). Checkpoints: the
 callback, the loop over a run's checkpoints and the best-checkpoint rule are in `gad_trl.workflow.checkpoint_selection`.
+`judge_completions` rates several answers per prompt with the same protocol (per-answer scores, for the callback's
+within-prompt reward-judge agreement).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ SUMMARY_FILE = "eval_judge.json"
 JUDGEMENTS_FILE = "eval_judge_judgements.jsonl"
 ERRORS_FILE = "eval_judge_errors.jsonl"
 REFERENCES_FILE = "judge_references.jsonl"
+AGREEMENT_FILE = "eval_judge_agreement.jsonl"  # JudgeEvalCallback's sampled completions, judge and discriminator scores
 
 
 @dataclass
@@ -135,12 +138,44 @@ class EvaluationArguments:
     )
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo id for --push_to_hub."})
     hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
+    # reward-judge agreement (JudgeEvalCallback in a GAD run)
+    discriminator_judge_samples: int = field(
+        default=4,
+        metadata={"help": "JudgeEvalCallback in a GAD run: student completions sampled per eval prompt, each scored by "
+                  "the judge and by the run's current discriminator, for eval/discriminator_judge_auc (the "
+                  "within-prompt reward-judge AUC, gad_trl.workflow.agreement). 0 = off; otherwise at least 2. "
+                  "Costs that many more judge reviews per prompt and checkpoint; per-sample rows in "
+                  f"{AGREEMENT_FILE}."},
+    )
+    discriminator_judge_temperature: float | None = field(
+        default=None,
+        metadata={"help": "Sampling temperature of those completions (> 0). Default: the trainer's `temperature`, "
+                  "the groups GRPO ranks."},
+    )
+    discriminator_judge_max_prompts: int | None = field(
+        default=None,
+        metadata={"help": "Use only the first N eval prompts for the agreement (default: all of them)."},
+    )
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"--mode {self.mode!r}: choose one of {MODES}.")
         if not self.request_timeout > 0:
             raise ValueError(f"--request_timeout must be > 0 seconds, got {self.request_timeout}.")
+        if self.discriminator_judge_samples != 0 and self.discriminator_judge_samples < 2:
+            raise ValueError(
+                f"--discriminator_judge_samples {self.discriminator_judge_samples}: the within-prompt agreement "
+                "compares completions of the same prompt, so it needs at least 2 per prompt (default 4); 0 turns it off."
+            )
+        if self.discriminator_judge_temperature is not None and not self.discriminator_judge_temperature > 0:
+            raise ValueError(
+                f"--discriminator_judge_temperature must be > 0 (got {self.discriminator_judge_temperature}): greedy "
+                "decoding gives one completion however many are asked for. Leave it unset for the trainer's "
+                "temperature."
+            )
+        if self.discriminator_judge_max_prompts is not None and self.discriminator_judge_max_prompts < 1:
+            raise ValueError(
+                f"--discriminator_judge_max_prompts must be >= 1, got {self.discriminator_judge_max_prompts}.")
         if self.push_to_hub and not (self.pick_best and self.hub_model_id):
             raise ValueError("--push_to_hub pushes the checkpoint --pick_best chooses: give --pick_best and "
                              "--hub_model_id (e.g. your-name/Qwen2.5-7B-GAD).")
@@ -289,60 +324,19 @@ def evaluate(args: EvaluationArguments, output_dir: str | os.PathLike | None = N
 
     # 2. the judge's reference answers (cached across runs and checkpoints)
     references: dict[str, str] = {}
-    judge_params = dict(temperature=args.judge_temperature)
     if args.mode == "reference" and answers:
-        cache_path = Path(args.reference_cache or output_dir / REFERENCES_FILE)
-        cache = JsonlStore(cache_path, "row_id")
-        for key in answers:
-            cached = cache.done.get(key)
-            if cached is not None:
-                if cached.get("prompt") != prompts[key] or cached.get("judge_model") != judge_model:
-                    cache.close()
-                    raise ValueError(f"{cache_path}: the reference for row {key!r} was written for another prompt or "
-                                     "judge model; use another --reference_cache.")
-                references[key] = cached["reference"]
-
-        def reference(key):
-            return chat(judge_client, judge_model, prompts[key], max_tokens=args.reference_max_tokens,
-                        **judge_params).text
-
-        todo = [k for k in answers if k not in references]
-        try:
-            for key, text, error in map_bounded(reference, todo, args.concurrency, "judge references"):
-                if error is not None:
-                    fail(key, "reference", error)
-                    continue
-                references[key] = text
-                cache.append({"row_id": key, "prompt": prompts[key], "judge_model": judge_model, "reference": text})
-        finally:
-            cache.close()
+        references = reference_answers(args, prompts, list(answers), judge_client, judge_model,
+                                       Path(args.reference_cache or output_dir / REFERENCES_FILE), fail)
 
     # 3. judgements
-    template, extra_body = args.template(), args.judge_extra_body_dict()
-
-    def review(question, answer_1, answer_2) -> tuple[str, tuple[float, float] | None]:
-        messages = J.judge_messages(question, answer_1, answer_2, template)
-        text = chat(judge_client, judge_model, messages, max_tokens=args.judge_max_tokens, extra_body=extra_body,
-                    **judge_params).text
-        return text, J.parse_ratings(text)
+    judgement = judge_function(args, judge_client, judge_model)
 
     def judge_row(key):
         question = J.question_text(prompts[key])
         student_text, tokens = answers[key]
         record = {"row_id": key, "student": student_name, "judge_model": judge_model, "mode": args.mode,
                   "question": question, "student_answer": student_text, "student_tokens": tokens}
-        if args.mode == "reference":
-            text, ratings = review(question, references[key], student_text)
-            record.update(reference_answer=references[key], review=text, parseable=ratings is not None,
-                          reference_rating=ratings and ratings[0], student_rating=ratings and ratings[1],
-                          score=ratings and J.relative_score(*ratings))
-        else:
-            text_ts, r_ts = review(question, teacher[key], student_text)  # teacher = Assistant 1
-            text_st, r_st = review(question, student_text, teacher[key])  # student = Assistant 1
-            outcomes = ([J.pairwise_outcome(r_ts[1], r_ts[0])] if r_ts else []) + (
-                [J.pairwise_outcome(r_st[0], r_st[1])] if r_st else [])
-            record.update(teacher_answer=teacher[key], reviews=[text_ts, text_st], ratings=[r_ts, r_st],
-                          parseable=bool(outcomes), score=sum(outcomes) / len(outcomes) if outcomes else None)
+        record.update(judgement(question, student_text, references.get(key), teacher.get(key)))
         return record
 
     judgeable = [k for k in pending if k in answers and (args.mode == "pairwise" or k in references)]
@@ -362,6 +356,126 @@ def evaluate(args: EvaluationArguments, output_dir: str | os.PathLike | None = N
     with open(output_dir / SUMMARY_FILE, "w") as f:
         json.dump(summary, f, indent=2)
     return summary
+
+
+def reference_answers(args: EvaluationArguments, prompts: dict[str, list[dict]], keys: list[str], judge_client,
+                      judge_model: str, cache_path: Path, fail) -> dict[str, str]:
+    """The judge's own answer to each prompt of `keys` (reference mode), from the JSONL cache at `cache_path` or asked
+    for (and appended to it); `fail(key, phase, error)` gets the rows whose reference could not be had."""
+    from .jsonl_store import JsonlStore
+    from .openai_chat import chat, map_bounded
+
+    references: dict[str, str] = {}
+    cache = JsonlStore(cache_path, "row_id")
+    for key in keys:
+        cached = cache.done.get(key)
+        if cached is not None:
+            if cached.get("prompt") != prompts[key] or cached.get("judge_model") != judge_model:
+                cache.close()
+                raise ValueError(f"{cache_path}: the reference for row {key!r} was written for another prompt or "
+                                 "judge model; use another --reference_cache.")
+            references[key] = cached["reference"]
+
+    def reference(key):
+        return chat(judge_client, judge_model, prompts[key], max_tokens=args.reference_max_tokens,
+                    temperature=args.judge_temperature).text
+
+    todo = [k for k in keys if k not in references]
+    try:
+        for key, text, error in map_bounded(reference, todo, args.concurrency, "judge references"):
+            if error is not None:
+                fail(key, "reference", error)
+                continue
+            references[key] = text
+            cache.append({"row_id": key, "prompt": prompts[key], "judge_model": judge_model, "reference": text})
+    finally:
+        cache.close()
+    return references
+
+
+def judge_function(args: EvaluationArguments, judge_client, judge_model: str):
+    """`judgement(question, student_text, reference, teacher) -> dict`: the judge's verdict on one student answer in
+    `args.mode` (reference: against the judge's `reference` answer; pairwise: against the `teacher` answer, in both
+    orders), as the fields of a judgement record; `score` is None when no review could be parsed."""
+    from .openai_chat import chat
+
+    template, extra_body = args.template(), args.judge_extra_body_dict()
+
+    def review(question, answer_1, answer_2) -> tuple[str, tuple[float, float] | None]:
+        messages = J.judge_messages(question, answer_1, answer_2, template)
+        text = chat(judge_client, judge_model, messages, max_tokens=args.judge_max_tokens, extra_body=extra_body,
+                    temperature=args.judge_temperature).text
+        return text, J.parse_ratings(text)
+
+    def judgement(question: str, student_text: str, reference: str | None = None, teacher: str | None = None) -> dict:
+        if args.mode == "reference":
+            text, ratings = review(question, reference, student_text)
+            return dict(reference_answer=reference, review=text, parseable=ratings is not None,
+                        reference_rating=ratings and ratings[0], student_rating=ratings and ratings[1],
+                        score=ratings and J.relative_score(*ratings))
+        text_ts, r_ts = review(question, teacher, student_text)  # teacher = Assistant 1
+        text_st, r_st = review(question, student_text, teacher)  # student = Assistant 1
+        outcomes = ([J.pairwise_outcome(r_ts[1], r_ts[0])] if r_ts else []) + (
+            [J.pairwise_outcome(r_st[0], r_st[1])] if r_st else [])
+        return dict(teacher_answer=teacher, reviews=[text_ts, text_st], ratings=[r_ts, r_st], parseable=bool(outcomes),
+                    score=sum(outcomes) / len(outcomes) if outcomes else None)
+
+    return judgement
+
+
+def judge_completions(args: EvaluationArguments, rows: list[tuple[str, dict]], completions: dict[str, list[str]],
+                      output_dir: str | os.PathLike,
+                      judge_client=None) -> tuple[dict[str, list[dict | None]], list[dict]]:
+    """Judge several student answers per prompt, each on its own, with `evaluate`'s protocol (`args.mode`): per-answer
+    judge scores, e.g. for the within-prompt reward-judge agreement (`JudgeEvalCallback`).
+
+    `rows`: keyed eval rows (`load_eval_rows`); `completions[key]`: the answers to row `key`'s prompt. Reference mode
+    reuses (and fills) the reference cache `evaluate` uses (`args.reference_cache`, default
+    `<output_dir>/judge_references.jsonl`), so every answer of a prompt is rated against the same reference; pairwise
+    mode reads the row's teacher answer. Returns, per key, one judgement record per answer in order (its `score`:
+    None when unparseable; the record None when a request failed) and the failures (`row_id`, `sample`, `phase`,
+    `error`). Nothing is written but the reference cache.
+    """
+    from ..data import final_answer_text, prompt_messages, teacher_texts
+    from .openai_chat import describe_error, make_client, map_bounded, resolve_model
+
+    rows = [(key, row) for key, row in rows if completions.get(key)]
+    prompts = {key: prompt_messages(row, key) for key, row in rows}
+    teacher = {}
+    if args.mode == "pairwise":
+        teacher = {key: final_answer_text(teacher_texts(row, args.teacher_response_column, key)[0])
+                   for key, row in rows}
+    if judge_client is None:
+        judge_client = make_client(args.judge_base_url, args.judge_api_key_env, args.request_timeout,
+                                   args.max_retries)
+    judge_model = resolve_model(judge_client, args.judge_model)
+    failures: list[dict] = []
+
+    def fail(key, phase, err, sample=None):
+        failures.append({"row_id": key, "sample": sample, "phase": phase, "error": describe_error(err, judge_client)})
+        logger.warning("Row %s%s failed (%s): %s", key, "" if sample is None else f" sample {sample}", phase,
+                       failures[-1]["error"])
+
+    references: dict[str, str] = {}
+    if args.mode == "reference" and rows:
+        references = reference_answers(args, prompts, list(prompts), judge_client, judge_model,
+                                       Path(args.reference_cache or Path(output_dir) / REFERENCES_FILE), fail)
+    judgement = judge_function(args, judge_client, judge_model)
+    results = {key: [None] * len(completions[key]) for key, _ in rows}
+    items = [(key, i) for key, _ in rows for i in range(len(completions[key]))
+             if args.mode == "pairwise" or key in references]
+
+    def judge_one(item):
+        key, i = item
+        return judgement(J.question_text(prompts[key]), completions[key][i], references.get(key), teacher.get(key))
+
+    for (key, i), record, error in map_bounded(judge_one, items, args.concurrency, "judgements (samples)",
+                                               unit="answer"):
+        if error is not None:
+            fail(key, "judge", error, i)
+        else:
+            results[key][i] = record
+    return results, failures
 
 
 def load_student(path: str, trust_remote_code: bool = False):
