@@ -93,7 +93,7 @@ def normalize_prompt(value: Any, row: int | str, column: str) -> str | list[dict
     )
 
 
-def _answer_text(value: Any, row: int | str, column: str, where: str = "") -> str:
+def answer_text(value: Any, row: int | str, column: str, where: str = "") -> str:
     """One teacher answer (a string or an assistant message) as a non-empty string, or `GADDataError`."""
     if isinstance(value, dict):
         if not _is_message(value):
@@ -221,9 +221,23 @@ def normalize_teacher_responses(value: Any, row: int | str, column: str) -> list
         for j, v in enumerate(value):
             where = f" answer {j}" if len(value) > 1 else ""
             answers.append(normalize_trajectory(list(v), row, column, where) if is_trajectory(v)
-                           else _answer_text(v, row, column, where))
+                           else answer_text(v, row, column, where))
         return answers
-    return [_answer_text(value, row, column)]
+    return [answer_text(value, row, column)]
+
+
+def as_trajectory(answer: str | list[dict], row: int | str, column: str) -> list[dict]:
+    """A teacher answer as a trajectory: a text answer in a column of trajectories is one given without calling a
+    tool, i.e. a trajectory of its final turn alone."""
+    return answer if not isinstance(answer, str) else normalize_trajectory(
+        [{"role": "assistant", "content": answer}], row, column)
+
+
+def _as_trajectories(value, row: int | str, column: str):
+    """A normalised teacher value (one answer, or a list of k) with each text answer made a trajectory."""
+    if isinstance(value, list) and value and not isinstance(value[0], dict):
+        return [as_trajectory(a, row, column) for a in value]
+    return as_trajectory(value, row, column)
 
 
 def normalize_teacher_response(value: Any, row: int | str, column: str) -> str:
@@ -349,11 +363,9 @@ def prepare_gad_dataset(
         if any(len(teacher_answers(a)) > 1 for a in answers):  # Arrow holds one type per column: every row a list
             answers = [teacher_answers(a) for a in answers]
         if len({isinstance(a, str) for r in answers for a in teacher_answers(r)}) > 1:
-            raise GADDataError(
-                f"The {split_name} set mixes text answers and tool-using trajectories in column "
-                f"'{teacher_response_column}': Arrow stores one type per column. Give every row trajectories, or "
-                "every row text answers."
-            )
+            # A column of trajectories: an answer given without calling a tool is a trajectory of its final turn
+            # alone (a tool-using teacher may answer directly), rendered like a student rollout without a call.
+            answers = [_as_trajectories(a, i, teacher_response_column) for i, a in enumerate(answers)]
         columns = {PROMPT_COLUMN: [r[PROMPT_COLUMN] for r in rows], teacher_response_column: answers}
         for c in others:
             columns[c] = dataset[c]

@@ -23,6 +23,11 @@ index, as vLLM seeds its n samples) and ` (choice i)` for choices i > 0 without 
 was started from; default `model`) and `POST /tokenize` answers `{"tokens": tokenize(prompt)}` (404 when `tokenize`
 is None). `log` records `(time, prompt, fault)` per request, `requests` the request bodies and `authorizations` their
 Authorization headers.
+
+Tool calling: a responder may return a message instead of a text, `{"content": ..., "tool_calls": [...]}` (OpenAI
+format; finish_reason "tool_calls"); `tool_script(...)` builds one that calls tools on its first turns and answers
+once it has read their results. With tools, `prompt` is still the last *user* message (the later requests of a
+conversation end with `tool` messages).
 """
 
 from __future__ import annotations
@@ -36,6 +41,34 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 def echo_upper(messages: list[dict]) -> str:
     return "ANSWER " + messages[-1]["content"].upper()
+
+
+def last_user_content(messages: list[dict]) -> str:
+    return next((m["content"] for m in reversed(messages) if m.get("role") == "user"), messages[-1].get("content"))
+
+
+def tool_script(turns, forever=None, final=None):
+    """A responder that calls tools: turn i (counting the assistant tool-call turns since the last user message) calls
+    `turns[i]`, a list of `(name, arguments)` (arguments a dict, or a raw string sent as is - e.g. bad JSON); after
+    the scripted turns it answers `final(messages)` (default: "FINAL " + the tool results joined by " | ").
+    `forever=(name, arguments)`: call that tool on every turn, never answering."""
+
+    def respond(messages):
+        since_user = []
+        for m in messages:
+            since_user = [] if m.get("role") == "user" else [*since_user, m]
+        done = sum(1 for m in since_user if m.get("role") == "assistant" and m.get("tool_calls"))
+        if forever is not None or done < len(turns):
+            calls = [forever] if forever is not None else turns[done]
+            return {"content": "", "tool_calls": [
+                {"id": f"call_{done}_{i}", "type": "function",
+                 "function": {"name": name, "arguments": args if isinstance(args, str) else json.dumps(args)}}
+                for i, (name, args) in enumerate(calls)]}
+        if final is not None:
+            return final(messages)
+        return "FINAL " + " | ".join(m["content"] for m in since_user if m.get("role") == "tool")
+
+    return respond
 
 
 class FaultServer:
@@ -114,7 +147,7 @@ class FaultServer:
                     tokens = server.tokenize(request["prompt"])
                     return self._send(200, json.dumps({"tokens": tokens, "count": len(tokens)}).encode())
                 messages = request["messages"]
-                prompt = messages[-1]["content"]
+                prompt = last_user_content(messages)
                 with server.lock:
                     queue = server.plan.get(prompt, [])
                     fault = queue[0] if queue else "ok"
@@ -152,6 +185,14 @@ class FaultServer:
                 if server.delay:
                     time.sleep(server.delay)
                 base = server.responder(messages)
+                if isinstance(base, dict):  # an assistant message (tool calls): one choice, as is
+                    calls = base.get("tool_calls") or None
+                    message = {"role": "assistant", "content": base.get("content"), "tool_calls": calls}
+                    body = {"id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": server.model,
+                            "choices": [{"index": 0, "finish_reason": "tool_calls" if calls else "stop",
+                                         "message": message}],
+                            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+                    return self._send(200, json.dumps(body).encode())
                 seed = request.get("seed")
                 texts = [base if seed is None and i == 0 else
                          base + (f" (sample {seed + i})" if seed is not None else f" (choice {i})")

@@ -220,9 +220,14 @@ def test_seqkd_trains_on_the_tokens_gads_sft_trains_on(tool_caller_dir):
     trained = [t for t, label in zip(ds[0]["input_ids"], ds[0]["labels"]) if label != -100]
     assert trained == [t for t, m in zip(ids, mask) if m]  # the assistant turns, no prompt, no tool result
     assert "<tool_response>" not in tok.decode(trained) and "<tool_response>" in tok.decode(ds[0]["input_ids"])
-    mixed = [rows[0], dict(rows[1], teacher_response="plain text")]
-    with pytest.raises((ValueError, GADDataError), match="mix"):
-        to_seqkd_dataset(Dataset.from_list(mixed), tokenizer=tok, tools=[add])
+    # A teacher that answers without calling a tool: its answer is a trajectory of the final turn alone.
+    direct = [rows[0], dict(rows[1], teacher_response=[{"role": "assistant", "content": "5 plus 2 equals 7"}])]
+    ds = to_seqkd_dataset(Dataset.from_list(direct), tokenizer=tok, tools=[add])
+    assert tok.decode([t for t, label in zip(ds[1]["input_ids"], ds[1]["labels"]) if label != -100]) \
+        == "5 plus 2 equals 7<|im_end|>"
+    prepared = prepare_gad_dataset(Dataset.from_list(direct))
+    assert prepared[1]["teacher_response"][0]["content"] == "5 plus 2 equals 7"
+    assert isinstance(prepared[1]["teacher_response"], list) and len(prepared[1]["teacher_response"]) == 1
 
 
 def test_tiny_tool_recipes_run_end_to_end(tmp_path, monkeypatch):

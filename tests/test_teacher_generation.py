@@ -253,3 +253,170 @@ def test_prompt_formats_and_system_prompt(tmp_path, fmt):
     from datasets import Dataset
 
     assert len(prepare_gad_dataset(Dataset.from_list(out))) == 3
+
+
+# --num_answers k: k answers per prompt, through the API's `n` or one request per answer.
+
+
+def sample(prompt, s):
+    """The fault server's answer for a request with seed `s` (one choice)."""
+    return echo_upper([{"role": "user", "content": prompt}]) + f" (sample {s})"
+
+
+def test_num_answers_one_request_with_n(tmp_path, capsys):
+    from gad_trl.data import normalize_teacher_responses
+
+    with FaultServer(n_mode="support") as server:
+        args = make_args(tmp_path, server, n=3, num_answers=3, seed=10)
+        summary = generate_teacher(args)
+    assert summary["failed"] == 0 and summary["done"] == 3 and summary["answers_per_row"] == 3
+    rows = read_jsonl(args.output)
+    for i, r in enumerate(rows):
+        prompt = f"question number {i}"
+        assert r["teacher_response"] == [sample(prompt, 10 + j) for j in range(3)]
+        assert r["teacher_finish_reason"] == ["stop"] * 3
+        assert normalize_teacher_responses(r["teacher_response"], i, "teacher_response") == r["teacher_response"]
+    assert len(server.requests) == 3 and all(q["n"] == 3 and q["seed"] == 10 for q in server.requests)
+    assert not args.answers_path.exists()  # removed once the data set is complete
+    assert "9/9" in capsys.readouterr().err  # the bar counts answers
+
+
+def test_num_answers_one_keeps_todays_requests_and_output(tmp_path):
+    with FaultServer() as server:
+        args = make_args(tmp_path, server, n=2, num_answers=1, seed=3)
+        summary = generate_teacher(args)
+    assert "answers_per_row" not in summary
+    assert all("n" not in q and q["seed"] == 3 for q in server.requests)
+    assert [r["teacher_response"] for r in read_jsonl(args.output)] == [sample(f"question number {i}", 3)
+                                                                       for i in range(2)]
+    assert not args.answers_path.exists()
+
+
+@pytest.mark.parametrize("n_mode", ["ignore", "reject"])
+def test_num_answers_falls_back_to_one_request_per_answer(tmp_path, caplog, n_mode):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="gad_trl.workflow.teacher")
+    with FaultServer(n_mode=n_mode) as server:
+        args = make_args(tmp_path, server, n=4, num_answers=3, seed=0)
+        summary = generate_teacher(args)
+    assert summary["failed"] == 0 and summary["done"] == 4
+    for i, r in enumerate(read_jsonl(args.output)):
+        assert r["teacher_response"] == [sample(f"question number {i}", j) for j in range(3)]
+    # After the endpoint showed it lacks `n` (at most `concurrency` rows asked with it first), one request per answer.
+    with_n = [q for q in server.requests if q.get("n")]
+    assert 1 <= len(with_n) <= args.concurrency
+    singles = [q for q in server.requests if not q.get("n")]
+    assert sorted(q["seed"] for q in singles).count(1) == 4  # distinct seeds: answer j asks with seed + j
+    notes = [r.message for r in caplog.records if "one request per missing answer" in r.message]
+    assert len(notes) == 1, notes  # said once
+    assert ("ignores `n`" if n_mode == "ignore" else "refused a request with n=3") in notes[0]
+
+
+def test_num_answers_resume_asks_only_for_the_missing_answers(tmp_path):
+    """An empty choice and a failed request leave rows with some answers: they are kept (answers file), listed per
+    (row, answer index), the row is not written; the rerun asks only for the missing answers."""
+    with FaultServer(n_mode="support") as server:
+        server.plan = {"question number 1": ["emptychoice"], "question number 2": ["always500"]}
+        args = make_args(tmp_path, server, n=3, num_answers=3, seed=0, max_retries=0)
+        summary = generate_teacher(args)
+        assert summary["failed"] == 2 and sorted(summary["failed_ids"]) == ["1", "2"]
+        assert summary["failed_answers"] == 4 and summary["output"] is None
+        errors = read_jsonl(args.errors_path)
+        by_answer = {(e["row_id"], e["answer_index"]): e["error"] for e in errors}
+        assert set(by_answer) == {("1", 2), ("2", 0), ("2", 1), ("2", 2)}
+        assert "Row 1: column 'teacher_response' answer 2 is an empty string" in by_answer[("1", 2)]
+        assert "500" in by_answer[("2", 0)]
+        assert [r["row_id"] for r in read_jsonl(args.progress_path)] == ["0"]  # only complete rows
+        kept = read_jsonl(args.answers_path)
+        assert sorted((a["row"], a["answer_index"]) for a in kept) == [("0", 0), ("0", 1), ("0", 2), ("1", 0),
+                                                                      ("1", 1)]
+        before = len(server.requests)
+        server.plan = {}
+        summary = generate_teacher(args)
+        again = server.requests[before:]
+    assert summary["failed"] == 0 and summary["output"] == args.output
+    # Row 1: only answer 2 (one request, its own seed); row 2: its three answers in one request with n.
+    asked = sorted((q["messages"][-1]["content"], q.get("n"), q["seed"]) for q in again)
+    assert asked == [("question number 1", None, 2), ("question number 2", 3, 0)]
+    rows = read_jsonl(args.output)
+    for i, r in enumerate(rows):
+        assert r["teacher_response"] == [sample(f"question number {i}", j) for j in range(3)]
+    assert not args.answers_path.exists() and read_jsonl(args.errors_path) == []
+
+
+def test_num_answers_resume_refuses_another_k_and_validates(tmp_path):
+    with FaultServer() as server:
+        args = make_args(tmp_path, server, n=2, num_answers=2)
+        generate_teacher(args)
+        with pytest.raises(ValueError, match="holds 2 teacher answer.*--num_answers 3"):
+            generate_teacher(make_args(tmp_path, server, n=2, num_answers=3))
+    with pytest.raises(ValueError, match="--num_answers must be >= 1"):
+        TeacherGenerationArguments(dataset_name="p.jsonl", output="o.jsonl", num_answers=0)
+
+
+def test_num_answers_kill_9_then_resume_keeps_received_answers(tmp_path):
+    """One request per answer (n ignored), killed mid-run: the rerun asks only for the answers not yet stored."""
+    n, k = 12, 3
+    with FaultServer(delay=0.05, n_mode="ignore") as server:
+        data = write_jsonl(prompts(n), tmp_path / "prompts.jsonl")
+        out = tmp_path / "out.jsonl"
+        answers = tmp_path / "out.jsonl.answers.jsonl"
+        cmd = [sys.executable, "-m", "gad_trl.cli.main", "generate-teacher", "--dataset_name", data, "--output",
+               str(out), "--base_url", server.url, "--concurrency", "2", "--num_answers", str(k), "--seed", "5"]
+        env = {**os.environ, "PYTHONPATH": os.getcwd()}
+        log = tmp_path / "first_run.log"
+        with open(log, "wb") as stderr:
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and proc.poll() is None:
+                if answers.exists() and answers.read_text().count("\n") >= 10:
+                    break
+                time.sleep(0.02)
+            assert proc.poll() is None, log.read_text()[-2000:]
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        first = len(server.requests)
+        stored = {(a["row"], a["answer_index"]) for a in read_jsonl(answers)}
+        assert len(stored) >= 10
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=90)
+        assert result.returncode == 0, result.stderr[-3000:]
+        rerun = server.requests[first:]
+    rows = read_jsonl(out)
+    assert [r["row_id"] for r in rows] == [str(i) for i in range(n)]
+    for i, r in enumerate(rows):
+        assert r["teacher_response"] == [sample(f"question number {i}", 5 + j) for j in range(k)]
+    asked = {(q["messages"][-1]["content"].split()[-1], q["seed"] - 5) for q in rerun}
+    assert all((row, j) not in stored for row, j in asked)  # nothing already stored was asked again
+    assert not answers.exists()
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(600)
+def test_num_answers_from_a_real_vllm_server_uses_n(vllm_server, tmp_path):
+    """vLLM honours `n`: one request per prompt gives its k answers, and answer j is the sample one request with
+    seed + j gives (vLLM seeds its n samples so) - what a fallback or resumed answer asks for."""
+    import openai
+    from datasets import Dataset
+
+    from gad_trl.data import prepare_gad_dataset
+    from gad_trl.testing import tiny_gad_rows
+
+    rows = [{"prompt": r["prompt"]} for r in tiny_gad_rows(3, seed=2)]
+    data = write_jsonl(rows, tmp_path / "prompts.jsonl")
+    before = vllm_server.count_requests("/v1/chat/completions")
+    args = TeacherGenerationArguments(dataset_name=data, output=str(tmp_path / "train.jsonl"),
+                                      base_url=f"{vllm_server.url}/v1", num_answers=3, temperature=1.0, seed=0,
+                                      max_tokens=8, extra_body='{"min_tokens": 2}')
+    summary = generate_teacher(args)
+    assert summary["failed"] == 0, read_jsonl(args.errors_path)
+    assert vllm_server.count_requests("/v1/chat/completions") - before == 3  # one request (n=3) per prompt
+    out = read_jsonl(args.output)
+    assert all(len(r["teacher_response"]) == 3 and len(r["teacher_finish_reason"]) == 3 for r in out)
+    assert len(prepare_gad_dataset(Dataset.from_list(out))) == 3
+    client = openai.OpenAI(base_url=f"{vllm_server.url}/v1", api_key="EMPTY")
+    for row, written in zip(rows[:2], out[:2]):
+        for j in range(3):
+            again = client.chat.completions.create(model=vllm_server.model, messages=row["prompt"], max_tokens=8,
+                                                   temperature=1.0, seed=j, extra_body={"min_tokens": 2})
+            assert again.choices[0].message.content == written["teacher_response"][j], j

@@ -6,6 +6,11 @@ trainer's format (resumable; see gad_trl.workflow.teacher).
         --base_url https://api.openai.com/v1 --model gpt-4o --max_tokens 1536 --concurrency 16 \
         --tokenizer_name_or_path Qwen/Qwen2.5-7B-Instruct
 
+    # k answers per prompt (one request with the API's `n`, one per answer where the endpoint lacks it):
+    gad-trl generate-teacher ... --num_answers 4 --temperature 1.0 --seed 0
+    # teacher trajectories through the tool-calling API, the tools run here:
+    gad-trl generate-teacher ... --tools my_tools:search,my_tools:calculator --max_tool_calls 8 --tool_timeout 20
+
 Exit status 1 when rows failed (listed in `<output>.errors.jsonl`): run the same command again to retry them.
 """
 

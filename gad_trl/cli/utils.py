@@ -22,7 +22,7 @@ def to_seqkd_dataset(dataset, teacher_response_column: str = "teacher_response",
     (`TrajectoryEncoder.sft_example`: `input_ids`, `labels` -100 on the prompt and on tool results), so SeqKD trains
     on exactly the tokens GAD's teacher-SFT loss trains on.
     """
-    from ..data import is_trajectory, normalize_trajectory
+    from ..data import as_trajectory
 
     encoders = []
 
@@ -43,11 +43,8 @@ def to_seqkd_dataset(dataset, teacher_response_column: str = "teacher_response",
             row = {name: values[j] for name, values in batch.items()}
             messages = prompt_messages(row, idx)
             for answer in teacher_texts(row, teacher_response_column, idx):
-                if trajectories != is_trajectory(answer):
-                    raise ValueError(f"Row {idx}: teacher answers mix text and tool-using trajectories across rows; "
-                                     "give every row the same kind of answer.")
-                if trajectories:
-                    example = encoder().sft_example(messages, normalize_trajectory(answer, idx, teacher_response_column))
+                if trajectories:  # a text answer among trajectories: one given without calling a tool
+                    example = encoder().sft_example(messages, as_trajectory(answer, idx, teacher_response_column))
                     out["input_ids"].append(example["input_ids"])
                     out["labels"].append(example["labels"])
                 else:
@@ -55,8 +52,8 @@ def to_seqkd_dataset(dataset, teacher_response_column: str = "teacher_response",
                     out["completion"].append([{"role": "assistant", "content": answer}])
         return out
 
-    first = next(iter(dataset), None)
-    trajectories = first is not None and is_trajectory(teacher_texts(first, teacher_response_column, 0)[0])
+    trajectories = any(not isinstance(answer, str) for i, row in enumerate(dataset)
+                       for answer in teacher_texts(row, teacher_response_column, i))
     return dataset.map(convert, with_indices=True, batched=True, remove_columns=dataset.column_names)
 
 

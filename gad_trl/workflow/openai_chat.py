@@ -12,7 +12,8 @@ Failure policy (tested against a local fault-injecting server, tests/test_teache
 - Anything else (400, 401, 404, ...): not retried.
 The error that remains after the retries is raised; callers record it against the row.
 `chat_choices` asks for several answers in one request (the API's `n`); what to do when an endpoint lacks `n` is the
-caller's choice (`gad_trl.workflow.teacher` falls back to one request per answer).
+caller's choice (`gad_trl.workflow.teacher` falls back to one request per answer). `chat_turn` sends `tools` and
+returns the assistant turn with its `tool_calls` (`gad_trl.workflow.tool_calling` runs the loop); retried as `chat`.
 
 The API key is read from the environment variable named by the caller and handed to the client only: never logged,
 never written to a file.
@@ -42,6 +43,17 @@ class ChatResult:
     text: str
     finish_reason: str | None
     completion_tokens: int | None
+
+
+@dataclass
+class ChatTurn:
+    """One assistant turn of a tool-calling conversation: text (None when the endpoint sent none) and tool calls as
+    `{"id", "type": "function", "function": {"name", "arguments": <JSON string>}}` (an empty list: a final answer;
+    `id` None where the endpoint sent none)."""
+
+    content: str | None
+    tool_calls: list[dict]
+    finish_reason: str | None
 
 
 def make_client(base_url: str, api_key_env: str | None = "OPENAI_API_KEY", timeout: float = 600.0,
@@ -100,6 +112,15 @@ def chat_choices(client, model: str, messages: list[dict], n: int = 1, max_retri
     return _create(client, model, messages, max_retries, params, _parse_all)
 
 
+def chat_turn(client, model: str, messages: list[dict], tools: list[dict] | None = None,
+              max_retries: int | None = None, **params) -> ChatTurn:
+    """One assistant turn for `messages` with the OpenAI `tools` list (sent when not empty); retried as `chat`. A
+    choice with neither text nor tool calls is a malformed answer (retried)."""
+    if tools:
+        params = {**params, "tools": tools}
+    return _create(client, model, messages, max_retries, params, _parse_turn)
+
+
 def _create(client, model, messages, max_retries, params, parse):
     import openai
 
@@ -139,6 +160,31 @@ def _parse(response) -> ChatResult:
     tokens = getattr(usage, "completion_tokens", None)
     return ChatResult(text=text, finish_reason=getattr(choice, "finish_reason", None),
                       completion_tokens=tokens if isinstance(tokens, int) else None)
+
+
+def _parse_turn(response) -> ChatTurn:
+    choice = _choices(response)[0]
+    message = getattr(choice, "message", None)
+    content = getattr(message, "content", None)
+    raw_calls = getattr(message, "tool_calls", None) or []
+    if not raw_calls and not isinstance(content, str):
+        raise MalformedResponseError(f"the first choice has neither text nor tool calls: {str(choice)[:200]!r}")
+    calls = []
+    for i, call in enumerate(raw_calls):
+        function = getattr(call, "function", None)
+        name = getattr(function, "name", None)
+        arguments = getattr(function, "arguments", None)
+        if not isinstance(name, str) or not name:
+            raise MalformedResponseError(f"tool call {i} has no function name: {str(call)[:200]!r}")
+        if arguments is None:
+            arguments = "{}"
+        elif not isinstance(arguments, str):
+            arguments = json.dumps(arguments)
+        call_id = getattr(call, "id", None)
+        calls.append({"id": call_id if isinstance(call_id, str) and call_id else None, "type": "function",
+                      "function": {"name": name, "arguments": arguments}})
+    return ChatTurn(content=content if isinstance(content, str) else None, tool_calls=calls,
+                    finish_reason=getattr(choice, "finish_reason", None))
 
 
 def _parse_all(response) -> list[ChatResult]:

@@ -1,16 +1,28 @@
-"""Build a GAD training set from a black-box teacher: one chat completion per prompt from an OpenAI-compatible endpoint.
+"""Build a GAD training set from a black-box teacher: chat completions per prompt from an OpenAI-compatible endpoint.
 
 Rows come back in the trainer's format: the input row (its prompt column untouched) plus `teacher_response` (text),
 `teacher_finish_reason` and the row id. The run is resumable with nothing lost: each finished row is appended to the
 output JSONL (flushed and fsynced, `gad_trl.workflow.jsonl_store`); a restarted run with the same output skips the rows already
 there, redoes a row torn by a kill, and retries the rows that failed. Rows that fail after the client's retries are
 written, with their error, to `<output>.errors.jsonl` and counted in the summary; none is dropped silently.
+
+`--num_answers k` (k > 1): k answers per prompt, `teacher_response` (and `teacher_finish_reason`) a list of k. They are
+asked in one request with the API's `n`; an endpoint that rejects `n` (HTTP 400/422) or ignores it (fewer choices)
+gets one request per missing answer instead (seed + answer index when --seed is set: the seeds vLLM gives its n
+samples), which the log says once. Each answer is appended to `<output>.answers.jsonl` as it arrives; a row is
+appended to the output only with all its k answers, so a killed run keeps the answers it had and the rerun asks only
+for the missing (row, answer index) pairs. The answers file is removed when the data set is complete.
+
+`--tools module:function,...`: each answer is a tool-using trajectory recorded through the tool-calling API
+(`gad_trl.workflow.tool_calling`); with k > 1, k independent trajectories (one request chain each).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +49,29 @@ class TeacherGenerationArguments:
     )
     teacher_response_column: str = field(
         default="teacher_response", metadata={"help": "Column the teacher's answer is written to."}
+    )
+    num_answers: int = field(
+        default=1,
+        metadata={"help": "Teacher answers per prompt (k). 1: the answer is a string. k > 1: a list of k answers "
+                  "(and of k finish reasons), asked in one request with the API's `n`; where the endpoint rejects "
+                  "or ignores `n`, one request per answer (seed + answer index with --seed). Resumes per answer."},
+    )
+    tools: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated `module:function` tools (type hints + Google-style docstrings, as TRL "
+                  "needs): record teacher trajectories through the OpenAI tool-calling API, the tools run here. "
+                  "teacher_response is then the list of messages after the prompt (assistant tool calls, tool "
+                  "results, final answer). With --num_answers k: k independent trajectories."},
+    )
+    max_tool_calls: int = field(
+        default=8,
+        metadata={"help": "With --tools: most tool calls per trajectory; a teacher still calling tools past it fails "
+                  "the row (listed in the errors file; no trajectory without a final answer is written)."},
+    )
+    tool_timeout: float = field(
+        default=30.0,
+        metadata={"help": "With --tools: seconds to wait for one tool call; past it the model gets an error result "
+                  "and carries on. The call's thread cannot be killed and keeps running in the background."},
     )
     base_url: str = field(
         default="http://127.0.0.1:8000/v1",
@@ -96,6 +131,17 @@ class TeacherGenerationArguments:
             raise ValueError(f"--request_timeout must be > 0 seconds, got {self.request_timeout}.")
         if self.extra_body is not None:
             self.extra_body_dict()  # fail early on bad JSON
+        if self.num_answers < 1:
+            raise ValueError(f"--num_answers must be >= 1, got {self.num_answers}.")
+        if self.max_tool_calls < 1:
+            raise ValueError(f"--max_tool_calls must be >= 1, got {self.max_tool_calls}.")
+        if not self.tool_timeout > 0:
+            raise ValueError(f"--tool_timeout must be > 0 seconds, got {self.tool_timeout}.")
+        if self.tools is not None:
+            from .tool_calling import parse_tool_specs
+
+            if not parse_tool_specs(self.tools):
+                raise ValueError("--tools names no function; expected 'module:function[,module:function...]'.")
 
     def extra_body_dict(self) -> dict | None:
         return parse_json_object(self.extra_body, "--extra_body")
@@ -105,6 +151,11 @@ class TeacherGenerationArguments:
         """The JSONL rows are appended to: the output itself, or `<output>.partial.jsonl` for Parquet."""
         out = Path(self.output)
         return out if out.suffix.lower() == ".jsonl" else out.with_name(out.name + ".partial.jsonl")
+
+    @property
+    def answers_path(self) -> Path:
+        """With --num_answers k > 1: the JSONL each answer is appended to as it arrives (removed once complete)."""
+        return Path(self.output).with_name(Path(self.output).name + ".answers.jsonl")
 
     @property
     def errors_path(self) -> Path:
@@ -180,77 +231,296 @@ def load_prompts(dataset_name: str, dataset_config: str | None = None, split: st
     return dataset
 
 
+def _prompt_fingerprint(row: dict) -> str:
+    """A short hash of a row's prompt column (what `_same_prompt` compares), kept with each stored answer."""
+    column = _prompt_column(row)
+    text = json.dumps(row.get(column), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _runs(indices: list[int]) -> list[list[int]]:
+    """Consecutive runs of sorted answer indices: [0, 1, 3] -> [[0, 1], [3]] (one `n` request per run)."""
+    runs: list[list[int]] = []
+    for j in indices:
+        if runs and runs[-1][-1] == j - 1:
+            runs[-1].append(j)
+        else:
+            runs.append([j])
+    return runs
+
+
+class _NSupport:
+    """Whether `n` is still worth sending (shared by the request threads); `give_up` logs the reason once."""
+
+    def __init__(self, seeded: bool):
+        self.usable = True
+        self.seeded = seeded
+        self._lock = threading.Lock()
+
+    def give_up(self, why: str) -> None:
+        with self._lock:
+            if not self.usable:
+                return
+            self.usable = False
+        logger.warning("%s: asking one request per missing answer from now on%s.", why,
+                       " (seed + answer index as each request's seed)" if self.seeded else "")
+
+
+def _answer_count(value) -> int:
+    from ..data import teacher_answers
+
+    return len(teacher_answers(value)) if value is not None else 0
+
+
+def _holds_text(value, k: int) -> bool:
+    """Whether a stored teacher column value holds text answers (else tool trajectories)."""
+    return isinstance(value, str) if k == 1 else all(isinstance(a, str) for a in value or [])
+
+
+def _truncated(record: dict) -> int:
+    reason = record.get("teacher_finish_reason")
+    if isinstance(reason, list):
+        return sum(r == "length" for r in reason)
+    return int(reason == "length")
+
+
 def generate_teacher(args: TeacherGenerationArguments, dataset=None, client=None) -> dict:
     """Run (or resume) the generation; returns the summary (counts, paths, failed ids)."""
-    from ..data import normalize_teacher_response, prompt_messages
+    from ..data import answer_text, normalize_trajectory, prompt_messages
     from .jsonl_store import JsonlStore, write_jsonl_atomic
-    from .openai_chat import chat, describe_error, make_client, map_bounded, resolve_model
+    from .openai_chat import (
+        chat,
+        chat_choices,
+        describe_error,
+        make_client,
+        map_bounded,
+        rejected_request,
+        resolve_model,
+    )
+
+    k = args.num_answers
+    column = args.teacher_response_column
+    tools = schemas = None
+    if args.tools:  # resolved (imported, schemas built) before any request is sent
+        from .tool_calling import record_trajectory, resolve_tools, tool_schemas
+
+        functions = resolve_tools(args.tools)
+        schemas = tool_schemas(functions)
+        tools = {schema["function"]["name"]: fn for schema, fn in zip(schemas, functions)}
 
     if dataset is None:
         dataset = load_prompts(args.dataset_name, args.dataset_config, args.dataset_split, args.max_samples)
     rows = keyed_rows(dataset, args.id_column)
     # Every prompt is validated (as the trainer does) before any request is sent.
     messages = {key: with_system_prompt(prompt_messages(row, key), args.system_prompt) for key, row in rows}
+    by_key = dict(rows)
 
     store = JsonlStore(args.progress_path, args.id_column)
-    known = {key for key, _ in rows}
-    stale = [key for key in store.done if key not in known]
-    if stale:
-        store.close()
-        raise ValueError(
-            f"{args.progress_path} holds {len(stale)} row id(s) that are not in the prompts (e.g. {stale[:3]}): it "
-            "was written from another data set or --max_samples. Use another --output, or the same inputs."
-        )
-    for key, row in rows:
-        if key in store and not _same_prompt(store.done[key], row):
-            store.close()
+    answers_store = None
+    try:
+        known = {key for key, _ in rows}
+        stale = [key for key in store.done if key not in known]
+        if stale:
             raise ValueError(
-                f"{args.progress_path}: row {key!r} was written for a different prompt than the data set's row "
-                f"{key!r}. The prompts changed since the first run: use another --output."
+                f"{args.progress_path} holds {len(stale)} row id(s) that are not in the prompts (e.g. {stale[:3]}): it "
+                "was written from another data set or --max_samples. Use another --output, or the same inputs."
             )
+        for key, row in rows:
+            if key in store and not _same_prompt(store.done[key], row):
+                raise ValueError(
+                    f"{args.progress_path}: row {key!r} was written for a different prompt than the data set's row "
+                    f"{key!r}. The prompts changed since the first run: use another --output."
+                )
+            if key in store and _answer_count(store.done[key].get(column)) != k:
+                raise ValueError(
+                    f"{args.progress_path}: row {key!r} holds {_answer_count(store.done[key].get(column))} teacher "
+                    f"answer(s) in {column!r}, this run asks for --num_answers {k}: use another --output, or the same "
+                    "--num_answers."
+                )
+            if key in store and _holds_text(store.done[key].get(column), k) != (tools is None):
+                raise ValueError(
+                    f"{args.progress_path}: row {key!r} holds "
+                    + ("text answers; this run records tool trajectories (--tools)" if tools is not None else
+                       "tool trajectories; this run asks for text answers (no --tools)")
+                    + ": use another --output, or the same --tools."
+                )
+        # Answers of rows not complete yet (k > 1): kept across runs, one line per (row, answer index).
+        partial: dict[str, dict[int, tuple]] = {}
+        if k > 1:
+            answers_store = JsonlStore(args.answers_path, "answer_key")
+            for record in answers_store.done.values():
+                key, j = str(record["row"]), int(record["answer_index"])
+                if key not in known:
+                    raise ValueError(
+                        f"{args.answers_path} holds answers for row {key!r}, which is not in the prompts: it was "
+                        "written from another data set or --max_samples. Use another --output, or the same inputs."
+                    )
+                if record.get("prompt_sha") != _prompt_fingerprint(by_key[key]):
+                    raise ValueError(
+                        f"{args.answers_path}: the answers of row {key!r} were written for a different prompt than "
+                        "the data set's row. The prompts changed since the first run: use another --output."
+                    )
+                if isinstance(record["answer"], str) != (tools is None):
+                    raise ValueError(
+                        f"{args.answers_path}: the answers of row {key!r} are "
+                        + ("text; this run records tool trajectories (--tools)" if tools is not None else
+                           "tool trajectories; this run asks for text answers (no --tools)")
+                        + ": use another --output, or the same --tools."
+                    )
+                if key not in store and j < k:
+                    partial.setdefault(key, {})[j] = (record["answer"], record["finish_reason"])
+    except BaseException:
+        store.close()
+        if answers_store is not None:
+            answers_store.close()
+        raise
     resumed = len(store)
     pending = [(key, row) for key, row in rows if key not in store]
+    missing_at_start = {key: k - len(partial.get(key, {})) for key, _ in pending}
+    kept = sum(len(partial.get(key, {})) for key, _ in pending)
     if resumed:
         logger.info("Resuming: %d of %d rows already in %s.", resumed, len(rows), args.progress_path)
+    if kept:
+        logger.info("Resuming: %d answer(s) of unfinished rows already in %s; asking only for the missing ones.",
+                    kept, args.answers_path)
 
     if client is None:
         client = make_client(args.base_url, args.api_key_env, args.request_timeout, args.max_retries)
     model = resolve_model(client, args.model) if pending else args.model
-    params = dict(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed,
+    params = dict(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
                   extra_body=args.extra_body_dict())
+    n_support = _NSupport(seeded=args.seed is not None)
+    lock = threading.Lock()
+
+    def seed_for(j: int) -> int | None:
+        # Answer j's seed: what vLLM gives the j-th of n samples, so a resumed or one-by-one answer is the same.
+        return None if args.seed is None else args.seed + j
+
+    def where(j: int) -> str:
+        return f" answer {j}" if k > 1 else ""
+
+    def keep(key, j, value, finish_reason):
+        with lock:
+            partial.setdefault(key, {})[j] = (value, finish_reason)
+            if answers_store is not None:
+                answers_store.append({"answer_key": json.dumps([key, j]), "row": key, "answer_index": j,
+                                      "prompt_sha": _prompt_fingerprint(by_key[key]), "answer": value,
+                                      "finish_reason": finish_reason})
+
+    def take(key, j, result, errors):
+        try:
+            # The trainer rejects empty teacher answers: such an answer is a failure, listed, never written.
+            answer_text(result.text, key, column, where(j))
+        except Exception as err:  # noqa: BLE001
+            errors[j] = err
+            return
+        keep(key, j, result.text, result.finish_reason)
 
     def ask(item):
+        """Ask for the row's missing answers; returns `{answer index: error}` for those that failed."""
         key, _ = item
-        result = chat(client, model, messages[key], **params)
-        # The trainer rejects empty teacher answers: such a row is a failure, listed, never written.
-        normalize_teacher_response(result.text, key, args.teacher_response_column)
-        return result
+        have = partial.get(key, {})
+        missing = [j for j in range(k) if j not in have]
+        errors: dict[int, BaseException] = {}
+        if tools is not None:
+            for j in missing:  # one request chain per trajectory
+                try:
+                    result = record_trajectory(client, model, messages[key], tools, schemas, args.max_tool_calls,
+                                               args.tool_timeout, seed=seed_for(j), **params)
+                    normalize_trajectory(result.messages, key, column, where(j))
+                except Exception as err:  # noqa: BLE001 - listed against the row
+                    errors[j] = err
+                    continue
+                keep(key, j, result.messages, result.finish_reason)
+            return errors
+        for run in _runs(missing):
+            todo, rejection = run, None
+            if len(run) > 1 and n_support.usable:
+                try:
+                    results = chat_choices(client, model, messages[key], n=len(run), seed=seed_for(run[0]), **params)
+                except Exception as err:  # noqa: BLE001
+                    if not rejected_request(err):
+                        errors.update(dict.fromkeys(run, err))
+                        continue
+                    rejection = err  # maybe `n` itself: try one request per answer
+                else:
+                    for j, result in zip(run, results):
+                        take(key, j, result, errors)
+                    if len(results) < len(run):
+                        n_support.give_up(f"The endpoint answered {len(results)} choice(s) to a request for n="
+                                          f"{len(run)} (it ignores `n`)")
+                    todo = run[len(results):]
+            answered = False
+            for j in todo:
+                try:
+                    result = chat(client, model, messages[key], seed=seed_for(j), **params)
+                except Exception as err:  # noqa: BLE001
+                    errors[j] = err
+                    continue
+                answered = True
+                take(key, j, result, errors)
+            if rejection is not None and answered:  # the same request without `n` went through: `n` was refused
+                n_support.give_up(f"The endpoint refused a request with n={len(run)} "
+                                  f"({describe_error(rejection, client)})")
+        return errors
 
     failures = []
+    failed_rows: list[str] = []
     try:
-        for (key, row), result, error in map_bounded(ask, pending, args.concurrency, "teacher answers",
-                                                      initial=resumed, total=len(rows)):
-            if error is not None:
-                failures.append({args.id_column: key, "error": describe_error(error, client)})
-                logger.warning("Row %s failed: %s", key, failures[-1]["error"])
+        for (key, row), errors, error in map_bounded(
+            ask, pending, args.concurrency, "teacher answers", initial=resumed * k + kept, total=len(rows) * k,
+            size=lambda item: missing_at_start[item[0]], unit="answer" if k > 1 else "row",
+        ):  # fmt: skip
+            if error is not None:  # not expected: `ask` lists its errors per answer
+                errors = {j: error for j in range(k) if j not in partial.get(key, {})}
+            if errors:
+                failed_rows.append(key)
+                for j in sorted(errors):
+                    entry = {args.id_column: key}
+                    if k > 1:
+                        entry["answer_index"] = j
+                    entry["error"] = describe_error(errors[j], client)
+                    failures.append(entry)
+                    logger.warning("Row %s%s failed: %s", key, where(j), entry["error"])
                 continue
+            got = partial.pop(key)
             out = dict(row)
             out[args.id_column] = row.get(args.id_column, key)
-            out[args.teacher_response_column] = result.text
-            out["teacher_finish_reason"] = result.finish_reason
+            if k == 1:
+                out[column], out["teacher_finish_reason"] = got[0]
+            else:
+                out[column] = [got[j][0] for j in range(k)]
+                out["teacher_finish_reason"] = [got[j][1] for j in range(k)]
             store.append(out)
     finally:
         store.close()
+        if answers_store is not None:
+            answers_store.close()
     write_jsonl_atomic(failures, args.errors_path)
 
     complete = len(store.done) == len(rows)
     summary = {
         "rows": len(rows), "done": len(store.done), "resumed": resumed, "generated": len(store.done) - resumed,
-        "failed": len(failures), "failed_ids": [f[args.id_column] for f in failures][:100],
-        "truncated": sum(r.get("teacher_finish_reason") == "length" for r in store.done.values()),
+        "failed": len(failed_rows), "failed_ids": failed_rows[:100],
+        "truncated": sum(_truncated(r) for r in store.done.values()),
         "output": args.output if complete else None, "progress_file": str(args.progress_path),
         "errors_file": str(args.errors_path), "model": model,
     }  # fmt: skip
+    if tools is not None:
+        # A teacher that answered without calling a tool gives a one-message trajectory, written as it is; the
+        # trainer reads it as a trajectory of its final turn alone (gad_trl.data.as_trajectory). Counted: many of
+        # them mean the teacher did not use the tools (its system prompt, or the tools' descriptions).
+        summary["answers_without_tool_calls"] = sum(
+            not any(m.get("tool_calls") for m in trajectory)
+            for r in store.done.values() for trajectory in ([r[column]] if k == 1 else r[column])
+        )  # fmt: skip
+        if summary["answers_without_tool_calls"]:
+            logger.warning("%d trajectory(ies) end without any tool call (the teacher answered directly).",
+                           summary["answers_without_tool_calls"])
+    if k > 1:
+        summary["answers_per_row"] = k
+        summary["failed_answers"] = len(failures)
+        summary["answers_file"] = str(args.answers_path)
     if complete:
         ordered = [store.done[key] for key, _ in rows]  # input order, whatever order they finished in
         if Path(args.output).suffix.lower() == ".jsonl":
@@ -260,6 +530,8 @@ def generate_teacher(args: TeacherGenerationArguments, dataset=None, client=None
 
             Dataset.from_list(ordered).to_parquet(args.output)
             args.progress_path.unlink()
+        if k > 1:
+            args.answers_path.unlink(missing_ok=True)
         if args.push_to_hub:
             push_dataset(args.output, args.hub_dataset_id, args.hub_private)
             summary["pushed_to"] = args.hub_dataset_id
@@ -273,19 +545,30 @@ def push_dataset(path: str, repo_id: str, private: bool = False) -> None:
 
 
 def format_summary(summary: dict) -> str:
+    k = summary.get("answers_per_row", 1)
     lines = [
         f"Teacher answers ({summary['model'] or 'no request needed'}): {summary['done']}/{summary['rows']} rows "
-        f"({summary['generated']} generated now, {summary['resumed']} from an earlier run), "
+        + (f"of {k} answers " if k > 1 else "")
+        + f"({summary['generated']} generated now, {summary['resumed']} from an earlier run), "
         f"{summary['failed']} failed, "
-        f"{summary['truncated']} cut at max_tokens (teacher_finish_reason='length').",
+        + (f"{summary['truncated']} answer(s) " if k > 1 else f"{summary['truncated']} ")
+        + "cut at max_tokens (teacher_finish_reason='length').",
     ]
     if summary["output"]:
         lines.append(f"Written: {summary['output']}")
+    if summary.get("answers_without_tool_calls"):
+        lines.append(
+            f"{summary['answers_without_tool_calls']} trajectory(ies) have no tool call (a final answer alone; the "
+            "trainer takes them as trajectories without a call). Many of them mean the teacher ignored the tools: "
+            "check --system_prompt and the tools' docstrings."
+        )
     if summary["failed"]:
         lines.append(
             f"{summary['failed']} row(s) failed after retries (ids {summary['failed_ids'][:10]}...); their errors are "
             f"in {summary['errors_file']}. The rows done so far are in {summary['progress_file']}; run the same "
             "command again to retry the failed rows."
+            + (f" The answers they already have are kept in {summary['answers_file']}; only the "
+               f"{summary['failed_answers']} failed answer(s) are asked again." if k > 1 else "")
         )
     if summary.get("pushed_to"):
         lines.append(f"Pushed to the Hub: https://huggingface.co/datasets/{summary['pushed_to']}")

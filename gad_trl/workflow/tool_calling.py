@@ -1,0 +1,200 @@
+"""Teacher trajectories through the OpenAI tool-calling API: `gad-trl generate-teacher --tools module:function,...`.
+
+`resolve_tools("pkg.mod:fn,...")` imports the named functions; `tool_schemas(functions)` builds the request's
+`tools` list with `transformers.utils.get_json_schema` (what TRL uses: each function needs type hints and a
+Google-style docstring with an `Args:` entry per argument). `record_trajectory` runs the loop for one prompt:
+
+1. send the messages and the tools (`gad_trl.workflow.openai_chat.chat_turn`: the HTTP retries, the per-attempt
+   deadline and the malformed-answer retries of `chat`);
+2. an assistant message with `tool_calls`: run each call here, in this process (its `arguments` JSON-decoded), append
+   the assistant message (`role`, `content`, `tool_calls` with `id`, `type`, `function{name, arguments}` - the
+   arguments as the JSON string the endpoint sent) and one `{"role": "tool", "tool_call_id", "name", "content"}`
+   message per call (`content` is `str(result)`), and go to 1;
+3. an assistant message without tool calls is the final answer: the trajectory is complete.
+
+A tool call that cannot be run or fails - arguments that are not a JSON object, a tool name not in `--tools`, an
+exception, no result within `tool_timeout` seconds - does not end the trajectory: as in TRL's tool loop, the model
+gets `str({"error": "..."})` as that call's result and carries on. A run past `max_tool_calls` calls ends the
+prompt with `ToolCallLimitError` (its row is listed as failed: no trajectory without a final answer is written).
+
+The timeout stops *waiting*: each call runs in a daemon worker thread, and a Python thread cannot be killed, so a
+tool that hangs keeps its thread (and whatever it holds) until it returns or the process exits. Tools that can hang
+for good should have their own timeouts (or run their work in a subprocess).
+
+The trajectory (`TrajectoryResult.messages`: the messages after the prompt, ending with the final assistant answer)
+is in the shape `gad_trl.data.normalize_trajectory` accepts, i.e. what the trainer reads as a teacher trajectory.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import threading
+from dataclasses import dataclass
+
+DEFAULT_MAX_TOOL_CALLS = 8
+DEFAULT_TOOL_TIMEOUT = 30.0
+
+
+class ToolSpecError(ValueError):
+    """A `--tools` entry that does not name a usable function."""
+
+
+class ToolCallLimitError(RuntimeError):
+    """The teacher asked for more tool calls than `max_tool_calls` for one prompt."""
+
+
+class ToolTimeoutError(TimeoutError):
+    """A tool call gave no result within the timeout (its thread may still be running)."""
+
+
+@dataclass
+class TrajectoryResult:
+    messages: list[dict]  # after the prompt: assistant turns with tool_calls, tool results, the final answer
+    finish_reason: str | None  # of the final assistant turn
+    tool_calls: int  # calls run
+
+
+def parse_tool_specs(specs) -> list[str]:
+    """`"a.b:f, c:g"` (or a list of such strings, e.g. from a YAML config) as `["a.b:f", "c:g"]`."""
+    if specs is None:
+        return []
+    if isinstance(specs, str):
+        specs = [specs]
+    out = []
+    for spec in specs:
+        if not isinstance(spec, str):
+            raise ToolSpecError(f"--tools: {spec!r} is not a 'module:function' string.")
+        out.extend(part.strip() for part in spec.split(",") if part.strip())
+    return out
+
+
+def resolve_tool(spec: str):
+    """The callable a `module:function` spec names (`function` may be dotted: `module:Class.method`)."""
+    module_name, sep, attr = spec.partition(":")
+    module_name, attr = module_name.strip(), attr.strip()
+    if not sep or not module_name or not attr:
+        raise ToolSpecError(f"--tools entry {spec!r}: expected 'module:function' (e.g. 'my_tools:search').")
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ToolSpecError(f"--tools entry {spec!r}: cannot import module {module_name!r} ({err}). Is it on "
+                            "PYTHONPATH?") from err
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ToolSpecError(f"--tools entry {spec!r}: module {module_name!r} has no attribute {attr!r}.")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ToolSpecError(f"--tools entry {spec!r}: {attr!r} is a {type(obj).__name__}, not a function.")
+    return obj
+
+
+def resolve_tools(specs) -> list:
+    """The functions of `--tools` (comma-separated `module:function` specs), in order; names must be unique."""
+    functions = [resolve_tool(spec) for spec in parse_tool_specs(specs)]
+    if not functions:
+        raise ToolSpecError("--tools names no function; expected 'module:function[,module:function...]'.")
+    return functions
+
+
+def tool_schemas(functions) -> list[dict]:
+    """The request's `tools`: `{"type": "function", "function": {name, description, parameters}}` per function,
+    from `transformers.utils.get_json_schema` (its `return` entry is left out: it is not part of the API)."""
+    from transformers.utils import get_json_schema
+
+    schemas, seen = [], set()
+    for fn in functions:
+        label = getattr(fn, "__qualname__", None) or repr(fn)
+        try:
+            schema = get_json_schema(fn)
+        except Exception as err:  # noqa: BLE001 - DocstringParsingException, TypeHintParsingException, ...
+            raise ToolSpecError(
+                f"Tool {label!r}: cannot build its JSON schema ({type(err).__name__}: {err}). A tool needs type hints "
+                "on every argument and a Google-style docstring with a description and an 'Args:' entry per "
+                "argument (what transformers.utils.get_json_schema reads)."
+            ) from err
+        function = {k: v for k, v in schema["function"].items() if k != "return"}
+        if function["name"] in seen:
+            raise ToolSpecError(f"--tools names two functions called {function['name']!r}; tool names must be unique.")
+        seen.add(function["name"])
+        schemas.append({"type": "function", "function": function})
+    return schemas
+
+
+def tool_table(functions) -> dict:
+    """`{name: function}` under the names the schemas give the model."""
+    return {schema["function"]["name"]: fn for schema, fn in zip(tool_schemas(functions), functions)}
+
+
+def call_with_timeout(fn, kwargs: dict, timeout: float | None):
+    """`fn(**kwargs)` in a daemon thread; `ToolTimeoutError` when it has not returned after `timeout` seconds (the
+    thread is left running: Python threads cannot be killed)."""
+    box = {}
+
+    def target():
+        try:
+            box["result"] = fn(**kwargs)
+        except BaseException as err:  # noqa: BLE001 - handed back to the caller
+            box["error"] = err
+
+    thread = threading.Thread(target=target, name=f"tool-{getattr(fn, '__name__', 'call')}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise ToolTimeoutError(f"no result after {timeout:g} s (tool_timeout)")
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
+
+
+def run_tool_call(call: dict, tools: dict, timeout: float | None) -> str:
+    """The `content` of the tool message answering `call`: `str(result)`, or `str({"error": ...})` (TRL's shape)
+    when the call cannot be run, raises or times out."""
+    name = call["function"]["name"]
+    arguments = call["function"].get("arguments")
+    try:
+        if name not in tools:
+            raise LookupError(f"Tool {name} not found (tools: {sorted(tools)}).")
+        try:
+            kwargs = json.loads(arguments) if isinstance(arguments, str) and arguments.strip() else (arguments or {})
+        except json.JSONDecodeError as err:
+            raise ValueError(f"the arguments of {name} are not valid JSON ({err}): {arguments!r}") from None
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"the arguments of {name} must be a JSON object, got {type(kwargs).__name__}")
+        return str(call_with_timeout(tools[name], kwargs, timeout))
+    except ToolTimeoutError as err:
+        return str({"error": f"Tool {name} timed out: {err}."})
+    except Exception as err:  # noqa: BLE001 - the model sees the error and carries on, as in TRL
+        return str({"error": f"{type(err).__name__}: {err}"})
+
+
+def record_trajectory(client, model: str, messages: list[dict], tools: dict, schemas: list[dict],
+                      max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS, tool_timeout: float | None = DEFAULT_TOOL_TIMEOUT,
+                      max_retries: int | None = None, **params) -> TrajectoryResult:
+    """The teacher's trajectory for the prompt `messages` (see the module docstring); `params` as `chat`'s."""
+    from .openai_chat import chat_turn
+
+    conversation = list(messages)
+    trajectory: list[dict] = []
+    calls_run = 0
+    while True:
+        turn = chat_turn(client, model, conversation, tools=schemas, max_retries=max_retries, **params)
+        if not turn.tool_calls:
+            final = {"role": "assistant", "content": turn.content or ""}
+            trajectory.append(final)
+            return TrajectoryResult(messages=trajectory, finish_reason=turn.finish_reason, tool_calls=calls_run)
+        if calls_run + len(turn.tool_calls) > max_tool_calls:
+            raise ToolCallLimitError(
+                f"the teacher asked for more than {max_tool_calls} tool calls (--max_tool_calls) without a final "
+                f"answer (calls so far: {calls_run}, asked next: {[c['function']['name'] for c in turn.tool_calls]})"
+            )
+        for i, call in enumerate(turn.tool_calls):  # an endpoint that sends no ids: unique ones, for the replies
+            call["id"] = call["id"] or f"call_{calls_run + i}"
+        assistant = {"role": "assistant", "content": turn.content or "", "tool_calls": turn.tool_calls}
+        results = []
+        for call in turn.tool_calls:
+            results.append({"role": "tool", "tool_call_id": call["id"], "name": call["function"]["name"],
+                            "content": run_tool_call(call, tools, tool_timeout)})
+            calls_run += 1
+        trajectory.extend([assistant, *results])
+        conversation.extend([assistant, *results])
