@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 
 
 def looks_like_local_path(name: str) -> bool:
@@ -202,3 +204,39 @@ def checkpoint_step(checkpoint: str) -> int | None:
             return int(json.load(f)["global_step"])
     except (OSError, ValueError, KeyError):
         return None
+
+
+# Callables named by an import path in a recipe or on the command line (`reward_funcs`, `tools`): resolved before any
+# model loads, so a typo fails at once.
+
+
+class ImportPathError(ValueError):
+    """An import path that does not name a usable callable."""
+
+
+def import_callable(spec: str, option: str):
+    """The callable `spec` names: `module:attr` (attr may be dotted) or `module.attr`."""
+    if not isinstance(spec, str):
+        raise ImportPathError(f"{option}: {spec!r} is not an import path string (module:function).")
+    module_name, sep, attr = spec.partition(":")
+    if not sep:
+        module_name, _, attr = spec.rpartition(".")
+    module_name, attr = module_name.strip(), attr.strip()
+    if not module_name or not attr:
+        raise ImportPathError(f"{option}: {spec!r} is not an import path; write module:function or module.function "
+                              "(e.g. my_tools:search).")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ImportPathError(f"{option}: cannot import module {module_name!r} for {spec!r} ({err}). Run from the "
+                              "directory that holds it, or install it.") from err
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ImportPathError(f"{option}: module {module_name!r} has no attribute {attr!r} (from {spec!r}).")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ImportPathError(f"{option}: {attr!r} in {module_name!r} is a {type(obj).__name__}, not a function "
+                              f"(from {spec!r}).")
+    return obj

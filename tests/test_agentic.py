@@ -246,5 +246,5 @@ def test_tiny_tool_recipes_run_end_to_end(tmp_path, monkeypatch):
                           "gad_trl.testing:add", "--max_steps", "2", "--output_dir", "outputs/seqkd-tools",
                           "--disable_tqdm", "true", "--report_to", "none"]) == 0
     assert (tmp_path / "outputs" / "seqkd-tools" / "model.safetensors").exists()
-    with pytest.raises(ValueError, match="tools: cannot import module 'no_such_tools'"):
+    with pytest.raises(ValueError, match="--tools: cannot import module 'no_such_tools'"):
         cli_main.main(["gad", "--config", str(RECIPES / "tiny" / "gad_tools.yaml"), "--tools", "no_such_tools:f"])

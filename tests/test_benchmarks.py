@@ -102,3 +102,70 @@ def test_a_small_task_cannot_leak_train_prompts_into_held_out_rows():
     with pytest.raises(ValueError, match="two_prompts have too few distinct prompts.*--n-eval"):
         check_held_out({r["prompt_text"] for r in train}, held_out, "--n-eval")
     check_held_out({"never asked"}, held_out, "--n-eval")  # disjoint: fine
+
+
+def test_k_answers_are_distinct_where_the_teacher_has_them_and_repeated_otherwise():
+    from benchmarks.tasks import with_k_answers
+
+    tasks = {t.name: t for t in get_tasks()}
+    rows = make_split(get_tasks(), 10, seed="train")
+    k_rows, stats = with_k_answers(rows, tasks, 4)
+    assert k_rows == with_k_answers(rows, tasks, 4)[0]  # deterministic
+    for r, kr in zip(rows, k_rows):
+        answers = kr["teacher_response"]
+        assert len(answers) == 4 and answers[0] == r["teacher_response"]
+        assert all(tasks[r["task"]].judge(r["prompt_text"], a) == 1.0 for a in answers)
+        # reverse has 3 valid styles: 3 distinct + 1 repeat; the others one answer, repeated.
+        assert len(set(answers)) == (3 if r["task"] == "reverse" else 1)
+    assert stats["rows"] == 30 and stats["rows_with_duplicates"] == 30
+    assert stats["per_task"] == {"reverse": 3.0, "numbered_list": 1.0, "arithmetic": 1.0}
+    _, two = with_k_answers(rows, tasks, 2)
+    assert two["per_task"]["reverse"] == 2.0 and two["rows_with_duplicates"] == 20
+
+
+def test_pretrain_lr_rule_keeps_width_128_and_scales_above():
+    from benchmarks.common import pretrain_lr
+
+    assert pretrain_lr(128, steps=800) == (2e-3, 50) == pretrain_lr(64, steps=800)
+    assert pretrain_lr(512, steps=800) == (5e-4, 200)
+    assert pretrain_lr(512, steps=100) == (5e-4, 50)  # warm-up capped at a quarter of the steps (at least 50)
+    assert pretrain_lr(512, "fixed") == (2e-3, 50)
+
+
+def _fake_results(values):
+    """A results dict as benchmarks.quality writes it: {method: [(greedy, sampled), per seed]}."""
+    seeds = {}
+    for m, per_seed in values.items():
+        for s, (g, smp) in enumerate(per_seed):
+            seeds.setdefault(str(s), {})[m] = {"mean": g, "sampled": smp, "train_cpu_s": 1.0, "d_judge_auc": 0.7}
+    return {"seeds": seeds}
+
+
+def test_target_check_needs_a_margin_above_the_larger_std_and_the_auc():
+    from benchmarks.quality import target_check
+
+    methods = ["seqkd_long", "soda", "gad_no_reward", "gad"]
+    base = {"seqkd_long": [(0.40, 0.20), (0.42, 0.22)], "soda": [(0.41, 0.20), (0.41, 0.20)],
+            "gad_no_reward": [(0.40, 0.21), (0.40, 0.21)]}
+    win = target_check(_fake_results({**base, "gad": [(0.50, 0.30), (0.51, 0.31)]}), methods)
+    assert win["met"] and win["mean"]["best"] == "seqkd_long" and win["auc"]["mean"] == 0.7
+    lose = target_check(_fake_results({**base, "gad": [(0.45, 0.30), (0.38, 0.31)]}), methods)
+    assert not lose["met"] and not lose["mean"]["met"] and lose["sampled"]["met"]
+    assert target_check(_fake_results(base), methods[:3]) is None
+
+
+def test_soda_row_trains_on_a_tiny_student(tmp_path):
+    import argparse
+
+    from benchmarks.common import build_tokenizer
+    from benchmarks.quality import run_soda
+    from gad_trl.testing import save_tiny_model
+
+    tok = build_tokenizer()
+    start = save_tiny_model(tmp_path / "start", tokenizer=tok, hidden_size=32, num_layers=1)
+    rows = make_split(get_tasks(), 2, seed="train")
+    args = argparse.Namespace(prompts_per_step=4, soda_epochs=1.0, soda_lr=1e-4, soda_beta=0.1, soda_temperature=1.0,
+                              max_completion_length=8)
+    model, info = run_soda(start, tok, rows, args, 0, str(tmp_path / "soda"))
+    assert info["pairs"] == 6 and info["steps"] == 2 and info["train_cpu_s"] >= info["sample_cpu_s"] > 0
+    assert (tmp_path / "soda" / "_soda_rejected.jsonl").exists()

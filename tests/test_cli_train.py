@@ -173,7 +173,7 @@ def test_gad_command_adds_reward_funcs_next_to_the_discriminator(tiny_model_dir,
 
     for bad, message in (("no_such_reward", "Unknown reward function 'no_such_reward'"),
                          ("missing_module.fn", "cannot import module 'missing_module'"),
-                         ("gad_test_rewards.nothing", "has no callable 'nothing'")):
+                         ("gad_test_rewards.nothing", "has no attribute 'nothing'")):
         with pytest.raises(ValueError, match=message):
             gad.build_trainer(*train_cli.parse_args(common + ["--reward_funcs", bad]))
 

@@ -9,6 +9,7 @@ import os
 
 
 from ..data import load_any_dataset, prompt_messages, row_prompt_length, teacher_texts  # noqa: F401  (load_any_dataset: for the commands)
+from ..preflight import import_callable
 
 
 def to_seqkd_dataset(dataset, teacher_response_column: str = "teacher_response", tokenizer=None, tools=None):
@@ -203,33 +204,6 @@ def check_stage(script_args, command: str) -> None:
 NAMED_REWARDS = ("accuracy_reward", "reasoning_accuracy_reward", "think_format_reward")
 
 
-def import_callable(spec: str, option: str):
-    """The function a `module.function` or `module:function` name points to, imported the way TRL's `trl grpo`
-    resolves dotted reward paths (the working directory importable); a clear error naming `option` otherwise."""
-    import importlib
-    import sys
-
-    module_path, sep, attr = spec.partition(":")
-    if not sep:
-        module_path, _, attr = spec.rpartition(".")
-    if not module_path or not attr:
-        raise ValueError(f"{option}: {spec!r} is not an import path; write module.function or module:function "
-                         "(e.g. my_tools.calculator).")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_path)
-    except ImportError as err:
-        raise ValueError(
-            f"{option}: cannot import module {module_path!r} for {spec!r} ({err}). Run from the directory that holds "
-            "it, or install it."
-        ) from err
-    func = getattr(module, attr, None)
-    if not callable(func):
-        raise ValueError(f"{option}: {module_path!r} has no callable {attr!r} (from {spec!r}).")
-    return func
-
-
 def load_reward_funcs(script_args) -> list:
     """The extra reward columns of a `gad-trl gad` run, in column order after the discriminator's:
     `reward_model_name_or_path` (kept as a path: GRPOTrainer loads it), then each of `reward_funcs`, a name from
@@ -251,8 +225,11 @@ def load_reward_funcs(script_args) -> list:
 
 
 def load_tools(script_args) -> list | None:
-    """The tools of a `gad-trl gad` run (`tools:` import paths), passed to TRL's tool-calling rollouts; None without."""
-    return [import_callable(name, "tools") for name in script_args.tools] if script_args.tools else None
+    """The tools of a run (`tools:` import paths, comma-separated too), passed to TRL's tool-calling rollouts; None
+    without. Resolved as `generate-teacher --tools` resolves them (`gad_trl.workflow.tool_calling.resolve_tools`)."""
+    from ..workflow.tool_calling import resolve_tools
+
+    return resolve_tools(script_args.tools) if script_args.tools else None
 
 
 def judge_callbacks(script_args, training_args) -> list:

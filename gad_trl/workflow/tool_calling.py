@@ -27,7 +27,6 @@ is in the shape `gad_trl.data.normalize_trajectory` accepts, i.e. what the train
 
 from __future__ import annotations
 
-import importlib
 import json
 import threading
 from dataclasses import dataclass
@@ -70,23 +69,13 @@ def parse_tool_specs(specs) -> list[str]:
 
 
 def resolve_tool(spec: str):
-    """The callable a `module:function` spec names (`function` may be dotted: `module:Class.method`)."""
-    module_name, sep, attr = spec.partition(":")
-    module_name, attr = module_name.strip(), attr.strip()
-    if not sep or not module_name or not attr:
-        raise ToolSpecError(f"--tools entry {spec!r}: expected 'module:function' (e.g. 'my_tools:search').")
+    """The callable a `module:function` spec names (`gad_trl.preflight.import_callable`; `function` may be dotted)."""
+    from ..preflight import ImportPathError, import_callable
+
     try:
-        obj = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ToolSpecError(f"--tools entry {spec!r}: cannot import module {module_name!r} ({err}). Is it on "
-                            "PYTHONPATH?") from err
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ToolSpecError(f"--tools entry {spec!r}: module {module_name!r} has no attribute {attr!r}.")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ToolSpecError(f"--tools entry {spec!r}: {attr!r} is a {type(obj).__name__}, not a function.")
-    return obj
+        return import_callable(spec, "--tools")
+    except ImportPathError as err:
+        raise ToolSpecError(str(err)) from err
 
 
 def resolve_tools(specs) -> list:
