@@ -24,6 +24,14 @@ def tiny_dataset():
 
 
 @pytest.fixture(scope="session")
+def tool_caller_dir(tmp_path_factory):
+    """A tiny student taught (short SFT) to call `add` in the Qwen2.5 tool format (`gad_trl.testing`)."""
+    from gad_trl.testing import save_tiny_tool_caller
+
+    return save_tiny_tool_caller(tmp_path_factory.mktemp("tool-caller"), steps=200)
+
+
+@pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory):
     """A data folder as `gad-trl make-tiny` writes it: train.jsonl + test.jsonl."""
     from gad_trl.testing import write_jsonl

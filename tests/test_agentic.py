@@ -6,14 +6,8 @@ from datasets import Dataset
 
 from gad_trl import GADConfig, GADTrainer
 from gad_trl.data import GADDataError, normalize_trajectory, prepare_gad_dataset
-from gad_trl.testing import add, save_tiny_tool_caller, tiny_tool_rows
+from gad_trl.testing import add, tiny_tool_rows
 from tests.gad_helpers import params_of, same_params
-
-
-@pytest.fixture(scope="module")
-def tool_caller_dir(tmp_path_factory):
-    """A tiny student taught (short SFT) to call `add` in the Qwen2.5 tool format."""
-    return save_tiny_tool_caller(tmp_path_factory.mktemp("tool-caller"), steps=200)
 
 
 def tool_args(output_dir, **overrides):
@@ -186,14 +180,19 @@ def test_trajectories_with_a_discriminator_tokenizer_of_its_own_are_refused(tool
 
 @pytest.mark.vllm
 @pytest.mark.timeout(900)
-def test_tool_rollouts_through_the_real_vllm_server(vllm_server_factory, tool_caller_dir, tmp_path):
-    server = vllm_server_factory(tool_caller_dir)
+def test_tool_rollouts_through_the_real_vllm_server(vllm_tool_server, tool_caller_dir, tmp_path):
+    from tests.vllm_server import restore_weights
+
+    server = vllm_tool_server
     trainer = GADTrainer(tool_caller_dir, args=tool_args(
         tmp_path, use_vllm=True, vllm_mode="server", vllm_weight_sync="reload", vllm_server_base_url=server.url,
         vllm_server_timeout=10, vllm_importance_sampling_mode="token_truncate"),
         train_dataset=Dataset.from_list(tiny_tool_rows(8, seed=4)), tools=[add])
     disc0 = params_of(trainer.discriminator)
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        restore_weights(server, tool_caller_dir)  # the shared server serves the taught model again
     assert trainer.state.global_step == 2 and not same_params(disc0, params_of(trainer.discriminator))
     calls = [h["tools/call_frequency"] for h in trainer.state.log_history if "tools/call_frequency" in h]
     assert calls and max(calls) > 0
@@ -248,3 +247,13 @@ def test_tiny_tool_recipes_run_end_to_end(tmp_path, monkeypatch):
     assert (tmp_path / "outputs" / "seqkd-tools" / "model.safetensors").exists()
     with pytest.raises(ValueError, match="--tools: cannot import module 'no_such_tools'"):
         cli_main.main(["gad", "--config", str(RECIPES / "tiny" / "gad_tools.yaml"), "--tools", "no_such_tools:f"])
+
+
+def test_every_grpo_trainer_argument_is_accepted():
+    """GADTrainer takes each of GRPOTrainer's arguments (tools, environment_factory, rollout_func included)."""
+    import inspect
+
+    from trl import GRPOTrainer
+
+    ours = inspect.signature(GADTrainer.__init__).parameters
+    assert [p for p in inspect.signature(GRPOTrainer.__init__).parameters if p not in ours] == []

@@ -238,16 +238,9 @@ def test_cli_flags_and_help(tmp_path, capsys):
     assert [r["teacher_response"][-1]["content"] for r in read_jsonl(out)] == ["FINAL 1", "FINAL 3"]
 
 
-@pytest.fixture(scope="module")
-def tool_caller(tmp_path_factory):
-    from gad_trl.testing import save_tiny_tool_caller
-
-    return save_tiny_tool_caller(tmp_path_factory.mktemp("tool-caller"), steps=200)
-
-
 @pytest.mark.vllm
 @pytest.mark.timeout(900)
-def test_trajectories_from_a_real_vllm_server_with_hermes_tool_calls(vllm_server_factory, tool_caller, tmp_path):
+def test_trajectories_from_a_real_vllm_server_with_hermes_tool_calls(vllm_tool_server, tmp_path):
     """The prompts the tiny model was taught on (greedy): vLLM's hermes parser reads its `<tool_call>` JSON, the call
     runs here, its result goes back as a `tool` message and the model answers. (On prompts it was not taught, the
     tiny model sometimes emits broken JSON, e.g. '<tool_call>\\n{"name": "add", "arguments": {"a": 5}, "b": 9, ': the
@@ -256,12 +249,7 @@ def test_trajectories_from_a_real_vllm_server_with_hermes_tool_calls(vllm_server
 
     from gad_trl.data import prepare_gad_dataset
     from gad_trl.testing import tiny_tool_rows
-    from gad_trl.vllm.launcher import CPU_SERVER_ARGS
-    from gad_trl.vllm.serve import _cuda_available
-
-    base = () if _cuda_available() else CPU_SERVER_ARGS
-    server = vllm_server_factory(tool_caller, extra_args=(*base, "--enable-auto-tool-choice",
-                                                          "--tool-call-parser", "hermes"))
+    server = vllm_tool_server
     taught = tiny_tool_rows(4, seed=0)  # save_tiny_tool_caller's default training rows start with these
     data = write_jsonl([{"prompt": r["prompt"]} for r in taught], tmp_path / "prompts.jsonl")
     args = TeacherGenerationArguments(dataset_name=data, output=str(tmp_path / "out.jsonl"),

@@ -4,6 +4,10 @@ Fixtures
 - `vllm_server` (session): ONE `gad-trl vllm-serve --weight-sync reload` server on 127.0.0.1 (free port) serving the
   tiny model, shared by the tests. Started on first use, health-polled for at most `GAD_TRL_VLLM_START_TIMEOUT`
   seconds (default 240), killed by process group at the end of the session.
+- `vllm_tool_server` (session): ONE server of the tiny tool caller (`tool_caller_dir`) with vLLM's tool-call parser
+  on (`--enable-auto-tool-choice --tool-call-parser hermes`), shared by the tool tests: TRL's tool rollouts in server
+  mode and `generate-teacher --tools`. A test that syncs trained weights to it restores the taught ones after
+  (`restore_weights`), so the next test sees the model it expects.
 - `vllm_server_factory` (function): starts extra, short-lived servers (e.g. one a test kills on purpose).
 
 Where vLLM can't be imported or the server does not come up, the tests that need it are *skipped* with the reason
@@ -53,6 +57,33 @@ def vllm_server(tiny_model_dir, tmp_path_factory):
     server = _start(tiny_model_dir, log_dir / "server.log")
     yield server
     server.kill()
+
+
+TOOL_PARSER_ARGS = ("--enable-auto-tool-choice", "--tool-call-parser", "hermes")
+
+
+@pytest.fixture(scope="session")
+def vllm_tool_server(tool_caller_dir, tmp_path_factory):
+    """The session's vLLM server of the tiny tool caller, with the hermes tool-call parser on."""
+    from gad_trl.vllm.launcher import CPU_SERVER_ARGS
+    from gad_trl.vllm.serve import _cuda_available
+
+    _require_vllm()
+    log_dir = tmp_path_factory.mktemp("vllm-tool-server")
+    base = () if _cuda_available() else CPU_SERVER_ARGS
+    server = _start(tool_caller_dir, log_dir / "server.log", extra_args=(*base, *TOOL_PARSER_ARGS))
+    yield server
+    server.kill()
+
+
+def restore_weights(server: VLLMServer, model_dir) -> None:
+    """Load `model_dir`'s weights into `server` again (the reload RPC of `gad_trl.vllm.worker_extension`)."""
+    import requests
+
+    response = requests.post(f"{server.url}/collective_rpc", timeout=300,
+                             json={"method": "gad_reload_weights", "kwargs": {"weights_path": str(model_dir)}})
+    response.raise_for_status()
+    requests.post(f"{server.url}/reset_prefix_cache", timeout=60)
 
 
 @pytest.fixture
