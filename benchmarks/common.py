@@ -50,6 +50,27 @@ def seed_everything(seed: int):
 # --------------------------------------------------------------------------------------------------------------------
 # Student pre-training on a perturbed ("weaker teacher") distribution of disjoint prompts
 # --------------------------------------------------------------------------------------------------------------------
+BASE_WIDTH = 128  # the width the pre-training LR (2e-3) and warm-up (50 steps) were set at
+
+
+def pretrain_lr(hidden_size: int, rule: str = "width", base_lr: float = 2e-3, base_warmup: int = 50,
+                steps: int | None = None) -> tuple[float, int]:
+    """(peak LR, warm-up steps) of student pre-training. `fixed`: 2e-3 and 50 steps at every width (the former code;
+    at width 512 AdamW at 2e-3 stalls at a loss plateau, see benchmarks/README.md). `width` (default): above
+    `BASE_WIDTH` the LR falls as 1/width and the warm-up grows with width (capped at a quarter of `steps`), the usual
+    muP-style rule for Adam on hidden matrices; at width <= 128 both are the former values, so results there do not
+    change."""
+    if rule == "fixed":
+        return base_lr, base_warmup
+    if rule != "width":
+        raise ValueError(f"unknown pre-training LR rule {rule!r} (width, fixed)")
+    scale = max(1.0, hidden_size / BASE_WIDTH)
+    warmup = round(base_warmup * scale)
+    if steps is not None:
+        warmup = min(warmup, max(base_warmup, steps // 4))
+    return base_lr / scale, warmup
+
+
 def pretrain_student(
     tok,
     tasks: list[Task],
@@ -58,13 +79,14 @@ def pretrain_student(
     exclude_prompts: set[str],
     steps: int = 600,
     batch_size: int = 32,
-    lr: float = 2e-3,
+    lr: float | None = None,
     corrupt_prob: float = 0.3,
     truncate_prob: float = 0.7,
     hidden_size: int = 128,
     num_layers: int = 2,
     n_per_task: int = 2000,
     log_every: int = 0,
+    lr_rule: str = "width",
 ) -> dict:
     """Random-init tiny Qwen2 trained by cross-entropy on answers of a *weaker teacher*, on prompts disjoint from the
     train/eval prompts: the task programs' answers, each corrupted (swap/replace/drop/duplicate one word) with
@@ -72,7 +94,8 @@ def pretrain_student(
     systematic habit: with `truncate_prob > 0.5` stopping early is the student's *mode*, which greedy decoding
     follows). Both perturbations are task-agnostic, so a new task needs no extra code. The result knows the tasks'
     formats but answers worse than the teacher: the 'instruct student' that distillation starts from. Saves model +
-    tokenizer to `out_dir`."""
+    tokenizer to `out_dir`. LR: `lr` (50 warm-up steps) if given, else `pretrain_lr(hidden_size, lr_rule)`; then linear
+    decay to 0."""
     seed_everything(seed)
     model = build_tiny_model(tok, seed=seed, hidden_size=hidden_size, num_layers=num_layers)
     rows = make_split(tasks, n_per_task, seed=f"pretrain-{seed}", exclude=exclude_prompts)
@@ -85,8 +108,9 @@ def pretrain_student(
             ans = truncate(ans)
         p, a = encode_pair(tok, r["prompt_text"], ans)
         examples.append((p, a))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * max(0.0, 1 - s / steps))
+    peak_lr, warmup = (lr, 50) if lr is not None else pretrain_lr(hidden_size, lr_rule, steps=steps)
+    opt = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1 - s / steps))
     model.train()
     t0 = time.perf_counter()
     losses = []
@@ -105,7 +129,9 @@ def pretrain_student(
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
-    return {"final_loss": statistics.mean(losses[-50:]), "seconds": time.perf_counter() - t0, "examples": len(rows)}
+    return {"final_loss": statistics.mean(losses[-50:]), "seconds": time.perf_counter() - t0, "examples": len(rows),
+            "lr": peak_lr, "warmup_steps": warmup,
+            "loss_curve": [round(statistics.mean(losses[i : i + 50]), 4) for i in range(0, steps, 50)]}
 
 
 def _lm_loss(model, tok, batch):

@@ -18,7 +18,7 @@ from pathlib import Path
 from .common import mean_std
 from .quality import GAD_METHODS, METHOD_LABELS
 
-SFT_METHODS = ("seqkd", "seqkd_long", "sft_after_long")
+SFT_METHODS = ("seqkd", "seqkd_long", "seqkd_long_k4", "sft_after_long")
 
 
 def _stat(results, method, key, fmt="{:.3f}"):
@@ -68,6 +68,14 @@ def main(argv=None):
                     long_cpu[key[1:]] = cpu_mu
     for path, results in runs:
         seeds = sorted(results["seeds"])
+        # SODA: one row per run (its DPO settings are the variant), the SODA setting search of benchmarks/README.md.
+        if all("soda" in results["seeds"][s] for s in seeds):
+            ra = results["args"]
+            variant = f"lr={ra.get('soda_lr')}, beta={ra.get('soda_beta')}, epochs={ra.get('soda_epochs')}"
+            cpu, cpu_mu = _stat(results, "soda", "train_cpu_s", "{:.0f}")
+            rows.append((METHOD_LABELS["soda"], Path(path).stem, variant, len(seeds), _stat(results, "soda", "mean")[0],
+                         "", _stat(results, "soda", "sampled")[0], _stat(results, "soda", "len", "{:.1f}")[0],
+                         "", "", "", "", cpu, cpu_mu, None))
         for m in GAD_METHODS:
             if not all(m in results["seeds"][s] for s in seeds):
                 continue

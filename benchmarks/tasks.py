@@ -48,13 +48,18 @@ class Task:
     make_example: Callable[[random.Random], tuple[str, str]]
     judge: Callable[[str, str], float]
     description: str = ""
+    # Optional: the teacher answering a given prompt, `answer(prompt, rng) -> str` (a fresh draw of its answer
+    # distribution). Tasks without one have a single answer per prompt (`teacher_answers` repeats it).
+    answer: Callable[[str, random.Random], str] | None = None
 
 
 TASKS: dict[str, Task] = {}
 
 
-def register_task(name: str, make_example, judge, description: str = "") -> Task:
-    task = Task(name, make_example, judge, description)
+def register_task(name: str, make_example, judge, description: str = "", answer=None) -> Task:
+    """`answer(prompt, rng) -> str`, optional: draw another teacher answer for `prompt` (a multi-modal teacher); used
+    where k teacher answers per prompt are asked for (`teacher_answers`)."""
+    task = Task(name, make_example, judge, description, answer)
     TASKS[name] = task
     return task
 
@@ -84,15 +89,22 @@ REVERSE_STYLES = ("plain", "commas", "result")
 
 def reverse_example(rng: random.Random) -> tuple[str, str]:
     words = [rng.choice(NOUNS) for _ in range(rng.randint(3, 5))]
-    rev = words[::-1]
-    style = rng.choice(REVERSE_STYLES)
+    return "reverse : " + " ".join(words), _reverse_styled(words[::-1], rng.choice(REVERSE_STYLES))
+
+
+def _reverse_styled(rev: list[str], style: str) -> str:
     if style == "plain":
-        answer = " ".join(rev)
-    elif style == "commas":
-        answer = " , ".join(rev)
-    else:
-        answer = "result : " + " ".join(rev)
-    return "reverse : " + " ".join(words), answer
+        return " ".join(rev)
+    if style == "commas":
+        return " , ".join(rev)
+    return "result : " + " ".join(rev)
+
+
+def reverse_answer(prompt: str, rng: random.Random) -> str:
+    """The teacher's answer to a `reverse` prompt, in a style drawn at random (as `reverse_example` draws it)."""
+    ptoks = tokens(prompt)
+    words = ptoks[2:] if ptoks[:2] == ["reverse", ":"] else ptoks
+    return _reverse_styled(words[::-1], rng.choice(REVERSE_STYLES))
 
 
 def reverse_judge(prompt: str, answer: str) -> float:
@@ -196,7 +208,7 @@ def arithmetic_judge(prompt: str, answer: str) -> float:
     return final + 0.5 * steps
 
 
-register_task("reverse", reverse_example, reverse_judge, "reverse 3-5 words; 3 valid output styles")
+register_task("reverse", reverse_example, reverse_judge, "reverse 3-5 words; 3 valid output styles", reverse_answer)
 register_task("numbered_list", numbered_list_example, numbered_list_judge, "format 2-4 words as a numbered list")
 register_task("arithmetic", arithmetic_example, arithmetic_judge, "explain a running sum of 2-3 digits")
 
@@ -256,6 +268,41 @@ def make_split(tasks: list[Task], n_per_task: int, seed: int, exclude: set[str] 
             )
             got += 1
     return rows
+
+
+def teacher_answers(task: Task, prompt: str, first: str, k: int, rng: random.Random, tries_per_answer: int = 20) -> list[str]:
+    """`k` teacher answers to `prompt`: `first` (the row's answer), then distinct new draws of `task.answer`; where the
+    task has fewer than `k` valid answers (or no `answer` sampler) the list is filled by repeating its distinct answers
+    in turn (duplicates only as a fallback)."""
+    answers = [first]
+    if task.answer is not None:
+        for _ in range(tries_per_answer * k):
+            if len(answers) == k:
+                break
+            a = task.answer(prompt, rng)
+            if a not in answers:
+                answers.append(a)
+    distinct = list(answers)
+    while len(answers) < k:
+        answers.append(distinct[(len(answers) - len(distinct)) % len(distinct)])
+    return answers
+
+
+def with_k_answers(rows: list[dict], tasks_by_name: dict[str, Task], k: int, seed: str | int = "k-answers"):
+    """Copies of `rows` whose `teacher_response` is a list of `k` answers (`teacher_answers`; the row's own answer
+    first), and how often duplicates were needed: `{"k", "rows", "rows_with_duplicates", "mean_distinct",
+    "per_task": {task: mean distinct answers}}`."""
+    out, distinct = [], {}
+    for r in rows:
+        rng = random.Random(f"{seed}-{r['task']}-{r['prompt_text']}")
+        answers = teacher_answers(tasks_by_name[r["task"]], r["prompt_text"], r["teacher_response"], k, rng)
+        out.append({**r, "teacher_response": answers})
+        distinct.setdefault(r["task"], []).append(len(set(answers)))
+    flat = [d for v in distinct.values() for d in v]
+    stats = {"k": k, "rows": len(flat), "rows_with_duplicates": sum(d < k for d in flat),
+             "mean_distinct": sum(flat) / max(len(flat), 1),
+             "per_task": {t: sum(v) / len(v) for t, v in distinct.items()}}
+    return out, stats
 
 
 def check_held_out(train_prompts: set[str], rows: list[dict], flag: str) -> None:
