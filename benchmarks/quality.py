@@ -119,7 +119,8 @@ def parse_args(argv=None):
     p.add_argument("--size-trend", nargs="+", default=None, metavar="JSON",
                    help="no training: a size-trend report (GAD - SeqKD-long, GAD - gad_no_reward per width) from "
                    "these result files, one width each (--pretrain-before: the 'fixed' rule's probe JSON)")
-    p.add_argument("--pretrain-before", default=None, help="probe JSON of the former pre-training (--size-trend)")
+    p.add_argument("--pretrain-before", nargs="+", default=None, metavar="JSON",
+                   help="probe JSONs of the former pre-training rule (--size-trend), their widths together")
     p.add_argument("--trajectory-every", type=int, default=0,
                    help="every N optimizer steps, judge the student (greedy, the eval prompts) and record its mean "
                    "length, for seqkd_long, gad and gad_frozen; plotted to <out>.png (0 = off)")
@@ -511,7 +512,9 @@ def pretrain_probe(args):
 def size_trend(args):
     """GAD − SeqKD-long and GAD − gad_no_reward per student width, from one result file per width."""
     runs = sorted((json.loads(Path(p).read_text()) for p in args.size_trend), key=lambda r: r["args"]["hidden_size"])
-    before = json.loads(Path(args.pretrain_before).read_text())["widths"] if args.pretrain_before else {}
+    before = {}
+    for path in args.pretrain_before or []:
+        before.update(json.loads(Path(path).read_text())["widths"])
     lines = [f"# {args.title or 'Quality benchmark: size trend'}\n",
              "Student (and discriminator, initialised from it) width against the two gaps that say what GAD's "
              "discriminator adds: GAD − SeqKD-long (epoch-matched SFT) and GAD − gad_no_reward (the same GAD run with "
@@ -554,7 +557,7 @@ def size_trend(args):
         lines.append(f"| {h} | {old_cell} | {pt['final_loss']:.3f} | "
                      f"{pt.get('lr', float('nan')):.2g}, {pt.get('warmup_steps', '')} |")
     lines.append("\nSources: " + ", ".join(f"`{Path(p).name}`" for p in args.size_trend)
-                 + (f", `{Path(args.pretrain_before).name}`" if args.pretrain_before else "") + ".\n")
+                 + "".join(f", `{Path(p).name}`" for p in args.pretrain_before or []) + ".\n")
     out = Path(args.out)
     out.write_text("\n".join(lines))
     print("\n".join(lines))

@@ -169,3 +169,31 @@ def test_soda_row_trains_on_a_tiny_student(tmp_path):
     model, info = run_soda(start, tok, rows, args, 0, str(tmp_path / "soda"))
     assert info["pairs"] == 6 and info["steps"] == 2 and info["train_cpu_s"] >= info["sample_cpu_s"] > 0
     assert (tmp_path / "soda" / "_soda_rejected.jsonl").exists()
+
+
+def test_size_trend_table_reads_one_run_per_width(tmp_path):
+    import json
+
+    from benchmarks.quality import parse_args, size_trend
+
+    paths = []
+    for h, gad in ((512, 0.5), (128, 0.4)):
+        seed = {m: {"mean": v, "sampled": v / 2, "train_cpu_s": 10.0, "d_judge_auc": 0.6}
+                for m, v in (("gad", gad), ("seqkd_long", 0.3), ("gad_no_reward", 0.35))}
+        seed["pretrain"] = {"final_loss": 0.5, "lr": 2e-3 * 128 / h, "warmup_steps": 50 * h // 128,
+                            "loss_curve": [1.0] * 16}
+        path = tmp_path / f"size_{h}.json"
+        path.write_text(json.dumps({"args": {"hidden_size": h, "n_train": 96, "pretrain_steps": 800},
+                                    "seeds": {"0": seed}}))
+        paths.append(str(path))
+    before = tmp_path / "before.json"
+    before.write_text(json.dumps({"widths": {"512": {"final_loss": None, "stopped_at_step": 350,
+                                                     "window": [300, 350], "window_loss": 1.17}}}))
+    out = tmp_path / "trend.md"
+    args = parse_args(["--size-trend", *paths, "--pretrain-before", str(before), "--out", str(out)])
+    size_trend(args)
+    text = out.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| 128 |") or line.startswith("| 512 |")]
+    assert rows[0].startswith("| 128 |") and "0.100 ± 0.000" in rows[0]  # GAD - SeqKD-long at 128
+    assert "0.200 ± 0.000" in rows[1] and "0.150 ± 0.000" in rows[1]  # at 512: vs SeqKD-long, vs gad_no_reward
+    assert "stopped at step 350" in text and "the rules agree" in text
