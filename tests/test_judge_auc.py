@@ -18,18 +18,9 @@ from gad_trl.workflow.evaluation import AGREEMENT_FILE, SUMMARY_FILE, Evaluation
 
 from .fault_server import REVIEW, FaultServer, scripted_judge
 from .gad_helpers import make_trainer, read_jsonl, score_atol
+from .test_evaluation import rows  # the judge tests' eval rows
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def rows(n, teacher=False):
-    out = []
-    for i in range(n):
-        row = {"prompt": [{"role": "user", "content": f"question number {i}"}]}
-        if teacher:
-            row["teacher_response"] = f"TEACHER {i}"
-        out.append(row)
-    return out
 
 
 def quality(answer: str) -> float:

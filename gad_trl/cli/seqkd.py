@@ -13,7 +13,8 @@ from trl import ModelConfig, TrlParser
 
 from ..config import GADScriptArguments, SeqKDConfig
 from . import launch as _launch
-from .utils import judge_callbacks, load_tools, prepare_run, quantization_config, to_seqkd_dataset, train_and_save
+from .utils import (judge_callbacks, load_tools, prepare_run, quantization_config, refuse_rewards, to_seqkd_dataset,
+                    train_and_save)
 
 MODULE = "gad_trl.cli.seqkd"
 
@@ -26,11 +27,7 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
     """The `SFTTrainer` of a `gad-trl seqkd` run; not trained."""
     from trl import SFTTrainer, get_peft_config
 
-    if script_args.reward_funcs or script_args.reward_model_name_or_path:
-        raise ValueError(
-            "reward_funcs / reward_model_name_or_path are GAD rewards; SeqKD trains on the teacher text without "
-            "rewards. Remove them from this recipe, or run `gad-trl gad`."
-        )
+    refuse_rewards(script_args, "SeqKD trains on the teacher text without rewards")
     train_dataset, eval_dataset = prepare_run(script_args, training_args, model_args, "seqkd")
     column = training_args.teacher_response_column
     tokenizer = _student_tokenizer(model_args, training_args)

@@ -15,7 +15,7 @@ from trl import ModelConfig, TrlParser
 
 from ..config import GADScriptArguments, SODAConfig
 from . import launch as _launch
-from .utils import judge_callbacks, prepare_run, quantization_config, train_and_save
+from .utils import judge_callbacks, prepare_run, quantization_config, refuse_rewards, train_and_save
 
 MODULE = "gad_trl.cli.soda"
 
@@ -60,11 +60,7 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
     """The `DPOTrainer` of a `gad-trl soda` run, its rejected samples drawn (or read from the cache); not trained."""
     from trl import DPOTrainer, get_peft_config
 
-    if script_args.reward_funcs or script_args.reward_model_name_or_path:
-        raise ValueError(
-            "reward_funcs / reward_model_name_or_path are GAD rewards; SODA trains on fixed (teacher, student) pairs "
-            "without rewards. Remove them from this recipe, or run `gad-trl gad`."
-        )
+    refuse_rewards(script_args, "SODA trains on fixed (teacher, student) pairs without rewards")
     train_dataset, eval_dataset = prepare_run(script_args, training_args, model_args, "soda")
     callbacks = [*(callbacks or []), *judge_callbacks(script_args, training_args)]  # its checks before the sampling
     sampler = make_sampler(training_args, model_args)

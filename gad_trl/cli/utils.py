@@ -204,6 +204,13 @@ def check_stage(script_args, command: str) -> None:
 NAMED_REWARDS = ("accuracy_reward", "reasoning_accuracy_reward", "think_format_reward")
 
 
+def refuse_rewards(script_args, why: str) -> None:
+    """`reward_funcs` / `reward_model_name_or_path` are GAD's: a baseline command refuses them, saying `why`."""
+    if script_args.reward_funcs or script_args.reward_model_name_or_path:
+        raise ValueError(f"reward_funcs / reward_model_name_or_path are GAD rewards; {why}. Remove them from this "
+                         "recipe, or run `gad-trl gad`.")
+
+
 def load_reward_funcs(script_args) -> list:
     """The extra reward columns of a `gad-trl gad` run, in column order after the discriminator's:
     `reward_model_name_or_path` (kept as a path: GRPOTrainer loads it), then each of `reward_funcs`, a name from

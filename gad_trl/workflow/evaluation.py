@@ -242,6 +242,23 @@ def load_eval_rows(args: EvaluationArguments, dataset=None) -> list[tuple[str, d
     return keyed_rows(dataset, args.id_column)
 
 
+def _judge_inputs(args: EvaluationArguments, rows, judge_client=None):
+    """What every judging pass needs: the rows' prompts, their teacher answers in pairwise mode (a row's first answer;
+    a trajectory's final answer), the judge's client (made from `args` unless given) and its model name."""
+    from ..data import final_answer_text, prompt_messages, teacher_texts
+    from .openai_chat import make_client, resolve_model
+
+    prompts = {key: prompt_messages(row, key) for key, row in rows}
+    teacher = {}
+    if args.mode == "pairwise":
+        teacher = {key: final_answer_text(teacher_texts(row, args.teacher_response_column, key)[0])
+                   for key, row in rows}
+    if judge_client is None:
+        judge_client = make_client(args.judge_base_url, args.judge_api_key_env, args.request_timeout,
+                                   args.max_retries)
+    return prompts, teacher, judge_client, resolve_model(judge_client, args.judge_model)
+
+
 def evaluate(args: EvaluationArguments, output_dir: str | os.PathLike | None = None, dataset=None, model=None,
              tokenizer=None, student_name: str | None = None, judge_client=None, student_client=None) -> dict:
     """Judge one student; writes the judgements, errors and summary in `output_dir`; returns the summary.
@@ -249,7 +266,6 @@ def evaluate(args: EvaluationArguments, output_dir: str | os.PathLike | None = N
     The student is `model` + `tokenizer` (in memory, e.g. from a callback), else `args.student_model_name_or_path`
     (loaded here), else the endpoint `args.student_base_url`.
     """
-    from ..data import final_answer_text, prompt_messages, teacher_texts
     from .jsonl_store import JsonlStore, write_jsonl_atomic
     from .openai_chat import chat, describe_error, make_client, map_bounded, resolve_model
 
@@ -262,17 +278,7 @@ def evaluate(args: EvaluationArguments, output_dir: str | os.PathLike | None = N
     output_dir = Path(output_dir or args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     rows = load_eval_rows(args, dataset)
-    prompts = {key: prompt_messages(row, key) for key, row in rows}
-    teacher = {}
-    if args.mode == "pairwise":
-        # The reference is a row's first answer (rows with k answers); a trajectory's is its final answer.
-        teacher = {key: final_answer_text(teacher_texts(row, args.teacher_response_column, key)[0])
-                   for key, row in rows}
-
-    if judge_client is None:
-        judge_client = make_client(args.judge_base_url, args.judge_api_key_env, args.request_timeout,
-                                   args.max_retries)
-    judge_model = resolve_model(judge_client, args.judge_model)
+    prompts, teacher, judge_client, judge_model = _judge_inputs(args, rows, judge_client)
     local = model is not None or bool(args.student_model_name_or_path)
     if not local:
         if student_client is None:
@@ -436,19 +442,10 @@ def judge_completions(args: EvaluationArguments, rows: list[tuple[str, dict]], c
     None when unparseable; the record None when a request failed) and the failures (`row_id`, `sample`, `phase`,
     `error`). Nothing is written but the reference cache.
     """
-    from ..data import final_answer_text, prompt_messages, teacher_texts
-    from .openai_chat import describe_error, make_client, map_bounded, resolve_model
+    from .openai_chat import describe_error, map_bounded
 
     rows = [(key, row) for key, row in rows if completions.get(key)]
-    prompts = {key: prompt_messages(row, key) for key, row in rows}
-    teacher = {}
-    if args.mode == "pairwise":
-        teacher = {key: final_answer_text(teacher_texts(row, args.teacher_response_column, key)[0])
-                   for key, row in rows}
-    if judge_client is None:
-        judge_client = make_client(args.judge_base_url, args.judge_api_key_env, args.request_timeout,
-                                   args.max_retries)
-    judge_model = resolve_model(judge_client, args.judge_model)
+    prompts, teacher, judge_client, judge_model = _judge_inputs(args, rows, judge_client)
     failures: list[dict] = []
 
     def fail(key, phase, err, sample=None):
