@@ -281,3 +281,11 @@ def test_rejected_samples_from_the_vllm_server(vllm_server, tmp_path):
                                  max_new_tokens=6, seed=0)
     assert again.to_list() == pairs.to_list()
     assert vllm_server.count_requests("/v1/chat/completions") - before == sent  # the cache answered
+
+
+def test_soda_refuses_tools_rather_than_ignoring_them():
+    from gad_trl.cli import soda
+    from gad_trl.cli import train as train_cli
+
+    with pytest.raises(ValueError, match="tools: SODA samples and trains on text answers"):
+        soda.build_trainer(*train_cli.parse_args(["--config", TINY_SODA, "--tools", "gad_trl.testing:add"]))

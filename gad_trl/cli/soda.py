@@ -61,6 +61,9 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
     from trl import DPOTrainer, get_peft_config
 
     refuse_rewards(script_args, "SODA trains on fixed (teacher, student) pairs without rewards")
+    if script_args.tools:
+        raise ValueError("tools: SODA samples and trains on text answers, without tool calls; remove `tools` from this "
+                         "recipe, or run `gad-trl gad` for tool-using trajectories.")
     train_dataset, eval_dataset = prepare_run(script_args, training_args, model_args, "soda")
     callbacks = [*(callbacks or []), *judge_callbacks(script_args, training_args)]  # its checks before the sampling
     sampler = make_sampler(training_args, model_args)
