@@ -229,7 +229,7 @@ def run_seqkd(base_dir, tok, train_rows, epochs, args, seed, out_dir, callbacks=
         num_train_epochs=epochs,
         learning_rate=args.lr,
         logging_steps=10,
-        **cpu_run_kwargs(seed),
+        **run_kwargs(seed, args),
     )
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=list(callbacks))
@@ -237,6 +237,12 @@ def run_seqkd(base_dir, tok, train_rows, epochs, args, seed, out_dir, callbacks=
     trainer.train()
     return trainer.model, {"train_s": time.perf_counter() - t0, "train_cpu_s": time.process_time() - c0,
                            "steps": trainer.state.global_step}
+
+
+def run_kwargs(seed: int, args=None) -> dict:
+    """`cpu_run_kwargs`, on `args.device` (the real-model suite's GPU mode) where one is given."""
+    device = getattr(args, "device", "cpu")
+    return {**cpu_run_kwargs(seed), "use_cpu": device == "cpu", **({"bf16": True} if getattr(args, "bf16", False) else {})}
 
 
 def cpu_run_kwargs(seed: int) -> dict:
@@ -267,7 +273,7 @@ def run_soda(start_dir, tok, train_rows, args, seed, out_dir):
         cache.unlink()  # drawn from an earlier run's start: sample anew
     cache.parent.mkdir(parents=True, exist_ok=True)
     t0, c0 = time.perf_counter(), time.process_time()
-    sampler_model = AutoModelForCausalLM.from_pretrained(start_dir)
+    sampler_model = AutoModelForCausalLM.from_pretrained(start_dir).to(getattr(args, "device", "cpu"))
     pairs = build_soda_dataset(_row_subset(train_rows), sampler_model, tok, temperature=args.soda_temperature,
                                max_new_tokens=args.max_completion_length, seed=seed, cache_path=str(cache))
     del sampler_model
@@ -279,7 +285,7 @@ def run_soda(start_dir, tok, train_rows, args, seed, out_dir):
         learning_rate=args.soda_lr,
         beta=args.soda_beta,
         logging_steps=10,
-        **cpu_run_kwargs(seed),
+        **run_kwargs(seed, args),
     )
     model = AutoModelForCausalLM.from_pretrained(start_dir)
     trainer = DPOTrainer(model=model, args=cfg, train_dataset=pairs, processing_class=tok)
@@ -296,7 +302,9 @@ def run_soda(start_dir, tok, train_rows, args, seed, out_dir):
 
 
 def run_gad(base_dir, tok, train_rows, args, seed, out_dir, sft_epochs=None, freeze=False, disc_dir=None,
-            callbacks=(), server_url=None, async_generation=False, reward_weight=None):
+            callbacks=(), server_url=None, async_generation=False, reward_weight=None, **extra_config):
+    """GAD on `train_rows` (critic warm-up, SFT warm-up, GRPO); `extra_config`: further GADConfig fields (the levers
+    of the real-model suite)."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
@@ -330,7 +338,8 @@ def run_gad(base_dir, tok, train_rows, args, seed, out_dir, sft_epochs=None, fre
         discriminator_model_name_or_path=disc_dir,
         discriminator_freeze_after_step=args.critic_warmup_steps + sft_steps if freeze else None,
         logging_steps=5,
-        **cpu_run_kwargs(seed),
+        **run_kwargs(seed, args),
+        **extra_config,
         **(dict(use_vllm=True, vllm_mode="server", vllm_server_base_url=server_url, vllm_weight_sync="reload",
                 vllm_server_timeout=60, async_generation=async_generation,
                 vllm_importance_sampling_mode="token_truncate") if server_url else dict(use_vllm=False)),

@@ -75,6 +75,12 @@ def check_model_source(name, what: str = "model_name_or_path") -> None:
         return
     name = os.fspath(name)
     expanded = os.path.expanduser(name)
+    if name.lower().endswith(".gguf"):
+        # transformers needs the folder plus gguf_file and returns a model that cannot be saved: convert once instead.
+        raise ValueError(
+            f"{what}={name!r} is a GGUF file; convert it once into a Hugging Face folder and pass that folder: "
+            f"`gad-trl convert {name} models/<name>` (needs `pip install gguf`)."
+        )
     if not os.path.exists(expanded) and looks_like_local_path(name):
         raise FileNotFoundError(
             f"{what}={name!r} looks like a local folder but does not exist (working directory: {os.getcwd()}). "

@@ -9,6 +9,7 @@
     gad-trl eval-discriminator --discriminator_name_or_path OUT/discriminator --dataset_name D
     gad-trl generate-teacher --dataset_name P --output data/train.jsonl --base_url URL --model TEACHER
     gad-trl evaluate --dataset_name D --student_model_name_or_path OUT --judge_base_url URL --output_dir OUT/eval
+    gad-trl convert model.gguf models/out                # a GGUF checkpoint as a Hugging Face folder
     gad-trl vllm-serve --model M                         # vLLM server for `vllm_mode: server`
 
 Each command parses its own arguments (`gad-trl <command> --help`); training commands accept `--config file.yaml`,
@@ -33,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "estimate-memory": ("estimate_memory", "Per-GPU memory of student, reference and discriminator for each mode"),
     "generate-teacher": ("generate_teacher", "Teacher answers to a prompt set from an OpenAI-compatible endpoint"),
     "evaluate": ("evaluate", "Judge a student (paper's protocol), score checkpoints, pick the best one"),
+    "convert": ("convert", "Convert a GGUF checkpoint (llama.cpp file) into a Hugging Face folder"),
     "make-tiny": ("make_tiny", "Write an offline tiny model and toy data set (for recipes/tiny)"),
     "vllm-serve": (None, "Serve the student with vLLM for `vllm_mode: server` (gad_trl.vllm)"),
     "env": (None, "Print the versions of gad_trl and its main dependencies"),

@@ -88,7 +88,32 @@ class TeacherGenerationArguments:
     system_prompt: str | None = field(
         default=None,
         metadata={"help": "System message sent to the teacher before prompts that have none (not written to the "
-                  "data set: the student trains on the prompt as it is)."},
+                  "data set: the student trains on the prompt as it is, so it learns the behaviour the system "
+                  "prompt asks for from the answers alone: context distillation)."},
+    )
+    system_prompt_file: str | None = field(
+        default=None,
+        metadata={"help": "Read --system_prompt from this UTF-8 text file (a long hidden instruction)."},
+    )
+    few_shot_file: str | None = field(
+        default=None,
+        metadata={"help": "JSON file: a list of chat messages (user / assistant turns, e.g. worked examples of the "
+                  "hidden instruction) sent to the teacher after the system prompt and before each prompt. Like the "
+                  "system prompt, never written to the data set."},
+    )
+    answer_filter: str | None = field(
+        default=None,
+        metadata={"help": "`module:function` called as function(prompt_messages, answer) -> bool on every teacher "
+                  "answer (prompt_messages: the row's prompt as saved, without the hidden context; answer: the text, "
+                  "or the trajectory with --tools). With --num_answers N candidates per prompt, only the passing "
+                  "ones are written (best-of-N filtering); prompts with none passing go to "
+                  "`<output>.filtered.jsonl` with their candidates, and every candidate stays in "
+                  "`<output>.candidates.jsonl`, so another filter can be applied without asking again."},
+    )
+    keep_answers: int | None = field(
+        default=None,
+        metadata={"help": "With --answer_filter: keep at most this many passing answers per prompt (1: the answer "
+                  "is a string). Default: all that pass, as a list."},
     )
     temperature: float | None = field(default=None, metadata={"help": "Sampling temperature. Default: the server's."})
     top_p: float | None = field(default=None, metadata={"help": "Nucleus sampling. Default: the server's."})
@@ -137,6 +162,16 @@ class TeacherGenerationArguments:
             raise ValueError(f"--max_tool_calls must be >= 1, got {self.max_tool_calls}.")
         if not self.tool_timeout > 0:
             raise ValueError(f"--tool_timeout must be > 0 seconds, got {self.tool_timeout}.")
+        if self.system_prompt_file is not None:
+            if self.system_prompt is not None:
+                raise ValueError("Give the system prompt once: --system_prompt or --system_prompt_file, not both.")
+            self.system_prompt = read_text_file(self.system_prompt_file, "--system_prompt_file")
+        self.few_shot_messages()  # fail early on a bad file
+        if self.keep_answers is not None and self.answer_filter is None:
+            raise ValueError("--keep_answers selects among the answers that pass --answer_filter: set --answer_filter.")
+        if self.keep_answers is not None and not 1 <= self.keep_answers <= self.num_answers:
+            raise ValueError(f"--keep_answers must be between 1 and --num_answers ({self.num_answers}), got "
+                             f"{self.keep_answers}.")
         if self.tools is not None:
             from .tool_calling import parse_tool_specs
 
@@ -146,11 +181,22 @@ class TeacherGenerationArguments:
     def extra_body_dict(self) -> dict | None:
         return parse_json_object(self.extra_body, "--extra_body")
 
+    def few_shot_messages(self) -> list[dict]:
+        return read_few_shot(self.few_shot_file) if self.few_shot_file else []
+
     @property
     def progress_path(self) -> Path:
-        """The JSONL rows are appended to: the output itself, or `<output>.partial.jsonl` for Parquet."""
+        """The JSONL rows are appended to: the output itself, `<output>.partial.jsonl` for Parquet, or, with
+        --answer_filter, `<output>.candidates.jsonl` (every candidate, kept after the filtered output is written)."""
         out = Path(self.output)
+        if self.answer_filter is not None:
+            return out.with_name(out.name + ".candidates.jsonl")
         return out if out.suffix.lower() == ".jsonl" else out.with_name(out.name + ".partial.jsonl")
+
+    @property
+    def filtered_path(self) -> Path:
+        """With --answer_filter: the prompts none of whose answers passed, with their candidates."""
+        return Path(self.output).with_name(Path(self.output).name + ".filtered.jsonl")
 
     @property
     def answers_path(self) -> Path:
@@ -180,10 +226,46 @@ def parse_json_object(text: str | None, name: str) -> dict | None:
     return value
 
 
-def with_system_prompt(messages: list[dict], system_prompt: str | None) -> list[dict]:
-    if not system_prompt or (messages and messages[0]["role"] == "system"):
-        return messages
-    return [{"role": "system", "content": system_prompt}, *messages]
+def with_system_prompt(messages: list[dict], system_prompt: str | None, few_shot: list[dict] | None = None) -> list[dict]:
+    """What the teacher is sent: the system prompt (unless the row has its own), the few-shot turns, then the row's
+    messages. Neither is saved: the student sees the row as it is."""
+    head = []
+    if messages and messages[0]["role"] == "system":
+        head, messages = [messages[0]], messages[1:]
+    elif system_prompt:
+        head = [{"role": "system", "content": system_prompt}]
+    return [*head, *(few_shot or []), *messages]
+
+
+def read_text_file(path: str, option: str) -> str:
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8").strip()
+    except OSError as err:
+        raise ValueError(f"{option} {path!r} cannot be read ({err.strerror or err}).") from err
+    if not text:
+        raise ValueError(f"{option} {path!r} is empty; give the instruction text, or drop the option.")
+    return text
+
+
+def read_few_shot(path: str) -> list[dict]:
+    """A few-shot file's messages: a JSON list of {"role": "user"|"assistant", "content": text}, user first,
+    alternating, ending with an assistant turn (the example answer)."""
+    try:
+        value = json.loads(read_text_file(path, "--few_shot_file"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--few_shot_file {path!r} is not valid JSON ({err}).") from err
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"--few_shot_file {path!r} must hold a non-empty JSON list of chat messages.")
+    for i, m in enumerate(value):
+        want = "user" if i % 2 == 0 else "assistant"
+        if not isinstance(m, dict) or m.get("role") != want or not isinstance(m.get("content"), str):
+            raise ValueError(
+                f"--few_shot_file {path!r}: message {i} must be {{\"role\": \"{want}\", \"content\": \"...\"}} "
+                "(user and assistant turns alternate, user first)."
+            )
+    if len(value) % 2:
+        raise ValueError(f"--few_shot_file {path!r} ends with a user turn; end with the assistant's example answer.")
+    return value
 
 
 def keyed_rows(dataset, id_column: str) -> list[tuple[str, dict]]:
@@ -287,6 +369,7 @@ def _truncated(record: dict) -> int:
 def generate_teacher(args: TeacherGenerationArguments, dataset=None, client=None) -> dict:
     """Run (or resume) the generation; returns the summary (counts, paths, failed ids)."""
     from ..data import answer_text, normalize_trajectory, prompt_messages
+    from ..preflight import import_callable
     from .jsonl_store import JsonlStore, write_jsonl_atomic
     from .openai_chat import (
         chat,
@@ -312,7 +395,9 @@ def generate_teacher(args: TeacherGenerationArguments, dataset=None, client=None
         dataset = load_prompts(args.dataset_name, args.dataset_config, args.dataset_split, args.max_samples)
     rows = keyed_rows(dataset, args.id_column)
     # Every prompt is validated (as the trainer does) before any request is sent.
-    messages = {key: with_system_prompt(prompt_messages(row, key), args.system_prompt) for key, row in rows}
+    few_shot = args.few_shot_messages()
+    messages = {key: with_system_prompt(prompt_messages(row, key), args.system_prompt, few_shot) for key, row in rows}
+    answer_filter = import_callable(args.answer_filter, "--answer_filter") if args.answer_filter else None
     by_key = dict(rows)
 
     store = JsonlStore(args.progress_path, args.id_column)
@@ -523,19 +608,71 @@ def generate_teacher(args: TeacherGenerationArguments, dataset=None, client=None
         summary["answers_file"] = str(args.answers_path)
     if complete:
         ordered = [store.done[key] for key, _ in rows]  # input order, whatever order they finished in
+        if answer_filter is not None:
+            ordered, rejected, summary["filter"] = filter_answers(ordered, answer_filter, args)
+            write_jsonl_atomic(rejected, args.filtered_path)
+            summary["filter"]["filtered_file"] = str(args.filtered_path)
+            summary["filter"]["candidates_file"] = str(args.progress_path)
         if Path(args.output).suffix.lower() == ".jsonl":
             write_jsonl_atomic(ordered, args.output)
         else:
             from datasets import Dataset
 
             Dataset.from_list(ordered).to_parquet(args.output)
-            args.progress_path.unlink()
+            if answer_filter is None:
+                args.progress_path.unlink()
         if k > 1:
             args.answers_path.unlink(missing_ok=True)
         if args.push_to_hub:
             push_dataset(args.output, args.hub_dataset_id, args.hub_private)
             summary["pushed_to"] = args.hub_dataset_id
     return summary
+
+
+def filter_answers(records: list[dict], keep_fn, args: TeacherGenerationArguments):
+    """Best-of-N filtering of complete rows: each row keeps the answers `keep_fn(prompt_messages, answer)` passes (at
+    most --keep_answers, in their order); returns (kept rows, rows with no passing answer, counts). A filter that
+    raises stops the run with the row named: a broken filter must not silently drop the data set."""
+    from ..data import prompt_messages, teacher_answers
+
+    column, kept, rejected = args.teacher_response_column, [], []
+    candidates = passed = 0
+    for record in records:
+        key = record.get(args.id_column)
+        answers = teacher_answers(record[column])
+        reasons = record.get("teacher_finish_reason")
+        reasons = reasons if isinstance(reasons, list) else [reasons] * len(answers)
+        prompt = prompt_messages(record, key)
+        good = []
+        for answer, reason in zip(answers, reasons):
+            try:
+                ok = keep_fn(prompt, answer)
+            except Exception as err:
+                raise ValueError(f"--answer_filter {args.answer_filter} raised on row {key!r}: {err!r}. Fix the "
+                                 "filter; the candidates are kept and no request is repeated.") from err
+            if not isinstance(ok, (bool, int)):
+                raise ValueError(f"--answer_filter {args.answer_filter} returned {type(ok).__name__} on row {key!r}; "
+                                 "it must return True (keep) or False (drop).")
+            good += [(answer, reason)] if ok else []
+        candidates += len(answers)
+        passed += len(good)
+        if not good:
+            rejected.append(record)
+            continue
+        good = good[: args.keep_answers] if args.keep_answers else good
+        out = dict(record)
+        if args.keep_answers == 1:
+            out[column], out["teacher_finish_reason"] = good[0]
+        else:
+            out[column] = [a for a, _ in good]
+            out["teacher_finish_reason"] = [r for _, r in good]
+        kept.append(out)
+    counts = {"candidates": candidates, "passed": passed, "pass_rate": passed / candidates if candidates else 0.0,
+              "rows_kept": len(kept), "rows_without_passing_answer": len(rejected)}
+    if rejected:
+        logger.warning("%d prompt(s) have no answer that passes --answer_filter; listed in %s.", len(rejected),
+                       args.filtered_path)
+    return kept, rejected, counts
 
 
 def push_dataset(path: str, repo_id: str, private: bool = False) -> None:
@@ -554,6 +691,13 @@ def format_summary(summary: dict) -> str:
         + (f"{summary['truncated']} answer(s) " if k > 1 else f"{summary['truncated']} ")
         + "cut at max_tokens (teacher_finish_reason='length').",
     ]
+    if summary.get("filter"):
+        f = summary["filter"]
+        lines.append(
+            f"Answer filter: {f['passed']}/{f['candidates']} answers passed ({f['pass_rate']:.1%}); {f['rows_kept']} "
+            f"prompt(s) kept, {f['rows_without_passing_answer']} without a passing answer (in {f['filtered_file']}). "
+            f"Every candidate: {f['candidates_file']}."
+        )
     if summary["output"]:
         lines.append(f"Written: {summary['output']}")
     if summary.get("answers_without_tool_calls"):
