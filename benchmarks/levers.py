@@ -34,9 +34,9 @@ def _variant(args: dict) -> str:
     defaults = {"disc_pooling": "last", "disc_lr": 3e-4, "disc_loss": "bradley_terry", "beta": 0.0, "gad_epochs": 2.0,
                 "disc_hidden_size": None, "critic_warmup_steps": 20, "sft_warmup_epochs": 1.0, "gad_lr": 3e-5,
                 "hidden_size": 128, "disc_replay": 0, "disc_iterations": 1, "disc_replay_ratio": 0.5, "sft_loss_coef": 1.0,
-                "disc_reward_weight": 1.0}
+                "disc_reward_weight": 1.0, "disc_replay_mode": "add"}
     changed = [f"{k}={args[k]}" for k, v in defaults.items() if k in args and args[k] != v
-               and not (k == "disc_replay_ratio" and not args.get("disc_replay"))]
+               and not (k in ("disc_replay_ratio", "disc_replay_mode") and not args.get("disc_replay"))]
     return ", ".join(changed) or "defaults"
 
 

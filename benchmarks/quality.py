@@ -92,6 +92,8 @@ def parse_args(argv=None):
     p.add_argument("--disc-replay", type=int, default=0, help="GADConfig.discriminator_replay_buffer_size (0 = off)")
     p.add_argument("--disc-iterations", type=int, default=1, help="GADConfig.discriminator_num_iterations")
     p.add_argument("--disc-replay-ratio", type=float, default=0.5, help="GADConfig.discriminator_replay_ratio")
+    p.add_argument("--disc-replay-mode", default="add", choices=["add", "replace"],
+                   help="GADConfig.discriminator_replay_mode (replace: replayed pairs take the place of current ones)")
     p.add_argument("--sft-loss-coef", type=float, default=_gad_default("sft_loss_coef"),
                    help="GADConfig.sft_loss_coef of the GRPO phase (default: GADConfig's)")
     p.add_argument("--disc-reward-weight", type=float, default=1.0,
@@ -333,6 +335,7 @@ def run_gad(base_dir, tok, train_rows, args, seed, out_dir, sft_epochs=None, fre
         discriminator_replay_buffer_size=args.disc_replay,
         discriminator_num_iterations=args.disc_iterations,
         discriminator_replay_ratio=args.disc_replay_ratio,
+        discriminator_replay_mode=args.disc_replay_mode,
         sft_loss_coef=args.sft_loss_coef,
         reward_weights=[args.disc_reward_weight if reward_weight is None else reward_weight],
         discriminator_model_name_or_path=disc_dir,

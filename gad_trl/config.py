@@ -159,6 +159,14 @@ class GADConfig(GRPOConfig):
         discriminator_replay_ratio (`float`, *optional*, defaults to `0.5`):
             Replayed pairs per discriminator update, as a fraction of the update's current student completions (used
             when discriminator_replay_buffer_size > 0).
+        discriminator_replay_mode (`str`, *optional*, defaults to `"add"`):
+            How replayed pairs enter each discriminator update. 'add': on top of the current pairs (more student
+            negatives per update). 'replace': round(discriminator_replay_ratio x n) of the n current completions, drawn
+            at random (seeded, saved with the buffer), are left out of the loss and the backward and the replayed pairs
+            take their place, so the update back-propagates as many student sequences and has as many pairs in its loss
+            as without replay (persistent negatives, arXiv 2609.30864); extra are the replayed teacher sequences'
+            forwards and a no-grad scoring of the left-out completions, which still get their scores as rewards. Needs
+            discriminator_replay_ratio < 1.
 
         > Parameters that make the discriminator small (LoRA / QLoRA / shared base; TRL ModelConfig's names)
 
@@ -448,6 +456,19 @@ class GADConfig(GRPOConfig):
             "completions (used when discriminator_replay_buffer_size > 0)."
         },
     )
+    discriminator_replay_mode: str = field(
+        default="add",
+        metadata={
+            "help": "How replayed pairs enter each discriminator update. 'add': on top of the current pairs (more "
+            "student negatives per update). 'replace': round(discriminator_replay_ratio x n) of the n current "
+            "completions, drawn at random (seeded, saved with the buffer), are left out of the loss and the backward "
+            "and the replayed pairs take their place, so the update back-propagates as many student sequences and has "
+            "as many pairs in its loss as without replay (persistent negatives, arXiv 2609.30864); extra are the "
+            "replayed teacher sequences' forwards and a no-grad scoring of the left-out completions, which still get "
+            "their scores as rewards. Needs discriminator_replay_ratio < 1.",
+            "choices": ["add", "replace"],
+        },
+    )
 
     # Discriminator loss
     discriminator_loss_type: str = field(
@@ -625,6 +646,18 @@ class GADConfig(GRPOConfig):
             raise ValueError(
                 f"discriminator_replay_ratio must be > 0 when discriminator_replay_buffer_size is set, got "
                 f"{self.discriminator_replay_ratio}. Set discriminator_replay_buffer_size=0 to turn replay off."
+            )
+        if self.discriminator_replay_mode not in ("add", "replace"):
+            raise ValueError(
+                f"discriminator_replay_mode must be 'add' or 'replace', got {self.discriminator_replay_mode!r}."
+            )
+        if (self.discriminator_replay_mode == "replace" and self.discriminator_replay_buffer_size > 0
+                and self.discriminator_replay_ratio >= 1):
+            raise ValueError(
+                "discriminator_replay_mode='replace' swaps discriminator_replay_ratio x n of the n current "
+                f"completions for replayed ones, so discriminator_replay_ratio={self.discriminator_replay_ratio} "
+                "would leave no current completion to train on. Set discriminator_replay_ratio below 1 (e.g. 0.5), "
+                "or use discriminator_replay_mode='add' to replay that many pairs on top of the current ones."
             )
         if self.discriminator_mini_batch_size is not None and self.discriminator_mini_batch_size < 1:
             raise ValueError(

@@ -130,10 +130,15 @@ class Pairs:
             weight = torch.cat([weight, torch.ones(len(teacher), device=weight.device, dtype=weight.dtype)])
         return Pairs(torch.cat([self.teacher, teacher]), torch.cat([self.student, student]), weight)
 
-    def restricted_to_students(self, num_students: int) -> Pairs:
-        """The pairs whose student is one of the first `num_students` (the current batch, without replayed ones)."""
-        keep = self.student < num_students
-        return Pairs(self.teacher[keep], self.student[keep], None if self.weight is None else self.weight[keep])
+    def for_students(self, kept: list[int], num_students: int) -> Pairs:
+        """The pairs of the completions `kept` (every pair of each, so a completion with k answers is kept or left
+        out whole), their students renumbered 0..len(kept)-1 in that order: a replace-mode update's current pairs."""
+        position = torch.full((num_students,), -1, device=self.student.device, dtype=self.student.dtype)
+        position[torch.tensor(kept, device=self.student.device, dtype=torch.long)] = torch.arange(
+            len(kept), device=self.student.device, dtype=self.student.dtype)
+        new_student = position[self.student]
+        keep = new_student >= 0
+        return Pairs(self.teacher[keep], new_student[keep], None if self.weight is None else self.weight[keep])
 
     def scores(self, scores: torch.Tensor, num_teacher: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(teacher side, student side) of every pair, from the scores of `teacher_seqs + student_seqs`."""
@@ -269,23 +274,32 @@ class Discriminator:
     # ------------------------------------------------------------------ training
     def update(self, teacher_seqs, student_seqs, index, response_starts, global_step: int) -> tuple[torch.Tensor, dict]:
         """`discriminator_num_iterations` optimizer steps on this batch's pairs (plus replayed ones); returns the
-        student scores from before the first step (the rewards) and that step's metrics. `index`: `Pairs`, or one
-        teacher index per completion. `response_starts`: where each response begins in `teacher_seqs + student_seqs`
-        (the prompt lengths)."""
-        num_current = len(student_seqs)
+        student scores from before the first step (the rewards, one per current completion, in order) and that
+        step's metrics. `index`: `Pairs`, or one teacher index per completion. `response_starts`: where each response
+        begins in `teacher_seqs + student_seqs` (the prompt lengths).
+
+        Replace mode (`discriminator_replay_mode`): as many current completions as pairs replayed are left out of the
+        loss and the backward; they are scored first, without a graph and in the same train/eval mode as the others,
+        so that every current completion still gets its pre-step score as reward."""
+        num_current, num_current_teacher = len(student_seqs), len(teacher_seqs)
         current = (teacher_seqs, student_seqs, Pairs.of(index), response_starts)
-        teacher_seqs, student_seqs, pairs, response_starts, num_replayed = self._add_replayed_pairs(*current)
+        teacher_seqs, student_seqs, pairs, response_starts, num_replayed, left_out = self._add_replayed_pairs(*current)
+        left_out_scores = self._score_left_out(*current, left_out)  # before the first step: pre-step scores
+        num_kept = num_current - len(left_out)
         num_teacher = len(teacher_seqs)
         sequences = teacher_seqs + student_seqs
         rewards, info = None, None
         for iteration in range(self.args.discriminator_num_iterations):
             scores, loss, step_info = self.step(sequences, num_teacher, pairs, response_starts, global_step)
             if iteration == 0:
-                rewards, info = scores[num_teacher : num_teacher + num_current].detach(), step_info
+                rewards, info = scores[num_teacher : num_teacher + num_kept].detach(), step_info
+                if left_out:
+                    rewards = _with_left_out(rewards, left_out_scores, left_out)
                 if num_replayed:
-                    # Logged metrics describe the current pairs (what the health checks and the rewards are about);
-                    # the replayed pairs get their own accuracy.
-                    _, current_info = self.pair_loss(scores, num_teacher, pairs.restricted_to_students(num_current))
+                    # Logged metrics describe the current pairs, all of them (what the health checks and the rewards
+                    # are about); the replayed pairs get their own accuracy.
+                    current_scores = torch.cat([scores[:num_current_teacher], rewards])
+                    _, current_info = self.pair_loss(current_scores, num_current_teacher, current[2])
                     replayed = Pairs(pairs.teacher[-num_replayed:], pairs.student[-num_replayed:])
                     _, replay_info = self.pair_loss(scores, num_teacher, replayed)
                     info.update(current_info, replay_accuracy=replay_info["accuracy"], trained_loss=loss.item())
@@ -294,7 +308,9 @@ class Discriminator:
             info["nonfinite_skipped"] = max(info["nonfinite_skipped"], step_info["nonfinite_skipped"])
         if self.replay is not None:
             info["replay_pairs"] = float(num_replayed)
-            self.replay.add(_replay_pairs(*current))
+            if self.args.discriminator_replay_mode == "replace":
+                info["replay_replaced"] = float(len(left_out))
+            self.replay.add(_replay_pairs(*current))  # every current completion, the left-out ones too
         return rewards, info
 
     def step(self, sequences, num_teacher, pairs: Pairs, response_starts, global_step: int):
@@ -350,16 +366,30 @@ class Discriminator:
     def _add_replayed_pairs(self, teacher_seqs, student_seqs, pairs: Pairs, response_starts):
         """The update's pairs plus `discriminator_replay_ratio` x as many past ones (one per completion) drawn from
         the replay buffer (drawn before this batch joins it, so they are strictly earlier completions); returns the
-        extended (teacher_seqs, student_seqs, pairs, response_starts) and the number replayed."""
+        extended (teacher_seqs, student_seqs, pairs, response_starts), the number replayed and the current
+        completions left out (replace mode: as many as replayed, drawn at random, all their pairs; add mode: none).
+        Replace mode keeps at least one current completion (rounding ratio x n can reach n)."""
         if self.replay is None:
-            return teacher_seqs, student_seqs, pairs, response_starts, 0
-        # Every process has the same batch size and buffer fill, so every process replays the same number of pairs
-        # (a sharded discriminator needs the same number of forwards on each rank).
-        drawn = self.replay.sample(round(self.args.discriminator_replay_ratio * len(student_seqs)))
+            return teacher_seqs, student_seqs, pairs, response_starts, 0, []
+        replace = self.args.discriminator_replay_mode == "replace"
+        wanted = round(self.args.discriminator_replay_ratio * len(student_seqs))
+        if replace:
+            wanted = min(wanted, len(student_seqs) - 1)
+        # Every process has the same batch size and buffer fill, so every process replays (and leaves out) the same
+        # number of pairs (a sharded discriminator needs the same number of forwards on each rank).
+        drawn = self.replay.sample(wanted)
         if not drawn:
-            return teacher_seqs, student_seqs, pairs, response_starts, 0
-        num_teacher, num_student = len(teacher_seqs), len(student_seqs)
+            return teacher_seqs, student_seqs, pairs, response_starts, 0, []
+        num_teacher = len(teacher_seqs)
         teacher_starts, student_starts = response_starts[:num_teacher], response_starts[num_teacher:]
+        left_out = self.replay.leave_out(len(student_seqs), len(drawn)) if replace else []
+        if left_out:
+            dropped = set(left_out)
+            kept = [i for i in range(len(student_seqs)) if i not in dropped]
+            pairs = pairs.for_students(kept, len(student_seqs))
+            student_seqs = [student_seqs[i] for i in kept]
+            student_starts = [student_starts[i] for i in kept]
+        num_student = len(student_seqs)
         device, dtype = pairs.teacher.device, pairs.teacher.dtype
         return (
             teacher_seqs + [p.teacher for p in drawn],
@@ -368,7 +398,17 @@ class Discriminator:
                            torch.arange(num_student, num_student + len(drawn), device=device, dtype=dtype)),
             teacher_starts + [p.teacher_start for p in drawn] + student_starts + [p.student_start for p in drawn],
             len(drawn),
+            left_out,
         )
+
+    def _score_left_out(self, teacher_seqs, student_seqs, pairs, response_starts, left_out: list[int]):
+        """Scores of the left-out current completions (replace mode), without a graph: their rewards. None if none."""
+        if not left_out:
+            return None
+        starts = None if response_starts is None else response_starts[len(teacher_seqs) :]
+        with torch.no_grad():
+            return self.score([student_seqs[i] for i in left_out],
+                              response_starts=None if starts is None else [starts[i] for i in left_out])
 
     def all_reduce_grads(self):
         # Replicated on every process (not wrapped in DDP): average the gradients by hand. (Sharded, FSDP2 has
@@ -487,6 +527,17 @@ class Discriminator:
                 f"discriminator_pooling={asked!r}. Resume with {saved!r} (or leave it unset), or start a new run."
             )
         set_discriminator_pooling(self.model, saved)
+
+
+def _with_left_out(kept_scores: torch.Tensor, left_out_scores: torch.Tensor, left_out: list[int]) -> torch.Tensor:
+    # One score per current completion, in the original order: the trained ones' and the left-out ones'.
+    num_current = len(kept_scores) + len(left_out)
+    is_left_out = torch.zeros(num_current, dtype=torch.bool, device=kept_scores.device)
+    is_left_out[left_out] = True
+    scores = torch.empty(num_current, dtype=kept_scores.dtype, device=kept_scores.device)
+    scores[~is_left_out] = kept_scores
+    scores[is_left_out] = left_out_scores.detach().to(kept_scores.device, kept_scores.dtype)
+    return scores
 
 
 def _replay_pairs(teacher_seqs, student_seqs, pairs: Pairs, response_starts) -> list[ReplayPair]:
