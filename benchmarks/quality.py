@@ -244,7 +244,9 @@ def run_seqkd(base_dir, tok, train_rows, epochs, args, seed, out_dir, callbacks=
 def run_kwargs(seed: int, args=None) -> dict:
     """`cpu_run_kwargs`, on `args.device` (the real-model suite's GPU mode) where one is given."""
     device = getattr(args, "device", "cpu")
-    return {**cpu_run_kwargs(seed), "use_cpu": device == "cpu", **({"bf16": True} if getattr(args, "bf16", False) else {})}
+    gpu = {} if device == "cpu" else {"gradient_checkpointing": False}  # small models on a large card: no recompute
+    return {**cpu_run_kwargs(seed), "use_cpu": device == "cpu", **gpu,
+            **({"bf16": True} if getattr(args, "bf16", False) else {})}
 
 
 def cpu_run_kwargs(seed: int) -> dict:
