@@ -193,6 +193,7 @@ def normalize_trajectory(value: list, row: int | str, column: str, where: str = 
             "tool_calls": [_tool_call(c, row, column, at) for c in calls] if calls else None,
             "tool_call_id": message.get("tool_call_id"),
         })
+    _check_calls_answered(messages, row, column, where)
     last = messages[-1]
     if last["role"] != "assistant" or last["tool_calls"] or not last["content"].strip():
         raise GADDataError(
@@ -200,6 +201,45 @@ def normalize_trajectory(value: list, row: int | str, column: str, where: str = 
             "no tool calls); the discriminator scores that turn's last token."
         )
     return messages
+
+
+def _check_calls_answered(messages: list[dict], row, column: str, where: str) -> None:
+    """Every tool call gets its result before the next assistant turn, and every result answers a call: a trajectory
+    missing either would teach the discriminator (and the SFT term) a conversation no rollout can produce. A result
+    with a `tool_call_id` answers the call of that id; one without answers the oldest unanswered call."""
+    pending: list[dict] = []
+    for j, message in enumerate(messages):
+        at = f"{where} message {j}"
+        if message["role"] == "assistant":
+            if pending:
+                names = ", ".join(repr(c["function"]["name"]) for c in pending)
+                raise GADDataError(
+                    f"Row {row}: column '{column}'{at} is an assistant turn, but the tool call(s) {names} before it "
+                    "have no 'tool' result. Add a {'role': 'tool', 'content': <result>} message after each call "
+                    "(the trajectory as the tool loop ran it), or drop the row."
+                )
+            pending = list(message["tool_calls"] or [])
+            continue
+        call_id = message["tool_call_id"]
+        match = next((c for c in pending if call_id is not None and c["id"] == call_id), None)
+        if match is None and pending and (call_id is None or all(c["id"] is None for c in pending)):
+            match = pending[0]
+        if match is None:
+            what = f"tool_call_id {call_id!r} matches no" if call_id is not None and pending else "answers no"
+            raise GADDataError(
+                f"Row {row}: column '{column}'{at} is a 'tool' result that {what} tool call of the assistant turn "
+                "before it. Each result must follow the assistant message whose tool_calls made the call (with the "
+                "call's id as tool_call_id when calls have ids); fix or drop the row."
+            )
+        pending.remove(match)
+
+
+def trajectory_tool_names(answer: str | list[dict]) -> list[str]:
+    """The names of the tools a teacher answer calls (none for a text answer), in order, without repeats."""
+    if isinstance(answer, str):
+        return []
+    names = [c["function"]["name"] for m in answer for c in (m.get("tool_calls") or [])]
+    return list(dict.fromkeys(names))
 
 
 def normalize_teacher_responses(value: Any, row: int | str, column: str) -> list:
@@ -258,6 +298,28 @@ def teacher_answers(value: Any) -> list:
     if isinstance(value, str) or (isinstance(value, list) and value and isinstance(value[0], dict)):
         return [value]
     return list(value)
+
+
+def check_teacher_tools(dataset, column: str, tools_of_row, split_name: str = "train") -> None:
+    """Refuse a teacher trajectory that calls a tool the student does not have: the discriminator would learn that the
+    teacher is the one calling it. `tools_of_row(row_index)` gives the tool names the student has for that row (its
+    environment's, or the trainer's `tools`); None skips the row. Map-style data sets only (an iterable one is not
+    read ahead)."""
+    if not isinstance(dataset, Dataset) or column not in dataset.column_names:
+        return
+    for i, value in enumerate(dataset[column]):
+        allowed = tools_of_row(i)
+        if allowed is None:
+            continue
+        for j, answer in enumerate(teacher_answers(value)):
+            unknown = [n for n in trajectory_tool_names(answer) if n not in allowed]
+            if unknown:
+                raise GADDataError(
+                    f"Row {i} of the {split_name} set: the teacher trajectory in column '{column}' (answer {j}) calls "
+                    f"the tool {unknown[0]!r}, which the student does not have (its tools: "
+                    f"{', '.join(sorted(allowed)) or 'none'}). Give the trainer that tool (tools=[...] or the "
+                    "environment's methods), or fix or drop the row."
+                )
 
 
 def _prompt_source_column(column_names: list[str] | None, teacher_column: str) -> str:

@@ -12,7 +12,7 @@ from trl import GRPOTrainer
 from trl.extras.profiling import profiling_decorator
 
 from .config import GADConfig
-from .data import prepare_gad_dataset, teacher_answers, teacher_completion_ids
+from .data import check_teacher_tools, prepare_gad_dataset, teacher_answers, teacher_completion_ids
 from .discriminator.component import DISCRIMINATOR_DIR, Discriminator, Pairs, load_discriminator_model
 from .discriminator.model import pad_right
 from .end_of_turn import end_of_turn_token_id
@@ -221,6 +221,10 @@ class GADTrainer(GRPOTrainer):
                 environment_factory=environment_factory,
             )
 
+        self._check_teacher_tools(train_dataset, "train")
+        for name, split in (eval_dataset if isinstance(eval_dataset, dict) else {"": eval_dataset}).items():
+            self._check_teacher_tools(split, f"eval '{name}'" if name else "eval")
+
         # One-step-off generation (gad_trl.vllm.async_generation): None = the synchronous loop, untouched.
         self._one_step_off = None
         if args.async_generation:
@@ -297,6 +301,24 @@ class GADTrainer(GRPOTrainer):
         bind = getattr(callback, "bind_trainer", None)
         if callable(bind) and getattr(callback, "trainer", None) is None:
             bind(self)
+
+    def _check_teacher_tools(self, dataset, split_name: str) -> None:
+        """With tools (TRL's `tools` or environments), a teacher trajectory may only call the tools its row's student
+        has (`gad_trl.data.check_teacher_tools`)."""
+        if dataset is None or not self.tools:
+            return
+
+        def names(tools) -> set[str]:
+            return {getattr(t, "__name__", str(t)) for t in tools or []}
+
+        if self.environment_factories is not None and self._multi_environment:
+            environments = dataset["environment"] if "environment" in (getattr(dataset, "column_names", None) or []) else None
+            per_env = {name: names(tools) for name, tools in self._env_tools.items()}
+            tools_of_row = (lambda i: per_env.get(environments[i])) if environments is not None else (lambda i: None)
+        else:
+            allowed = names(self.tools)
+            tools_of_row = lambda i: allowed  # noqa: E731
+        check_teacher_tools(dataset, self.args.teacher_response_column, tools_of_row, split_name)
 
     @staticmethod
     def _discriminator_tokenizer(discriminator, given, args, processing_class):
