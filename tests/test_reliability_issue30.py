@@ -83,3 +83,69 @@ def test_call_to_a_tool_the_student_lacks_is_refused(tmp_path):
                                            r"does not have \(its tools: add\)"):
         _tool_trainer(tmp_path, rows, tools=[add])
     _tool_trainer(tmp_path, rows, tools=[add, multiply])  # the student has it: accepted
+
+
+# ------------------------------------------------------------------------------------------------- 8. MoE students
+def _tiny_moe(kind: str):
+    import torch
+    from transformers import AutoModelForCausalLM, GptOssConfig, Qwen3MoeConfig
+
+    common = dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                  head_dim=16, num_experts_per_tok=2, pad_token_id=0)
+    if kind == "gpt_oss":  # fused experts with biases (gate_up_proj_bias, down_proj_bias), a router with a bias
+        config = GptOssConfig(intermediate_size=32, num_local_experts=4, layer_types=["full_attention"] * 2,
+                              **common)
+    else:
+        config = Qwen3MoeConfig(intermediate_size=32, moe_intermediate_size=16, num_experts=4, **common)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():  # nonzero biases: a dropped bias would show
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_()
+    return model
+
+
+LORA_DISCRIMINATORS = {
+    "full": {},
+    "lora": dict(discriminator_use_peft=True, discriminator_lora_target_modules=["q_proj", "v_proj"]),
+    # No PEFT default for these architectures: every linear layer, and the fused experts take no dropout.
+    "lora_default_targets": dict(discriminator_use_peft=True, discriminator_lora_dropout=0.0),
+}
+
+
+@pytest.mark.parametrize("kind", ["gpt_oss", "qwen3_moe"])
+@pytest.mark.parametrize("discriminator", list(LORA_DISCRIMINATORS))
+def test_discriminator_initialises_from_a_lora_moe_student(tmp_path, kind, discriminator):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from gad_trl import GADConfig
+    from gad_trl.discriminator.model import backbone, load_discriminator, score_sequences
+
+    student = _tiny_moe(kind)
+    plain = {k: v.clone() for k, v in backbone(student).state_dict().items()}
+    # LoRA on attention and on the fused expert parameters (PEFT's target_parameters: nested wrappers).
+    student = get_peft_model(student, LoraConfig(r=2, target_modules=["q_proj", "v_proj"],
+                                                 target_parameters=["mlp.experts.gate_up_proj",
+                                                                    "mlp.experts.down_proj"]))
+    args = GADConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, **LORA_DISCRIMINATORS[discriminator])
+    disc = load_discriminator(student, args=args, pad_token_id=0)
+    body = backbone(disc).state_dict()
+    got = {".".join(p for p in k.split(".") if p != "base_layer"): v for k, v in body.items() if ".lora_" not in k}
+    assert set(plain) <= set(got)
+    assert all(torch.equal(plain[k], got[k]) for k in plain), "the discriminator's body differs from the student's"
+    scores = score_sequences(disc, [[1, 2, 3], [4, 5]], 0, torch.device("cpu"))
+    assert scores.shape == (2,) and torch.isfinite(scores).all()
+
+
+def test_lora_dropout_on_fused_experts_names_the_field(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from gad_trl import GADConfig
+    from gad_trl.discriminator.model import load_discriminator
+
+    student = get_peft_model(_tiny_moe("qwen3_moe"), LoraConfig(r=2, target_modules="all-linear"))
+    args = GADConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, discriminator_use_peft=True)
+    with pytest.raises(ValueError, match="fused MoE expert parameters.*discriminator_lora_dropout: 0"):
+        load_discriminator(student, args=args, pad_token_id=0)
