@@ -115,6 +115,14 @@ class GADTrainer(GRPOTrainer):
     _name = "GAD"
     _paper = {"title": PAPER_TITLE, "id": PAPER_ID, "citation": CITATION}  # the card's "Citations" (TRL's hook)
 
+    # Class-level defaults of the per-run state that TRL's hooks reach through GAD's overrides: a trainer built
+    # without `__init__` (TRL's own tests: `object.__new__` plus the attributes the hook needs) then runs TRL's path.
+    _one_step_off = None  # `__init__` sets it with `async_generation`
+    _train_sampler = None
+    _student_window_loss = None
+    _batch_prompt_ids = None
+    _batch_tool_mask = None
+
     def __init__(
         self,
         model: str | PreTrainedModel,
@@ -347,9 +355,10 @@ class GADTrainer(GRPOTrainer):
     # ------------------------------------------------------------------ schedule
     def current_phase(self) -> str:
         step = self.state.global_step
-        if step < self.args.critic_warmup_steps:
+        critic, sft = getattr(self.args, "critic_warmup_steps", 0), getattr(self.args, "sft_warmup_steps", 0)
+        if step < critic:
             return PHASE_CRITIC_WARMUP
-        if step < self.args.critic_warmup_steps + self.args.sft_warmup_steps:
+        if step < critic + sft:
             return PHASE_SFT_WARMUP
         return PHASE_GAD
 
@@ -611,7 +620,8 @@ class GADTrainer(GRPOTrainer):
     # ------------------------------------------------------------------ student loss by phase
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
-        if self.model.training and (self.args.sft_warmup_steps > 0 or self.args.sft_loss_coef > 0):
+        if self.model.training and (getattr(self.args, "sft_warmup_steps", 0) > 0
+                                    or getattr(self.args, "sft_loss_coef", 0) > 0):
             # Teacher tokens ride along with each completion row so they are shuffled/split with it; read by the
             # SFT warm-up and by the sft_loss_coef term.
             ids, mask = pad_right(self._batch_teacher_completions, self._tokenizer.pad_token_id, self.accelerator.device)
@@ -634,7 +644,7 @@ class GADTrainer(GRPOTrainer):
                 return torch.zeros((), device=self.accelerator.device, requires_grad=True) * 1.0
             if phase == PHASE_SFT_WARMUP:
                 return self._sft_loss(model, inputs)
-            if self.args.sft_loss_coef > 0:
+            if getattr(self.args, "sft_loss_coef", 0) > 0:
                 grpo_loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
                 return grpo_loss + self.args.sft_loss_coef * self._sft_loss(model, inputs)
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)

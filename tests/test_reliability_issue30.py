@@ -149,3 +149,67 @@ def test_lora_dropout_on_fused_experts_names_the_field(tmp_path):
     args = GADConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, discriminator_use_peft=True)
     with pytest.raises(ValueError, match="fused MoE expert parameters.*discriminator_lora_dropout: 0"):
         load_discriminator(student, args=args, pad_token_id=0)
+
+
+# ------------------------------------------------------------------- 9. a trainer built without __init__ (TRL's tests)
+def _bare_trainer(cls):
+    """TRL's `TestGRPORolloutDispatch._make_trainer`, plus what `_generate` reads after the rollout."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+    from unittest.mock import MagicMock
+
+    import torch
+
+    trainer = object.__new__(cls)
+    trainer.accelerator = SimpleNamespace(device=torch.device("cpu"), is_main_process=True, gather=lambda t: t)
+    trainer.args = SimpleNamespace(report_to=[])
+    trainer.model = SimpleNamespace(training=True)
+    trainer.state = SimpleNamespace(global_step=2, num_input_tokens_seen=0)
+    trainer._last_loaded_step = 1
+    trainer.use_vllm = False
+    trainer.use_transformers_paged = False
+    trainer.vllm_generation = SimpleNamespace(sync_weights=MagicMock())
+    trainer.tools = None
+    trainer.processing_class = MagicMock(batch_decode=lambda ids, **kw: ["x" for _ in ids])
+    trainer._tokenizer = SimpleNamespace(pad_token_id=0)
+    trainer.eos_token_ids = [3]
+    trainer._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+    return trainer
+
+
+@pytest.fixture(params=["GRPOTrainer", "GADTrainer"])
+def bare_trainer(request):
+    import trl
+
+    import gad_trl
+
+    return _bare_trainer(getattr(gad_trl if request.param == "GADTrainer" else trl, request.param))
+
+
+def test_generate_prefers_rollout_func(bare_trainer):
+    from unittest.mock import MagicMock
+
+    bare_trainer.rollout_func = MagicMock(return_value={
+        "prompt_ids": [[1]], "completion_ids": [[2]], "logprobs": [[-0.1]], "env_mask": [[1]]})
+    prompt_ids, completion_ids, tool_mask, _, logprobs, extra_fields, _, _ = bare_trainer._generate(["prompt"])
+    assert (prompt_ids, completion_ids, tool_mask, logprobs, extra_fields) == ([[1]], [[2]], [[1]], [[-0.1]], {})
+    bare_trainer.rollout_func.assert_called_once_with(["prompt"], bare_trainer)
+
+
+def test_generate_rollout_func_syncs_vllm_weights_when_needed(bare_trainer):
+    from unittest.mock import MagicMock
+
+    bare_trainer.use_vllm = True
+    bare_trainer.rollout_func = MagicMock(return_value={"prompt_ids": [[1]], "completion_ids": [[2]],
+                                                        "logprobs": [[0.0]]})
+    bare_trainer._generate(["prompt"])
+    bare_trainer.vllm_generation.sync_weights.assert_called_once()
+    assert bare_trainer._last_loaded_step == bare_trainer.state.global_step
+
+
+def test_generate_rollout_func_raises_when_required_keys_are_missing(bare_trainer):
+    from unittest.mock import MagicMock
+
+    bare_trainer.rollout_func = MagicMock(return_value={"prompt_ids": [[1]], "completion_ids": [[2]]})
+    with pytest.raises(ValueError, match="rollout_func must return keys"):
+        bare_trainer._generate(["prompt"])
