@@ -25,6 +25,10 @@ class GADDataError(ValueError):
     """A data set row that GAD cannot train on; the message names the row, the column and the fix."""
 
 
+class GADDataTypeError(GADDataError, TypeError):
+    """A data set of the wrong type: a `TypeError` too, as TRL raises for it (its tests match either)."""
+
+
 # Roles the chat templates of instruct models know; anything else is a typo that a template would drop or mangle.
 MESSAGE_ROLES = ("system", "developer", "user", "assistant", "tool")
 _TEXT_DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".txt")
@@ -362,15 +366,18 @@ def prepare_gad_dataset(
     if teacher_special_tokens not in TEACHER_SPECIAL_TOKENS:
         raise ValueError(f"teacher_special_tokens={teacher_special_tokens!r}; expected one of {TEACHER_SPECIAL_TOKENS}.")
     specials = special_token_strings(tokenizer) if tokenizer is not None else []
+    # TRL's wording first (GRPOTrainer's own check, which this one pre-empts), then GAD's fix.
+    trl_wording = (f"`{'train' if split_name == 'train' else 'eval'}_dataset` must be a `Dataset` or `IterableDataset`, "
+                   f"got `{type(dataset).__name__}`.")
     if isinstance(dataset, (DatasetDict, IterableDatasetDict)):
-        raise GADDataError(
-            f"Got a {type(dataset).__name__} with splits {list(dataset)} for the {split_name} set; pass one split, "
-            "e.g. dataset['train']."
+        raise GADDataTypeError(
+            f"{trl_wording} Got a {type(dataset).__name__} with splits {list(dataset)} for the {split_name} set; pass "
+            "one split, e.g. dataset['train']."
         )
     if not isinstance(dataset, (Dataset, IterableDataset)):
-        raise GADDataError(
-            f"The {split_name} set must be a datasets.Dataset or IterableDataset, got {type(dataset).__name__}. "
-            "Build one with Dataset.from_list(rows) or load_dataset(...)."
+        raise GADDataTypeError(
+            f"{trl_wording} The {split_name} set must be a datasets.Dataset or IterableDataset. Build one with "
+            "Dataset.from_list(rows) or load_dataset(...)."
         )
     column_names = dataset.column_names
     source = _prompt_source_column(column_names, teacher_response_column)

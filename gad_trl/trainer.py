@@ -151,19 +151,27 @@ class GADTrainer(GRPOTrainer):
                 "(it accepts every GRPOConfig field)."
             )
         if train_dataset is None:
-            raise ValueError("GADTrainer needs a train_dataset with prompts and teacher responses.")
+            # TRL's wording first (its tests match it), then why GAD needs one even with an environment_factory.
+            raise ValueError(
+                "`train_dataset` is required unless an `environment_factory` is provided. GADTrainer needs a "
+                "train_dataset in every case (also with an environment_factory): its rows carry the teacher's "
+                "responses the discriminator compares against. Pass train_dataset=Dataset.from_list(rows) with a "
+                f"prompt and a '{args.teacher_response_column}' column."
+            )
         extra_rewards = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs] if reward_funcs else []
         if args.reward_weights is not None and len(args.reward_weights) != 1 + len(extra_rewards):
             raise ValueError(
-                f"reward_weights has {len(args.reward_weights)} values for {1 + len(extra_rewards)} reward columns: "
-                f"give one weight per column, the discriminator's first (columns: discriminator + {len(extra_rewards)} "
-                "reward_funcs)."
+                f"Number of reward weights ({len(args.reward_weights)}) must match number of reward functions "
+                f"({1 + len(extra_rewards)}): GAD's reward columns are the discriminator's and then the "
+                f"{len(extra_rewards)} reward_funcs; give one weight per column, the discriminator's first."
             )
         if reward_processing_classes is not None and not isinstance(reward_processing_classes, list):
             reward_processing_classes = [reward_processing_classes]
         if reward_processing_classes is not None and len(reward_processing_classes) != len(extra_rewards):
             raise ValueError(
-                f"Got {len(reward_processing_classes)} reward_processing_classes for {len(extra_rewards)} reward_funcs."
+                f"The number of reward processing classes ({len(reward_processing_classes)}) must match the number of "
+                f"reward functions ({len(extra_rewards)}). Give one per entry of reward_funcs (None for a reward "
+                "function that needs none); the discriminator's own reward column takes none."
             )
         from .preflight import check_model_source, check_output_dir_writable, check_reference_model_source
 

@@ -213,3 +213,50 @@ def test_generate_rollout_func_raises_when_required_keys_are_missing(bare_traine
     bare_trainer.rollout_func = MagicMock(return_value={"prompt_ids": [[1]], "completion_ids": [[2]]})
     with pytest.raises(ValueError, match="rollout_func must return keys"):
         bare_trainer._generate(["prompt"])
+
+
+# ------------------------------------------------------------------ 10. errors that pre-empt TRL's carry its wording
+TRL_MODEL = "trl-internal-testing/tiny-Qwen2ForCausalLM-2.5"  # never loaded: every check below fails first
+
+
+def _reward(completions, **kwargs):
+    return [0.0] * len(completions)
+
+
+def test_dataset_required_without_environment(tmp_path):
+    from gad_trl import GADTrainer
+
+    with pytest.raises(ValueError, match="`train_dataset` is required.*teacher's responses"):
+        GADTrainer(model=TRL_MODEL, reward_funcs=_reward, args=make_args(tmp_path))
+
+
+def test_mismatched_reward_processing_classes_length(tmp_path):
+    from gad_trl import GADTrainer
+    from gad_trl.testing import build_tiny_tokenizer, tiny_gad_rows
+
+    with pytest.raises(ValueError, match="must match") as info:
+        GADTrainer(model=TRL_MODEL, reward_funcs=[_reward, _reward], reward_processing_classes=build_tiny_tokenizer(),
+                   args=make_args(tmp_path), train_dataset=Dataset.from_list(tiny_gad_rows(4)))
+    assert "The number of reward processing classes (1) must match the number of reward functions (2)" in str(
+        info.value)
+
+
+def test_mismatched_reward_weights_carry_trl_wording(tmp_path):
+    from gad_trl import GADTrainer
+    from gad_trl.testing import tiny_gad_rows
+
+    with pytest.raises(ValueError, match=r"Number of reward weights \(1\) must match number of reward functions \(2\)"):
+        GADTrainer(model=TRL_MODEL, reward_funcs=_reward, args=make_args(tmp_path, reward_weights=[1.0]),
+                   train_dataset=Dataset.from_list(tiny_gad_rows(4)))
+
+
+def test_unsupported_dataset_dict_is_a_type_error_in_trl_wording(tmp_path):
+    from datasets import DatasetDict
+
+    from gad_trl.testing import tiny_gad_rows
+
+    splits = DatasetDict({"train": Dataset.from_list(tiny_gad_rows(4))})
+    with pytest.raises(TypeError, match=r"`train_dataset` must be a `Dataset` or `IterableDataset`.*dataset\['train'\]"):
+        prepare_gad_dataset(splits)
+    with pytest.raises(GADDataError, match="`eval_dataset` must be a `Dataset` or `IterableDataset`, got `list`"):
+        prepare_gad_dataset(tiny_gad_rows(4), split_name="eval")
