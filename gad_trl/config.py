@@ -215,7 +215,9 @@ class GADConfig(GRPOConfig):
 
         vllm_weight_sync (`str`, *optional*, defaults to `"nccl"`):
             How updated student weights reach a vLLM server (vllm_mode='server'): 'nccl' (TRL's default, CUDA) or
-            'reload' (save to vllm_weight_sync_dir, then the server's reload_weights RPC; CPU-friendly).
+            'reload' (save to vllm_weight_sync_dir, then the server's reload_weights RPC; CPU-friendly). With
+            vllm_mode='colocate': 'nccl' = TRL's own sync, 'reload' = vLLM's layer-wise reload in memory (required on
+            CPU, docs/vllm.md).
         vllm_weight_sync_dir (`str` or `None`, *optional*, defaults to `None`):
             Directory shared with the server for 'reload' sync; None = <output_dir>/_vllm_weights.
         vllm_request_timeout (`float` or `None`, *optional*, defaults to `1800.0`):
@@ -492,7 +494,9 @@ class GADConfig(GRPOConfig):
         default="nccl",
         metadata={
             "help": "How updated student weights reach a vLLM server (vllm_mode='server'): 'nccl' (TRL's default, "
-            "CUDA) or 'reload' (save to vllm_weight_sync_dir, then the server's reload_weights RPC; CPU-friendly).",
+            "CUDA) or 'reload' (save to vllm_weight_sync_dir, then the server's reload_weights RPC; CPU-friendly). "
+            "With vllm_mode='colocate': 'nccl' = TRL's own sync, 'reload' = vLLM's layer-wise reload in memory "
+            "(required on CPU, docs/vllm.md).",
             "choices": ["nccl", "reload"],
         },
     )

@@ -173,6 +173,9 @@ class GADTrainer(GRPOTrainer):
                 f"reward functions ({len(extra_rewards)}). Give one per entry of reward_funcs (None for a reward "
                 "function that needs none); the discriminator's own reward column takes none."
             )
+        from .vllm.generation import check_colocate_weight_sync
+
+        check_colocate_weight_sync(args, args.device.type)  # before anything loads, vLLM included
         from .preflight import check_model_source, check_output_dir_writable, check_reference_model_source
 
         check_model_source(model)
