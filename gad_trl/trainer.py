@@ -470,8 +470,10 @@ class GADTrainer(GRPOTrainer):
         return self._trajectory_encoders[name]
 
     def _build_pairs(self, inputs, completion_ids_list):
-        """Unique teacher sequences (one per answer of each prompt, not G per prompt) and, for each completion, the
-        indices of its prompt's teacher answers (`groups`: one with a single answer per row, k with k answers).
+        """Unique teacher sequences (one per distinct answer of each prompt, not G per prompt) and, for each
+        completion, the indices of its prompt's teacher answers (`groups`: one with a single answer per row, k with k
+        answers). An answer given twice is scored once but listed twice, so each of the k answers weighs 1/k, as in
+        `gad-trl seqkd` (one example per answer) and the held-out evaluation.
         `self._batch_teacher_masks` gets, per teacher sequence, None (a text answer) or the 0/1 mask of its
         assistant tokens (a trajectory: tool results 0)."""
         import json
@@ -483,7 +485,7 @@ class GADTrainer(GRPOTrainer):
         for i, row in enumerate(inputs):
             group = []
             for answer in teacher_answers(row[column]):
-                # Identical answers of a prompt are one teacher sequence.
+                # Identical answers of a prompt are one teacher sequence (scored once), each still one pair of 1/k.
                 key = (tuple(prompt_ids[i]), answer if isinstance(answer, str) else json.dumps(answer))
                 if key not in keys:
                     if isinstance(answer, str):
@@ -497,8 +499,7 @@ class GADTrainer(GRPOTrainer):
                     teacher_seqs.append(list(prompt_ids[i]) + ids)
                     teacher_completions.append(ids)
                     masks.append(mask)
-                if keys[key] not in group:
-                    group.append(keys[key])
+                group.append(keys[key])
             groups.append(group)
         student_seqs = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids_list, strict=True)]
         self._batch_teacher_masks = masks

@@ -305,3 +305,41 @@ def test_colocated_reload_goes_through_vllms_layerwise_reload(monkeypatch):
     assert model.head.weight is model.embed.weight  # re-tied to the input embedding
     backend.llm.reset_prefix_cache.assert_called_once()
     assert backend.num_weight_syncs == 1
+
+
+# ------------------------------------------------------------------------------ 2. duplicate teacher answers
+def test_duplicate_answers_keep_weight_one_over_k_as_in_seqkd_and_heldout(tiny_model_dir, tmp_path):
+    """A row with answers [a, a, b]: the trainer scores `a` once but pairs every completion with a, a and b at 1/3
+    each (a weighs 2/3), as seqkd trains on three examples and the held-out set weighs each answer 1/3."""
+    import math
+
+    import torch
+
+    from gad_trl.cli.utils import to_seqkd_dataset
+    from gad_trl.discriminator.component import Pairs
+    from gad_trl.discriminator.heldout import evaluate_triples
+    from gad_trl.testing import tiny_gad_rows
+    from tests.gad_helpers import make_trainer
+
+    rows = tiny_gad_rows(2, seed=3)
+    a, b = rows[0]["teacher_response"], rows[1]["teacher_response"]
+    row = {"prompt": rows[0]["prompt"], "teacher_response": [a, a, b]}
+    trainer = make_trainer(tiny_model_dir, tmp_path, rows=[row, dict(row)], max_steps=1, num_generations=2,
+                           per_device_train_batch_size=2)
+    trainer._batch_prompt_ids = [[1, 2], [1, 2]]
+    inputs = [{"prompt": row["prompt"], "teacher_response": [a, a, b]}] * 2
+    teacher_seqs, _, groups, _, _ = trainer._build_pairs(inputs, [[5], [6]])
+    assert len(teacher_seqs) == 2  # a and b, each scored once
+    assert groups == [[0, 0, 1], [0, 0, 1]]
+    pairs = Pairs.from_groups(groups, torch.device("cpu"))
+    weight_of_a = sum(w for t, s, w in zip(pairs.teacher.tolist(), pairs.student.tolist(), pairs.weight.tolist())
+                      if s == 0 and t == 0)
+    assert math.isclose(weight_of_a, 2 / 3, rel_tol=1e-6)
+
+    assert len(to_seqkd_dataset(Dataset.from_list([row]))) == 3  # seqkd: one example per answer, duplicates kept
+    triple = {"prompt": row["prompt"], "teacher_response": [a, a, b], "student_response": "A B",
+              "student_finished": True}
+    heldout = evaluate_triples(trainer.discriminator, trainer.processing_class, [triple])
+    t_a, _, t_b = heldout["teacher_scores"]
+    s = heldout["student_scores"][0]
+    assert math.isclose(heldout["score_diff"], (2 * (t_a - s) + (t_b - s)) / 3, rel_tol=1e-5, abs_tol=1e-6)
