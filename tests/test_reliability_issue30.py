@@ -343,3 +343,24 @@ def test_duplicate_answers_keep_weight_one_over_k_as_in_seqkd_and_heldout(tiny_m
     t_a, _, t_b = heldout["teacher_scores"]
     s = heldout["student_scores"][0]
     assert math.isclose(heldout["score_diff"], (2 * (t_a - s) + (t_b - s)) / 3, rel_tol=1e-5, abs_tol=1e-6)
+
+
+# ------------------------------------------------------------------------------------ 3. SODA's draw on resume
+def test_resumed_soda_draws_the_samples_of_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    """A run killed after its first batch (its cache holds that batch) and resumed draws, for the other rows, the
+    samples an uninterrupted run draws: each sample has its own seed, not a place in one random stream."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from gad_trl.testing import tiny_gad_rows
+    from gad_trl.workflow.soda import build_soda_dataset
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = tiny_gad_rows(4, seed=0)
+    settings = dict(max_new_tokens=8, seed=0, batch_size=2, temperature=1.0)
+    whole = build_soda_dataset(rows, model, tokenizer, cache_path=tmp_path / "whole.jsonl", **settings)
+    cache = tmp_path / "killed.jsonl"
+    build_soda_dataset(rows[:2], model, tokenizer, cache_path=cache, **settings)  # the batch done before the kill
+    resumed = build_soda_dataset(rows, model, tokenizer, cache_path=cache, **settings)
+    assert resumed["rejected"] == whole["rejected"]
+    assert len({m[0]["content"] for m in whole["rejected"]}) > 1  # really sampled, not one fixed answer
