@@ -364,3 +364,24 @@ def test_resumed_soda_draws_the_samples_of_an_uninterrupted_run(tiny_model_dir, 
     resumed = build_soda_dataset(rows, model, tokenizer, cache_path=cache, **settings)
     assert resumed["rejected"] == whole["rejected"]
     assert len({m[0]["content"] for m in whole["rejected"]}) > 1  # really sampled, not one fixed answer
+
+
+# ------------------------------------------------------------------------- 4. the resume key covers every row
+def test_resume_key_sees_a_change_at_row_1500(tmp_path):
+    import json
+
+    from gad_trl.preflight import RUN_KEY_NAME, check_run_key, run_key
+    from gad_trl.testing import tiny_gad_rows
+
+    rows = tiny_gad_rows(8) * 250  # 2000 rows
+    key = run_key("student", Dataset.from_list(rows), 10)
+    (tmp_path / RUN_KEY_NAME).write_text(json.dumps(key))
+    check_run_key(str(tmp_path), run_key("student", Dataset.from_list(rows), 10))  # same data: accepted
+    changed = [dict(r) for r in rows]
+    changed[1500]["teacher_response"] += " (edited)"
+    with pytest.raises(ValueError, match="written by another run .*train_data_digest"):
+        check_run_key(str(tmp_path), run_key("student", Dataset.from_list(changed), 10))
+    # A checkpoint written before this key (digest of the first 1000 rows under `train_digest`) is compared on the rest.
+    (tmp_path / RUN_KEY_NAME).write_text(json.dumps({"model": "student", "train_rows": 2000, "train_digest": "old",
+                                                     "max_steps": 10}))
+    check_run_key(str(tmp_path), run_key("student", Dataset.from_list(changed), 10))
