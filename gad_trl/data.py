@@ -12,6 +12,7 @@ is a `GADDataError` naming the row and the column, never a silent skip.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -669,6 +670,8 @@ def load_any_dataset(dataset_name: str, dataset_config: str | None = None, strea
             data_files = str(path)
         for file in [data_files] if isinstance(data_files, str) else data_files.values():
             check_data_file(file)
+        if isinstance(data_files, dict):
+            return _load_splits_apart(builder, data_files, streaming)
         return load_dataset(builder, data_files=data_files, streaming=streaming)
     if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
         ds = load_from_disk(str(path))
@@ -676,12 +679,61 @@ def load_any_dataset(dataset_name: str, dataset_config: str | None = None, strea
     if path.is_dir():
         for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
             check_data_file(str(file))
+        split_files = _local_split_files(path)
+        if split_files is not None:
+            return _load_splits_apart(*split_files, streaming)
     elif looks_like_local_path(dataset_name):
         from .preflight import missing_local_path_message
 
         raise FileNotFoundError(missing_local_path_message(dataset_name, "data path"))
-    ds = load_dataset(dataset_name, name=dataset_config, streaming=streaming)
+    with _explained_split_types(dataset_name):
+        ds = load_dataset(dataset_name, name=dataset_config, streaming=streaming)
     if isinstance(ds, Dataset):
         ds = DatasetDict({"train": ds})
     return ds
+
+
+def _local_split_files(path: Path) -> tuple[str, dict[str, list[str]]] | None:
+    """The data files of each split of a local folder, as `load_dataset(folder)` finds them (its split patterns), and
+    their builder; None when the folder is not of one file type GAD knows (`load_dataset` then reads it itself)."""
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    try:
+        files = DataFilesDict.from_patterns(get_data_patterns(str(path)), base_path=str(path))
+    except Exception:  # noqa: BLE001 - no pattern matched: let load_dataset report it
+        return None
+    builders = {FILE_BUILDERS.get(Path(f).suffix.lower()) for split in files.values() for f in split}
+    if len(builders) != 1 or None in builders:
+        return None
+    return builders.pop(), {split: list(split_files) for split, split_files in files.items()}
+
+
+def _load_splits_apart(builder: str, data_files: dict, streaming: bool):
+    """Each split loaded on its own: `load_dataset` casts every split to one schema, so a teacher column of answer
+    lists in train and single strings in test would fail with a bare TypeError; apart, `prepare_gad_dataset`
+    normalises each split."""
+    from datasets import load_dataset
+
+    splits = {split: load_dataset(builder, data_files={split: files}, split=split, streaming=streaming)
+              for split, files in data_files.items()}
+    return IterableDatasetDict(splits) if streaming else DatasetDict(splits)
+
+
+@contextmanager
+def _explained_split_types(dataset_name: str):
+    """`datasets`' cast error between splits (a column typed differently in two splits) as a `GADDataError`."""
+    try:
+        yield
+    except Exception as err:
+        cause = err
+        while cause is not None and not (isinstance(cause, TypeError) and "Couldn't cast" in str(cause)):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise GADDataError(
+            f"{dataset_name}: a column has different types in different splits ({' '.join(str(cause).split())}); "
+            "e.g. the teacher column holds lists of answers in one split and single strings in another. `datasets` "
+            "loads all splits with one schema: give every split the same form (wrap a single answer as a one-element "
+            "list), or load each split from its own file (e.g. --dataset_name data/{split}.jsonl)."
+        ) from err
 

@@ -385,3 +385,32 @@ def test_resume_key_sees_a_change_at_row_1500(tmp_path):
     (tmp_path / RUN_KEY_NAME).write_text(json.dumps({"model": "student", "train_rows": 2000, "train_digest": "old",
                                                      "max_steps": 10}))
     check_run_key(str(tmp_path), run_key("student", Dataset.from_list(changed), 10))
+
+
+# ------------------------------------------------------------- 5. answer lists in train, strings in test
+@pytest.mark.parametrize("layout", ["folder", "split_placeholder"])
+def test_list_answers_in_train_and_strings_in_test_load_and_normalise(tmp_path, layout):
+    from gad_trl.data import load_any_dataset
+    from gad_trl.testing import tiny_gad_rows, write_jsonl
+
+    rows = tiny_gad_rows(4)
+    write_jsonl([dict(r, teacher_response=[r["teacher_response"], "another answer"]) for r in rows],
+                tmp_path / "train.jsonl")
+    write_jsonl(rows, tmp_path / "test.jsonl")
+    splits = load_any_dataset(str(tmp_path) if layout == "folder" else str(tmp_path / "{split}.jsonl"))
+    train, test = prepare_gad_dataset(splits["train"]), prepare_gad_dataset(splits["test"], split_name="eval")
+    assert train[0]["teacher_response"] == [rows[0]["teacher_response"], "another answer"]
+    assert test[0]["teacher_response"] == rows[0]["teacher_response"]
+
+
+def test_a_cast_error_between_splits_is_explained():
+    from datasets.exceptions import DatasetGenerationError
+
+    from gad_trl.data import _explained_split_types
+
+    with pytest.raises(GADDataError, match="different types in different splits.*one-element list"):
+        with _explained_split_types("org/data"):
+            try:
+                raise TypeError("Couldn't cast array of type\nstring\nto\nList(Value('string'))")
+            except TypeError as err:
+                raise DatasetGenerationError("An error occurred while generating the dataset") from err
