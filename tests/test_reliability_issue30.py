@@ -414,3 +414,24 @@ def test_a_cast_error_between_splits_is_explained():
                 raise TypeError("Couldn't cast array of type\nstring\nto\nList(Value('string'))")
             except TypeError as err:
                 raise DatasetGenerationError("An error occurred while generating the dataset") from err
+
+
+# ------------------------------------------------------------------ 6. a discriminator config with a bad pad id
+def test_out_of_range_pad_token_id_names_the_field_and_the_fix(tmp_path):
+    import json
+
+    from transformers import AutoConfig
+
+    from gad_trl.discriminator.value_head import load_value_model, value_model_from_config
+    from gad_trl.testing import save_tiny_model
+
+    path = save_tiny_model(tmp_path / "disc", seed=0)
+    config = json.loads((tmp_path / "disc" / "config.json").read_text())
+    vocab = config["vocab_size"]
+    config["pad_token_id"] = vocab + 7
+    (tmp_path / "disc" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=rf"config.json: pad_token_id={vocab + 7} is outside the vocabulary "
+                                         rf"\(vocab_size={vocab}\).*Set pad_token_id to a token id below {vocab}"):
+        load_value_model(path, num_labels=1)
+    with pytest.raises(ValueError, match="pad_token_id=.* is outside the vocabulary"):
+        value_model_from_config(AutoConfig.from_pretrained(path, num_labels=1))
