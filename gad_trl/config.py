@@ -173,7 +173,8 @@ class GADConfig(GRPOConfig):
         discriminator_lora_dropout (`float`, *optional*, defaults to `0.05`):
             Discriminator LoRA dropout.
         discriminator_lora_target_modules (`list[str]` or `None`, *optional*, defaults to `None`):
-            Discriminator LoRA target modules; None = PEFT's default for the architecture.
+            Discriminator LoRA target modules; None = PEFT's default for the architecture (all-linear where PEFT has
+            none, e.g. GPT-OSS, Qwen3-MoE).
         discriminator_load_in_4bit (`bool`, *optional*, defaults to `False`):
             QLoRA discriminator: its frozen base in 4-bit through bitsandbytes (needs discriminator_use_peft and `pip
             install 'gad_trl[quantization]'`).
@@ -368,7 +369,8 @@ class GADConfig(GRPOConfig):
     discriminator_lora_dropout: float = field(default=0.05, metadata={"help": "Discriminator LoRA dropout."})
     discriminator_lora_target_modules: list[str] | None = field(
         default=None,
-        metadata={"help": "Discriminator LoRA target modules; None = PEFT's default for the architecture."},
+        metadata={"help": "Discriminator LoRA target modules; None = PEFT's default for the architecture (all-linear "
+                          "where PEFT has none, e.g. GPT-OSS, Qwen3-MoE)."},
     )
     discriminator_load_in_4bit: bool = field(
         default=False,

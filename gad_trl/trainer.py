@@ -331,7 +331,8 @@ class GADTrainer(GRPOTrainer):
             return {getattr(t, "__name__", str(t)) for t in tools or []}
 
         if self.environment_factories is not None and self._multi_environment:
-            environments = dataset["environment"] if "environment" in (getattr(dataset, "column_names", None) or []) else None
+            columns = getattr(dataset, "column_names", None) or []
+            environments = dataset["environment"] if "environment" in columns else None
             per_env = {name: names(tools) for name, tools in self._env_tools.items()}
             tools_of_row = (lambda i: per_env.get(environments[i])) if environments is not None else (lambda i: None)
         else:

@@ -256,7 +256,8 @@ def test_unsupported_dataset_dict_is_a_type_error_in_trl_wording(tmp_path):
     from gad_trl.testing import tiny_gad_rows
 
     splits = DatasetDict({"train": Dataset.from_list(tiny_gad_rows(4))})
-    with pytest.raises(TypeError, match=r"`train_dataset` must be a `Dataset` or `IterableDataset`.*dataset\['train'\]"):
+    trl_wording = r"`train_dataset` must be a `Dataset` or `IterableDataset`"
+    with pytest.raises(TypeError, match=trl_wording + r".*dataset\['train'\]"):
         prepare_gad_dataset(splits)
     with pytest.raises(GADDataError, match="`eval_dataset` must be a `Dataset` or `IterableDataset`, got `list`"):
         prepare_gad_dataset(tiny_gad_rows(4), split_name="eval")
