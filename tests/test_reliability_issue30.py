@@ -139,6 +139,39 @@ def test_discriminator_initialises_from_a_lora_moe_student(tmp_path, kind, discr
     assert scores.shape == (2,) and torch.isfinite(scores).all()
 
 
+@pytest.mark.parametrize("kind", ["gpt_oss", "qwen3_moe"])
+@pytest.mark.parametrize("setup", ["lora_student_lora_discriminator", "shared_base"])
+def test_gad_trains_a_lora_moe_student(tmp_path, kind, setup):
+    """One GAD step end to end: a LoRA MoE student (fused experts adapted) with a LoRA discriminator from its weights,
+    or with the discriminator as a second adapter on its base."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, GptOssConfig, Qwen3MoeConfig
+
+    from gad_trl import GADTrainer
+    from gad_trl.testing import build_tiny_tokenizer, tiny_gad_rows
+
+    tok = build_tiny_tokenizer()
+    common = dict(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  num_key_value_heads=1, head_dim=16, num_experts_per_tok=2, pad_token_id=tok.pad_token_id,
+                  eos_token_id=tok.eos_token_id)
+    config = (GptOssConfig(intermediate_size=32, num_local_experts=4, layer_types=["full_attention"], **common)
+              if kind == "gpt_oss" else Qwen3MoeConfig(intermediate_size=32, moe_intermediate_size=16, num_experts=4,
+                                                       **common))
+    model, peft_config = AutoModelForCausalLM.from_config(config), None
+    if setup == "shared_base":
+        peft_config = LoraConfig(r=2, target_modules="all-linear", lora_dropout=0.0)
+        extra = dict(discriminator_shared_base=True, discriminator_lora_dropout=0.0)
+    else:
+        model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], target_parameters=[
+            "mlp.experts.gate_up_proj", "mlp.experts.down_proj"]))
+        extra = dict(discriminator_use_peft=True, discriminator_lora_dropout=0.0)
+    args = make_args(tmp_path, max_steps=1, per_device_train_batch_size=2, num_generations=2, use_cpu=True, **extra)
+    trainer = GADTrainer(model, args=args, processing_class=tok, train_dataset=Dataset.from_list(tiny_gad_rows(4)),
+                         peft_config=peft_config)
+    trainer.train()
+    assert trainer.state.global_step == 1
+
+
 def test_lora_dropout_on_fused_experts_names_the_field(tmp_path):
     from peft import LoraConfig, get_peft_model
 
