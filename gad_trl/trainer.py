@@ -175,7 +175,7 @@ class GADTrainer(GRPOTrainer):
             )
         from .vllm.generation import check_colocate_weight_sync
 
-        check_colocate_weight_sync(args, args.device.type)  # before anything loads, vLLM included
+        check_colocate_weight_sync(args)  # before anything loads, vLLM included
         from .preflight import check_model_source, check_output_dir_writable, check_reference_model_source
 
         check_model_source(model)

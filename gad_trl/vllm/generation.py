@@ -346,12 +346,12 @@ class ReloadVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
         self.num_weight_syncs += 1
 
 
-def check_colocate_weight_sync(args, device_type: str) -> None:
+def check_colocate_weight_sync(args) -> None:
     """Refuse, before vLLM starts, the one colocated set-up whose first weight sync would fail: TRL's own sync
     (`vllm_weight_sync="nccl"`, the default) on vLLM's CPU backend (docs/vllm.md, "Colocated vLLM on CPU")."""
     if not (getattr(args, "use_vllm", False) and getattr(args, "vllm_mode", None) == "colocate"):
         return
-    if device_type == "cpu" and getattr(args, "vllm_weight_sync", "nccl") != "reload":
+    if getattr(args, "vllm_weight_sync", "nccl") != "reload" and args.device.type == "cpu":
         raise ValueError(
             "vllm_mode='colocate' on CPU needs vllm_weight_sync=\"reload\" (CLI: --vllm_weight_sync reload): TRL's "
             "colocated weight sync calls vLLM's model.load_weights, which fails on vLLM's CPU backend with "
