@@ -181,7 +181,8 @@ class GADConfig(GRPOConfig):
         discriminator_lora_dropout (`float`, *optional*, defaults to `0.05`):
             Discriminator LoRA dropout.
         discriminator_lora_target_modules (`list[str]` or `None`, *optional*, defaults to `None`):
-            Discriminator LoRA target modules; None = PEFT's default for the architecture.
+            Discriminator LoRA target modules; None = PEFT's default for the architecture (all-linear where PEFT has
+            none, e.g. GPT-OSS, Qwen3-MoE).
         discriminator_load_in_4bit (`bool`, *optional*, defaults to `False`):
             QLoRA discriminator: its frozen base in 4-bit through bitsandbytes (needs discriminator_use_peft and `pip
             install 'gad_trl[quantization]'`).
@@ -223,7 +224,9 @@ class GADConfig(GRPOConfig):
 
         vllm_weight_sync (`str`, *optional*, defaults to `"nccl"`):
             How updated student weights reach a vLLM server (vllm_mode='server'): 'nccl' (TRL's default, CUDA) or
-            'reload' (save to vllm_weight_sync_dir, then the server's reload_weights RPC; CPU-friendly).
+            'reload' (save to vllm_weight_sync_dir, then the server's reload_weights RPC; CPU-friendly). With
+            vllm_mode='colocate': 'nccl' = TRL's own sync, 'reload' = vLLM's layer-wise reload in memory (required on
+            CPU, docs/vllm.md).
         vllm_weight_sync_dir (`str` or `None`, *optional*, defaults to `None`):
             Directory shared with the server for 'reload' sync; None = <output_dir>/_vllm_weights.
         vllm_request_timeout (`float` or `None`, *optional*, defaults to `1800.0`):
@@ -374,7 +377,8 @@ class GADConfig(GRPOConfig):
     discriminator_lora_dropout: float = field(default=0.05, metadata={"help": "Discriminator LoRA dropout."})
     discriminator_lora_target_modules: list[str] | None = field(
         default=None,
-        metadata={"help": "Discriminator LoRA target modules; None = PEFT's default for the architecture."},
+        metadata={"help": "Discriminator LoRA target modules; None = PEFT's default for the architecture (all-linear "
+                          "where PEFT has none, e.g. GPT-OSS, Qwen3-MoE)."},
     )
     discriminator_load_in_4bit: bool = field(
         default=False,
@@ -513,7 +517,9 @@ class GADConfig(GRPOConfig):
         default="nccl",
         metadata={
             "help": "How updated student weights reach a vLLM server (vllm_mode='server'): 'nccl' (TRL's default, "
-            "CUDA) or 'reload' (save to vllm_weight_sync_dir, then the server's reload_weights RPC; CPU-friendly).",
+            "CUDA) or 'reload' (save to vllm_weight_sync_dir, then the server's reload_weights RPC; CPU-friendly). "
+            "With vllm_mode='colocate': 'nccl' = TRL's own sync, 'reload' = vLLM's layer-wise reload in memory "
+            "(required on CPU, docs/vllm.md).",
             "choices": ["nccl", "reload"],
         },
     )

@@ -12,6 +12,7 @@ is a `GADDataError` naming the row and the column, never a silent skip.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,10 @@ VERL_PROMPT_COLUMN = "content"
 
 class GADDataError(ValueError):
     """A data set row that GAD cannot train on; the message names the row, the column and the fix."""
+
+
+class GADDataTypeError(GADDataError, TypeError):
+    """A data set of the wrong type: a `TypeError` too, as TRL raises for it (its tests match either)."""
 
 
 # Roles the chat templates of instruct models know; anything else is a typo that a template would drop or mangle.
@@ -193,6 +198,7 @@ def normalize_trajectory(value: list, row: int | str, column: str, where: str = 
             "tool_calls": [_tool_call(c, row, column, at) for c in calls] if calls else None,
             "tool_call_id": message.get("tool_call_id"),
         })
+    _check_calls_answered(messages, row, column, where)
     last = messages[-1]
     if last["role"] != "assistant" or last["tool_calls"] or not last["content"].strip():
         raise GADDataError(
@@ -200,6 +206,45 @@ def normalize_trajectory(value: list, row: int | str, column: str, where: str = 
             "no tool calls); the discriminator scores that turn's last token."
         )
     return messages
+
+
+def _check_calls_answered(messages: list[dict], row, column: str, where: str) -> None:
+    """Every tool call gets its result before the next assistant turn, and every result answers a call: a trajectory
+    missing either would teach the discriminator (and the SFT term) a conversation no rollout can produce. A result
+    with a `tool_call_id` answers the call of that id; one without answers the oldest unanswered call."""
+    pending: list[dict] = []
+    for j, message in enumerate(messages):
+        at = f"{where} message {j}"
+        if message["role"] == "assistant":
+            if pending:
+                names = ", ".join(repr(c["function"]["name"]) for c in pending)
+                raise GADDataError(
+                    f"Row {row}: column '{column}'{at} is an assistant turn, but the tool call(s) {names} before it "
+                    "have no 'tool' result. Add a {'role': 'tool', 'content': <result>} message after each call "
+                    "(the trajectory as the tool loop ran it), or drop the row."
+                )
+            pending = list(message["tool_calls"] or [])
+            continue
+        call_id = message["tool_call_id"]
+        match = next((c for c in pending if call_id is not None and c["id"] == call_id), None)
+        if match is None and pending and (call_id is None or all(c["id"] is None for c in pending)):
+            match = pending[0]
+        if match is None:
+            what = f"tool_call_id {call_id!r} matches no" if call_id is not None and pending else "answers no"
+            raise GADDataError(
+                f"Row {row}: column '{column}'{at} is a 'tool' result that {what} tool call of the assistant turn "
+                "before it. Each result must follow the assistant message whose tool_calls made the call (with the "
+                "call's id as tool_call_id when calls have ids); fix or drop the row."
+            )
+        pending.remove(match)
+
+
+def trajectory_tool_names(answer: str | list[dict]) -> list[str]:
+    """The names of the tools a teacher answer calls (none for a text answer), in order, without repeats."""
+    if isinstance(answer, str):
+        return []
+    names = [c["function"]["name"] for m in answer for c in (m.get("tool_calls") or [])]
+    return list(dict.fromkeys(names))
 
 
 def normalize_teacher_responses(value: Any, row: int | str, column: str) -> list:
@@ -260,6 +305,28 @@ def teacher_answers(value: Any) -> list:
     return list(value)
 
 
+def check_teacher_tools(dataset, column: str, tools_of_row, split_name: str = "train") -> None:
+    """Refuse a teacher trajectory that calls a tool the student does not have: the discriminator would learn that the
+    teacher is the one calling it. `tools_of_row(row_index)` gives the tool names the student has for that row (its
+    environment's, or the trainer's `tools`); None skips the row. Map-style data sets only (an iterable one is not
+    read ahead)."""
+    if not isinstance(dataset, Dataset) or column not in dataset.column_names:
+        return
+    for i, value in enumerate(dataset[column]):
+        allowed = tools_of_row(i)
+        if allowed is None:
+            continue
+        for j, answer in enumerate(teacher_answers(value)):
+            unknown = [n for n in trajectory_tool_names(answer) if n not in allowed]
+            if unknown:
+                raise GADDataError(
+                    f"Row {i} of the {split_name} set: the teacher trajectory in column '{column}' (answer {j}) calls "
+                    f"the tool {unknown[0]!r}, which the student does not have (its tools: "
+                    f"{', '.join(sorted(allowed)) or 'none'}). Give the trainer that tool (tools=[...] or the "
+                    "environment's methods), or fix or drop the row."
+                )
+
+
 def _prompt_source_column(column_names: list[str] | None, teacher_column: str) -> str:
     if column_names is None:  # iterable data set with unknown features: TRL's name, checked per row
         return PROMPT_COLUMN
@@ -300,15 +367,18 @@ def prepare_gad_dataset(
     if teacher_special_tokens not in TEACHER_SPECIAL_TOKENS:
         raise ValueError(f"teacher_special_tokens={teacher_special_tokens!r}; expected one of {TEACHER_SPECIAL_TOKENS}.")
     specials = special_token_strings(tokenizer) if tokenizer is not None else []
+    # TRL's wording first (GRPOTrainer's own check, which this one pre-empts), then GAD's fix.
+    trl_wording = (f"`{'train' if split_name == 'train' else 'eval'}_dataset` must be a `Dataset` or `IterableDataset`, "
+                   f"got `{type(dataset).__name__}`.")
     if isinstance(dataset, (DatasetDict, IterableDatasetDict)):
-        raise GADDataError(
-            f"Got a {type(dataset).__name__} with splits {list(dataset)} for the {split_name} set; pass one split, "
-            "e.g. dataset['train']."
+        raise GADDataTypeError(
+            f"{trl_wording} Got a {type(dataset).__name__} with splits {list(dataset)} for the {split_name} set; pass "
+            "one split, e.g. dataset['train']."
         )
     if not isinstance(dataset, (Dataset, IterableDataset)):
-        raise GADDataError(
-            f"The {split_name} set must be a datasets.Dataset or IterableDataset, got {type(dataset).__name__}. "
-            "Build one with Dataset.from_list(rows) or load_dataset(...)."
+        raise GADDataTypeError(
+            f"{trl_wording} The {split_name} set must be a datasets.Dataset or IterableDataset. Build one with "
+            "Dataset.from_list(rows) or load_dataset(...)."
         )
     column_names = dataset.column_names
     source = _prompt_source_column(column_names, teacher_response_column)
@@ -600,6 +670,8 @@ def load_any_dataset(dataset_name: str, dataset_config: str | None = None, strea
             data_files = str(path)
         for file in [data_files] if isinstance(data_files, str) else data_files.values():
             check_data_file(file)
+        if isinstance(data_files, dict):
+            return _load_splits_apart(builder, data_files, streaming)
         return load_dataset(builder, data_files=data_files, streaming=streaming)
     if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
         ds = load_from_disk(str(path))
@@ -607,12 +679,61 @@ def load_any_dataset(dataset_name: str, dataset_config: str | None = None, strea
     if path.is_dir():
         for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
             check_data_file(str(file))
+        split_files = _local_split_files(path)
+        if split_files is not None:
+            return _load_splits_apart(*split_files, streaming)
     elif looks_like_local_path(dataset_name):
         from .preflight import missing_local_path_message
 
         raise FileNotFoundError(missing_local_path_message(dataset_name, "data path"))
-    ds = load_dataset(dataset_name, name=dataset_config, streaming=streaming)
+    with _explained_split_types(dataset_name):
+        ds = load_dataset(dataset_name, name=dataset_config, streaming=streaming)
     if isinstance(ds, Dataset):
         ds = DatasetDict({"train": ds})
     return ds
+
+
+def _local_split_files(path: Path) -> tuple[str, dict[str, list[str]]] | None:
+    """The data files of each split of a local folder, as `load_dataset(folder)` finds them (its split patterns), and
+    their builder; None when the folder is not of one file type GAD knows (`load_dataset` then reads it itself)."""
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    try:
+        files = DataFilesDict.from_patterns(get_data_patterns(str(path)), base_path=str(path))
+    except Exception:  # noqa: BLE001 - no pattern matched: let load_dataset report it
+        return None
+    builders = {FILE_BUILDERS.get(Path(f).suffix.lower()) for split in files.values() for f in split}
+    if len(builders) != 1 or None in builders:
+        return None
+    return builders.pop(), {split: list(split_files) for split, split_files in files.items()}
+
+
+def _load_splits_apart(builder: str, data_files: dict, streaming: bool):
+    """Each split loaded on its own: `load_dataset` casts every split to one schema, so a teacher column of answer
+    lists in train and single strings in test would fail with a bare TypeError; apart, `prepare_gad_dataset`
+    normalises each split."""
+    from datasets import load_dataset
+
+    splits = {split: load_dataset(builder, data_files={split: files}, split=split, streaming=streaming)
+              for split, files in data_files.items()}
+    return IterableDatasetDict(splits) if streaming else DatasetDict(splits)
+
+
+@contextmanager
+def _explained_split_types(dataset_name: str):
+    """`datasets`' cast error between splits (a column typed differently in two splits) as a `GADDataError`."""
+    try:
+        yield
+    except Exception as err:
+        cause = err
+        while cause is not None and not (isinstance(cause, TypeError) and "Couldn't cast" in str(cause)):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise GADDataError(
+            f"{dataset_name}: a column has different types in different splits ({' '.join(str(cause).split())}); "
+            "e.g. the teacher column holds lists of answers in one split and single strings in another. `datasets` "
+            "loads all splits with one schema: give every split the same form (wrap a single answer as a one-element "
+            "list), or load each split from its own file (e.g. --dataset_name data/{split}.jsonl)."
+        ) from err
 

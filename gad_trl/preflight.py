@@ -164,20 +164,31 @@ def check_output_dir_writable(output_dir: str) -> None:
         ) from err
 
 
-def run_key(model_name: str, dataset, max_steps: int) -> dict:
-    """What identifies a run for resuming: the student, the training data (row count and a digest of the first 1000
-    rows) and `max_steps`."""
+def data_digest(dataset, batch_size: int = 1024) -> str:
+    """A SHA-256 over every row of a data set with a length, streamed in batches of `batch_size` (constant memory; a
+    `datasets.Dataset` is read column-wise from Arrow): any changed row changes it."""
     import hashlib
     import json
 
-    rows = None
     digest = hashlib.sha256()
-    if hasattr(dataset, "__len__"):
-        rows = len(dataset)
-        for row in dataset.select(range(min(rows, 1000))) if hasattr(dataset, "select") else list(dataset)[:1000]:
-            digest.update(json.dumps(row, sort_keys=True, default=str).encode())
-    return {"model": model_name, "train_rows": rows, "train_digest": digest.hexdigest() if rows is not None else None,
-            "max_steps": max_steps}
+    if hasattr(dataset, "iter"):
+        batches = dataset.iter(batch_size=batch_size)
+    else:
+        rows = list(dataset)
+        batches = (rows[i:i + batch_size] for i in range(0, len(rows), batch_size))
+    for batch in batches:
+        digest.update(json.dumps(batch, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def run_key(model_name: str, dataset, max_steps: int) -> dict:
+    """What identifies a run for resuming: the student, the training data (row count and `data_digest`, over every
+    row) and `max_steps`. The digest's key is `train_data_digest`: checkpoints written when the key held a digest of
+    the first 1000 rows only (`train_digest`) are compared on the row count alone (`check_run_key` compares the keys
+    both sides have)."""
+    rows = len(dataset) if hasattr(dataset, "__len__") else None
+    return {"model": model_name, "train_rows": rows,
+            "train_data_digest": data_digest(dataset) if rows is not None else None, "max_steps": max_steps}
 
 
 def check_run_key(checkpoint: str, key: dict) -> None:

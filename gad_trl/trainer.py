@@ -12,7 +12,7 @@ from trl import GRPOTrainer
 from trl.extras.profiling import profiling_decorator
 
 from .config import GADConfig
-from .data import prepare_gad_dataset, teacher_answers, teacher_completion_ids
+from .data import check_teacher_tools, prepare_gad_dataset, teacher_answers, teacher_completion_ids
 from .discriminator.component import DISCRIMINATOR_DIR, Discriminator, Pairs, load_discriminator_model
 from .discriminator.model import pad_right
 from .end_of_turn import end_of_turn_token_id
@@ -115,6 +115,14 @@ class GADTrainer(GRPOTrainer):
     _name = "GAD"
     _paper = {"title": PAPER_TITLE, "id": PAPER_ID, "citation": CITATION}  # the card's "Citations" (TRL's hook)
 
+    # Class-level defaults of the per-run state that TRL's hooks reach through GAD's overrides: a trainer built
+    # without `__init__` (TRL's own tests: `object.__new__` plus the attributes the hook needs) then runs TRL's path.
+    _one_step_off = None  # `__init__` sets it with `async_generation`
+    _train_sampler = None
+    _student_window_loss = None
+    _batch_prompt_ids = None
+    _batch_tool_mask = None
+
     def __init__(
         self,
         model: str | PreTrainedModel,
@@ -143,20 +151,31 @@ class GADTrainer(GRPOTrainer):
                 "(it accepts every GRPOConfig field)."
             )
         if train_dataset is None:
-            raise ValueError("GADTrainer needs a train_dataset with prompts and teacher responses.")
+            # TRL's wording first (its tests match it), then why GAD needs one even with an environment_factory.
+            raise ValueError(
+                "`train_dataset` is required unless an `environment_factory` is provided. GADTrainer needs a "
+                "train_dataset in every case (also with an environment_factory): its rows carry the teacher's "
+                "responses the discriminator compares against. Pass train_dataset=Dataset.from_list(rows) with a "
+                f"prompt and a '{args.teacher_response_column}' column."
+            )
         extra_rewards = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs] if reward_funcs else []
         if args.reward_weights is not None and len(args.reward_weights) != 1 + len(extra_rewards):
             raise ValueError(
-                f"reward_weights has {len(args.reward_weights)} values for {1 + len(extra_rewards)} reward columns: "
-                f"give one weight per column, the discriminator's first (columns: discriminator + {len(extra_rewards)} "
-                "reward_funcs)."
+                f"Number of reward weights ({len(args.reward_weights)}) must match number of reward functions "
+                f"({1 + len(extra_rewards)}): GAD's reward columns are the discriminator's and then the "
+                f"{len(extra_rewards)} reward_funcs; give one weight per column, the discriminator's first."
             )
         if reward_processing_classes is not None and not isinstance(reward_processing_classes, list):
             reward_processing_classes = [reward_processing_classes]
         if reward_processing_classes is not None and len(reward_processing_classes) != len(extra_rewards):
             raise ValueError(
-                f"Got {len(reward_processing_classes)} reward_processing_classes for {len(extra_rewards)} reward_funcs."
+                f"The number of reward processing classes ({len(reward_processing_classes)}) must match the number of "
+                f"reward functions ({len(extra_rewards)}). Give one per entry of reward_funcs (None for a reward "
+                "function that needs none); the discriminator's own reward column takes none."
             )
+        from .vllm.generation import check_colocate_weight_sync
+
+        check_colocate_weight_sync(args)  # before anything loads, vLLM included
         from .preflight import check_model_source, check_output_dir_writable, check_reference_model_source
 
         check_model_source(model)
@@ -220,6 +239,10 @@ class GADTrainer(GRPOTrainer):
                 rollout_func=rollout_func,
                 environment_factory=environment_factory,
             )
+
+        self._check_teacher_tools(train_dataset, "train")
+        for name, split in (eval_dataset if isinstance(eval_dataset, dict) else {"": eval_dataset}).items():
+            self._check_teacher_tools(split, f"eval '{name}'" if name else "eval")
 
         # One-step-off generation (gad_trl.vllm.async_generation): None = the synchronous loop, untouched.
         self._one_step_off = None
@@ -298,6 +321,25 @@ class GADTrainer(GRPOTrainer):
         if callable(bind) and getattr(callback, "trainer", None) is None:
             bind(self)
 
+    def _check_teacher_tools(self, dataset, split_name: str) -> None:
+        """With tools (TRL's `tools` or environments), a teacher trajectory may only call the tools its row's student
+        has (`gad_trl.data.check_teacher_tools`)."""
+        if dataset is None or not self.tools:
+            return
+
+        def names(tools) -> set[str]:
+            return {getattr(t, "__name__", str(t)) for t in tools or []}
+
+        if self.environment_factories is not None and self._multi_environment:
+            columns = getattr(dataset, "column_names", None) or []
+            environments = dataset["environment"] if "environment" in columns else None
+            per_env = {name: names(tools) for name, tools in self._env_tools.items()}
+            tools_of_row = (lambda i: per_env.get(environments[i])) if environments is not None else (lambda i: None)
+        else:
+            allowed = names(self.tools)
+            tools_of_row = lambda i: allowed  # noqa: E731
+        check_teacher_tools(dataset, self.args.teacher_response_column, tools_of_row, split_name)
+
     @staticmethod
     def _discriminator_tokenizer(discriminator, given, args, processing_class):
         """The discriminator's own tokenizer, or None when it reads the student's: `given`
@@ -325,9 +367,10 @@ class GADTrainer(GRPOTrainer):
     # ------------------------------------------------------------------ schedule
     def current_phase(self) -> str:
         step = self.state.global_step
-        if step < self.args.critic_warmup_steps:
+        critic, sft = getattr(self.args, "critic_warmup_steps", 0), getattr(self.args, "sft_warmup_steps", 0)
+        if step < critic:
             return PHASE_CRITIC_WARMUP
-        if step < self.args.critic_warmup_steps + self.args.sft_warmup_steps:
+        if step < critic + sft:
             return PHASE_SFT_WARMUP
         return PHASE_GAD
 
@@ -428,8 +471,10 @@ class GADTrainer(GRPOTrainer):
         return self._trajectory_encoders[name]
 
     def _build_pairs(self, inputs, completion_ids_list):
-        """Unique teacher sequences (one per answer of each prompt, not G per prompt) and, for each completion, the
-        indices of its prompt's teacher answers (`groups`: one with a single answer per row, k with k answers).
+        """Unique teacher sequences (one per distinct answer of each prompt, not G per prompt) and, for each
+        completion, the indices of its prompt's teacher answers (`groups`: one with a single answer per row, k with k
+        answers). An answer given twice is scored once but listed twice, so each of the k answers weighs 1/k, as in
+        `gad-trl seqkd` (one example per answer) and the held-out evaluation.
         `self._batch_teacher_masks` gets, per teacher sequence, None (a text answer) or the 0/1 mask of its
         assistant tokens (a trajectory: tool results 0)."""
         import json
@@ -441,7 +486,7 @@ class GADTrainer(GRPOTrainer):
         for i, row in enumerate(inputs):
             group = []
             for answer in teacher_answers(row[column]):
-                # Identical answers of a prompt are one teacher sequence.
+                # Identical answers of a prompt are one teacher sequence (scored once), each still one pair of 1/k.
                 key = (tuple(prompt_ids[i]), answer if isinstance(answer, str) else json.dumps(answer))
                 if key not in keys:
                     if isinstance(answer, str):
@@ -455,8 +500,7 @@ class GADTrainer(GRPOTrainer):
                     teacher_seqs.append(list(prompt_ids[i]) + ids)
                     teacher_completions.append(ids)
                     masks.append(mask)
-                if keys[key] not in group:
-                    group.append(keys[key])
+                group.append(keys[key])
             groups.append(group)
         student_seqs = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids_list, strict=True)]
         self._batch_teacher_masks = masks
@@ -589,7 +633,8 @@ class GADTrainer(GRPOTrainer):
     # ------------------------------------------------------------------ student loss by phase
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
-        if self.model.training and (self.args.sft_warmup_steps > 0 or self.args.sft_loss_coef > 0):
+        if self.model.training and (getattr(self.args, "sft_warmup_steps", 0) > 0
+                                    or getattr(self.args, "sft_loss_coef", 0) > 0):
             # Teacher tokens ride along with each completion row so they are shuffled/split with it; read by the
             # SFT warm-up and by the sft_loss_coef term.
             ids, mask = pad_right(self._batch_teacher_completions, self._tokenizer.pad_token_id, self.accelerator.device)
@@ -612,7 +657,7 @@ class GADTrainer(GRPOTrainer):
                 return torch.zeros((), device=self.accelerator.device, requires_grad=True) * 1.0
             if phase == PHASE_SFT_WARMUP:
                 return self._sft_loss(model, inputs)
-            if self.args.sft_loss_coef > 0:
+            if getattr(self.args, "sft_loss_coef", 0) > 0:
                 grpo_loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
                 return grpo_loss + self.args.sft_loss_coef * self._sft_loss(model, inputs)
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)

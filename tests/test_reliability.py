@@ -207,7 +207,7 @@ def test_resume_checks_the_run_and_a_finished_run_trains_no_more(tiny_model_dir,
     assert "already at step 2 of max_steps=2" in caplog.text
 
     other_data = make_trainer(tiny_model_dir, out, rows=tiny_gad_rows(8, seed=5), max_steps=2)
-    with pytest.raises(ValueError, match="written by another run .*train_digest"):
+    with pytest.raises(ValueError, match="written by another run .*train_data_digest"):
         other_data.train(resume_from_checkpoint=str(out / "checkpoint-1"))
     other_model = make_trainer(tiny_model_dir, out, max_steps=2)
     other_model.model.config._name_or_path = "someone/another-student"

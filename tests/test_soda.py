@@ -63,10 +63,10 @@ def test_one_answer_per_row_gives_one_pair_whose_rejected_is_the_students_sample
     assert pairs["prompt"] == [r["prompt"] for r in rows]
     assert pairs["chosen"] == [assistant(r["teacher_response"]) for r in rows]
     assert len(generated) == 1 and generated[0] == [r["prompt"] for r in rows]  # one batch, every prompt once
-    # The rejected texts are the student's own seeded samples, decoded without the stop token.
-    torch.manual_seed(0)
+    # The rejected texts are the student's own samples, each seeded by its slot, decoded without the stop token.
+    seeds = [S.request_seed(0, slot.key, 0) for slot in S.preference_slots(rows)]
     again = local_generation.generate_completions(model, tokenizer, [r["prompt"] for r in rows], 6, batch_size=5,
-                                                  do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
+                                                  row_seeds=seeds, do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
     expected = [tokenizer.decode(ids[:-1] if done else ids, skip_special_tokens=True) for ids, done in again]
     assert [r[0]["content"] for r in pairs["rejected"]] == expected
     assert all(m[0]["role"] == "assistant" and m[0]["content"].strip() for m in pairs["rejected"])

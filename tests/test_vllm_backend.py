@@ -66,7 +66,9 @@ def test_patched_vllm_generation_swaps_only_in_server_mode(tmp_path):
         cls = grpo_module.VLLMGeneration
         assert issubclass(cls, NCCLVLLMGeneration) and issubclass(NCCLVLLMGeneration, original)
         assert cls.request_timeout == 1800.0
-    for args in (cfg(use_vllm=True, vllm_mode="colocate", vllm_weight_sync="reload"), cfg(use_vllm=False)):
+    with patched_vllm_generation(cfg(use_vllm=True, vllm_mode="colocate", vllm_weight_sync="reload")):
+        assert issubclass(grpo_module.VLLMGeneration, ReloadVLLMGeneration)  # in memory, no directory
+    for args in (cfg(use_vllm=True, vllm_mode="colocate"), cfg(use_vllm=False)):
         with patched_vllm_generation(args):
             assert grpo_module.VLLMGeneration is original
     # restored even when the body raises

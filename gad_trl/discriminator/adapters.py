@@ -168,12 +168,42 @@ def keep_4bit_layout_for_training(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+def lora_config_for(model, lora_config):
+    """A copy of `lora_config` with the targets resolved for `model`: `target_modules=None` means PEFT's default for
+    the architecture, and where PEFT has none (GPT-OSS, Qwen3-MoE, ...) every linear layer (`all-linear`)."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    config = copy.deepcopy(lora_config)
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if config.target_modules is None and not getattr(config, "target_parameters", None) and (
+            model_type not in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING):
+        config.target_modules = "all-linear"
+    return config
+
+
+@contextmanager
+def explained_lora_errors():
+    """PEFT's error for LoRA on fused MoE expert parameters (its `ParamWrapper`: `target_parameters`, or what
+    `all-linear` maps to on fused experts) with dropout, named with the discriminator's fields."""
+    try:
+        yield
+    except ValueError as err:
+        if "does not work with lora_dropout" not in str(err):
+            raise
+        raise ValueError(
+            "The discriminator's LoRA reaches fused MoE expert parameters (PEFT's ParamWrapper), which take no "
+            f"dropout ({err}). Set discriminator_lora_dropout: 0, or set discriminator_lora_target_modules to linear "
+            "layers only (e.g. q_proj,k_proj,v_proj,o_proj)."
+        ) from err
+
+
 def add_lora(discriminator, lora_config):
     """Wrap a full discriminator (`AutoModelForSequenceClassification`) into a LoRA `PeftModel`; the trainable weights
     (adapters and head) are kept in float32 so the plain AdamW keeps every small update."""
     from peft import get_peft_model
 
-    model = get_peft_model(discriminator, copy.deepcopy(lora_config))
+    with explained_lora_errors():
+        model = get_peft_model(discriminator, lora_config_for(discriminator, lora_config))
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
@@ -219,9 +249,10 @@ class SharedBaseDiscriminator(nn.Module):
         # Like transformers' *ForSequenceClassification head (bias-free, normal(0, initializer_range)), in float32.
         self.score = nn.Linear(hidden_size, 1, bias=False, dtype=torch.float32)
         nn.init.normal_(self.score.weight, std=getattr(config.get_text_config(), "initializer_range", 0.02))
-        injected = copy.deepcopy(lora_config)
+        injected = lora_config_for(base, lora_config)
         injected.task_type, injected.modules_to_save = "CAUSAL_LM", None  # the head lives here, not in the student
-        student.add_adapter(self.adapter_name, injected)
+        with explained_lora_errors():
+            student.add_adapter(self.adapter_name, injected)
         self.lora_config.target_modules = student.peft_config[self.adapter_name].target_modules  # as PEFT resolved them
         student.set_adapter("default")  # the student stays the active adapter; requires_grad follows the active one
         self.score.to(next(p.device for p in base.parameters()))

@@ -124,9 +124,14 @@ def student_body_weights(student: nn.Module) -> dict[str, torch.Tensor]:
     weights = backbone(student).state_dict()
     if not hasattr(student, "get_base_model"):
         return weights
-    # `modules_to_save` copies sit beside the `original_module` they were cloned from.
+    # `modules_to_save` copies sit beside the `original_module` they were cloned from. Wrappers nest: LoRA on several
+    # fused parameters of one module (MoE experts' `gate_up_proj` and `down_proj`, PEFT's `target_parameters`) keeps
+    # the base weights under `experts.base_layer.base_layer.`, so every wrapper segment is dropped, not just one.
     base = {k: v for k, v in weights.items() if ".lora_" not in k and ".modules_to_save." not in k}
-    return {k.replace(".base_layer.", ".").replace(".original_module.", "."): v for k, v in base.items()}
+    return {".".join(p for p in k.split(".") if p not in _PEFT_WRAPPER_SEGMENTS): v for k, v in base.items()}
+
+
+_PEFT_WRAPPER_SEGMENTS = ("base_layer", "original_module")
 
 
 @contextmanager

@@ -74,11 +74,27 @@ class GADValueHeadModel(GenericForSequenceClassification, PreTrainedModel):
         self.loss_type = "ForSequenceClassification"  # the class name does not tell transformers' loss mapping
 
 
+def check_pad_token_id(config, where: str) -> None:
+    """A `pad_token_id` outside the vocabulary is an error naming the field and the fix (the embedding layer would
+    refuse it as its padding index with a bare AssertionError)."""
+    text = config.get_text_config()
+    for cfg in [config] if text is config else [config, text]:  # the top level and the text model
+        pad, vocab = getattr(cfg, "pad_token_id", None), getattr(cfg, "vocab_size", None)
+        if isinstance(pad, int) and isinstance(vocab, int) and not -vocab <= pad < vocab:
+            raise ValueError(
+                f"{where}: pad_token_id={pad} is outside the vocabulary (vocab_size={vocab}), so the embedding layer "
+                f"cannot use it as its padding index. Set pad_token_id to a token id below {vocab} (the tokenizer's "
+                "pad or EOS id: tokenizer.pad_token_id) or to null in that config.json, or pass the discriminator as "
+                "a model whose config.pad_token_id you fixed."
+            )
+
+
 def load_value_model(path: str, **kwargs) -> PreTrainedModel:
     """`AutoModelForSequenceClassification.from_pretrained(path, **kwargs)`, or `GADValueHeadModel.from_pretrained`
     for a saved value-head folder or an architecture without a sequence-classification class (a causal LM checkpoint
     then gives the body; the head is new)."""
     config = AutoConfig.from_pretrained(path, **{k: kwargs[k] for k in _HUB_KWARGS if k in kwargs})
+    check_pad_token_id(config, f"{path}/config.json")
     model_class = GADValueHeadModel if uses_value_head(config) else AutoModelForSequenceClassification
     return model_class.from_pretrained(path, **kwargs)
 
@@ -86,6 +102,7 @@ def load_value_model(path: str, **kwargs) -> PreTrainedModel:
 def value_model_from_config(config, **kwargs) -> PreTrainedModel:
     """A new discriminator for `config` (randomly initialised): `AutoModelForSequenceClassification.from_config`, or a
     `GADValueHeadModel` for an architecture without a sequence-classification class."""
+    check_pad_token_id(config, "the discriminator's config")
     if uses_value_head(config):
         return GADValueHeadModel._from_config(config, **kwargs)
     return AutoModelForSequenceClassification.from_config(config, **kwargs)

@@ -302,6 +302,8 @@ class ReloadVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
         return path
 
     def sync_weights(self):
+        if self.mode == "colocate":
+            return self._reload_colocated()
         if self.mode != "server":
             return super().sync_weights()
         start = time.perf_counter()
@@ -328,11 +330,45 @@ class ReloadVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
         self.accelerator.wait_for_everyone()
 
 
+    def _reload_colocated(self):
+        """Colocated vLLM: the student's weights go straight into the in-process engine through vLLM's layer-wise
+        reload (`worker_extension.reload_weights_in_place`), in memory, not file by file. TRL's colocate sync calls
+        `model.load_weights`, which needs each parameter's `weight_loader`; on vLLM's CPU backend the linear layers'
+        weights were replaced after loading by bare parameters (docs/vllm.md, "Colocated vLLM on CPU")."""
+        from .worker_extension import reload_weights_in_place
+
+        if self.enable_sleep_mode:  # as TRL: map the weights' memory before writing to it
+            self.llm.wake_up(tags=["weights"])
+            self._llm_weights_sleeping = False
+        worker = self.llm.llm_engine.model_executor.driver_worker
+        reload_weights_in_place(worker, weights_iterator=self._iter_named_params(), is_checkpoint_format=True)
+        self.llm.reset_prefix_cache()
+        self.num_weight_syncs += 1
+
+
+def check_colocate_weight_sync(args) -> None:
+    """Refuse, before vLLM starts, the one colocated set-up whose first weight sync would fail: TRL's own sync
+    (`vllm_weight_sync="nccl"`, the default) on vLLM's CPU backend (docs/vllm.md, "Colocated vLLM on CPU")."""
+    if not (getattr(args, "use_vllm", False) and getattr(args, "vllm_mode", None) == "colocate"):
+        return
+    if getattr(args, "vllm_weight_sync", "nccl") != "reload" and args.device.type == "cpu":
+        raise ValueError(
+            "vllm_mode='colocate' on CPU needs vllm_weight_sync=\"reload\" (CLI: --vllm_weight_sync reload): TRL's "
+            "colocated weight sync calls vLLM's model.load_weights, which fails on vLLM's CPU backend with "
+            "\"'Parameter' object has no attribute 'weight_loader'\" (after loading, the CPU backend replaces each "
+            "linear layer's weight by a bare Parameter and packs the values into its GEMM kernel). With 'reload' the "
+            "weights go through vLLM's layer-wise reload instead. See docs/vllm.md, \"Colocated vLLM on CPU\"."
+        )
+
+
 def vllm_generation_class(args):
     """The `VLLMGeneration` class a trainer with `args` should use, or `None` to keep TRL's."""
-    if not (getattr(args, "use_vllm", False) and getattr(args, "vllm_mode", None) == "server"):
-        return None
+    mode = getattr(args, "vllm_mode", None) if getattr(args, "use_vllm", False) else None
     weight_sync = getattr(args, "vllm_weight_sync", "nccl")
+    if mode == "colocate" and weight_sync == "reload":  # in memory: no directory, no server
+        return type("ReloadVLLMGeneration", (ReloadVLLMGeneration,), {})
+    if mode != "server":
+        return None
     settings = {"request_timeout": getattr(args, "vllm_request_timeout", None)}
     if weight_sync == "nccl":
         return type("NCCLVLLMGeneration", (NCCLVLLMGeneration,), settings)
@@ -346,7 +382,8 @@ def vllm_generation_class(args):
 
 @contextmanager
 def patched_vllm_generation(args):
-    """While active, `GRPOTrainer.__init__` builds the vLLM backend that `args` asks for (no-op unless server mode)."""
+    """While active, `GRPOTrainer.__init__` builds the vLLM backend that `args` asks for (no-op unless server mode, or
+    colocate mode with `vllm_weight_sync="reload"`)."""
     cls = vllm_generation_class(args)
     if cls is None:
         yield

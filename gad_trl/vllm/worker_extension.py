@@ -37,28 +37,38 @@ class GADWorkerExtension:
     """Mixed into vLLM's worker class (CPU or GPU) by `--worker-extension-cls gad_trl.vllm.worker_extension.GADWorkerExtension`."""
 
     def gad_reload_weights(self, weights_path: str) -> dict:
-        from vllm.config import set_current_vllm_config
-
-        model = self.model_runner.get_model()
-        tied = _shared_parameter_groups(model)
-        self.reload_weights(weights_path=weights_path)
-        refreshed = []
-        for members in tied:
-            source_module, source_name = members[0]
-            source = source_module._parameters[source_name]
-            for module, name in members[1:]:
-                if module._parameters[name] is not source:
-                    module._parameters[name] = source
-                # Rebuild the layer's post-load state (CPU: the packed GEMM handle) from the new shared weight. Only
-                # for unquantized layers: re-processing a quantized one would quantize it twice.
-                quant_method = getattr(module, "quant_method", None)
-                if type(quant_method).__name__.startswith("Unquantized") and hasattr(
-                    quant_method, "process_weights_after_loading"
-                ):
-                    with set_current_vllm_config(self.vllm_config):
-                        quant_method.process_weights_after_loading(module)
-                    refreshed.append(type(module).__name__)
-        if refreshed:
-            logger.info("gad_reload_weights: refreshed tied layer(s) %s after reload", refreshed)
+        refreshed = reload_weights_in_place(self, weights_path=weights_path)
         return {"weights_path": weights_path, "refreshed_tied_layers": refreshed}
+
+
+def reload_weights_in_place(worker, **reload_kwargs) -> list[str]:
+    """vLLM's layer-wise `reload_weights` on `worker` (`weights_path=` a folder, or `weights_iterator=` (name, tensor)
+    pairs in checkpoint format), then the tied layers re-tied and re-processed (module docstring). Unlike
+    `model.load_weights`, the reload first restores each layer's checkpoint-format parameters (with their
+    `weight_loader`) and re-runs `process_weights_after_loading`, so it works on CPU, where that processing replaced
+    each linear weight by a packed kernel handle. Returns the re-processed tied layers' class names."""
+    from vllm.config import set_current_vllm_config
+
+    model = worker.model_runner.get_model()
+    tied = _shared_parameter_groups(model)
+    worker.reload_weights(**reload_kwargs)
+    refreshed = []
+    for members in tied:
+        source_module, source_name = members[0]
+        source = source_module._parameters[source_name]
+        for module, name in members[1:]:
+            if module._parameters[name] is not source:
+                module._parameters[name] = source
+            # Rebuild the layer's post-load state (CPU: the packed GEMM handle) from the new shared weight. Only
+            # for unquantized layers: re-processing a quantized one would quantize it twice.
+            quant_method = getattr(module, "quant_method", None)
+            if type(quant_method).__name__.startswith("Unquantized") and hasattr(
+                quant_method, "process_weights_after_loading"
+            ):
+                with set_current_vllm_config(worker.vllm_config):
+                    quant_method.process_weights_after_loading(module)
+                refreshed.append(type(module).__name__)
+    if refreshed:
+        logger.info("gad_reload_weights: refreshed tied layer(s) %s after reload", refreshed)
+    return refreshed
 

@@ -9,9 +9,10 @@ The samples are cached in a JSONL file (`gad_trl.workflow.jsonl_store`: appended
 kill). A sample's id is its prompt's digest and its number among the samples of that prompt (`<digest>:<n>`), so a
 rerun, a reordered data set or a subset of it reuses them. The file's first line records the student and the sampling
 settings; opening it with other ones is an error (`SODACacheMismatch`) naming each difference, never a silent reuse
-or a silent redraw. An empty sample is drawn again (another seed, up to `max_attempts` draws); what is still empty
-after that, or failed on the server, is an error naming the rows (`SODASampleError`); the samples done so far stay
-cached, so a rerun only draws the rest.
+or a silent redraw. Each sample has its own seed (the settings' seed, its id, the draw), so a resumed run draws what
+an uninterrupted one draws. An empty sample is drawn again (another seed, up to `max_attempts` draws); what is still
+empty after that, or failed on the server, is an error naming the rows (`SODASampleError`); the samples done so far
+stay cached, so a rerun only draws the rest.
 
 Programmatic use, on in-memory rows and an in-memory model:
 
@@ -331,12 +332,9 @@ class TransformersSampler:
     def sample(self, slots: list[PreferenceSlot], sampling: RejectedSampling, attempt: int = 0
                ) -> Iterator[tuple[PreferenceSlot, RejectedSample | BaseException]]:
         """Yield `(slot, sample)` batch by batch (so each batch is cached before the next is drawn)."""
-        import torch
-
         from .. import local_generation
 
         self._load()
-        torch.manual_seed(sampling.seed + attempt)  # a redraw of an empty sample needs another stream
         if sampling.temperature > 0:
             kwargs = dict(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
         else:
@@ -349,9 +347,12 @@ class TransformersSampler:
         try:
             for start in range(0, len(slots), self.batch_size):
                 batch = slots[start:start + self.batch_size]
+                # A random stream per slot (its key: the prompt's digest and repeat), per redraw: a resumed run,
+                # which draws only the slots not yet cached, draws the same samples as an uninterrupted one.
                 completions = local_generation.generate_completions(
                     self.model, self.tokenizer, [s.prompt for s in batch], sampling.max_new_tokens,
-                    batch_size=len(batch), **kwargs)
+                    batch_size=len(batch), row_seeds=[request_seed(sampling.seed, s.key, attempt) for s in batch],
+                    **kwargs)
                 for slot, (ids, finished) in zip(batch, completions):
                     body = ids[:-1] if finished else ids  # the stop token is the chat template's to write
                     yield slot, RejectedSample(self.tokenizer.decode(body, skip_special_tokens=True), finished,
@@ -375,8 +376,10 @@ class TransformersSampler:
                 torch.cuda.empty_cache()
 
 
-def request_seed(seed: int, sample_index: int, attempt: int) -> int:
-    """The per-request seed on a server: the k samples of one prompt (and each redraw) must differ."""
+def request_seed(seed: int, sample_index: int | str, attempt: int) -> int:
+    """The seed of one sample: on a server per request (`sample_index`: the k samples of one prompt, and each redraw,
+    must differ), locally per slot (`sample_index`: the slot's key), so a resumed run draws what an uninterrupted one
+    draws."""
     return int(hashlib.sha256(f"{seed}:{sample_index}:{attempt}".encode()).hexdigest()[:8], 16) % 2**31
 
 
