@@ -591,7 +591,7 @@ def run_probe(args) -> dict:
             st = [encode_pair(tok, p, a) for p, a in zip(ps, student_answers[i:i + args.prompts_per_step])]
             seqs = [p + r for p, r in te + st]
             scores = score_sequences(disc, seqs, tok.pad_token_id, "cpu", len(seqs), [len(p) for p, _ in te + st])
-            loss = discriminator_loss(scores[: len(te)], scores[len(te):], loss_type="bradley_terry")
+            loss, _ = discriminator_loss(scores[: len(te)], scores[len(te):], loss_type="bradley_terry")
             loss.backward()
             torch.nn.utils.clip_grad_norm_(disc.parameters(), 1.0)
             opt.step()
