@@ -4,7 +4,11 @@
 #
 #   bash benchmarks/gpu_real_lm.sh prepare     # here: wheels into .whl/, the GGUF split into .gguf_parts/{a,b}
 #   # device call 1 (carry .gguf_parts/a): bash benchmarks/gpu_real_lm.sh stash
-#   # device call 2, at once (carry .whl .gguf_parts/b): bash benchmarks/gpu_real_lm.sh run
+#   # device call 2, at once (carry .whl .gguf_parts/b):
+#   #   PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True bash benchmarks/gpu_real_lm.sh run --parallel 8 \
+#   #     --seeds 1,2 --lever-seeds "" --deadline-s 420 2>&1 | tee $OUT/run.log
+#   # then here: python -m benchmarks.real_lm report --from-dir <results.tgz unpacked> --seeds 1,2 --lever-seeds "" \
+#   #   --merge benchmarks/results/real_lm.json --device cuda --parallel 8   (seed 0 from the earlier run)
 #
 # Two calls because one call carries at most 64 MiB and the GGUF file is 98 MB; the first leaves its half in /tmp
 # of the warm machine. `run` installs the wheels, reassembles and checks the file, converts it (gad-trl convert, in
@@ -46,7 +50,8 @@ run)
   python3 -m benchmarks.real_lm run --device cuda --workdir /tmp/rl --out "${OUT:-/tmp}/real_lm.md" "$@"
   rc=$?
   nvidia-smi --query-gpu=memory.used,memory.total --format=csv
-  tail -n 30 /tmp/rl/results/*_s0.log > "${OUT:-/tmp}/logs_tail.txt" 2>/dev/null
+  # At most 8 files come back from a device call: the report, its JSON, the run log and one archive of the rest.
+  (cd /tmp/rl/results && tar czf "${OUT:-/tmp}/results.tgz" *.json *.log)
   echo quit | timeout 10 nvidia-cuda-mps-control 2>/dev/null
   exit $rc ;;
 esac

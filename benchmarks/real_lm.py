@@ -335,11 +335,18 @@ def worker_argv(args, row: str, seed: int, result: Path) -> list[str]:
     return argv
 
 
+LEVER_ROWS = ("gad_shaping", "gad_disc_lr3x")  # levers measured on --lever-seeds only (device time)
+
+
+def runs(args, row: str, seed: int) -> bool:
+    return row not in LEVER_ROWS or seed in args.lever_seeds
+
+
 def run_table(args) -> dict:
     """Every (row, seed) as its own process, `--parallel` at a time, seed-major (a whole seed's table first); jobs
     still running at `--deadline-s` are stopped and reported as missing."""
     model_dir(args.workdir)  # convert once, before the workers start
-    jobs = [("teacher", 0)] + [(row, seed) for seed in args.seeds for row in args.rows]
+    jobs = [("teacher", 0)] + [(row, seed) for seed in args.seeds for row in args.rows if runs(args, row, seed)]
     res_dir = Path(args.workdir) / "results"
     res_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -386,8 +393,21 @@ def collect_results(args, res_dir: Path, failed: dict | None = None, wall_s: flo
     not finished (with the reason `failed` gives, where known)."""
     failed = dict(failed or {})
     results = {"seeds": {}, "teacher": None, "failed": {}, "wall_s": wall_s, "args": {k: v for k, v in vars(args).items()}}
-    for row, seed in [("teacher", 0)] + [(r, s) for s in args.seeds for r in args.rows]:
+    if getattr(args, "merge", None):  # the earlier run's seeds are part of the table
+        earlier_seeds = [int(s) for s in json.loads(Path(args.merge).read_text())["full"]["seeds"]]
+        args.seeds = sorted(set(args.seeds) | set(earlier_seeds))
+    previous = json.loads(Path(args.merge).read_text())["full"] if getattr(args, "merge", None) else None
+    jobs = [("teacher", 0)] + [(r, s) for s in args.seeds for r in args.rows if runs(args, r, s)]
+    jobs += [(r, int(s)) for s, rows in (previous or {}).get("seeds", {}).items() for r in rows if (r, int(s)) not in jobs]
+    for row, seed in jobs:
         path = res_dir / f"{row}_s{seed}.json"
+        earlier = (previous or {}).get("seeds", {}).get(str(seed), {}).get(row)
+        if not path.is_file() and earlier is not None:  # measured by an earlier run (--merge)
+            results["seeds"].setdefault(str(seed), {})[row] = earlier
+            continue
+        if not path.is_file() and row == "teacher" and previous and previous.get("teacher"):
+            results["teacher"] = previous["teacher"]
+            continue
         if not path.is_file():
             results["failed"][f"{row}_s{seed}"] = failed.get((row, seed), "no result (stopped at the deadline or not "
                                                                           "started; see the run's log)")
@@ -617,6 +637,9 @@ def parse_args(argv=None):
     p.add_argument("command", choices=["teacher", "run", "worker", "probe", "report"])
     p.add_argument("--from-dir", default=None, help="report: the per-job result files of a run (<row>_s<seed>.json)")
     p.add_argument("--command-line", default=None, help="report: the command that made the results, for the heading")
+    p.add_argument("--merge", default=None, help="report: an earlier run's real_lm.json whose (row, seed) results fill "
+                   "in the jobs this run did not make (e.g. seed 0 earlier, --seeds 1,2 now)")
+    p.add_argument("--lever-seeds", default="0", help="seeds the lever rows (" + ", ".join(LEVER_ROWS) + ") run on")
     p.add_argument("--spec", default=SPEC, help="module:NAME of a benchmarks.real_lm_spec.HiddenInstruction")
     p.add_argument("--workdir", default="/tmp/gad_bench_real_lm")
     p.add_argument("--data-dir", default=str(DATA_DIR), help="teacher data and prompts (`teacher` writes them)")
@@ -650,6 +673,7 @@ def parse_args(argv=None):
     a = p.parse_args(argv)
     if isinstance(a.seeds, str):
         a.seeds = [int(s) for s in a.seeds.split(",") if s]
+    a.lever_seeds = [int(s) for s in a.lever_seeds.split(",") if s] if isinstance(a.lever_seeds, str) else a.lever_seeds
     a.rows = [r for r in a.rows.split(",") if r] if isinstance(a.rows, str) else a.rows
     unknown = [r for r in a.rows if r not in ROWS]
     if unknown:

@@ -98,3 +98,16 @@ def test_smoke_run_on_smollm2_checks_the_whole_path(smollm2_dir, tmp_path):
     assert teacher["teacher_loglik"] > seed["before"]["teacher_loglik"]  # the teacher's own answers are likelier
     report = out.read_text()
     assert "| GAD, replay replacing 25% of negatives |" in report and "teacher (hidden instruction, ceiling)" in report
+
+
+def test_report_merges_an_earlier_runs_seeds(tmp_path):
+    (tmp_path / "gad_s1.json").write_text(json.dumps({"pass_rate": 0.7}))
+    earlier = tmp_path / "real_lm.json"
+    earlier.write_text(json.dumps({"full": {"seeds": {"0": {"gad": {"pass_rate": 0.5}, "gad_shaping": {"pass_rate": 0.4}}},
+                                            "teacher": {"pass_rate": 0.9}}}))
+    args = Namespace(seeds=[1], rows=["gad", "gad_shaping"], lever_seeds=[], merge=str(earlier),
+                     spec="benchmarks.real_lm_spec:PIRATE", data_dir=str(tmp_path))
+    res = collect_results(args, tmp_path)
+    assert res["seeds"] == {"0": {"gad": {"pass_rate": 0.5}, "gad_shaping": {"pass_rate": 0.4}},
+                            "1": {"gad": {"pass_rate": 0.7}}}
+    assert res["teacher"] == {"pass_rate": 0.9} and res["failed"] == {} and args.seeds == [0, 1]
