@@ -693,7 +693,7 @@ class GADTrainer(GRPOTrainer):
         checkpoint: a folder left half-written by a kill during a save is named and skipped (gad_trl.resume)."""
         from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 
-        from .preflight import OutputDirLock, check_run_key, checkpoint_step
+        from .preflight import check_run_key, checkpoint_step, hold_output_dir
         from .resume import resolve_resume_checkpoint
 
         output_dir = self.args.output_dir
@@ -712,20 +712,16 @@ class GADTrainer(GRPOTrainer):
                 "): this new run writes next to them, and a later resume_from_checkpoint=True would pick the newest of "
                 "either run. Use an empty output_dir, or resume that run instead."
             )
-        lock = None
-        if self.args.should_save:
-            lock = OutputDirLock(output_dir)
-            lock.acquire()
         # Only a resumed run may reuse the held-out triples found in output_dir (a new run draws its own).
         self._resumed_run = checkpoint is not None
         self._student_window_loss = None  # a window left open by an interrupted train() does not carry over
-        try:
-            return super().train(checkpoint, *args, **kwargs)
-        finally:
-            if self._one_step_off is not None:
-                self._one_step_off.close()  # a request in flight is dropped: nothing trains on it, no checkpoint holds it
-            if lock is not None:
-                lock.release()
+        # The output_dir lock: taken here when the caller (a `gad-trl` command) does not hold it already.
+        with hold_output_dir(output_dir, enabled=self.args.should_save):
+            try:
+                return super().train(checkpoint, *args, **kwargs)
+            finally:
+                if self._one_step_off is not None:
+                    self._one_step_off.close()  # a request in flight is dropped: nothing trains on it or saves it
 
     def _run_key(self) -> dict:
         # Computed once: the student's name and the training data do not change during a run, and every save writes it.
