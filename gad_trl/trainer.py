@@ -252,6 +252,9 @@ class GADTrainer(GRPOTrainer):
             keep_4bit_layout_for_training(self.model)
         from .discriminator.shaping import RewardShaping
 
+        from .workflow.tool_calling import ToolLimits
+
+        self._tool_limits = ToolLimits(args.tool_timeout, args.max_tool_result_chars)  # `_tool_call_loop`
         self._reward_shaping = RewardShaping.from_args(args)  # length penalty / clip of the reward (not of D's loss)
         self._teacher_eos = end_of_turn_token_id(self._tokenizer, self.eos_token_ids)
         self._health = HealthMonitor(logger)
@@ -396,6 +399,20 @@ class GADTrainer(GRPOTrainer):
         if self._one_step_off is not None and self.model.training:
             # Before the discriminator and policy updates on this batch: the server generates the next one meanwhile.
             self._one_step_off.after_generation(self._metrics["train"])
+        return outputs
+
+    def _tool_call_loop(self, *args, **kwargs):
+        # TRL calls the tools of this batch's dicts (built per batch, environments' methods included) with neither a
+        # time limit nor a size cap: bound each callable as generate-teacher does (gad_trl.workflow.tool_calling).
+        limits = self._tool_limits
+        wrap = limits.wrap
+        self._sync_tool_dicts = [{n: wrap(f) for n, f in d.items()} for d in self._sync_tool_dicts]
+        self._async_tool_dicts = [{n: wrap(f) for n, f in d.items()} for d in self._async_tool_dicts]
+        timeouts, cut = limits.timeouts, limits.cut_results
+        outputs = super()._tool_call_loop(*args, **kwargs)
+        metrics = self._metrics["train" if self.model.training else "eval"]
+        metrics["tools/timeouts"].append(float(limits.timeouts - timeouts))
+        metrics["tools/cut_results"].append(float(limits.cut_results - cut))
         return outputs
 
     # ------------------------------------------------------------------ one-step-off generation (async_generation)

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
@@ -120,3 +121,86 @@ def test_soda_and_seqkd_take_the_output_dir_lock_before_anything_else(tmp_path, 
     finally:
         holder.kill()
         holder.wait()
+
+
+# ------------------------------------------------------------------------------------------ tools during training
+_RELEASE = threading.Event()  # set at the end of the test: the hung tool's thread then returns
+
+
+def add(a: int, b: int) -> str:
+    """Add two integers.
+
+    Args:
+        a: The first number.
+        b: The second number.
+    """
+    if a == 1:  # a tool that never returns (within the test)
+        _RELEASE.wait(60)
+        return "late"
+    if a == 2:  # a tool that returns megabytes
+        return "x" * 2_000_000
+    return str(a + b)
+
+
+@pytest.mark.timeout(300)
+def test_training_tool_calls_time_out_and_huge_results_are_cut(tool_caller_dir, tmp_path, caplog):
+    """A tool that never returned hung the run forever; a 2 MB result went whole into the rollout."""
+    import time
+
+    from datasets import Dataset
+
+    from gad_trl import GADTrainer
+    from gad_trl.testing import tiny_tool_rows
+    from tests.test_agentic import tool_args
+
+    rows = tiny_tool_rows(4, seed=1)
+    trainer = GADTrainer(tool_caller_dir, args=tool_args(tmp_path, tool_timeout=1.0, max_tool_result_chars=40,
+                                                         max_completion_length=256),
+                         train_dataset=Dataset.from_list(rows), tools=[add])
+    tok = trainer.processing_class
+    prompt_texts = [tok.decode(tok.apply_chat_template(r["prompt"], tools=[add], add_generation_prompt=True,
+                                                       tokenize=True, return_dict=False)) for r in rows]
+
+    def scripted(prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        out = []
+        for ids in prompt_ids:  # row i calls add(a=i+1, b=5) first, then answers
+            text = tok.decode(ids)
+            i = next(k for k, p in enumerate(prompt_texts) if text.startswith(p))
+            turn = (f'<tool_call>\n{{"name": "add", "arguments": {{"a": {i + 1}, "b": 5}}}}\n</tool_call>'
+                    if text == prompt_texts[i] else "done")
+            out.append(tok(turn, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+        return out, None
+
+    trainer._generate_single_turn = scripted
+    trainer._sync_tool_dicts, trainer._async_tool_dicts = [{"add": add}] * 4, [{}] * 4  # as TRL sets them per batch
+    trainer.model.train()
+    start = time.monotonic()
+    try:
+        with caplog.at_level(logging.WARNING):
+            _, _, _, completions, *_ = trainer._generate([r["prompt"] for r in rows])
+    finally:
+        _RELEASE.set()
+    assert time.monotonic() - start < 30
+    results = [c[1]["content"] for c in completions]
+    assert "timed out" in results[0] and "tool_timeout" in results[0]  # TRL's error result for a raising tool
+    assert results[1].startswith("x" * 40) and "cut: the tool returned 2000000 characters" in results[1]
+    assert len(results[1]) < 200 and results[2] == "8" and [m["content"] for m in completions[3][-1:]] == ["done"]
+    metrics = trainer._metrics["train"]
+    assert metrics["tools/timeouts"] == [1.0] and metrics["tools/cut_results"] == [1.0]
+    assert metrics["tools/failure_frequency"][-1] > 0
+    assert "tool_timeout=1 s" in caplog.text
+
+
+def test_generate_teacher_cuts_huge_tool_results_with_the_same_setting():
+    from gad_trl.workflow.teacher import TeacherGenerationArguments
+    from gad_trl.workflow.tool_calling import DEFAULT_MAX_TOOL_RESULT_CHARS, run_tool_call
+
+    call = {"function": {"name": "add", "arguments": '{"a": 2, "b": 0}'}}
+    content = run_tool_call(call, {"add": add}, timeout=5, max_result_chars=100)
+    assert content.startswith("x" * 100) and len(content) < 200 and "max_tool_result_chars=100" in content
+    assert len(run_tool_call(call, {"add": add}, timeout=5)) < DEFAULT_MAX_TOOL_RESULT_CHARS + 100  # capped by default
+    fields = TeacherGenerationArguments.__dataclass_fields__
+    from gad_trl import GADConfig
+
+    for name in ("tool_timeout", "max_tool_result_chars"):  # one name, one default, both commands
+        assert fields[name].default == GADConfig.__dataclass_fields__[name].default

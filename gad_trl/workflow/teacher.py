@@ -26,6 +26,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .tool_calling import DEFAULT_MAX_TOOL_RESULT_CHARS, DEFAULT_TOOL_TIMEOUT
+
 logger = logging.getLogger(__name__)
 
 OUTPUT_FORMATS = (".jsonl", ".parquet")
@@ -69,9 +71,15 @@ class TeacherGenerationArguments:
                   "the row (listed in the errors file; no trajectory without a final answer is written)."},
     )
     tool_timeout: float = field(
-        default=30.0,
+        default=DEFAULT_TOOL_TIMEOUT,
         metadata={"help": "With --tools: seconds to wait for one tool call; past it the model gets an error result "
                   "and carries on. The call's thread cannot be killed and keeps running in the background."},
+    )
+    max_tool_result_chars: int = field(
+        default=DEFAULT_MAX_TOOL_RESULT_CHARS,
+        metadata={"help": "With --tools: longest tool result (characters) sent back to the teacher; a longer one is "
+                  "cut, with a note giving its full length (a huge result would otherwise go out in every request "
+                  "that follows)."},
     )
     base_url: str = field(
         default="http://127.0.0.1:8000/v1",
@@ -137,6 +145,8 @@ class TeacherGenerationArguments:
             raise ValueError(f"--max_tool_calls must be >= 1, got {self.max_tool_calls}.")
         if not self.tool_timeout > 0:
             raise ValueError(f"--tool_timeout must be > 0 seconds, got {self.tool_timeout}.")
+        if self.max_tool_result_chars < 1:
+            raise ValueError(f"--max_tool_result_chars must be >= 1, got {self.max_tool_result_chars}.")
         if self.tools is not None:
             from .tool_calling import parse_tool_specs
 
@@ -426,7 +436,8 @@ def generate_teacher(args: TeacherGenerationArguments, dataset=None, client=None
             for j in missing:  # one request chain per trajectory
                 try:
                     result = record_trajectory(client, model, messages[key], tools, schemas, args.max_tool_calls,
-                                               args.tool_timeout, seed=seed_for(j), **params)
+                                               args.tool_timeout, seed=seed_for(j),
+                                               max_tool_result_chars=args.max_tool_result_chars, **params)
                     normalize_trajectory(result.messages, key, column, where(j))
                 except Exception as err:  # noqa: BLE001 - listed against the row
                     errors[j] = err
