@@ -960,6 +960,9 @@ class SODAConfig(DPOConfig):
                 f"rejected_base_url must be an http(s) URL of an OpenAI-compatible server (e.g. "
                 f"http://127.0.0.1:8000/v1), got {self.rejected_base_url!r}."
             )
+        from .redact import check_api_key_env
+
+        check_api_key_env(self.rejected_api_key_env, "rejected_api_key_env")
         for name in ("rejected_model", "rejected_api_key_env"):
             if getattr(self, name) is not None and self.rejected_base_url is None:
                 raise ValueError(

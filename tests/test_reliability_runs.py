@@ -14,6 +14,7 @@ import threading
 import pytest
 
 from tests.gad_helpers import TINY_SEQKD, make_trainer
+from tests.test_vllm_backend import needs_vllm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_SODA = os.path.join(REPO, "recipes", "tiny", "soda.yaml")
@@ -204,3 +205,59 @@ def test_generate_teacher_cuts_huge_tool_results_with_the_same_setting():
 
     for name in ("tool_timeout", "max_tool_result_chars"):  # one name, one default, both commands
         assert fields[name].default == GADConfig.__dataclass_fields__[name].default
+
+
+# ------------------------------------------------------------------------------------------ secrets in errors and logs
+KEY = "sk-proj-Q7abcdefGHIJ1234567890xyzKLMN"  # what a user pastes into --api_key_env by mistake
+
+
+def test_a_key_given_as_api_key_env_is_refused_without_echoing_it(tmp_path, caplog, capsys):
+    from gad_trl.config import SODAConfig
+    from gad_trl.workflow.evaluation import EvaluationArguments
+    from gad_trl.workflow.openai_chat import make_client
+    from gad_trl.workflow.teacher import TeacherGenerationArguments
+
+    builders = [
+        lambda: TeacherGenerationArguments(dataset_name="d.jsonl", output=str(tmp_path / "o.jsonl"), api_key_env=KEY),
+        lambda: EvaluationArguments(dataset_name="d.jsonl", judge_api_key_env=KEY),
+        lambda: SODAConfig(output_dir=str(tmp_path), rejected_base_url="http://127.0.0.1:9/v1", rejected_api_key_env=KEY,
+                           report_to="none"),
+        lambda: make_client("http://127.0.0.1:9/v1", KEY),
+    ]
+    with caplog.at_level(logging.DEBUG):
+        for build in builders:
+            with pytest.raises(ValueError, match="NAME of the environment variable.*looks like an API key") as info:
+                build()
+            assert KEY not in str(info.value)
+    assert KEY not in caplog.text and KEY not in "".join(capsys.readouterr())
+    with pytest.raises(ValueError, match="not an environment variable name"):
+        make_client("http://127.0.0.1:9/v1", "MY KEY")
+    make_client("http://127.0.0.1:9/v1", "GAD_TRL_TEST_UNSET_KEY")  # a variable name: fine (unset: no key sent)
+
+
+@needs_vllm
+@pytest.mark.parametrize("weight_sync", ["reload", "nccl"])
+def test_a_password_in_the_server_url_is_not_printed_when_no_server_answers(tiny_model_dir, tmp_path, weight_sync):
+    import socket
+    import traceback
+
+    from datasets import Dataset
+
+    from gad_trl import GADConfig, GADTrainer
+    from gad_trl.testing import tiny_gad_rows
+    from gad_trl.vllm import VLLMServerError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = GADConfig(
+        output_dir=str(tmp_path), report_to="none", use_cpu=True, per_device_train_batch_size=2, num_generations=2,
+        max_completion_length=8, use_vllm=True, vllm_mode="server", vllm_weight_sync=weight_sync,
+        vllm_server_base_url=f"http://trainer:hunter2secret@127.0.0.1:{port}", vllm_server_timeout=1,
+    )  # fmt: skip
+    with pytest.raises(VLLMServerError) as info:
+        GADTrainer(tiny_model_dir, args=args, train_dataset=Dataset.from_list(tiny_gad_rows(4)))
+    printed = "".join(traceback.format_exception(info.value))  # ours and TRL's error it wraps
+    assert "hunter2secret" not in printed
+    assert f"http://trainer:<redacted>@127.0.0.1:{port}" in str(info.value)
+    assert "can't be reached at http://trainer:<redacted>@" in printed  # TRL's message, kept, redacted

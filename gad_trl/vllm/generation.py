@@ -26,6 +26,7 @@ from requests.adapters import HTTPAdapter
 from trl.generation.vllm_client import VLLMClient
 from trl.generation.vllm_generation import VLLMGeneration
 
+from ..redact import redact_string, redacted_exception
 from .serve import WORKER_EXTENSION, suggested_command
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,12 @@ WEIGHTS_FILE = "model.safetensors"
 
 
 class VLLMServerError(ConnectionError):
-    """The vLLM server used for generation can't be reached, died, or rejected a request."""
+    """The vLLM server used for generation can't be reached, died, or rejected a request. Its message never shows a
+    password or token of `vllm_server_base_url` (`gad_trl.redact`); raise it `from redacted_exception(exc)`, so the
+    error it wraps (TRL's names the URL too) shows none either."""
+
+    def __init__(self, message: str):
+        super().__init__(redact_string(message))
 
 
 class ServedModelError(VLLMServerError):
@@ -149,7 +155,7 @@ class _ServerErrorsMixin:
                 f"    {self._start_command()}\n\n"
                 "or point the trainer at a running server with vllm_server_base_url / vllm_server_host + "
                 "vllm_server_port."
-            ) from exc
+            ) from redacted_exception(exc)
         self._check_served_model(client)
         return client
 
@@ -166,7 +172,7 @@ class _ServerErrorsMixin:
                 timeout=timeout,
             )  # fmt: skip
         except (requests.exceptions.RequestException, ConnectionError) as exc:
-            raise self._server_died("listing its model (/v1/models)", exc) from exc
+            raise self._server_died("listing its model (/v1/models)", exc) from redacted_exception(exc)
         if problem is not None:
             raise ServedModelError(problem)
 
@@ -187,7 +193,7 @@ class _ServerErrorsMixin:
         except (requests.exceptions.RequestException, ConnectionError) as exc:
             if self.mode != "server":
                 raise
-            raise self._server_died("generating completions", exc) from exc
+            raise self._server_died("generating completions", exc) from redacted_exception(exc)
 
 
 class NCCLVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
@@ -211,7 +217,7 @@ class NCCLVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
         except (requests.exceptions.RequestException, ConnectionError) as exc:
             if self.mode != "server":
                 raise
-            raise self._server_died("synchronising weights", exc) from exc
+            raise self._server_died("synchronising weights", exc) from redacted_exception(exc)
 
 
 class ReloadVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
@@ -249,12 +255,12 @@ class ReloadVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
         try:
             info = self.vllm_client.get_server_info()
         except (requests.exceptions.RequestException, ConnectionError) as exc:
-            raise self._server_died("reading its configuration", exc) from exc
+            raise self._server_died("reading its configuration", exc) from redacted_exception(exc)
         except RuntimeError as exc:  # TRL: the dev-mode endpoints are missing
             raise VLLMServerError(
                 f"The vLLM server at {self._base_url()} runs without VLLM_SERVER_DEV_MODE=1, so it has no "
                 f"/collective_rpc endpoint to reload weights. Restart it with:\n\n    {self._start_command()}\n"
-            ) from exc
+            ) from redacted_exception(exc)
         extension = (info.get("parallel_config") or {}).get("worker_extension_cls") or ""
         if extension == WORKER_EXTENSION:
             return "gad_reload_weights"
@@ -312,7 +318,7 @@ class ReloadVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
             try:
                 response = self.vllm_client.session.post(url, json=payload)
             except requests.exceptions.RequestException as exc:
-                raise self._server_died("reloading the student weights", exc) from exc
+                raise self._server_died("reloading the student weights", exc) from redacted_exception(exc)
             if response.status_code != 200:
                 raise VLLMServerError(
                     f"The vLLM server at {self._base_url()} failed to reload the weights from {self.weight_sync_dir} "
@@ -322,7 +328,7 @@ class ReloadVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
             try:
                 self.vllm_client.reset_prefix_cache()
             except (requests.exceptions.RequestException, ConnectionError) as exc:
-                raise self._server_died("resetting its prefix cache", exc) from exc
+                raise self._server_died("resetting its prefix cache", exc) from redacted_exception(exc)
             self.num_weight_syncs += 1
             logger.debug("reload weight sync #%d took %.2f s", self.num_weight_syncs, time.perf_counter() - start)
         self.accelerator.wait_for_everyone()

@@ -145,6 +145,9 @@ class TeacherGenerationArguments:
             raise ValueError(f"--max_tool_calls must be >= 1, got {self.max_tool_calls}.")
         if not self.tool_timeout > 0:
             raise ValueError(f"--tool_timeout must be > 0 seconds, got {self.tool_timeout}.")
+        from ..redact import check_api_key_env
+
+        check_api_key_env(self.api_key_env, "--api_key_env")
         if self.max_tool_result_chars < 1:
             raise ValueError(f"--max_tool_result_chars must be >= 1, got {self.max_tool_result_chars}.")
         if self.tools is not None:
