@@ -734,11 +734,35 @@ class GADTrainer(GRPOTrainer):
         self._student_window_loss = None  # a window left open by an interrupted train() does not carry over
         # The output_dir lock: taken here when the caller (a `gad-trl` command) does not hold it already.
         with hold_output_dir(output_dir, enabled=self.args.should_save):
+            generation = self._claim_vllm_server()
             try:
                 return super().train(checkpoint, *args, **kwargs)
             finally:
                 if self._one_step_off is not None:
                     self._one_step_off.close()  # a request in flight is dropped: nothing trains on it or saves it
+                if generation is not None:
+                    generation.release_server()
+
+    def _claim_vllm_server(self):
+        """One run per vLLM server (gad_trl.vllm.server_claim): the main process claims it for this train() call;
+        refused on every process when another run holds it. Returns the generation backend holding the claim."""
+        generation = getattr(self, "vllm_generation", None) if getattr(self, "use_vllm", False) else None
+        if not callable(getattr(generation, "claim_server", None)):
+            return None
+        from .vllm.server_claim import run_holder
+
+        problem = generation.claim_server(run_holder(self.args.output_dir)) if self.accelerator.is_main_process else None
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            box = [problem]
+            broadcast_object_list(box, from_process=0)
+            problem = box[0]
+        if problem is not None:
+            from .vllm.generation import ServerInUseError
+
+            raise ServerInUseError(problem)
+        return generation
 
     def _run_key(self) -> dict:
         # Computed once: the student's name and the training data do not change during a run, and every save writes it.

@@ -47,6 +47,10 @@ class ServedModelError(VLLMServerError):
     """The vLLM server serves another model than the student (found when connecting, before any weight sync)."""
 
 
+class ServerInUseError(VLLMServerError):
+    """The vLLM server is claimed by another training run (`gad_trl.vllm.server_claim`)."""
+
+
 def _model_name_or_path(model) -> str:
     for obj in (model, getattr(model, "base_model", None), getattr(getattr(model, "base_model", None), "model", None)):
         name = getattr(obj, "name_or_path", None)
@@ -176,6 +180,51 @@ class _ServerErrorsMixin:
         if problem is not None:
             raise ServedModelError(problem)
 
+    # One run per server (gad_trl.vllm.server_claim): claimed by GADTrainer.train on the main process.
+    _claim = None
+
+    def claim_server(self, holder: str) -> str | None:
+        """Claim the server for this run; the reason to refuse the run (another run holds it), or None. A server
+        without gad_trl's worker extension cannot hold a claim: a warning says so."""
+        client = getattr(self, "vllm_client", None)
+        if self.mode != "server" or client is None:
+            return None
+        from .server_claim import ServerClaim
+
+        try:
+            extension = (client.get_server_info().get("parallel_config") or {}).get("worker_extension_cls") or ""
+        except (requests.exceptions.RequestException, ConnectionError) as exc:
+            raise self._server_died("reading its configuration", exc) from redacted_exception(exc)
+        except RuntimeError:  # TRL: no dev-mode endpoints
+            extension = ""
+        if extension != WORKER_EXTENSION:
+            logger.warning(
+                "The vLLM server at %s runs without gad_trl's worker extension, so this run cannot claim it: another "
+                "run sharing it would go unnoticed (both would train on each other's samples). Start it with "
+                "`gad-trl vllm-serve --weight-sync reload`, or add `--worker-extension-cls %s`, to have a second run "
+                "refused.", redact_string(self._base_url()), WORKER_EXTENSION,
+            )
+            return None
+        self._claim = ServerClaim(client.session, self._base_url(), holder,
+                                  timeout=min(self.request_timeout or 30.0, 30.0))
+        try:
+            problem = self._claim.acquire(redact_string(self._base_url()))
+        except (requests.exceptions.RequestException, ConnectionError) as exc:
+            self._claim = None
+            raise self._server_died("claiming it for this run", exc) from redacted_exception(exc)
+        if problem is not None:
+            self._claim = None
+        return problem
+
+    def release_server(self) -> None:
+        if self._claim is not None:
+            self._claim.release()
+            self._claim = None
+
+    def _check_claim(self) -> None:
+        if self._claim is not None and self._claim.lost is not None:
+            raise ServerInUseError(self._claim.lost)
+
     def _server_died(self, action: str, exc: BaseException) -> VLLMServerError:
         return VLLMServerError(
             f"The vLLM server at {self._base_url()} stopped answering while {action} ({type(exc).__name__}: {exc}). "
@@ -186,6 +235,7 @@ class _ServerErrorsMixin:
         )
 
     def generate(self, *args, **kwargs):
+        self._check_claim()
         try:
             return super().generate(*args, **kwargs)
         except VLLMServerError:
@@ -210,6 +260,7 @@ class NCCLVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
         self.accelerator.wait_for_everyone()
 
     def sync_weights(self):
+        self._check_claim()
         try:
             return super().sync_weights()
         except VLLMServerError:
@@ -310,6 +361,7 @@ class ReloadVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
     def sync_weights(self):
         if self.mode != "server":
             return super().sync_weights()
+        self._check_claim()
         start = time.perf_counter()
         self._save_weights()
         if self.accelerator.is_main_process:
