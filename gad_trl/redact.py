@@ -156,5 +156,5 @@ def redacting(cls):
     return cls
 
 
-__all__ = ["REDACTED", "check_api_key_env", "is_secret_key", "public_dataset_name", "redact", "redact_string", "redacted_exception",
-           "redacting"]
+__all__ = ["REDACTED", "check_api_key_env", "is_secret_key", "public_dataset_name", "redact", "redact_string",
+           "redacted_exception", "redacting"]

@@ -107,6 +107,42 @@ def test_a_symlinked_lock_is_refused_and_its_target_untouched(tmp_path):
     assert target.read_text() == "keep me"
 
 
+def test_a_command_whose_output_dir_another_run_took_saves_then_fails_naming_it(tmp_path):
+    import types
+
+    from gad_trl.cli.utils import train_and_save
+    from gad_trl.preflight import hold_output_dir
+
+    out = tmp_path / "run"
+    saved, others = [], []
+
+    class Trainer:  # a trainer whose run sees its lock file deleted and another run start in its output_dir
+        callback_handler = types.SimpleNamespace(callbacks=[])
+        accelerator = types.SimpleNamespace(print=lambda *args: None)
+
+        def add_callback(self, callback):
+            self.callback_handler.callbacks.append(callback)
+
+        def train(self, resume_from_checkpoint=None):
+            (out / ".gad_trl.lock").unlink()
+            others.append(_hold_lock_in_another_process(out))
+
+        def save_model(self, output_dir):
+            saved.append(output_dir)
+
+    args = types.SimpleNamespace(output_dir=str(out), resume_from_checkpoint=None, push_to_hub=False)
+    try:
+        with hold_output_dir(str(out)), pytest.raises(RuntimeError, match=r"The model is saved to .*another run "
+                                                                          r"\(pid \d+ on .*own output_dir"):
+            train_and_save(Trainer(), types.SimpleNamespace(dataset_name=None), args, "gad")
+        assert saved == [str(out)]  # saved first
+        assert f"pid {others[0].pid}" in (out / ".gad_trl.lock").read_text()  # the other run's lock is left alone
+    finally:
+        for other in others:
+            other.kill()
+            other.wait()
+
+
 @pytest.mark.parametrize("command, recipe", [("soda", TINY_SODA), ("seqkd", TINY_SEQKD)])
 def test_soda_and_seqkd_take_the_output_dir_lock_before_anything_else(tmp_path, command, recipe):
     """Two identical `gad-trl soda` runs both ran (and wrote one SODA sample cache together)."""
@@ -220,8 +256,8 @@ def test_a_key_given_as_api_key_env_is_refused_without_echoing_it(tmp_path, capl
     builders = [
         lambda: TeacherGenerationArguments(dataset_name="d.jsonl", output=str(tmp_path / "o.jsonl"), api_key_env=KEY),
         lambda: EvaluationArguments(dataset_name="d.jsonl", judge_api_key_env=KEY),
-        lambda: SODAConfig(output_dir=str(tmp_path), rejected_base_url="http://127.0.0.1:9/v1", rejected_api_key_env=KEY,
-                           report_to="none"),
+        lambda: SODAConfig(output_dir=str(tmp_path), rejected_base_url="http://127.0.0.1:9/v1",
+                           rejected_api_key_env=KEY, report_to="none"),
         lambda: make_client("http://127.0.0.1:9/v1", KEY),
     ]
     with caplog.at_level(logging.DEBUG):
@@ -414,3 +450,32 @@ def test_training_refuses_a_server_claimed_by_another_run(tiny_model_dir, tmp_pa
     with FaultServer() as plain, caplog.at_level(logging.WARNING):  # no gad_trl worker extension: can't claim
         assert _bare_backend(plain, "x").claim_server("run") is None
     assert "without gad_trl's worker extension, so this run cannot claim it" in caplog.text
+
+
+@pytest.mark.timeout(900)
+def test_the_claim_goes_through_a_real_vllm_server_and_a_training_run_releases_it(vllm_server, tiny_model_dir,
+                                                                                  tmp_path):
+    """The claim RPC reaches a real server's workers (gad-trl vllm-serve --weight-sync reload); a run that trained
+    on it leaves it free for the next."""
+    import requests
+
+    from gad_trl.vllm import ServerInUseError
+    from gad_trl.vllm.server_claim import ServerClaim
+
+    def trainer_for(out):
+        return make_trainer(tiny_model_dir, out, max_steps=1, use_vllm=True, vllm_mode="server",
+                            vllm_server_base_url=vllm_server.url, vllm_weight_sync="reload", vllm_server_timeout=30,
+                            use_cpu=True)
+
+    other = ServerClaim(requests.Session(), vllm_server.url, "pid 1 on elsewhere, output_dir /runs/a", ttl=600)
+    assert other.acquire(vllm_server.url) is None
+    try:
+        with pytest.raises(ServerInUseError, match=r"in use by another training run \(pid 1 on elsewhere"):
+            trainer_for(tmp_path / "refused").train()
+    finally:
+        other.release()
+    trainer = trainer_for(tmp_path / "run")
+    trainer.train()
+    assert trainer.state.global_step == 1
+    assert other.acquire(vllm_server.url) is None  # released by the run that ended
+    other.release()

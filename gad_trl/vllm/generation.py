@@ -182,6 +182,7 @@ class _ServerErrorsMixin:
 
     # One run per server (gad_trl.vllm.server_claim): claimed by GADTrainer.train on the main process.
     _claim = None
+    claim_requests = 0  # `POST /collective_rpc` of the claims released so far (the others are weight reloads)
 
     def claim_server(self, holder: str) -> str | None:
         """Claim the server for this run; the reason to refuse the run (another run holds it), or None. A server
@@ -219,6 +220,7 @@ class _ServerErrorsMixin:
     def release_server(self) -> None:
         if self._claim is not None:
             self._claim.release()
+            self.claim_requests += self._claim.requests
             self._claim = None
 
     def _check_claim(self) -> None:

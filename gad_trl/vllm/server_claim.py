@@ -41,11 +41,13 @@ class ServerClaim:
         self.ttl, self.interval, self.timeout = ttl, interval, timeout
         self.run_id = uuid.uuid4().hex
         self.lost: str | None = None  # why the claim was lost during the run (set by the heartbeat)
+        self.requests = 0  # `POST /collective_rpc` sent (claim, renewals, release)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _rpc(self, release: bool = False) -> dict | None:
         """None when every worker granted the claim (or the release), else the refusal (`holder`, `age`, `ttl`)."""
+        self.requests += 1
         response = self.session.post(
             f"{self.base_url}/collective_rpc", timeout=self.timeout,
             json={"method": "gad_claim", "kwargs": {"run_id": self.run_id, "holder": self.holder, "ttl": self.ttl,
