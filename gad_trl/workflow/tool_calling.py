@@ -166,12 +166,16 @@ class ToolLimits:
         self.max_result_chars = max_result_chars
         self.timeouts = 0
         self.cut_results = 0
+        self._warned: set[str] = set()
 
     def _timed_out(self, name: str, err: BaseException) -> ToolTimeoutError:
         self.timeouts += 1
-        logger.warning(f"Tool {name} gave no result within tool_timeout={self.timeout:g} s: the model gets an error "
-                       "result and the rollout carries on (the call's thread keeps running in the background). Raise "
-                       "tool_timeout if the tool needs longer, or give the tool its own timeout.")
+        if name not in self._warned:  # once per tool: every timeout is counted in tools/timeouts
+            self._warned.add(name)
+            logger.warning(f"Tool {name} gave no result within tool_timeout={self.timeout:g} s: the model gets an "
+                           "error result and the rollout carries on (the call's thread keeps running in the "
+                           "background). Raise tool_timeout if the tool needs longer, or give the tool its own timeout. "
+                           "Further timeouts are counted in tools/timeouts, not logged.")
         return ToolTimeoutError(f"Tool {name} timed out: {err}.")
 
     def _capped(self, result):
