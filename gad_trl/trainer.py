@@ -251,7 +251,6 @@ class GADTrainer(GRPOTrainer):
         if is_quantized(self.model):  # a QLoRA student (and shared base): trainable after evaluations on CPU too
             keep_4bit_layout_for_training(self.model)
         from .discriminator.shaping import RewardShaping
-
         from .workflow.tool_calling import ToolLimits
 
         self._tool_limits = ToolLimits(args.tool_timeout, args.max_tool_result_chars)  # `_tool_call_loop`
