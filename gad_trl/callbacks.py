@@ -64,6 +64,25 @@ class GADProgressCallback(TrainerCallback):
         self.bar = None
 
 
+class OutputDirLockCallback(TrainerCallback):
+    """At each log and save, checks that this process still holds `output_dir`'s lock (`preflight.OutputDirLock.verify`:
+    a deleted lock file is re-taken, another run holding it is logged as an error). Nothing when the process holds no
+    lock (it does not save)."""
+
+    def _verify(self, args):
+        from .preflight import held_lock
+
+        lock = held_lock(args.output_dir)
+        if lock is not None:
+            lock.verify()
+
+    def on_log(self, args, state, control, **kwargs):
+        self._verify(args)
+
+    def on_save(self, args, state, control, **kwargs):
+        self._verify(args)
+
+
 def default_callbacks(progress: ProgressCallback | None = None) -> list[TrainerCallback]:
     """Callbacks `GADTrainer` adds to every run; `progress`: the trainer's `ProgressCallback`, if any."""
-    return [GADProgressCallback(progress)]
+    return [GADProgressCallback(progress), OutputDirLockCallback()]

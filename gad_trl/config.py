@@ -13,6 +13,7 @@ from trl import GRPOConfig, ScriptArguments, SFTConfig
 
 from .discriminator.losses import DEFAULT_CONSTANTS, LOSS_TYPES
 from .redact import redacting
+from .workflow.tool_calling import DEFAULT_MAX_TOOL_RESULT_CHARS, DEFAULT_TOOL_TIMEOUT
 
 
 def default_bf16_where_supported(config) -> None:
@@ -238,6 +239,16 @@ class GADConfig(GRPOConfig):
             background while the discriminator and the policy update on the current batch, whose completions were
             sampled one optimizer step earlier (corrected by TRL's vllm_importance_sampling_correction). Logged as
             async_generation/staleness; off = the synchronous loop, numbers unchanged.
+
+        > Parameters that bound the student's tool calls (with `tools` / `environment_factory`)
+
+        tool_timeout (`float`, *optional*, defaults to `30.0`):
+            Seconds to wait for one tool call during a rollout (as generate-teacher --tool_timeout); past it the
+            model gets an error result, as for a tool that raises, and the rollout carries on (counted in
+            tools/timeouts). The call's thread cannot be killed and keeps running in the background.
+        max_tool_result_chars (`int`, *optional*, defaults to `20000`):
+            Longest tool result (characters) put back into a rollout (as generate-teacher --max_tool_result_chars);
+            a longer one is cut, with a note giving its full length (counted in tools/cut_results).
 
         > Parameters that control the Hub upload
 
@@ -545,6 +556,24 @@ class GADConfig(GRPOConfig):
         },
     )
 
+    # The student's tool calls (gad_trl.workflow.tool_calling.ToolLimits, the limits generate-teacher applies)
+    tool_timeout: float = field(
+        default=DEFAULT_TOOL_TIMEOUT,
+        metadata={
+            "help": "Seconds to wait for one tool call during a rollout (as generate-teacher --tool_timeout); past it "
+            "the model gets an error result, as for a tool that raises, and the rollout carries on (counted in "
+            "tools/timeouts). The call's thread cannot be killed and keeps running in the background."
+        },
+    )
+    max_tool_result_chars: int = field(
+        default=DEFAULT_MAX_TOOL_RESULT_CHARS,
+        metadata={
+            "help": "Longest tool result (characters) put back into a rollout (as generate-teacher "
+            "--max_tool_result_chars); a longer one is cut, with a note giving its full length (counted in "
+            "tools/cut_results)."
+        },
+    )
+
     # Hub
     discriminator_hub_model_id: str | None = field(
         default=None,
@@ -619,6 +648,10 @@ class GADConfig(GRPOConfig):
             raise ValueError(
                 f"vllm_request_timeout must be a positive number of seconds or None, got {self.vllm_request_timeout}."
             )
+        if not self.tool_timeout > 0:
+            raise ValueError(f"tool_timeout must be > 0 seconds, got {self.tool_timeout}.")
+        if self.max_tool_result_chars < 1:
+            raise ValueError(f"max_tool_result_chars must be >= 1, got {self.max_tool_result_chars}.")
         if self.discriminator_pooling not in (None, "last", "mean"):
             raise ValueError(f"discriminator_pooling must be 'last', 'mean' or None, got {self.discriminator_pooling!r}.")
         import math
@@ -966,6 +999,9 @@ class SODAConfig(DPOConfig):
                 f"rejected_base_url must be an http(s) URL of an OpenAI-compatible server (e.g. "
                 f"http://127.0.0.1:8000/v1), got {self.rejected_base_url!r}."
             )
+        from .redact import check_api_key_env
+
+        check_api_key_env(self.rejected_api_key_env, "rejected_api_key_env")
         for name in ("rejected_model", "rejected_api_key_env"):
             if getattr(self, name) is not None and self.rejected_base_url is None:
                 raise ValueError(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
+from contextlib import contextmanager
 
 
 def looks_like_local_path(name: str) -> bool:
@@ -115,38 +117,160 @@ RUN_KEY_NAME = "gad_run.json"  # in each checkpoint: which run wrote it (model, 
 class OutputDirLock:
     """An exclusive lock on `output_dir` for the length of a run, so two runs never overwrite each other's
     checkpoints. `fcntl.flock` is released by the kernel when the holder exits, however it exits, so a lock left by a
-    killed run is never stale; the file names the holder for the error message."""
+    killed run is never stale; the file names the holder for the error message.
+
+    The lock is the file *and* the flock on it: a file deleted (or replaced) while the run holds it lets a second run
+    lock a new file. `verify()` (called at each log and save, `callbacks.OutputDirLockCallback`) notices: a deleted
+    file is re-created and locked again, a file now locked by another run is reported (`conflict`). `release()` never
+    raises: it runs before the final save."""
 
     def __init__(self, output_dir: str):
         self.path = os.path.join(output_dir, LOCK_NAME)
         self._file = None
+        self._identity = None  # (st_dev, st_ino) of the file this process locked
+        self.conflict: str | None = None  # the other holder, once verify() found one
 
-    def acquire(self) -> None:
+    def _open(self):
+        """The lock file opened for writing without following a symlink (a link planted at this path would make the
+        run write to its target) and only if it is a regular file."""
+        import stat
+
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise RuntimeError(
+                    f"{self.path} is a symbolic link; the output-dir lock never follows links (the run would write to "
+                    "the link's target). Delete the link (it is not a lock any run holds) and start again."
+                ) from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise RuntimeError(f"{self.path} is not a regular file, so it cannot be the output-dir lock. Delete it and "
+                               "start again.")
+        return os.fdopen(fd, "r+")
+
+    def _lock(self, handle) -> str | None:
+        """Take the flock of `handle`: None, or the holder its file names when another process has it."""
         import fcntl
-        import socket
 
-        handle = open(self.path, "a+")
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
+            return handle.read().strip() or "another process"
+        return None
+
+    def _hold(self, handle) -> None:
+        import socket
+
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        st = os.fstat(handle.fileno())
+        self._file, self._identity = handle, (st.st_dev, st.st_ino)
+        _HELD[_lock_key(os.path.dirname(self.path))] = self
+
+    def acquire(self) -> None:
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        handle = self._open()
+        holder = self._lock(handle)
+        if holder is not None:
             handle.close()
             raise RuntimeError(
                 f"{os.path.dirname(self.path)} is in use by another run ({holder}): two runs in one output_dir would "
                 "overwrite each other's checkpoints. Wait for it to finish, stop it, or use another output_dir."
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        handle.flush()
-        self._file = handle
+        self._hold(handle)
+
+    def _still_ours(self) -> bool:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return False
+        return (st.st_dev, st.st_ino) == self._identity
+
+    def verify(self) -> str | None:
+        """None while this run holds the lock. A lock file deleted or replaced under the run is locked again (with a
+        warning); when another run holds the new one, its name (also kept in `conflict`) and an error is logged."""
+        import logging
+
+        if self._file is None or self._still_ours():
+            return self.conflict
+        log = logging.getLogger(__name__)
+        output_dir = os.path.dirname(self.path)
+        try:
+            handle = self._open()
+        except (OSError, RuntimeError) as err:
+            self.conflict = self.conflict or f"unknown ({err})"
+            log.error(f"The lock file {self.path} of this run was replaced and cannot be re-taken ({err}): another run "
+                      f"may write into {output_dir}. Check that no other run uses it; this run carries on and saves.")
+            return self.conflict
+        holder = self._lock(handle)
+        if holder is None:
+            self._file.close()  # the old, unlinked file: its flock protects nothing any more
+            self._hold(handle)
+            log.warning(f"The lock file {self.path} was deleted while this run held it: it is re-created and locked "
+                        f"again. While it was missing another run could have started in {output_dir}: check that none "
+                        "is writing there. Don't delete .gad_trl.lock of a running run (it is removed when the run "
+                        "ends).")
+            return self.conflict
+        handle.close()
+        self.conflict = holder
+        log.error(f"ANOTHER RUN ({holder}) now holds the lock of {output_dir}: the lock file of this run "
+                  f"(pid {os.getpid()}) was deleted and the other run started in the same output_dir. Both write "
+                  "checkpoints there and overwrite each other's. This run carries on and saves; stop one of them and "
+                  "give each run its own output_dir.")
+        return self.conflict
 
     def release(self) -> None:
-        if self._file is not None:
-            os.remove(self.path)  # not left in output_dir (nor uploaded with it)
+        """Unlock and remove the lock file (not left in output_dir, nor uploaded with it). Never raises: a lock file
+        that was deleted or replaced is left alone (another run's lock is not ours to remove), with a warning."""
+        if self._file is None:
+            return
+        try:
+            if self._still_ours():
+                os.remove(self.path)
+            elif self.conflict is None:
+                import logging
+
+                logging.getLogger(__name__).warning(
+                    f"The lock file {self.path} was deleted or replaced while this run held it: left as it is.")
+        except OSError:
+            pass
+        finally:
             self._file.close()  # closing releases the flock
             self._file = None
+            _HELD.pop(_lock_key(os.path.dirname(self.path)), None)
+
+
+_HELD: dict[str, OutputDirLock] = {}  # output-dir locks this process holds, by real path
+
+
+def _lock_key(output_dir: str) -> str:
+    return os.path.realpath(output_dir or ".")
+
+
+def held_lock(output_dir: str) -> OutputDirLock | None:
+    """The lock this process holds on `output_dir`, if any."""
+    return _HELD.get(_lock_key(output_dir))
+
+
+@contextmanager
+def hold_output_dir(output_dir: str, enabled: bool = True):
+    """Hold `output_dir`'s lock inside the block (the one home of the lock: the training commands take it before
+    anything writes there, `GADTrainer.train` when used from Python). Already held by this process, or `enabled`
+    False (a process that does not save): nothing to do. Yields the lock or None."""
+    if not enabled or held_lock(output_dir) is not None:
+        yield held_lock(output_dir)
+        return
+    lock = OutputDirLock(output_dir)
+    lock.acquire()
+    try:
+        yield lock
+    finally:
+        lock.release()
 
 
 def check_output_dir_writable(output_dir: str) -> None:

@@ -59,6 +59,48 @@ def redact_values(text: str, secrets) -> str:
     return redact_string(text)
 
 
+_ENV_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_KEY_PREFIX = re.compile(r"^(sk|pk|rk|hf|gsk|xai|key)[-_]", re.I)
+
+
+def check_api_key_env(name: str | None, option: str) -> None:
+    """`name` (an `*api_key_env` setting) must name an environment variable. A key passed there by mistake (`sk-...`)
+    is refused before anything logs or saves it, with a message that does not repeat it."""
+    if name is None:
+        return
+    looks_like_key = _KEY_PREFIX.match(name) or (
+        len(name) >= 32 and any(c.isdigit() for c in name) and any(c.islower() for c in name)
+        and any(c.isupper() for c in name))
+    if not _ENV_VAR_NAME.fullmatch(name) or looks_like_key:
+        what = "looks like an API key itself" if looks_like_key else "is not an environment variable name"
+        raise ValueError(
+            f"{option} takes the NAME of the environment variable that holds the key, and the value given {what} "
+            f"(not shown here). Put the key in a variable (export MY_API_KEY=...) and pass `{option} MY_API_KEY`; "
+            "if that value was a real key, consider it exposed in your shell history and rotate it."
+        )
+
+
+def redacted_exception(err: BaseException, _depth: int = 0) -> BaseException:
+    """`err` itself when no message in its chain (`__cause__`, `__context__`) holds a secret, else a copy of the
+    chain with the messages redacted, the same types and tracebacks: what `raise ... from` gets when the error it
+    wraps (e.g. TRL's "can't be reached at http://user:<password>@host") would print a secret in the traceback."""
+    if err is None or _depth > 8:
+        return err
+    cause = redacted_exception(err.__cause__, _depth + 1)
+    context = redacted_exception(err.__context__, _depth + 1)
+    text = str(err)
+    clean = redact_string(text)
+    if clean == text and cause is err.__cause__ and context is err.__context__:
+        return err
+    try:
+        copy = type(err)(clean)
+    except Exception:  # noqa: BLE001 - an exception class with another signature
+        copy = RuntimeError(f"{type(err).__name__}: {clean}")
+    copy.__traceback__ = err.__traceback__
+    copy.__cause__, copy.__context__, copy.__suppress_context__ = cause, context, err.__suppress_context__
+    return copy
+
+
 def redact(value: Any) -> Any:
     """A copy of `value` (dicts, lists, tuples and strings, at any depth) with every secret replaced by `<redacted>`.
 
@@ -114,4 +156,5 @@ def redacting(cls):
     return cls
 
 
-__all__ = ["REDACTED", "is_secret_key", "public_dataset_name", "redact", "redact_string", "redacting"]
+__all__ = ["REDACTED", "check_api_key_env", "is_secret_key", "public_dataset_name", "redact", "redact_string",
+           "redacted_exception", "redacting"]

@@ -274,7 +274,9 @@ class GADTrainer(GRPOTrainer):
         if is_quantized(self.model):  # a QLoRA student (and shared base): trainable after evaluations on CPU too
             keep_4bit_layout_for_training(self.model)
         from .discriminator.shaping import RewardShaping
+        from .workflow.tool_calling import ToolLimits
 
+        self._tool_limits = ToolLimits(args.tool_timeout, args.max_tool_result_chars)  # `_tool_call_loop`
         self._reward_shaping = RewardShaping.from_args(args)  # length penalty / clip of the reward (not of D's loss)
         self._teacher_eos = end_of_turn_token_id(self._tokenizer, self.eos_token_ids)
         self._health = HealthMonitor(logger)
@@ -439,6 +441,20 @@ class GADTrainer(GRPOTrainer):
         if self._one_step_off is not None and self.model.training:
             # Before the discriminator and policy updates on this batch: the server generates the next one meanwhile.
             self._one_step_off.after_generation(self._metrics["train"])
+        return outputs
+
+    def _tool_call_loop(self, *args, **kwargs):
+        # TRL calls the tools of this batch's dicts (built per batch, environments' methods included) with neither a
+        # time limit nor a size cap: bound each callable as generate-teacher does (gad_trl.workflow.tool_calling).
+        limits = self._tool_limits
+        wrap = limits.wrap
+        self._sync_tool_dicts = [{n: wrap(f) for n, f in d.items()} for d in self._sync_tool_dicts]
+        self._async_tool_dicts = [{n: wrap(f) for n, f in d.items()} for d in self._async_tool_dicts]
+        timeouts, cut = limits.timeouts, limits.cut_results
+        outputs = super()._tool_call_loop(*args, **kwargs)
+        metrics = self._metrics["train" if self.model.training else "eval"]
+        metrics["tools/timeouts"].append(float(limits.timeouts - timeouts))
+        metrics["tools/cut_results"].append(float(limits.cut_results - cut))
         return outputs
 
     # ------------------------------------------------------------------ one-step-off generation (async_generation)
@@ -738,7 +754,7 @@ class GADTrainer(GRPOTrainer):
         checkpoint: a folder left half-written by a kill during a save is named and skipped (gad_trl.resume)."""
         from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 
-        from .preflight import OutputDirLock, check_run_key, checkpoint_step
+        from .preflight import check_run_key, checkpoint_step, hold_output_dir
         from .resume import resolve_resume_checkpoint
 
         output_dir = self.args.output_dir
@@ -757,20 +773,40 @@ class GADTrainer(GRPOTrainer):
                 "): this new run writes next to them, and a later resume_from_checkpoint=True would pick the newest of "
                 "either run. Use an empty output_dir, or resume that run instead."
             )
-        lock = None
-        if self.args.should_save:
-            lock = OutputDirLock(output_dir)
-            lock.acquire()
         # Only a resumed run may reuse the held-out triples found in output_dir (a new run draws its own).
         self._resumed_run = checkpoint is not None
         self._student_window_loss = None  # a window left open by an interrupted train() does not carry over
-        try:
-            return super().train(checkpoint, *args, **kwargs)
-        finally:
-            if self._one_step_off is not None:
-                self._one_step_off.close()  # a request in flight is dropped: nothing trains on it, no checkpoint holds it
-            if lock is not None:
-                lock.release()
+        # The output_dir lock: taken here when the caller (a `gad-trl` command) does not hold it already.
+        with hold_output_dir(output_dir, enabled=self.args.should_save):
+            generation = self._claim_vllm_server()
+            try:
+                return super().train(checkpoint, *args, **kwargs)
+            finally:
+                if self._one_step_off is not None:
+                    self._one_step_off.close()  # a request in flight is dropped: nothing trains on it or saves it
+                if generation is not None:
+                    generation.release_server()
+
+    def _claim_vllm_server(self):
+        """One run per vLLM server (gad_trl.vllm.server_claim): the main process claims it for this train() call;
+        refused on every process when another run holds it. Returns the generation backend holding the claim."""
+        generation = getattr(self, "vllm_generation", None) if getattr(self, "use_vllm", False) else None
+        if not callable(getattr(generation, "claim_server", None)):
+            return None
+        from .vllm.server_claim import run_holder
+
+        problem = generation.claim_server(run_holder(self.args.output_dir)) if self.accelerator.is_main_process else None
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            box = [problem]
+            broadcast_object_list(box, from_process=0)
+            problem = box[0]
+        if problem is not None:
+            from .vllm.generation import ServerInUseError
+
+            raise ServerInUseError(problem)
+        return generation
 
     def _run_key(self) -> dict:
         # Computed once: the student's name and the training data do not change during a run, and every save writes it.

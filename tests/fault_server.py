@@ -24,6 +24,11 @@ was started from; default `model`) and `POST /tokenize` answers `{"tokens": toke
 is None). `log` records `(time, prompt, fault)` per request, `requests` the request bodies and `authorizations` their
 Authorization headers.
 
+vLLM's dev-mode endpoints, as far as the claim of a training run needs them (`gad_trl.vllm.server_claim`): `GET
+/server_info` names `worker_extension_cls` (default none), and `POST /collective_rpc` runs the extension's `gad_claim`
+on `workers` real `GADWorkerExtension` instances (several: a tensor-parallel server) when `worker_extension_cls` is set
+(HTTP 500 otherwise, as vLLM answers for a method its workers lack).
+
 Tool calling: a responder may return a message instead of a text, `{"content": ..., "tool_calls": [...]}` (OpenAI
 format; finish_reason "tool_calls"); `tool_script(...)` builds one that calls tools on its first turns and answers
 once it has read their results. With tools, `prompt` is still the last *user* message (the later requests of a
@@ -73,7 +78,8 @@ def tool_script(turns, forever=None, final=None):
 
 class FaultServer:
     def __init__(self, responder=echo_upper, model="fault-teacher", delay=0.0, retry_after="1", hang_seconds=3.0,
-                 trickle_interval=0.3, trickle_seconds=60.0, root=None, tokenize=None, n_mode="support"):
+                 trickle_interval=0.3, trickle_seconds=60.0, root=None, tokenize=None, n_mode="support",
+                 worker_extension_cls=None, workers=1):
         if n_mode not in ("support", "ignore", "reject"):
             raise ValueError(f"n_mode must be support, ignore or reject, got {n_mode!r}")
         self.responder = responder
@@ -81,6 +87,10 @@ class FaultServer:
         self.model = model
         self.root = root or model
         self.tokenize = tokenize
+        self.worker_extension_cls = worker_extension_cls
+        from gad_trl.vllm.worker_extension import GADWorkerExtension
+
+        self.workers = [GADWorkerExtension() for _ in range(workers)]
         self.delay = delay
         self.retry_after = retry_after
         self.hang_seconds = hang_seconds
@@ -130,6 +140,9 @@ class FaultServer:
             def do_GET(self):
                 if self.path.rstrip("/") == "/health":
                     return self._send(200, b"")
+                if self.path.split("?")[0].rstrip("/") == "/server_info":
+                    info = {"parallel_config": {"worker_extension_cls": server.worker_extension_cls or ""}}
+                    return self._send(200, json.dumps(info).encode())
                 if self.path.rstrip("/").endswith("/models"):
                     body = {"object": "list", "data": [{"id": server.model, "object": "model", "owned_by": "test",
                                                         "root": server.root, "parent": None, "max_model_len": 512}]}
@@ -139,6 +152,12 @@ class FaultServer:
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))
                 request = json.loads(self.rfile.read(length))
+                if self.path.rstrip("/") == "/collective_rpc":
+                    if not server.worker_extension_cls or request.get("method") != "gad_claim":
+                        return self._send(500, b'{"error": "no such method on the workers"}')
+                    with server.lock:
+                        results = [w.gad_claim(**request.get("kwargs", {})) for w in server.workers]
+                    return self._send(200, json.dumps({"results": results}).encode())
                 if self.path.rstrip("/").endswith("/tokenize"):
                     with server.lock:
                         server.requests.append(request)

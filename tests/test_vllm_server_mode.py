@@ -99,7 +99,8 @@ def test_training_generates_on_the_server(vllm_server, tiny_model_dir, tmp_path)
     assert trainer.state.global_step == 3
     # Server-side evidence: every step's completions were generated (and every step's weights reloaded) there.
     assert vllm_server.count_requests("/v1/completions") - completions_before == 3
-    assert vllm_server.count_requests("/collective_rpc") - reloads_before == 3
+    claims = trainer.vllm_generation.claim_requests  # the run's claim on the server (gad_trl.vllm.server_claim)
+    assert claims >= 2 and vllm_server.count_requests("/collective_rpc") - reloads_before == 3 + claims
     assert trainer.vllm_generation.num_weight_syncs == 3
     generated = after["vllm:generation_tokens_total"] - before.get("vllm:generation_tokens_total", 0.0)
     logged = [h for h in trainer.state.log_history if "completions/mean_length" in h]

@@ -14,7 +14,8 @@ from trl import ModelConfig, TrlParser
 
 from ..config import GADConfig, GADScriptArguments
 from . import launch as _launch
-from .utils import judge_callbacks, load_reward_funcs, load_tools, prepare_run, quantization_config, train_and_save
+from .utils import (build_train_and_save, judge_callbacks, load_reward_funcs, load_tools, prepare_run,
+                    quantization_config)
 
 MODULE = "gad_trl.cli.gad"
 
@@ -46,7 +47,7 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
 
 
 def main(script_args, training_args, model_args):
-    return train_and_save(build_trainer(script_args, training_args, model_args), script_args, training_args, "gad")
+    return build_train_and_save(build_trainer, script_args, training_args, model_args, "gad")
 
 
 def run(argv: list[str]) -> int:

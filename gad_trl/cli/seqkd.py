@@ -13,8 +13,8 @@ from trl import ModelConfig, TrlParser
 
 from ..config import GADScriptArguments, SeqKDConfig
 from . import launch as _launch
-from .utils import (judge_callbacks, load_tools, prepare_run, quantization_config, refuse_rewards, to_seqkd_dataset,
-                    train_and_save)
+from .utils import (build_train_and_save, judge_callbacks, load_tools, prepare_run, quantization_config, refuse_rewards,
+                    to_seqkd_dataset)
 
 MODULE = "gad_trl.cli.seqkd"
 
@@ -56,7 +56,7 @@ def _student_tokenizer(model_args, training_args):
 
 
 def main(script_args, training_args, model_args):
-    return train_and_save(build_trainer(script_args, training_args, model_args), script_args, training_args, "seqkd")
+    return build_train_and_save(build_trainer, script_args, training_args, model_args, "seqkd")
 
 
 def run(argv: list[str]) -> int:

@@ -15,7 +15,7 @@ from trl import ModelConfig, TrlParser
 
 from ..config import GADScriptArguments, SODAConfig
 from . import launch as _launch
-from .utils import judge_callbacks, prepare_run, quantization_config, refuse_rewards, train_and_save
+from .utils import build_train_and_save, judge_callbacks, prepare_run, quantization_config, refuse_rewards
 
 MODULE = "gad_trl.cli.soda"
 
@@ -87,7 +87,7 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
 
 
 def main(script_args, training_args, model_args):
-    return train_and_save(build_trainer(script_args, training_args, model_args), script_args, training_args, "soda")
+    return build_train_and_save(build_trainer, script_args, training_args, model_args, "soda")
 
 
 def run(argv: list[str]) -> int:

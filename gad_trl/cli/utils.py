@@ -172,16 +172,36 @@ def prepare_run(script_args, training_args, model_args, command: str):
     return apply_prompt_filter(script_args, model_args, training_args, train_dataset, eval_dataset)
 
 
+def build_train_and_save(build_trainer, script_args, training_args, model_args, name: str):
+    """A training command's `main`: with `output_dir`'s lock held from before anything is written there (SODA's
+    sample cache, checkpoints) to after the final save and push, build the trainer, train and save."""
+    from ..preflight import hold_output_dir
+
+    with hold_output_dir(training_args.output_dir, enabled=training_args.should_save):
+        return train_and_save(build_trainer(script_args, training_args, model_args), script_args, training_args, name)
+
+
 def train_and_save(trainer, script_args, training_args, name: str):
     """Train (resuming if asked), save to `output_dir`, push when `push_to_hub`: the end of every training script."""
+    from ..callbacks import OutputDirLockCallback
+    from ..preflight import held_lock
     from ..resume import resolve_resume_checkpoint
 
+    if not any(isinstance(cb, OutputDirLockCallback) for cb in trainer.callback_handler.callbacks):
+        trainer.add_callback(OutputDirLockCallback())  # (GADTrainer has it already)
     # "true" (a bare --resume_from_checkpoint) = the latest complete checkpoint, never a folder named "true".
     trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(training_args.resume_from_checkpoint,
                                                                    training_args.output_dir))
     trainer.accelerator.print(f"Training completed ({name}).")
     trainer.save_model(training_args.output_dir)
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
+    lock = held_lock(training_args.output_dir)
+    if lock is not None and lock.verify() is not None:
+        raise RuntimeError(
+            f"The model is saved to {training_args.output_dir}, but another run ({lock.conflict}) took that "
+            "output_dir's lock during this run (the lock file was deleted): its checkpoints and this run's may have "
+            "overwritten each other there. Check both runs' outputs, and give each run its own output_dir."
+        )
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
         trainer.accelerator.print(f"Model pushed to the Hub: https://huggingface.co/{trainer.hub_model_id}.")

@@ -10,6 +10,7 @@ __all__ = [
     "NCCLVLLMGeneration",
     "ReloadVLLMGeneration",
     "ServedModelError",
+    "ServerInUseError",
     "VLLMServer",
     "VLLMServerError",
     "build_command",
@@ -21,8 +22,8 @@ __all__ = [
 
 
 def __getattr__(name):
-    if name in ("NCCLVLLMGeneration", "ReloadVLLMGeneration", "ServedModelError", "VLLMServerError",
-                "patched_vllm_generation", "vllm_generation_class"):
+    if name in ("NCCLVLLMGeneration", "ReloadVLLMGeneration", "ServedModelError", "ServerInUseError",
+                "VLLMServerError", "patched_vllm_generation", "vllm_generation_class"):
         from . import generation
 
         return getattr(generation, name)

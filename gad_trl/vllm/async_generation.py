@@ -31,6 +31,8 @@ from concurrent.futures import Future
 
 from accelerate.utils import broadcast_object_list, gather_object
 
+from ..redact import redacted_exception
+
 __all__ = ["Lookahead", "OneStepOffGeneration", "PrefetchingClient"]
 
 
@@ -133,7 +135,7 @@ class PrefetchingClient:
             error = self._on_error(exc) if self._on_error is not None else None
             if error is None:
                 raise
-            raise error from exc
+            raise error from redacted_exception(exc)  # (its message may name the server's URL)
         finally:
             pending.waited += time.perf_counter() - start
 

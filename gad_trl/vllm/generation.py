@@ -26,6 +26,7 @@ from requests.adapters import HTTPAdapter
 from trl.generation.vllm_client import VLLMClient
 from trl.generation.vllm_generation import VLLMGeneration
 
+from ..redact import redact_string, redacted_exception
 from .serve import WORKER_EXTENSION, suggested_command
 
 logger = logging.getLogger(__name__)
@@ -34,11 +35,20 @@ WEIGHTS_FILE = "model.safetensors"
 
 
 class VLLMServerError(ConnectionError):
-    """The vLLM server used for generation can't be reached, died, or rejected a request."""
+    """The vLLM server used for generation can't be reached, died, or rejected a request. Its message never shows a
+    password or token of `vllm_server_base_url` (`gad_trl.redact`); raise it `from redacted_exception(exc)`, so the
+    error it wraps (TRL's names the URL too) shows none either."""
+
+    def __init__(self, message: str):
+        super().__init__(redact_string(message))
 
 
 class ServedModelError(VLLMServerError):
     """The vLLM server serves another model than the student (found when connecting, before any weight sync)."""
+
+
+class ServerInUseError(VLLMServerError):
+    """The vLLM server is claimed by another training run (`gad_trl.vllm.server_claim`)."""
 
 
 def _model_name_or_path(model) -> str:
@@ -149,7 +159,7 @@ class _ServerErrorsMixin:
                 f"    {self._start_command()}\n\n"
                 "or point the trainer at a running server with vllm_server_base_url / vllm_server_host + "
                 "vllm_server_port."
-            ) from exc
+            ) from redacted_exception(exc)
         self._check_served_model(client)
         return client
 
@@ -166,9 +176,56 @@ class _ServerErrorsMixin:
                 timeout=timeout,
             )  # fmt: skip
         except (requests.exceptions.RequestException, ConnectionError) as exc:
-            raise self._server_died("listing its model (/v1/models)", exc) from exc
+            raise self._server_died("listing its model (/v1/models)", exc) from redacted_exception(exc)
         if problem is not None:
             raise ServedModelError(problem)
+
+    # One run per server (gad_trl.vllm.server_claim): claimed by GADTrainer.train on the main process.
+    _claim = None
+    claim_requests = 0  # `POST /collective_rpc` of the claims released so far (the others are weight reloads)
+
+    def claim_server(self, holder: str) -> str | None:
+        """Claim the server for this run; the reason to refuse the run (another run holds it), or None. A server
+        without gad_trl's worker extension cannot hold a claim: a warning says so."""
+        client = getattr(self, "vllm_client", None)
+        if self.mode != "server" or client is None:
+            return None
+        from .server_claim import ServerClaim
+
+        try:
+            extension = (client.get_server_info().get("parallel_config") or {}).get("worker_extension_cls") or ""
+        except (requests.exceptions.RequestException, ConnectionError) as exc:
+            raise self._server_died("reading its configuration", exc) from redacted_exception(exc)
+        except RuntimeError:  # TRL: no dev-mode endpoints
+            extension = ""
+        if extension != WORKER_EXTENSION:
+            logger.warning(
+                "The vLLM server at %s runs without gad_trl's worker extension, so this run cannot claim it: another "
+                "run sharing it would go unnoticed (both would train on each other's samples). Start it with "
+                "`gad-trl vllm-serve --weight-sync reload`, or add `--worker-extension-cls %s`, to have a second run "
+                "refused.", redact_string(self._base_url()), WORKER_EXTENSION,
+            )
+            return None
+        self._claim = ServerClaim(client.session, self._base_url(), holder,
+                                  timeout=min(self.request_timeout or 30.0, 30.0))
+        try:
+            problem = self._claim.acquire(redact_string(self._base_url()))
+        except (requests.exceptions.RequestException, ConnectionError) as exc:
+            self._claim = None
+            raise self._server_died("claiming it for this run", exc) from redacted_exception(exc)
+        if problem is not None:
+            self._claim = None
+        return problem
+
+    def release_server(self) -> None:
+        if self._claim is not None:
+            self._claim.release()
+            self.claim_requests += self._claim.requests
+            self._claim = None
+
+    def _check_claim(self) -> None:
+        if self._claim is not None and self._claim.lost is not None:
+            raise ServerInUseError(self._claim.lost)
 
     def _server_died(self, action: str, exc: BaseException) -> VLLMServerError:
         return VLLMServerError(
@@ -180,6 +237,7 @@ class _ServerErrorsMixin:
         )
 
     def generate(self, *args, **kwargs):
+        self._check_claim()
         try:
             return super().generate(*args, **kwargs)
         except VLLMServerError:
@@ -187,7 +245,7 @@ class _ServerErrorsMixin:
         except (requests.exceptions.RequestException, ConnectionError) as exc:
             if self.mode != "server":
                 raise
-            raise self._server_died("generating completions", exc) from exc
+            raise self._server_died("generating completions", exc) from redacted_exception(exc)
 
 
 class NCCLVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
@@ -204,6 +262,7 @@ class NCCLVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
         self.accelerator.wait_for_everyone()
 
     def sync_weights(self):
+        self._check_claim()
         try:
             return super().sync_weights()
         except VLLMServerError:
@@ -211,7 +270,7 @@ class NCCLVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
         except (requests.exceptions.RequestException, ConnectionError) as exc:
             if self.mode != "server":
                 raise
-            raise self._server_died("synchronising weights", exc) from exc
+            raise self._server_died("synchronising weights", exc) from redacted_exception(exc)
 
 
 class ReloadVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
@@ -249,12 +308,12 @@ class ReloadVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
         try:
             info = self.vllm_client.get_server_info()
         except (requests.exceptions.RequestException, ConnectionError) as exc:
-            raise self._server_died("reading its configuration", exc) from exc
+            raise self._server_died("reading its configuration", exc) from redacted_exception(exc)
         except RuntimeError as exc:  # TRL: the dev-mode endpoints are missing
             raise VLLMServerError(
                 f"The vLLM server at {self._base_url()} runs without VLLM_SERVER_DEV_MODE=1, so it has no "
                 f"/collective_rpc endpoint to reload weights. Restart it with:\n\n    {self._start_command()}\n"
-            ) from exc
+            ) from redacted_exception(exc)
         extension = (info.get("parallel_config") or {}).get("worker_extension_cls") or ""
         if extension == WORKER_EXTENSION:
             return "gad_reload_weights"
@@ -306,6 +365,7 @@ class ReloadVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
             return self._reload_colocated()
         if self.mode != "server":
             return super().sync_weights()
+        self._check_claim()
         start = time.perf_counter()
         self._save_weights()
         if self.accelerator.is_main_process:
@@ -314,7 +374,7 @@ class ReloadVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
             try:
                 response = self.vllm_client.session.post(url, json=payload)
             except requests.exceptions.RequestException as exc:
-                raise self._server_died("reloading the student weights", exc) from exc
+                raise self._server_died("reloading the student weights", exc) from redacted_exception(exc)
             if response.status_code != 200:
                 raise VLLMServerError(
                     f"The vLLM server at {self._base_url()} failed to reload the weights from {self.weight_sync_dir} "
@@ -324,7 +384,7 @@ class ReloadVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
             try:
                 self.vllm_client.reset_prefix_cache()
             except (requests.exceptions.RequestException, ConnectionError) as exc:
-                raise self._server_died("resetting its prefix cache", exc) from exc
+                raise self._server_died("resetting its prefix cache", exc) from redacted_exception(exc)
             self.num_weight_syncs += 1
             logger.debug("reload weight sync #%d took %.2f s", self.num_weight_syncs, time.perf_counter() - start)
         self.accelerator.wait_for_everyone()

@@ -51,13 +51,23 @@ class VLLMServer:
 
     # lifecycle
     def start(self, timeout: float = DEFAULT_START_TIMEOUT) -> VLLMServer:
-        import requests
+        """`launch()`, then `wait_healthy(timeout)`."""
+        self.launch()
+        return self.wait_healthy(timeout)
 
+    def launch(self) -> VLLMServer:
+        """Start the server process (its own session and process group); `proc` is set on return."""
         env = server_env()
         self._log_file = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             self.command, stdout=self._log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
+        return self
+
+    def wait_healthy(self, timeout: float = DEFAULT_START_TIMEOUT) -> VLLMServer:
+        """Wait until `GET /health` answers 200; the server's log tail in the error when it exits or times out."""
+        import requests
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

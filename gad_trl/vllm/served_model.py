@@ -25,6 +25,8 @@ import logging
 import os
 import re
 
+from ..redact import redact_string
+
 logger = logging.getLogger(__name__)
 
 # Config fields that fix the shapes of the weights a weight sync sends (checked on the text config).
@@ -139,9 +141,10 @@ def check_served_model(session, base_url: str, student, student_name: str, token
     error message: what the server serves, what the student is, how they differ and how to start the right server.
     Network errors of `GET /v1/models` propagate (the caller reports a dead server)."""
     info = served_model_info(session, base_url, timeout)
+    shown = redact_string(base_url)  # the URL as messages show it: no password or token
     served = info["root"]
     if served is None:
-        logger.warning("The vLLM server at %s lists no model in /v1/models: the served model is not checked.", base_url)
+        logger.warning("The vLLM server at %s lists no model in /v1/models: the served model is not checked.", shown)
         return None
     if same_model_source(served, student_name):
         return None
@@ -157,13 +160,13 @@ def check_served_model(session, base_url: str, student, student_name: str, token
         differences = architecture_differences(architecture(served_config), architecture(student_config))
         if differences:
             return (
-                f"The vLLM server at {base_url} serves {served_desc}, another model than the student "
+                f"The vLLM server at {shown} serves {served_desc}, another model than the student "
                 f"{student_name!r}: {'; '.join(differences)}. The student's weights can't be loaded into it (the "
                 f"first weight sync would fail and could leave the server unusable). {fix}"
             )
         logger.warning(
             "The vLLM server at %s serves %s and the student is %r: the same architecture, so the first weight sync "
-            "(before the first generation) replaces the served weights by the student's.", base_url, served_desc,
+            "(before the first generation) replaces the served weights by the student's.", shown, served_desc,
             student_name,
         )
         return None
@@ -173,7 +176,7 @@ def check_served_model(session, base_url: str, student, student_name: str, token
         student_ids = list(tok.encode(TOKENIZER_PROBE, add_special_tokens=False))
         if served_ids is not None and served_ids != student_ids:
             return (
-                f"The vLLM server at {base_url} serves {served_desc}, another model than the student "
+                f"The vLLM server at {shown} serves {served_desc}, another model than the student "
                 f"{student_name!r}: their tokenizers differ (the probe text {TOKENIZER_PROBE!r} is tokens "
                 f"{served_ids[:12]}... on the server, {student_ids[:12]}... for the student). {fix}"
             )
@@ -183,6 +186,6 @@ def check_served_model(session, base_url: str, student, student_name: str, token
     logger.warning(
         "The vLLM server at %s serves %s and the student is %r; its config can't be read on this machine to compare "
         "architectures (%s). If it is another model, the first weight sync will fail: start the server with the "
-        "student's model (%s).", base_url, served_desc, student_name, checked, start_command,
+        "student's model (%s).", shown, served_desc, student_name, checked, start_command,
     )
     return None

@@ -1,7 +1,8 @@
 """vLLM worker extension loaded by `gad-trl vllm-serve --weight-sync reload` (`--worker-extension-cls`).
 
-It adds one RPC, `gad_reload_weights(weights_path)`, reachable through the dev-mode endpoint
-`POST /collective_rpc {"method": "gad_reload_weights", "kwargs": {"weights_path": ...}}`.
+It adds two RPCs, reachable through the dev-mode endpoint `POST /collective_rpc {"method": ..., "kwargs": {...}}`:
+`gad_reload_weights(weights_path)` (below) and `gad_claim(run_id, holder, ttl, release)`, the claim a training run
+holds on the server so that a second run is refused (`gad_trl.vllm.server_claim`).
 
 Why not call vLLM's own `reload_weights` directly: in vLLM 0.31 its layer-wise reload does not re-process a layer
 whose parameter is *tied* to another one (observed on the CPU backend; on GPU an unquantized lm_head has no
@@ -19,6 +20,7 @@ This module must stay importable without importing vLLM at module level: the wor
 from __future__ import annotations
 
 import logging
+import time
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,21 @@ class GADWorkerExtension:
     def gad_reload_weights(self, weights_path: str) -> dict:
         refreshed = reload_weights_in_place(self, weights_path=weights_path)
         return {"weights_path": weights_path, "refreshed_tied_layers": refreshed}
+
+    def gad_claim(self, run_id: str, holder: str, ttl: float, release: bool = False) -> dict:
+        """Claim this server for the run `run_id` (described by `holder`) for `ttl` seconds, renewed by each call;
+        refused while another run's claim is younger than its ttl. `release`: drop the run's own claim. The ages are
+        measured here, on the server's clock."""
+        now = time.monotonic()
+        claim = getattr(self, "_gad_claim", None)
+        if claim is not None and claim["run_id"] != run_id and now - claim["at"] < claim["ttl"]:
+            return {"granted": False, "holder": claim["holder"], "age": now - claim["at"], "ttl": claim["ttl"]}
+        if release:
+            if claim is not None and claim["run_id"] == run_id:
+                self._gad_claim = None
+        else:
+            self._gad_claim = {"run_id": run_id, "holder": holder, "ttl": float(ttl), "at": now}
+        return {"granted": True}
 
 
 def reload_weights_in_place(worker, **reload_kwargs) -> list[str]:

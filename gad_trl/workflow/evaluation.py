@@ -158,6 +158,10 @@ class EvaluationArguments:
     )
 
     def __post_init__(self):
+        from ..redact import check_api_key_env
+
+        check_api_key_env(self.student_api_key_env, "--student_api_key_env")
+        check_api_key_env(self.judge_api_key_env, "--judge_api_key_env")
         if self.mode not in MODES:
             raise ValueError(f"--mode {self.mode!r}: choose one of {MODES}.")
         if not self.request_timeout > 0:

@@ -69,6 +69,9 @@ def make_client(base_url: str, api_key_env: str | None = "OPENAI_API_KEY", timeo
             "The `openai` client is needed to talk to OpenAI-compatible endpoints: pip install 'gad_trl[workflow]'."
         ) from err
 
+    from ..redact import check_api_key_env
+
+    check_api_key_env(api_key_env, "api_key_env")  # a key given as the name: refused, never logged
     api_key = os.environ.get(api_key_env) if api_key_env else None
     if not api_key:
         logger.info("No API key in $%s: sending none (fine for a local vLLM/TGI server).", api_key_env)

@@ -26,6 +26,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .tool_calling import DEFAULT_MAX_TOOL_RESULT_CHARS, DEFAULT_TOOL_TIMEOUT
+
 logger = logging.getLogger(__name__)
 
 OUTPUT_FORMATS = (".jsonl", ".parquet")
@@ -69,9 +71,15 @@ class TeacherGenerationArguments:
                   "the row (listed in the errors file; no trajectory without a final answer is written)."},
     )
     tool_timeout: float = field(
-        default=30.0,
+        default=DEFAULT_TOOL_TIMEOUT,
         metadata={"help": "With --tools: seconds to wait for one tool call; past it the model gets an error result "
                   "and carries on. The call's thread cannot be killed and keeps running in the background."},
+    )
+    max_tool_result_chars: int = field(
+        default=DEFAULT_MAX_TOOL_RESULT_CHARS,
+        metadata={"help": "With --tools: longest tool result (characters) sent back to the teacher; a longer one is "
+                  "cut, with a note giving its full length (a huge result would otherwise go out in every request "
+                  "that follows)."},
     )
     base_url: str = field(
         default="http://127.0.0.1:8000/v1",
@@ -172,6 +180,11 @@ class TeacherGenerationArguments:
         if self.keep_answers is not None and not 1 <= self.keep_answers <= self.num_answers:
             raise ValueError(f"--keep_answers must be between 1 and --num_answers ({self.num_answers}), got "
                              f"{self.keep_answers}.")
+        from ..redact import check_api_key_env
+
+        check_api_key_env(self.api_key_env, "--api_key_env")
+        if self.max_tool_result_chars < 1:
+            raise ValueError(f"--max_tool_result_chars must be >= 1, got {self.max_tool_result_chars}.")
         if self.tools is not None:
             from .tool_calling import parse_tool_specs
 
@@ -511,7 +524,8 @@ def generate_teacher(args: TeacherGenerationArguments, dataset=None, client=None
             for j in missing:  # one request chain per trajectory
                 try:
                     result = record_trajectory(client, model, messages[key], tools, schemas, args.max_tool_calls,
-                                               args.tool_timeout, seed=seed_for(j), **params)
+                                               args.tool_timeout, seed=seed_for(j),
+                                               max_tool_result_chars=args.max_tool_result_chars, **params)
                     normalize_trajectory(result.messages, key, column, where(j))
                 except Exception as err:  # noqa: BLE001 - listed against the row
                     errors[j] = err

@@ -19,7 +19,13 @@ prompt with `ToolCallLimitError` (its row is listed as failed: no trajectory wit
 
 The timeout stops *waiting*: each call runs in a daemon worker thread, and a Python thread cannot be killed, so a
 tool that hangs keeps its thread (and whatever it holds) until it returns or the process exits. Tools that can hang
-for good should have their own timeouts (or run their work in a subprocess).
+for good should have their own timeouts (or run their work in a subprocess). A result longer than
+`max_tool_result_chars` characters is cut to that length, with a note saying so (`cap_tool_result`): a tool that
+returns megabytes would otherwise be sent back in every following request.
+
+Training applies the same two limits (`GADConfig.tool_timeout`, `GADConfig.max_tool_result_chars`) to the student's
+tools: `ToolLimits.wrap` wraps each callable TRL's tool loop calls, so a call past the timeout raises and TRL hands
+the model its `{"error": ...}` result (counted in `tools/failure_frequency`, and in `tools/timeouts`).
 
 The trajectory (`TrajectoryResult.messages`: the messages after the prompt, ending with the final assistant answer)
 is in the shape `gad_trl.data.normalize_trajectory` accepts, i.e. what the trainer reads as a teacher trajectory.
@@ -27,12 +33,18 @@ is in the shape `gad_trl.data.normalize_trajectory` accepts, i.e. what the train
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+import logging
 import threading
 from dataclasses import dataclass
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_MAX_TOOL_CALLS = 8
-DEFAULT_TOOL_TIMEOUT = 30.0
+DEFAULT_TOOL_TIMEOUT = 30.0  # seconds; `generate-teacher --tool_timeout` and `GADConfig.tool_timeout`
+DEFAULT_MAX_TOOL_RESULT_CHARS = 20_000  # ~5k tokens; `--max_tool_result_chars`, `GADConfig.max_tool_result_chars`
 
 
 class ToolSpecError(ValueError):
@@ -136,7 +148,74 @@ def call_with_timeout(fn, kwargs: dict, timeout: float | None):
     return box.get("result")
 
 
-def run_tool_call(call: dict, tools: dict, timeout: float | None) -> str:
+def cap_tool_result(text: str, max_chars: int | None) -> str:
+    """`text`, or its first `max_chars` characters and a note giving the full length and the setting."""
+    if max_chars is None or len(text) <= max_chars:
+        return text
+    return f"{text[:max_chars]}\n[... cut: the tool returned {len(text)} characters, max_tool_result_chars={max_chars}]"
+
+
+class ToolLimits:
+    """The time limit and the result cap on the student's tool calls during training. `wrap(fn)` is `fn` (sync or
+    async, same name, signature and docstring) bounded by them; `timeouts` and `cut_results` count what they
+    stopped."""
+
+    def __init__(self, timeout: float | None = DEFAULT_TOOL_TIMEOUT,
+                 max_result_chars: int | None = DEFAULT_MAX_TOOL_RESULT_CHARS):
+        self.timeout = timeout
+        self.max_result_chars = max_result_chars
+        self.timeouts = 0
+        self.cut_results = 0
+        self._warned: set[str] = set()
+
+    def _timed_out(self, name: str, err: BaseException) -> ToolTimeoutError:
+        self.timeouts += 1
+        if name not in self._warned:  # once per tool: every timeout is counted in tools/timeouts
+            self._warned.add(name)
+            logger.warning(f"Tool {name} gave no result within tool_timeout={self.timeout:g} s: the model gets an "
+                           "error result and the rollout carries on (the call's thread keeps running in the "
+                           "background). Raise tool_timeout if the tool needs longer, or give the tool its own timeout. "
+                           "Further timeouts are counted in tools/timeouts, not logged.")
+        return ToolTimeoutError(f"Tool {name} timed out: {err}.")
+
+    def _capped(self, result):
+        if isinstance(result, list):  # multimodal content blocks: passed through, as TRL does
+            return result
+        text = str(result)  # what TRL puts in the tool message
+        capped = cap_tool_result(text, self.max_result_chars)
+        self.cut_results += capped is not text
+        return capped
+
+    def wrap(self, fn):
+        if getattr(fn, "_gad_tool_limits", None) is self:
+            return fn
+        name = getattr(fn, "__name__", "tool")
+        if inspect.iscoroutinefunction(fn):
+            import asyncio
+
+            @functools.wraps(fn)
+            async def bounded(**kwargs):
+                try:
+                    result = await asyncio.wait_for(fn(**kwargs), self.timeout)
+                except asyncio.TimeoutError as err:
+                    raise self._timed_out(name, f"no result after {self.timeout:g} s (tool_timeout)") from err
+                return self._capped(result)
+        else:
+
+            @functools.wraps(fn)
+            def bounded(**kwargs):
+                try:
+                    result = call_with_timeout(fn, kwargs, self.timeout)
+                except ToolTimeoutError as err:
+                    raise self._timed_out(name, err) from None
+                return self._capped(result)
+
+        bounded._gad_tool_limits = self
+        return bounded
+
+
+def run_tool_call(call: dict, tools: dict, timeout: float | None,
+                  max_result_chars: int | None = DEFAULT_MAX_TOOL_RESULT_CHARS) -> str:
     """The `content` of the tool message answering `call`: `str(result)`, or `str({"error": ...})` (TRL's shape)
     when the call cannot be run, raises or times out."""
     name = call["function"]["name"]
@@ -150,7 +229,7 @@ def run_tool_call(call: dict, tools: dict, timeout: float | None) -> str:
             raise ValueError(f"the arguments of {name} are not valid JSON ({err}): {arguments!r}") from None
         if not isinstance(kwargs, dict):
             raise ValueError(f"the arguments of {name} must be a JSON object, got {type(kwargs).__name__}")
-        return str(call_with_timeout(tools[name], kwargs, timeout))
+        return cap_tool_result(str(call_with_timeout(tools[name], kwargs, timeout)), max_result_chars)
     except ToolTimeoutError as err:
         return str({"error": f"Tool {name} timed out: {err}."})
     except Exception as err:  # noqa: BLE001 - the model sees the error and carries on, as in TRL
@@ -159,7 +238,8 @@ def run_tool_call(call: dict, tools: dict, timeout: float | None) -> str:
 
 def record_trajectory(client, model: str, messages: list[dict], tools: dict, schemas: list[dict],
                       max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS, tool_timeout: float | None = DEFAULT_TOOL_TIMEOUT,
-                      max_retries: int | None = None, **params) -> TrajectoryResult:
+                      max_retries: int | None = None,
+                      max_tool_result_chars: int | None = DEFAULT_MAX_TOOL_RESULT_CHARS, **params) -> TrajectoryResult:
     """The teacher's trajectory for the prompt `messages` (see the module docstring); `params` as `chat`'s."""
     from .openai_chat import chat_turn
 
@@ -183,7 +263,7 @@ def record_trajectory(client, model: str, messages: list[dict], tools: dict, sch
         results = []
         for call in turn.tool_calls:
             results.append({"role": "tool", "tool_call_id": call["id"], "name": call["function"]["name"],
-                            "content": run_tool_call(call, tools, tool_timeout)})
+                            "content": run_tool_call(call, tools, tool_timeout, max_tool_result_chars)})
             calls_run += 1
         trajectory.extend([assistant, *results])
         conversation.extend([assistant, *results])
