@@ -5,8 +5,7 @@
 #   bash benchmarks/gpu_real_lm.sh prepare     # here: wheels into .whl/, the GGUF split into .gguf_parts/{a,b}
 #   # device call 1 (carry .gguf_parts/a): bash benchmarks/gpu_real_lm.sh stash
 #   # device call 2, at once (carry .whl .gguf_parts/b):
-#   #   PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True bash benchmarks/gpu_real_lm.sh run --parallel 8 \
-#   #     --seeds 1,2 --lever-seeds "" --deadline-s 420 2>&1 | tee $OUT/run.log
+#   #   bash benchmarks/gpu_real_lm.sh run --seeds 1,2 --lever-seeds "" --deadline-s 420 2>&1 | tee $OUT/run.log
 #   # then here: python -m benchmarks.real_lm report --from-dir <results.tgz unpacked> --seeds 1,2 --lever-seeds "" \
 #   #   --merge benchmarks/results/real_lm.json --device cuda --parallel 8   (seed 0 from the earlier run)
 #
@@ -37,6 +36,8 @@ run)
   cat /tmp/gguf_parts/part00 "$PARTS/b/part01" > /tmp/smollm2.gguf
   echo "$(cat "$PARTS/b/sha256")  /tmp/smollm2.gguf" | sha256sum -c -
   export GAD_TRL_SMOLLM2_GGUF=/tmp/smollm2.gguf
+  # A GAD process holds 13-16 GiB (fp32 logits over a 49k vocabulary): 8 at a time fit an H200, 16 did not.
+  export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
   set +e
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
   mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
@@ -47,7 +48,7 @@ run)
     echo "CUDA MPS not available: processes time-slice the GPU"
   fi
   shift
-  python3 -m benchmarks.real_lm run --device cuda --workdir /tmp/rl --out "${OUT:-/tmp}/real_lm.md" "$@"
+  python3 -m benchmarks.real_lm run --device cuda --parallel 8 --workdir /tmp/rl --out "${OUT:-/tmp}/real_lm.md" "$@"
   rc=$?
   nvidia-smi --query-gpu=memory.used,memory.total --format=csv
   # At most 8 files come back from a device call: the report, its JSON, the run log and one archive of the rest.
