@@ -138,6 +138,7 @@ def settings_from_args(
         use_bnb_nested_quant=model_args.use_bnb_nested_quant,
         lora_dropout=model_args.lora_dropout,
         discriminator_lora_dropout=training_args.discriminator_lora_dropout,
+        optim=getattr(training_args.optim, "value", str(training_args.optim)),  # OptimizerNames is an enum
     )
 
 
