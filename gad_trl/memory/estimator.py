@@ -595,6 +595,7 @@ def estimate(student: ModelShape, discriminator: ModelShape, settings: RunSettin
         # A full model's largest tensor is its embedding (or LM head); LoRA tensors are small enough to leave out.
         return 0 if peft else part.optimizer * shape.vocab_size * shape.hidden_size // (2 * params)
 
+    stepping = resident - sum(v for k, v in extras.items() if "gathered" in k)
     student_reduce = reduce_buffers(student) if mode in SHARDED_MODES else 0
     disc_reduce = reduce_buffers(discriminator) if mode == "sharded" else 0
     phases = {
@@ -608,10 +609,11 @@ def estimate(student: ModelShape, discriminator: ModelShape, settings: RunSettin
             s.gradient_accumulation_steps > 1,
         ),
         "reference forward": resident + ref.activations,
-        # The optimizer steps: gradients still alive, plus the kernel's temporaries (`adamw_step_bytes`).
-        "discriminator optimizer step": resident + dp.gradients + adamw_step_bytes(
+        # The optimizer steps: gradients still alive, plus the kernel's temporaries (`adamw_step_bytes`); sharded
+        # weights are resharded by then (no gathered copies).
+        "discriminator optimizer step": stepping + dp.gradients + adamw_step_bytes(
             dp, "adamw_torch", s.device, largest_moment(discriminator, dp, Pd)),
-        "student optimizer step": resident + st.gradients + adamw_step_bytes(
+        "student optimizer step": stepping + st.gradients + adamw_step_bytes(
             st, s.optim, s.device, largest_moment(student, st, P)),
     }
     kv = 0
