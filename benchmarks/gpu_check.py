@@ -65,7 +65,8 @@ CASES = [
     Case("qwen2.5-7b-shared-bf16", "Qwen/Qwen2.5-7B-Instruct", "Qwen2.5-7B-Instruct/gad/config_lmsys_qlora.yaml",
          ("--per_device_train_batch_size", "8", "--load_in_4bit", "false"), 120, 20.67),
     Case("qwen2.5-1.5b-replicated", "Qwen/Qwen2.5-1.5B-Instruct", "Qwen2.5-1.5B-Instruct/gad/config_lmsys_lora.yaml",
-         ("--per_device_train_batch_size", "16", "--use_peft", "false", "--discriminator_use_peft", "false"), 100, 25.96),
+         ("--per_device_train_batch_size", "16", "--use_peft", "false", "--discriminator_use_peft", "false"),
+         100, 25.96),
     Case("qwen2.5-1.5b-lora", "Qwen/Qwen2.5-1.5B-Instruct", "Qwen2.5-1.5B-Instruct/gad/config_lmsys_lora.yaml",
          ("--per_device_train_batch_size", "16"), 80),
 ]
