@@ -84,9 +84,11 @@ TIMERS = {
 
 
 # ---------------------------------------------------------------------------------------------------------- setup
-def save_shaped_model(path: Path, shape: str, tokenizer, device: str) -> str:
-    """A random-weight Qwen2 causal LM of a real shape (`KNOWN_ARCHITECTURES[shape]`), built in bf16 on `device`
-    (fast initialisation on a GPU) and saved with `tokenizer`, as `gad_trl.testing.save_tiny_model` saves a tiny one."""
+def save_shaped_model(path: Path, shape: str, tokenizer, device: str, **overrides) -> str:
+    """A random-weight Qwen2 causal LM of a real shape (`KNOWN_ARCHITECTURES[shape]`, `overrides` on top: the tests
+    keep one layer), built in bf16 on `device` (fast initialisation on a GPU) and saved with `tokenizer`, as
+    `gad_trl.testing.save_tiny_model` saves a tiny one. The tokenizer's vocabulary is smaller than the model's: ids
+    beyond it, which a random model samples, decode to nothing."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig, Qwen2Config
 
@@ -94,7 +96,7 @@ def save_shaped_model(path: Path, shape: str, tokenizer, device: str) -> str:
 
     if shape not in KNOWN_ARCHITECTURES:
         raise SystemExit(f"Unknown shape {shape!r}; choose from {', '.join(sorted(KNOWN_ARCHITECTURES))}.")
-    config = Qwen2Config(**KNOWN_ARCHITECTURES[shape], bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+    config = Qwen2Config(**{**KNOWN_ARCHITECTURES[shape], **overrides}, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, dtype="bfloat16")
     torch.manual_seed(0)
     with torch.device(device):

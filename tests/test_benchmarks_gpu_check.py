@@ -55,3 +55,19 @@ def test_failed_case_is_reported_with_its_error():
     row = summarize(CASES[0], {"status": "failed", "detail": "ImportError: bitsandbytes"})
     assert row == {"case": CASES[0].name, "shape": CASES[0].shape, "recipe": CASES[0].recipe,
                    "flags": list(CASES[0].flags), "status": "failed", "detail": "ImportError: bitsandbytes"}
+
+
+def test_real_shape_model_has_the_real_vocabulary_and_the_tiny_tokenizer(tmp_path):
+    """The GPU path's model builder on CPU, one layer of Qwen2.5-0.5B: its real widths and 151,936-token vocabulary,
+    the offline tokenizer's end-of-turn and pad ids, loadable by transformers."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from benchmarks.gpu_check import save_shaped_model
+    from gad_trl.testing import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    path = save_shaped_model(tmp_path / "m", "Qwen/Qwen2.5-0.5B-Instruct", tok, "cpu", num_hidden_layers=1)
+    config = AutoConfig.from_pretrained(path)
+    assert (config.vocab_size, config.hidden_size, config.intermediate_size) == (151936, 896, 4864)
+    assert config.eos_token_id == tok.eos_token_id and config.pad_token_id == tok.pad_token_id
+    assert len(AutoTokenizer.from_pretrained(path)) == len(tok)
