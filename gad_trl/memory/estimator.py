@@ -57,8 +57,8 @@ ASSUMPTIONS = [
     "load dtype.",
     "LoRA / QLoRA: adapters and the discriminator's value head trained in float32 (16 B/param with AdamW), except a "
     "4-bit student's adapter, which TRL's GRPOTrainer casts to bfloat16 (weights, gradients and AdamW moments: 8 "
-    "B/param; the discriminator's adapter stays float32); frozen base in the load dtype, or nf4 (0.5 B/param + one float32 absmax per 64 weights; nested quantisation: "
-    "~0.516 B/param) for every Linear but the LM head / value head, the rest in the load dtype (bitsandbytes "
+    "B/param; the discriminator's adapter stays float32); frozen base in the load dtype, or nf4 (0.5 B/param + one "
+    "float32 absmax per 64 weights; nested quantisation: ~0.516 B/param) for every Linear but the LM head / value head, the rest in the load dtype (bitsandbytes "
     "dequantises one weight at a time for its matmul: no dequantised copy of the model is held). LoRA targets: "
     "`lora_target_modules` (student) and `discriminator_lora_target_modules` (discriminator, with its own "
     "`discriminator_lora_r` / `_alpha` / `_dropout`) or PEFT's default for the architecture. Adapters are replicated "
@@ -74,7 +74,8 @@ ASSUMPTIONS = [
     "default `adamw_torch_fused` steps in place; `adamw_torch` is the foreach kernel), the discriminator's plain "
     "`torch.optim.AdamW` (foreach on CUDA). Each optimizer step is a phase of its own: gradients alive plus, for the "
     "foreach kernel, sqrt(second moment) of every parameter at once (one more moment-sized tensor; on CPU the "
-    "per-tensor loop holds two of the largest tensor). 8-bit or paged optimizers need less. 'Fits' compares the peak with 90% of the GPU's memory, 1 GB = 10^9 bytes.",
+    "per-tensor loop holds two of the largest tensor). 8-bit or paged optimizers need less. 'Fits' compares the "
+    "peak with 90% of the GPU's memory, 1 GB = 10^9 bytes.",
     "Not counted: the CUDA context and kernels (~0.5-1 GiB per GPU), allocator fragmentation, NCCL buffers, "
     "dataloader tensors. Keep 10-15% headroom.",
 ]
