@@ -8,11 +8,16 @@ For each mode it builds the real objects the mode puts on a GPU (student, refere
 
 - weights / gradients / optimizer states: the exact bytes of their tensor storages (Params4bit packed data and quant
   state included) against the estimate;
-- each phase (student update, discriminator update, reference forward): the peak of the bytes allocated by torch's
+- each phase (student update, discriminator update, reference forward, each optimizer step with its gradients
+  alive): the peak of the bytes allocated by torch's
   CPU allocator while it runs (torch.profiler with profile_memory=True: every allocation and free, summed in time
   order), plus the resident bytes measured above, against the estimate of that phase. The student update runs TRL's
   fused-LM-head forward (`add_fused_lm_head`, as GRPOTrainer does) and backward; the discriminator update runs the
-  trainer's scoring function on one mini-batch with gradients; the reference a forward without gradients.
+  trainer's scoring function on one mini-batch with gradients; the reference a forward without gradients. The
+  optimizers are the trainer's: fused AdamW for the student (transformers' default), a plain torch AdamW for the
+  discriminator; a 4-bit student's adapter is cast to bf16, as TRL's GRPOTrainer does.
+
+The JSON keeps one estimate / measured ratio of the step's peak per mode (`ratio_per_mode`, target 0.90-1.10).
 
 The `sharded` mode runs in two spawned CPU processes (gloo): the discriminator sharded by the library's own
 `shard_discriminator` (FSDP2 `fully_shard` per decoder layer + root, as the trainer does), student and reference by
