@@ -15,7 +15,8 @@ For each mode it builds the real objects the mode puts on a GPU (student, refere
   fused-LM-head forward (`add_fused_lm_head`, as GRPOTrainer does) and backward; the discriminator update runs the
   trainer's scoring function on one mini-batch with gradients; the reference a forward without gradients. The
   optimizers are the trainer's: fused AdamW for the student (transformers' default), a plain torch AdamW for the
-  discriminator (`sharded`: plain AdamW for both); a 4-bit student's adapter is cast to bf16, as TRL's GRPOTrainer does.
+  discriminator (`sharded`: plain AdamW for both); a 4-bit student's adapter is cast to bf16, as TRL's
+  GRPOTrainer does.
 
 The JSON keeps one estimate / measured ratio of the step's peak per mode (`ratio_per_mode`, target 0.90-1.10).
 
