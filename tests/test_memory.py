@@ -92,7 +92,7 @@ def test_lora_and_qlora_relations(qwen7b):
     assert lora.peak < 0.5 * full.peak
     # QLoRA: 0.5 B/param + one float32 absmax per 64 weights for the quantized Linears, the rest in bf16.
     P, Q, A = qwen7b.causal_lm_params, qwen7b.causal_lm_quantized_params, qwen7b.lora_params
-    quantized_bytes = qlora.student.weights - 2 * (P - Q) - 4 * A
+    quantized_bytes = qlora.student.weights - 2 * (P - Q) - 2 * A  # the adapter: bf16 (TRL casts it), below
     assert quantized_bytes / Q == pytest.approx(0.5 + 4 / 64, rel=1e-6)
     assert nf4_bytes_per_param(nested=True) < nf4_bytes_per_param(nested=False)
     # Shared base: the discriminator owns only its adapter and head; one base copy less than lora.
@@ -134,3 +134,48 @@ def test_without_peft_lora_modes_are_not_applicable(tiny_model_dir, monkeypatch)
     assert result["lora"] == "needs peft" and result["replicated"].peak > 0
     with pytest.raises(MemoryEstimateError, match=r"pip install 'gad_trl\[peft\]'"):
         estimate(shape, shape, _settings(), "qlora")
+
+
+def test_qlora_counts_a_bf16_student_adapter_and_no_dequantised_copy(qwen7b):
+    """TRL's GRPOTrainer casts a 4-bit student's adapter to bf16 (its weights, gradients and AdamW moments: 2 + 2 + 4
+    B/param); the discriminator's adapter stays float32. bitsandbytes dequantises one weight per matmul, so the
+    weights are the packed base + the rest in bf16 + the adapter, nothing more (the 7B shared_base_qlora estimate
+    was 17% over a measured H200 peak while it counted the adapter in float32)."""
+    s = _settings(student_dtype="bfloat16", discriminator_dtype="bfloat16")
+    P, Q, A, H = qwen7b.causal_lm_params, qwen7b.causal_lm_quantized_params, qwen7b.lora_params, qwen7b.value_head_params
+    for mode in ("qlora", "shared_base_qlora"):
+        est = estimate(qwen7b, qwen7b, s, mode)
+        assert est.student.weights == int(Q * nf4_bytes_per_param(False) + 2 * (P - Q)) + 2 * A
+        assert (est.student.gradients, est.student.optimizer) == (2 * A, 4 * A)
+        assert est.discriminator.gradients == 4 * (A + H) and est.discriminator.optimizer == 8 * (A + H)
+    lora = estimate(qwen7b, qwen7b, s, "shared_base")  # a bf16 base: peft keeps the adapter float32
+    assert (lora.student.gradients, lora.student.optimizer) == (4 * A, 8 * A)
+
+
+def test_optimizer_steps_are_phases(qwen7b):
+    """The discriminator's plain torch AdamW runs the foreach kernel on CUDA: sqrt(exp_avg_sq) of every parameter at
+    once, next to the gradients; the student's default `adamw_torch_fused` updates in place."""
+    s = _settings(student_dtype="bfloat16", discriminator_dtype="bfloat16", use_vllm=False)
+    est = estimate(qwen7b, qwen7b, s, "replicated")
+    resident = est.student.resident + est.reference.resident + est.discriminator.resident
+    d = est.discriminator
+    assert est.phases["discriminator optimizer step"] == resident + d.gradients + d.optimizer // 2
+    assert est.phases["student optimizer step"] == resident + est.student.gradients
+    foreach = estimate(qwen7b, qwen7b, _settings(student_dtype="bfloat16", discriminator_dtype="bfloat16",
+                                                 optim="adamw_torch"), "replicated")
+    assert foreach.phases["student optimizer step"] == resident + est.student.gradients + est.student.optimizer // 2
+    # On CPU the per-tensor loop holds two temporaries of the largest tensor (the embedding) only.
+    cpu = estimate(qwen7b, qwen7b, _settings(student_dtype="bfloat16", discriminator_dtype="bfloat16", device="cpu"),
+                   "replicated")
+    largest = 2 * qwen7b.vocab_size * qwen7b.hidden_size  # bf16 moment of the embedding
+    assert cpu.phases["discriminator optimizer step"] == resident + d.gradients + 2 * largest
+
+
+def test_teacher_cross_entropy_counts_full_vocabulary_logits(qwen7b):
+    """The sft_loss_coef term is a plain forward: bf16 logits, their float32 copy and the float32 log-softmax over the
+    whole vocabulary, for one teacher row per prompt of the micro-batch."""
+    with_sft = estimate(qwen7b, qwen7b, _settings(student_dtype="bfloat16", num_generations=4), "replicated")
+    without = estimate(qwen7b, qwen7b, _settings(student_dtype="bfloat16", num_generations=4, sft_loss_coef=0.0),
+                       "replicated")
+    logits = 1 * (2048 + 1536) * qwen7b.vocab_size * (2 + 4 + 4)  # ceil(4 / 4) = 1 teacher row
+    assert with_sft.student.activations - without.student.activations > logits

@@ -138,6 +138,7 @@ def settings_from_args(
         use_bnb_nested_quant=model_args.use_bnb_nested_quant,
         lora_dropout=model_args.lora_dropout,
         discriminator_lora_dropout=training_args.discriminator_lora_dropout,
+        optim=getattr(training_args.optim, "value", str(training_args.optim)),  # OptimizerNames is an enum
     )
 
 
@@ -219,23 +220,11 @@ def run(argv: list[str]) -> int:
         return 2
 
 
-def _run(args, script_args, training_args, model_args, bf16: bool | None = None, launch=None) -> int:
-    from ..memory.recipe import Launch, recipe_mode_of_args
-
-    launch = launch or Launch(None, None, "no launcher given")
-    unknown = [m for m in args.modes if m not in MODES]
-    if unknown:
-        raise MemoryEstimateError(f"Unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}.")
-    if not model_args.model_name_or_path:
-        raise MemoryEstimateError("--model_name_or_path is required (a local model directory or a Hub id).")
-    num_gpus = args.num_gpus if args.num_gpus is not None else launch.num_processes or 1
-    setups = parse_setups(args.setups) if args.setups else [(num_gpus, args.gpu_memory_gb)]
-    for n, _ in setups:
-        if n < 1:
-            raise MemoryEstimateError(f"num_gpus must be >= 1, got {n}.")
+def count_models(training_args, model_args):
+    """(student, discriminator) `ModelShape`s of a run's parsed arguments: the discriminator's adapter in every PEFT
+    mode is the one its own fields describe (`discriminator_lora_*`). Also used by `benchmarks/gpu_check.py`."""
     lora = dict(lora_r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_target_modules=model_args.lora_target_modules)
     student = count_model(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code, **lora)
-    # The discriminator's adapter in every PEFT mode is the one its own fields describe (discriminator_lora_*).
     disc_lora = dict(
         lora_r=training_args.discriminator_lora_r,
         lora_alpha=training_args.discriminator_lora_alpha,
@@ -250,6 +239,24 @@ def _run(args, script_args, training_args, model_args, bf16: bool | None = None,
         discriminator = count_model(
             model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code, **disc_lora
         )
+    return student, discriminator
+
+
+def _run(args, script_args, training_args, model_args, bf16: bool | None = None, launch=None) -> int:
+    from ..memory.recipe import Launch, recipe_mode_of_args
+
+    launch = launch or Launch(None, None, "no launcher given")
+    unknown = [m for m in args.modes if m not in MODES]
+    if unknown:
+        raise MemoryEstimateError(f"Unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}.")
+    if not model_args.model_name_or_path:
+        raise MemoryEstimateError("--model_name_or_path is required (a local model directory or a Hub id).")
+    num_gpus = args.num_gpus if args.num_gpus is not None else launch.num_processes or 1
+    setups = parse_setups(args.setups) if args.setups else [(num_gpus, args.gpu_memory_gb)]
+    for n, _ in setups:
+        if n < 1:
+            raise MemoryEstimateError(f"num_gpus must be >= 1, got {n}.")
+    student, discriminator = count_models(training_args, model_args)
     from ..memory.estimator import load_model_config
 
     student_config, _ = load_model_config(model_args.model_name_or_path, training_args.trust_remote_code)

@@ -55,9 +55,11 @@ ASSUMPTIONS = [
     "backward the unsharded bf16 gradient and two float32 reduce-scatter inputs of the largest unit (10 B/param) "
     "(DeepSpeed ZeRO-3 keeps bf16 weights + float32 master instead: the same 16 B/param). Reference sharded in the "
     "load dtype.",
-    "LoRA / QLoRA: adapters and the discriminator's value head trained in float32 (16 B/param with AdamW); frozen "
-    "base in the load dtype, or nf4 (0.5 B/param + one float32 absmax per 64 weights; nested quantisation: "
-    "~0.516 B/param) for every Linear but the LM head / value head, the rest in the load dtype. LoRA targets: "
+    "LoRA / QLoRA: adapters and the discriminator's value head trained in float32 (16 B/param with AdamW), except a "
+    "4-bit student's adapter, which TRL's GRPOTrainer casts to bfloat16 (weights, gradients and AdamW moments: 8 "
+    "B/param; the discriminator's adapter stays float32); frozen base in the load dtype, or nf4 (0.5 B/param + one "
+    "float32 absmax per 64 weights; nested quantisation: ~0.516 B/param) for every Linear but the LM head / value head, the rest in the load dtype (bitsandbytes "
+    "dequantises one weight at a time for its matmul: no dequantised copy of the model is held). LoRA targets: "
     "`lora_target_modules` (student) and `discriminator_lora_target_modules` (discriminator, with its own "
     "`discriminator_lora_r` / `_alpha` / `_dropout`) or PEFT's default for the architecture. Adapters are replicated "
     "on every GPU.",
@@ -68,8 +70,12 @@ ASSUMPTIONS = [
     "mini-batches accumulate; a single backward peaks at max(activations + head gradient, gradients + one layer).",
     "Generation with `use_vllm: true` runs on the vLLM server's own GPU(s): not counted. Without vLLM the student "
     "generates in place: its KV cache for the whole generation batch is counted (and, sharded, the gathered weights).",
-    "Optimizers are torch AdamW (`optim: adamw_torch`, two moments per trained parameter); 8-bit or paged optimizers "
-    "need less. 'Fits' compares the peak with 90% of the GPU's memory, 1 GB = 10^9 bytes.",
+    "Optimizers are torch AdamW, two moments per trained parameter in its dtype: the student's `optim` (transformers' "
+    "default `adamw_torch_fused` steps in place; `adamw_torch` is the foreach kernel), the discriminator's plain "
+    "`torch.optim.AdamW` (foreach on CUDA). Each optimizer step is a phase of its own: gradients alive plus, for the "
+    "foreach kernel, sqrt(second moment) of every parameter at once (one more moment-sized tensor; on CPU the "
+    "per-tensor loop holds two of the largest tensor). 8-bit or paged optimizers need less. 'Fits' compares the "
+    "peak with 90% of the GPU's memory, 1 GB = 10^9 bytes.",
     "Not counted: the CUDA context and kernels (~0.5-1 GiB per GPU), allocator fragmentation, NCCL buffers, "
     "dataloader tensors. Keep 10-15% headroom.",
 ]
@@ -298,6 +304,7 @@ class RunSettings:
     lora_dropout: float = 0.05  # TRL ModelConfig's default; > 0 keeps a dropout copy of each LoRA input
     discriminator_lora_dropout: float | None = None  # GADConfig.discriminator_lora_dropout; None: as lora_dropout
     device: str = "cuda"  # "cpu" changes TRL's fused LM head (it scores every position, not only completions)
+    optim: str = "adamw_torch_fused"  # the student's TrainingArguments.optim (transformers' default with torch >= 2.8)
     async_generation: bool = False  # GADConfig.async_generation: one generation batch held on the host (below)
 
     def __post_init__(self):
@@ -468,6 +475,18 @@ class ModeEstimate:
         return out
 
 
+def adamw_step_bytes(part: Part, optim: str, device: str, largest_moment: int) -> int:
+    """Temporaries of one AdamW step over `part`'s trained parameters. The fused kernel (`adamw_torch_fused`) updates
+    in place. The foreach kernel (a plain `torch.optim.AdamW` on CUDA, `optim: adamw_torch`) computes sqrt(exp_avg_sq)
+    of every parameter at once: one more moment-sized tensor. On CPU torch loops over the tensors, holding two
+    temporaries the size of one tensor's moment at a time (the largest: `largest_moment` bytes)."""
+    if optim.endswith("_fused") or part.optimizer == 0:
+        return 0
+    if device != "cuda":
+        return 2 * largest_moment
+    return part.optimizer // 2
+
+
 def nf4_bytes_per_param(nested: bool) -> float:
     # 4 bits per weight + the float32 absmax of each 64-weight block; nested: 8-bit absmax + a float32 per 256 blocks
     return 0.5 + (1 / 64 + 4 / (64 * 256) if nested else 4 / 64)
@@ -515,7 +534,11 @@ def estimate(student: ModelShape, discriminator: ModelShape, settings: RunSettin
     elif peft:
         A = student.lora_params
         base = frozen_base(student, P, student.causal_lm_quantized_params, b_s)
-        st = Part(base + 4 * A, 4 * A, 8 * A, note=f"{'nf4' if quantized else s.student_dtype} base + float32 LoRA")
+        # TRL's GRPOTrainer casts a quantized student's trainable weights to bfloat16 (the QLoRA paper's advice), so
+        # its adapter, gradients and AdamW moments are bf16; over a 16/32-bit base peft keeps the adapter float32.
+        t = 2 if quantized else 4
+        st = Part(base + t * A, t * A, 2 * t * A,
+                  note=f"{'nf4' if quantized else s.student_dtype} base + {'bf16' if quantized else 'float32'} LoRA")
         ref = Part(0, note="adapters off (no copy)")
         r_s = b_s  # the residual stream stays in the dtype of the (non-quantized) weights under autocast
     else:  # replicated
@@ -569,6 +592,11 @@ def estimate(student: ModelShape, discriminator: ModelShape, settings: RunSettin
     def reduce_buffers(shape: ModelShape) -> int:
         return 10 * max(shape.vocab_size * shape.hidden_size, shape.layer_params)
 
+    def largest_moment(shape: ModelShape, part: Part, params: int) -> int:
+        # A full model's largest tensor is its embedding (or LM head); LoRA tensors are small enough to leave out.
+        return 0 if peft else part.optimizer * shape.vocab_size * shape.hidden_size // (2 * params)
+
+    stepping = resident - sum(v for k, v in extras.items() if "gathered" in k)
     student_reduce = reduce_buffers(student) if mode in SHARDED_MODES else 0
     disc_reduce = reduce_buffers(discriminator) if mode == "sharded" else 0
     phases = {
@@ -582,6 +610,12 @@ def estimate(student: ModelShape, discriminator: ModelShape, settings: RunSettin
             s.gradient_accumulation_steps > 1,
         ),
         "reference forward": resident + ref.activations,
+        # The optimizer steps: gradients still alive, plus the kernel's temporaries (`adamw_step_bytes`); sharded
+        # weights are resharded by then (no gathered copies).
+        "discriminator optimizer step": stepping + dp.gradients + adamw_step_bytes(
+            dp, "adamw_torch", s.device, largest_moment(discriminator, dp, Pd)),
+        "student optimizer step": stepping + st.gradients + adamw_step_bytes(
+            st, s.optim, s.device, largest_moment(student, st, P)),
     }
     kv = 0
     if not s.use_vllm:
