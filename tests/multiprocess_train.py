@@ -58,3 +58,8 @@ with open(f"{out}/rank{rank}.json", "w") as f:
         },
         f,
     )
+
+# Both ranks leave the gloo group together before exiting: a rank that exits while the other still holds the group
+# can abort in gloo's teardown ("terminate called without an active exception"), seen once in a loaded suite run.
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
