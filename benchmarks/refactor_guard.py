@@ -51,12 +51,9 @@ def _checksum(model) -> str:
 
 def _judge_scores(trainer, triples) -> list[float]:
     component = trainer.discriminator_component
-    if hasattr(component, "score_triples"):  # after issue 31: the component scores triples itself
-        from gad_trl.discriminator.model import eval_mode
-
-        with eval_mode(trainer.discriminator), component.scope():
-            return component.score_triples(triples, trainer.args.per_device_eval_batch_size)
-    from gad_trl.workflow.checkpoint_selection import trainer_discriminator_scores
+    if hasattr(component, "score_triples"):  # since issue 31 the component scores triples itself
+        return component.score_triples(triples, trainer.args.per_device_eval_batch_size)
+    from gad_trl.workflow.checkpoint_selection import trainer_discriminator_scores  # before it
 
     return trainer_discriminator_scores(trainer, triples)
 

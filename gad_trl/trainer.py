@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, TrainerCallback
@@ -12,10 +13,10 @@ from trl import GRPOTrainer
 from trl.extras.profiling import profiling_decorator
 
 from .config import GADConfig
-from .data import check_teacher_tools, prepare_gad_dataset, teacher_answers, teacher_completion_ids
-from .discriminator.component import DISCRIMINATOR_DIR, Discriminator, Pairs, load_discriminator_model
+from .data import check_teacher_tools, prepare_gad_dataset
+from .discriminator.component import DISCRIMINATOR_DIR, Discriminator, load_discriminator_model
+from .discriminator.inputs import DiscriminatorBatch, InputEncoder
 from .discriminator.model import pad_right
-from .end_of_turn import end_of_turn_token_id
 from .guards import NonFiniteGuard, all_finite, finite_on_every_process, nonfinite_details, student_divergence_hint
 from .health import HealthMonitor
 from .hub import CITATION, PAPER_ID, PAPER_TITLE
@@ -45,6 +46,17 @@ class DiscriminatorReward:
                 "sets them before TRL calls the reward functions."
             )
         return scores
+
+
+@dataclass
+class _BatchInFlight:
+    """The generation batch in flight, handed between TRL's hooks: `_generate` sets the prompt ids the completions
+    continue and their tool masks (0 on tool-result tokens; None without tools), `_calculate_rewards` the
+    discriminator's batch, whose teacher targets `_generate_and_score_completions` attaches for the SFT term."""
+
+    prompt_ids: list[list[int]]
+    tool_mask: list[list[int]] | None
+    discriminator: DiscriminatorBatch | None = None
 
 
 @contextmanager
@@ -120,8 +132,7 @@ class GADTrainer(GRPOTrainer):
     _one_step_off = None  # `__init__` sets it with `async_generation`
     _train_sampler = None
     _student_window_loss = None
-    _batch_prompt_ids = None
-    _batch_tool_mask = None
+    _batch = None  # the generation batch in flight (`_BatchInFlight`)
 
     def __init__(
         self,
@@ -255,43 +266,35 @@ class GADTrainer(GRPOTrainer):
         from .discriminator.adapters import is_quantized, keep_4bit_layout_for_training
 
         register_indexed_cpu_location()  # multi-process CPU runs resume with map_location="cpu:<rank>"
-        # The discriminator and its training state (optimizer, schedule, replay buffer, guard, pooling, sharding).
-        self.discriminator_component = Discriminator.build(
-            discriminator, args, self.accelerator, (discriminator_tokenizer or processing_class).pad_token_id,
-            student=self.model,
-        )
-        # The discriminator's tokenizer (saved with it); with one of its own, every sequence it reads is re-encoded.
-        self.discriminator_processing_class = discriminator_tokenizer or processing_class
-        self._discriminator_encoding = None
+        # What the discriminator is shown (gad_trl.discriminator.inputs): the student's layout, re-encoded for a
+        # discriminator with a tokenizer of its own.
+        encoding = None
         if discriminator_tokenizer is not None:
             from .discriminator.tokenization import DiscriminatorEncoding
 
-            self._discriminator_encoding = DiscriminatorEncoding(processing_class, discriminator_tokenizer,
-                                                                 self.eos_token_ids)
-            self._discriminator_encoding.check_prompts(train_dataset, "train")
+            encoding = DiscriminatorEncoding(processing_class, discriminator_tokenizer, self.eos_token_ids)
+            encoding.check_prompts(train_dataset, "train")
             for name, split in (eval_dataset if isinstance(eval_dataset, dict) else {"": eval_dataset}).items():
-                self._discriminator_encoding.check_prompts(split, f"eval '{name}'" if name else "eval")
+                encoding.check_prompts(split, f"eval '{name}'" if name else "eval")
+        encoder = InputEncoder(processing_class, self.max_completion_length, self.eos_token_ids, encoding,
+                               args.teacher_response_column, self._tools_of, self.chat_template,
+                               self.chat_template_kwargs)
+        # The discriminator and its state (tokenizer, encoder, reward shaping, optimizer, schedule, replay buffer,
+        # guard, pooling, sharding).
+        self.discriminator_component = Discriminator.build(
+            discriminator, args, self.accelerator, discriminator_tokenizer or processing_class, encoder,
+            student=self.model,
+        )
         if is_quantized(self.model):  # a QLoRA student (and shared base): trainable after evaluations on CPU too
             keep_4bit_layout_for_training(self.model)
-        from .discriminator.shaping import RewardShaping
         from .workflow.tool_calling import ToolLimits
 
         self._tool_limits = ToolLimits(args.tool_timeout, args.max_tool_result_chars)  # `_tool_call_loop`
-        self._reward_shaping = RewardShaping.from_args(args)  # length penalty / clip of the reward (not of D's loss)
-        self._teacher_eos = end_of_turn_token_id(self._tokenizer, self.eos_token_ids)
         self._health = HealthMonitor(logger)
         self._student_nonfinite_guard = NonFiniteGuard(args.discriminator_max_nonfinite_updates, logger, "student")
         self._student_window_loss: torch.Tensor | None = None  # summed micro-batch losses until the optimizer step
-        # Per-batch state handed between TRL's hooks, all set for the generation batch in flight:
-        # `_generate` -> the prompt ids the completions continue (the discriminator's inputs start with them);
-        # `_calculate_rewards` -> per completion row, its teacher's completion ids and teacher index, which
-        # `_generate_and_score_completions` attaches to the batch for the SFT warm-up.
-        self._batch_prompt_ids: list[list[int]] | None = None
-        self._batch_tool_mask: list[list[int]] | None = None
-        self._trajectory_encoders: dict = {}  # `_trajectory_encoder`: one per tool set (environment)
-        self._batch_teacher_completions: list[list[int]] | None = None
-        self._batch_teacher_index: list[int] | None = None
-        # Fixed held-out triples: drawn at the first evaluation that needs them (`_heldout_triples`); a file left in
+        self._batch: _BatchInFlight | None = None  # handed between TRL's hooks (`_BatchInFlight`)
+        # Fixed held-out triples: drawn at the first evaluation that needs them (`heldout_triples`); a file left in
         # output_dir is reused only by a run resumed from a checkpoint (`train(resume_from_checkpoint=...)`).
         self._heldout: list[dict] | None = None
         self._resumed_run = False
@@ -436,8 +439,7 @@ class GADTrainer(GRPOTrainer):
             if is_sampling_divergence(err):
                 raise NonFiniteError(student_sampling_divergence(err, self.args)) from err
             raise
-        self._batch_prompt_ids = outputs[0]  # the tokenised prompts the completions continue; reused for D's inputs
-        self._batch_tool_mask = outputs[2]  # per completion, 0 on tool-result tokens (None without tools)
+        self._batch = _BatchInFlight(outputs[0], outputs[2])  # the discriminator's inputs start with these prompts
         if self._one_step_off is not None and self.model.training:
             # Before the discriminator and policy updates on this batch: the server generates the next one meanwhile.
             self._one_step_off.after_generation(self._metrics["train"])
@@ -468,138 +470,47 @@ class GADTrainer(GRPOTrainer):
             self._one_step_off.before_prepare(generation_batch)
         return super()._prepare_inputs(generation_batch)
 
-    def _teacher_completion_ids(self, teacher_text: str) -> tuple[list[int], bool]:
-        """`gad_trl.data.teacher_completion_ids` with this run's tokenizer, end-of-turn token and length limit (the
-        symmetry rule, docs/algorithm.md); returns (ids, truncated)."""
-        return teacher_completion_ids(self.processing_class, teacher_text, self._teacher_eos, self.max_completion_length)
-
-    def _trajectory_encoder(self, row: int):
-        """The encoder of teacher trajectories for batch row `row`: the tools its prompt was rendered with."""
-        from .discriminator.trajectory import TrajectoryEncoder
-
-        name = None
-        if getattr(self, "environment_factories", None) is not None and getattr(self, "_multi_environment", False):
-            name = self._batch_environments[row]
-        if name not in self._trajectory_encoders:
-            tools = self._env_tools[name] if getattr(self, "_env_tools", None) and name in self._env_tools else self.tools
-            self._trajectory_encoders[name] = TrajectoryEncoder(self.processing_class, tools, self._teacher_eos,
-                                                                self.chat_template, self.chat_template_kwargs)
-        return self._trajectory_encoders[name]
-
-    def _build_pairs(self, inputs, completion_ids_list):
-        """Unique teacher sequences (one per distinct answer of each prompt, not G per prompt) and, for each
-        completion, the indices of its prompt's teacher answers (`groups`: one with a single answer per row, k with k
-        answers). An answer given twice is scored once but listed twice, so each of the k answers weighs 1/k, as in
-        `gad-trl seqkd` (one example per answer) and the held-out evaluation.
-        `self._batch_teacher_masks` gets, per teacher sequence, None (a text answer) or the 0/1 mask of its
-        assistant tokens (a trajectory: tool results 0)."""
-        import json
-
-        column = self.args.teacher_response_column
-        prompt_ids = self._batch_prompt_ids
-        groups, teacher_seqs, teacher_completions, keys, masks = [], [], [], {}, []
-        truncated = 0
-        for i, row in enumerate(inputs):
-            group = []
-            for answer in teacher_answers(row[column]):
-                # Identical answers of a prompt are one teacher sequence (scored once), each still one pair of 1/k.
-                key = (tuple(prompt_ids[i]), answer if isinstance(answer, str) else json.dumps(answer))
-                if key not in keys:
-                    if isinstance(answer, str):
-                        ids, was_cut = self._teacher_completion_ids(answer)
-                        mask = None
-                    else:
-                        ids, mask, was_cut = self._trajectory_encoder(i).encode(row["prompt"], answer,
-                                                                                self.max_completion_length)
-                    truncated += was_cut
-                    keys[key] = len(teacher_seqs)
-                    teacher_seqs.append(list(prompt_ids[i]) + ids)
-                    teacher_completions.append(ids)
-                    masks.append(mask)
-                group.append(keys[key])
-            groups.append(group)
-        student_seqs = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids_list, strict=True)]
-        self._batch_teacher_masks = masks
-        return teacher_seqs, teacher_completions, groups, student_seqs, truncated
-
-    @staticmethod
-    def _sft_teacher_per_row(groups: list[list[int]]) -> list[int]:
-        """The teacher answer each completion row carries for the SFT loss: the rows of a prompt take its answers in
-        turn (row r of the prompt -> answer r mod k), so the k answers share the SFT signal."""
-        seen: dict[tuple, int] = {}
-        chosen = []
-        for group in groups:
-            key = tuple(group)
-            r = seen.get(key, 0)
-            seen[key] = r + 1
-            chosen.append(group[r % len(group)])
-        return chosen
+    def _tools_of(self, environment: str | None):
+        """The tools the prompts of `environment` are rendered with (None: the trainer's own), for teacher
+        trajectories laid out as this environment's rollouts are."""
+        env_tools = getattr(self, "_env_tools", None)
+        return env_tools[environment] if env_tools and environment in env_tools else self.tools
 
     # ------------------------------------------------------------------ discriminator step (= reward computation)
     @profiling_decorator  # as in GRPOTrainer: the discriminator step shows up in TRL's profiling timings
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         mode = "train" if self.model.training else "eval"
-        device = self.accelerator.device
-        teacher_seqs, teacher_completions, groups, student_seqs, teacher_cut = self._build_pairs(
-            inputs, completion_ids_list
-        )
-        # Where each response starts in teacher_seqs + student_seqs (the prompt's length), for mean pooling; a
-        # tool-using trajectory gives its token mask instead (assistant tokens 1, prompt and tool results 0).
-        tool_masks = self._batch_tool_mask
-        starts = [len(s) - len(c) if m is None else [0] * (len(s) - len(c)) + m
-                  for s, c, m in zip(teacher_seqs, teacher_completions, self._batch_teacher_masks)]
-        starts += [len(s) - len(c) if tool_masks is None else [0] * (len(s) - len(c)) + list(tool_masks[i])
-                   for i, (s, c) in enumerate(zip(student_seqs, completion_ids_list))]
-        if self._discriminator_encoding is not None and (tool_masks is not None or any(
-                m is not None for m in self._batch_teacher_masks)):
-            raise ValueError(
-                "A discriminator with its own tokenizer re-encodes text answers; tool-using trajectories are laid out "
-                "in the student's tokens only. Use a discriminator that shares the student's tokenizer."
-            )
-        if self._discriminator_encoding is not None:  # its own tokenizer: both sides re-encoded the same way
-            teacher_seqs, student_seqs, starts = self._discriminator_encoding.encode_batch(
-                [row["prompt"] for row in inputs], groups, teacher_completions, completion_ids_list
-            )
-        teacher_index = self._sft_teacher_per_row(groups)
-        self._batch_teacher_completions = [teacher_completions[j] for j in teacher_index]
-        self._batch_teacher_label_masks = [self._batch_teacher_masks[j] or [1] * len(teacher_completions[j])
-                                           for j in teacher_index]  # no cross-entropy on tool results
-        self._batch_teacher_index = teacher_index
-        index = Pairs.from_groups(groups, device)  # every completion against each answer of its prompt
-        eos_and_pad = {*self.eos_token_ids, self._tokenizer.pad_token_id}
-        student_cut = sum(1 for ids in completion_ids_list if len(ids) == 0 or ids[-1] not in eos_and_pad)
-
+        component = self.discriminator_component
+        multi_environment = (getattr(self, "environment_factories", None) is not None
+                             and getattr(self, "_multi_environment", False))
+        # 1. What the discriminator reads: teacher answers and completions after their prompts, paired.
+        batch = self._batch.discriminator = component.encode(
+            inputs, self._batch.prompt_ids, completion_ids_list, self._batch.tool_mask,
+            self._batch_environments if multi_environment else None)
+        # 2. Its step: the scores of the completions (before the update) and the loss's metrics.
         frozen = mode == "train" and self.discriminator_frozen()
-        with self.discriminator_component.scope():  # shared base: the discriminator's adapter, forward and backward
+        with component.scope():  # shared base: the discriminator's adapter, forward and backward
             if mode == "train" and not frozen:
-                student_scores, info = self._discriminator_update(teacher_seqs, student_seqs, index, starts)
+                scores, info = component.update(batch, self.state.global_step)
             else:
                 # Evaluation, or a frozen discriminator: score and measure, no update, with dropout off (eval mode),
                 # as the fixed held-out evaluation does.
-                student_scores, info = self.discriminator_component.measure(teacher_seqs, student_seqs, index, starts)
+                scores, info = component.measure(batch)
         if mode == "train":
             info["frozen"] = float(frozen)
-        if not all_finite(student_scores):
-            # NaN rewards would make NaN advantages and reach the student's weights: no signal this step instead.
-            student_scores = torch.zeros_like(student_scores)
-        if self._reward_shaping.active:  # on the reward only: the discriminator's loss above read the raw scores
-            lengths = ([len(c) for c in completion_ids_list] if tool_masks is None
-                       else [sum(m) for m in tool_masks])  # the student's own tokens, not tool results
-            student_scores = self._reward_shaping(student_scores, lengths)
-            info["shaped_reward_mean"] = student_scores.mean().item()
-        info["student_truncated_ratio"] = student_cut / max(len(student_seqs), 1)
-        info["teacher_truncated_ratio"] = teacher_cut / max(len(teacher_seqs), 1)
-        info["num_teacher_sequences"] = float(len(teacher_seqs))
-        info["teacher_answers_per_prompt"] = sum(len(g) for g in groups) / max(len(groups), 1)
+        # 3. The rewards: finite, shaped.
+        rewards, reward_info = component.rewards(scores, batch)
+        info.update(reward_info)
+        info.update(batch.metrics())
         info["phase"] = float(_PHASE_IDS[self.current_phase()])
         info = self._average_over_processes(info)
         for name, value in info.items():
             self._metrics[mode][f"discriminator/{name}"].append(value)
         if mode == "train" and self.args.warn_on_unhealthy_metrics and self.accelerator.is_main_process:
             self._health.check(info, self.args.discriminator_loss_type, self.state.global_step)
-        # The discriminator is the first reward column; TRL computes the other columns (reward_funcs), gathers them
+        # 4. The discriminator is the first reward column; TRL computes the other columns (reward_funcs), gathers them
         # across processes (rewards are normalised per group) and combines them with reward_weights.
-        self.reward_funcs[0].scores = student_scores.detach().float().cpu().tolist()
+        self.reward_funcs[0].scores = rewards.detach().float().cpu().tolist()
         return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
 
     def discriminator_frozen(self) -> bool:
@@ -626,22 +537,17 @@ class GADTrainer(GRPOTrainer):
         return self.discriminator_component.model
 
     @property
+    def discriminator_processing_class(self):
+        """The discriminator's tokenizer (saved with it): the student's unless it has its own."""
+        return self.discriminator_component.tokenizer
+
+    @property
     def discriminator_optimizer(self) -> torch.optim.Optimizer:
         return self.discriminator_component.optimizer
 
     @property
     def discriminator_lr_scheduler(self):
         return self.discriminator_component.lr_scheduler
-
-    def _score(self, sequences: list[list[int]], batch_size: int | None = None, response_starts=None) -> torch.Tensor:
-        """Discriminator scores of token sequences (`Discriminator.score`)."""
-        return self.discriminator_component.score(sequences, batch_size, response_starts)
-
-    def _discriminator_update(self, teacher_seqs, student_seqs, index, response_starts):
-        """The discriminator's update on this batch (`Discriminator.update`): returns the rewards (pre-update student
-        scores) and the metrics. `response_starts`: where each response begins in `teacher_seqs + student_seqs`."""
-        return self.discriminator_component.update(teacher_seqs, student_seqs, index, response_starts,
-                                                   self.state.global_step)
 
     def _finite_on_every_process(self, finite: bool) -> bool:
         return finite_on_every_process(self.accelerator, finite)
@@ -653,11 +559,12 @@ class GADTrainer(GRPOTrainer):
                                     or getattr(self.args, "sft_loss_coef", 0) > 0):
             # Teacher tokens ride along with each completion row so they are shuffled/split with it; read by the
             # SFT warm-up and by the sft_loss_coef term.
-            ids, mask = pad_right(self._batch_teacher_completions, self._tokenizer.pad_token_id, self.accelerator.device)
+            targets = self._batch.discriminator.sft
+            ids, mask = pad_right(targets.completions, self._tokenizer.pad_token_id, self.accelerator.device)
             output["teacher_completion_ids"] = ids
             output["teacher_completion_mask"] = mask
-            output["teacher_label_mask"], _ = pad_right(self._batch_teacher_label_masks, 0, self.accelerator.device)
-            output["teacher_index"] = torch.tensor(self._batch_teacher_index, device=self.accelerator.device)
+            output["teacher_label_mask"], _ = pad_right(targets.label_masks, 0, self.accelerator.device)
+            output["teacher_index"] = torch.tensor(targets.index, device=self.accelerator.device)
         return output
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -672,10 +579,10 @@ class GADTrainer(GRPOTrainer):
                     return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
                 return torch.zeros((), device=self.accelerator.device, requires_grad=True) * 1.0
             if phase == PHASE_SFT_WARMUP:
-                return self._sft_loss(model, inputs)
+                return self.compute_sft_loss(model, inputs)
             if getattr(self.args, "sft_loss_coef", 0) > 0:
                 grpo_loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-                return grpo_loss + self.args.sft_loss_coef * self._sft_loss(model, inputs)
+                return grpo_loss + self.args.sft_loss_coef * self.compute_sft_loss(model, inputs)
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     # ------------------------------------------------------------------ student non-finite guard (gad_trl.guards)
@@ -705,7 +612,7 @@ class GADTrainer(GRPOTrainer):
             model.zero_grad(set_to_none=True)
         return grad_norm
 
-    def _sft_loss(self, model, inputs):
+    def compute_sft_loss(self, model, inputs):
         """Cross-entropy of the student on the teacher responses of this micro-batch, one row per prompt."""
         keep, seen = [], set()
         for i, t in enumerate(inputs["teacher_index"].tolist()):
@@ -741,13 +648,8 @@ class GADTrainer(GRPOTrainer):
 
     def evaluate_discriminator_heldout(self) -> dict:
         """The discriminator's accuracy and score gap on the fixed held-out triples (sampled on first use)."""
-        from .discriminator.heldout import evaluate_triples
-        from .discriminator.model import eval_mode
-
-        with eval_mode(self.discriminator), self.discriminator_component.scope():
-            return evaluate_triples(self.discriminator, self.processing_class, self._heldout_triples(),
-                                    self.args.per_device_eval_batch_size, self.max_completion_length,
-                                    encoding=self._discriminator_encoding)
+        return self.discriminator_component.evaluate_triples(self.heldout_triples(),
+                                                             self.args.per_device_eval_batch_size)
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         """`Trainer.train`, with `resume_from_checkpoint=True` (or "true") resuming from the latest *complete*
@@ -818,7 +720,7 @@ class GADTrainer(GRPOTrainer):
                                           self.args.max_steps)
         return self._run_key_cache
 
-    def _heldout_triples(self) -> list[dict]:
+    def heldout_triples(self) -> list[dict]:
         from .discriminator.heldout import draw_rows, load_or_sample, rows_digest, sample_triples
 
         if self._heldout is not None:
@@ -871,7 +773,6 @@ class GADTrainer(GRPOTrainer):
                 with open(os.path.join(output_dir, RUN_KEY_NAME), "w") as f:
                     json.dump(self._run_key(), f, indent=2)
             self.discriminator_component.save_model(output_dir, final=not _internal_call,
-                                                    tokenizer=self.discriminator_processing_class,
                                                     write_card=self._write_discriminator_card)
 
     def _save_checkpoint(self, model, trial):

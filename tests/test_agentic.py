@@ -86,7 +86,8 @@ def test_same_content_gives_identical_ids_on_both_sides(tool_caller_dir, tmp_pat
         assert [m["role"] for m in completions[i]] == ["assistant", "tool", "assistant"]  # TRL ran the tool
         assert completions[i][1]["content"] == r["teacher_response"][1]["content"]
         teacher = normalize_trajectory(completions[i], i, "teacher_response")
-        ids, mask, cut = trainer._trajectory_encoder(i).encode(r["prompt"], teacher, trainer.max_completion_length)
+        encoder = trainer.discriminator_component.encoder.trajectory_encoder()
+        ids, mask, cut = encoder.encode(r["prompt"], teacher, trainer.max_completion_length)
         assert not cut and prompt_ids[i] == prompt_tokens[i]
         assert ids == completion_ids[i] and mask == tool_mask[i]
         assert ids[-1] == eos and 0 in mask and mask[-1] == 1  # scored at the final answer's end of turn
@@ -101,9 +102,9 @@ def test_gad_trains_on_live_tool_rollouts(tool_caller_dir, tmp_path):
     seen = []
     update = trainer.discriminator_component.update
 
-    def spy(teacher_seqs, student_seqs, pairs, starts, step):
-        seen.append((teacher_seqs, student_seqs, starts))
-        return update(teacher_seqs, student_seqs, pairs, starts, step)
+    def spy(batch, step):
+        seen.append((batch.teacher_seqs, batch.student_seqs, batch.response_starts))
+        return update(batch, step)
 
     trainer.discriminator_component.update = spy
     disc0, student0 = params_of(trainer.discriminator), params_of(trainer.model)

@@ -105,11 +105,12 @@ def test_reloaded_discriminator_scores_like_the_trainer_as_a_plain_reward_model(
     tok = AutoTokenizer.from_pretrained(tmp_path / "discriminator")
     messages = [{"role": "user", "content": "write the sun"}]
     prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-    sequences = [prompt + trainer._teacher_completion_ids(text)[0] for text in ["THE", "THE SUN IS UP", "A"]]
+    encoder = trainer.discriminator_component.encoder
+    sequences = [prompt + encoder.teacher_completion_ids(text)[0] for text in ["THE", "THE SUN IS UP", "A"]]
     assert all(seq[-1] == tok.convert_tokens_to_ids("<|im_end|>") != tok.pad_token_id for seq in sequences)
     ids, mask = pad_right(sequences, tok.pad_token_id, "cpu")
     with torch.no_grad():
         plain = disc(input_ids=ids, attention_mask=mask).logits[:, 0]
         trainer.discriminator.eval()
-        expected = trainer._score(sequences).cpu()
+        expected = trainer.discriminator_component.score(sequences).cpu()
     torch.testing.assert_close(plain, expected, atol=1e-5, rtol=0)

@@ -4,6 +4,7 @@ import pytest
 import torch
 from datasets import Dataset
 
+from gad_trl.discriminator.inputs import DiscriminatorBatch
 from gad_trl.discriminator.model import last_token_scores
 from gad_trl.testing import tiny_gad_rows
 from tests.gad_helpers import make_args
@@ -170,7 +171,8 @@ def test_shared_base_one_base_and_each_optimizer_owns_its_parameters(tiny_model_
         from gad_trl.discriminator.adapters import discriminator_scope
 
         with discriminator_scope(disc):
-            trainer._discriminator_update(seqs[:1], seqs[1:] * 2, torch.tensor([0, 0]), [1, 1, 1])
+            trainer.discriminator_component.update(
+                DiscriminatorBatch.of_sequences(seqs[:1], seqs[1:] * 2, torch.tensor([0, 0]), [1, 1, 1]), 0)
     mid = _named(student)
     changed = {n for n in before if not torch.equal(before[n], mid[n])}
     assert changed and changed <= disc_adapter and not torch.equal(head0, disc.score.weight)

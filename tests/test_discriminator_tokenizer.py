@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gad_trl.data import teacher_completion_ids
+from gad_trl.discriminator.inputs import InputEncoder
 from gad_trl.discriminator.tokenization import DiscriminatorEncoding, same_tokenizer
 from gad_trl.testing import build_tiny_tokenizer, save_tiny_model, tiny_gad_rows
 from tests.gad_helpers import make_trainer
@@ -44,15 +45,15 @@ def test_teacher_and_student_with_the_same_text_encode_identically():
 def test_gad_trains_with_a_discriminator_of_another_tokenizer(tiny_model_dir, other_disc_dir, tmp_path):
     trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=2, max_completion_length=12,
                            discriminator_model_name_or_path=other_disc_dir, save_strategy="no")
-    assert trainer._discriminator_encoding is not None
+    assert trainer.discriminator_component.encoder.encoding is not None
     disc_tok = trainer.discriminator_processing_class
     assert len(disc_tok) == 400 and trainer.discriminator.config.pad_token_id == disc_tok.pad_token_id
     seen = {}
     update = trainer.discriminator_component.update
 
-    def spy(teacher_seqs, student_seqs, index, starts, step):
-        seen.setdefault("batches", []).append((teacher_seqs, student_seqs, starts))
-        return update(teacher_seqs, student_seqs, index, starts, step)
+    def spy(batch, step):
+        seen.setdefault("batches", []).append((batch.teacher_seqs, batch.student_seqs, batch.response_starts))
+        return update(batch, step)
 
     trainer.discriminator_component.update = spy
     before = {k: v.clone() for k, v in trainer.discriminator.state_dict().items()}
@@ -100,7 +101,7 @@ def test_a_smaller_vocabulary_without_its_tokenizer_is_a_clear_error(tiny_model_
 
 def test_a_discriminator_saved_with_the_students_tokenizer_reads_its_ids_directly(tiny_model_dir, tmp_path):
     trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=1, discriminator_model_name_or_path=tiny_model_dir)
-    assert trainer._discriminator_encoding is None
+    assert trainer.discriminator_component.encoder.encoding is None
     assert trainer.discriminator_processing_class is trainer.processing_class
 
 
@@ -116,7 +117,7 @@ def test_heldout_scoring_re_encodes_both_sides(other_disc_dir):
     encoding = DiscriminatorEncoding(student, disc_tok, [student.eos_token_id])
     triples = [{"prompt": r["prompt"], "teacher_response": r["teacher_response"], "student_response": "yes the sum",
                 "student_finished": True} for r in tiny_gad_rows(3, seed=0)]
-    metrics = evaluate_triples(model, student, triples, encoding=encoding)
+    metrics = evaluate_triples(model, InputEncoder(student, encoding=encoding), triples)
     expected = [encoding.prompt_ids(t["prompt"]) + disc_tok(t["teacher_response"], add_special_tokens=False)[
         "input_ids"] + [encoding.end_token_id] for t in triples]
     scores = score_sequences(model, expected, disc_tok.pad_token_id, "cpu").tolist()
@@ -148,7 +149,7 @@ def test_eval_discriminator_re_encodes_for_a_discriminator_with_its_own_tokenize
     seen = []
     disc.model.embed_tokens.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     encoding = DiscriminatorEncoding(student_tok, disc_tok, [student_tok.eos_token_id])
-    expected = evaluate_triples(disc, student_tok, triples, 8, max_completion_length=6, encoding=encoding)
+    expected = evaluate_triples(disc, InputEncoder(student_tok, 6, encoding=encoding), triples, 8)
     assert metrics["teacher_scores"] == pytest.approx(expected["teacher_scores"])
     assert metrics["student_scores"] == pytest.approx(expected["student_scores"])
     turn = disc_tok.convert_tokens_to_ids("<|turn|>")

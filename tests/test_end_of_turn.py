@@ -67,5 +67,5 @@ def test_trainer_appends_the_turn_end_not_the_first_stop_token(tiny_model_dir, t
         processing_class=tok,
     )
     assert trainer.eos_token_ids[0] == end_of_text  # TRL's stop list starts with the other token
-    ids, cut = trainer._teacher_completion_ids("SOME HER")
+    ids, cut = trainer.discriminator_component.encoder.teacher_completion_ids("SOME HER")
     assert not cut and ids[-1] == im_end

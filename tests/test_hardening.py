@@ -49,7 +49,7 @@ def test_nonfinite_discriminator_update_is_skipped_and_never_reaches_the_weights
         return output * float("nan") if len(calls) == 1 else output
 
     before = params_of(trainer.discriminator)
-    original_update = trainer._discriminator_update
+    original_update = trainer.discriminator_component.update
     snapshots = []
 
     def update(*a, **k):
@@ -57,7 +57,7 @@ def test_nonfinite_discriminator_update_is_skipped_and_never_reaches_the_weights
         snapshots.append((params_of(trainer.discriminator), out[0].clone()))
         return out
 
-    trainer._discriminator_update = update
+    trainer.discriminator_component.update = update
     handle = trainer.discriminator.model.norm.register_forward_hook(nan_once)
     trainer.train()
     handle.remove()
@@ -79,7 +79,7 @@ def test_diverging_discriminator_stops_with_a_clear_error(tiny_model_dir, tmp_pa
     trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=12, discriminator_learning_rate=1e4,
                            max_grad_norm=1.0, discriminator_max_nonfinite_updates=2)
     updates = []
-    original_update = trainer._discriminator_update
+    original_update = trainer.discriminator_component.update
 
     def update(*a, **k):
         updates.append(1)
@@ -88,7 +88,7 @@ def test_diverging_discriminator_stops_with_a_clear_error(tiny_model_dir, tmp_pa
     def diverged(module, inputs, output):
         return output * float("nan") if len(updates) > 1 else output
 
-    trainer._discriminator_update = update
+    trainer.discriminator_component.update = update
     trainer.discriminator.model.norm.register_forward_hook(diverged)
     with pytest.raises(NonFiniteError, match="discriminator_learning_rate=10000 is too high"):
         trainer.train()
@@ -141,8 +141,8 @@ def test_nonfinite_student_loss_in_sft_warmup_stops_with_the_learning_rate(tiny_
     """A student loss that stays NaN (here in the SFT warm-up) is never applied and stops the run, naming the cause."""
     trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=6, sft_warmup_steps=6, learning_rate=1e4,
                            discriminator_max_nonfinite_updates=2)
-    sft_loss = trainer._sft_loss
-    monkeypatch.setattr(trainer, "_sft_loss", lambda model, inputs: sft_loss(model, inputs) * float("nan"))
+    sft_loss = trainer.compute_sft_loss
+    monkeypatch.setattr(trainer, "compute_sft_loss", lambda model, inputs: sft_loss(model, inputs) * float("nan"))
     before = params_of(trainer.model)
     with pytest.raises(NonFiniteError, match=r"student diverged: 2 updates in a row.*learning_rate=10000 is too high"):
         trainer.train()

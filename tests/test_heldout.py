@@ -9,6 +9,7 @@ from datasets import Dataset
 
 from gad_trl.data import encode_pair, prompt_ids
 from gad_trl.discriminator.heldout import HeldoutCacheMismatch, load_or_sample, save_triples
+from gad_trl.discriminator.inputs import InputEncoder
 from gad_trl.testing import tiny_gad_rows
 from tests.gad_helpers import make_args
 
@@ -75,7 +76,7 @@ def test_new_run_does_not_reuse_triples_left_by_an_earlier_run(trainer):
     stale = [dict(TRIPLE, teacher_response="LEFT BY AN EARLIER RUN")]
     path = f"{trainer.args.output_dir}/heldout_triples.jsonl"
     save_triples(path, stale, {"seed": trainer.args.seed, "num_samples": 1})
-    triples = trainer._heldout_triples()
+    triples = trainer.heldout_triples()
     assert len(triples) == 3 and all(t["teacher_response"] != "LEFT BY AN EARLIER RUN" for t in triples)
     assert "LEFT BY AN EARLIER RUN" not in open(path).read()
 
@@ -85,18 +86,18 @@ def test_heldout_teacher_is_cut_at_max_completion_length_as_in_training(trainer)
     long_answer = "SUM PLUS ONE TWO THREE FOUR FIVE"
     triple = dict(TRIPLE, teacher_response=long_answer)
     # What the trainer feeds its discriminator for this row (prompt ids + cut teacher completion).
-    trainer._batch_prompt_ids = [prompt_ids(tok, triple["prompt"])]
-    teacher_seqs, _, _, _, truncated = trainer._build_pairs(
-        [{"prompt": triple["prompt"], trainer.args.teacher_response_column: long_answer}], [[tok.eos_token_id]]
-    )
-    held_out = encode_pair(tok, triple["prompt"], long_answer, True, trainer._teacher_eos, trainer.max_completion_length)
-    assert truncated == 1 and teacher_seqs[0] == held_out
-    assert len(held_out) == len(trainer._batch_prompt_ids[0]) + 3
+    encoder = trainer.discriminator_component.encoder
+    head = prompt_ids(tok, triple["prompt"])
+    batch = encoder.encode([{"prompt": triple["prompt"], trainer.args.teacher_response_column: long_answer}], [head],
+                           [[tok.eos_token_id]])
+    held_out = encode_pair(tok, triple["prompt"], long_answer, True, encoder.end_token_id, trainer.max_completion_length)
+    assert batch.teacher_truncated == 1 and batch.teacher_seqs[0] == held_out
+    assert len(held_out) == len(head) + 3
+    assert encoder.encode_triples([triple]).teacher_seqs == [held_out]  # the held-out set reads the same sequence
 
     from gad_trl.discriminator.model import score_sequences
-    from gad_trl.discriminator.heldout import evaluate_triples
 
-    scores = evaluate_triples(trainer.discriminator, tok, [triple], max_completion_length=trainer.max_completion_length)
+    scores = trainer.discriminator_component.evaluate_triples([triple])
     with torch.no_grad():
         expected = score_sequences(trainer.discriminator, [held_out], tok.pad_token_id, trainer.accelerator.device).item()
         uncut = score_sequences(trainer.discriminator, [encode_pair(tok, triple["prompt"], long_answer)],
@@ -146,11 +147,11 @@ def test_accuracy_and_score_gap(tiny_discriminator):
     rows = tiny_gad_rows(6, seed=5)
     identical = [{"prompt": r["prompt"], "teacher_response": r["teacher_response"],
                   "student_response": r["teacher_response"], "student_finished": True} for r in rows]
-    metrics = evaluate_triples(disc, tokenizer, identical)
+    metrics = evaluate_triples(disc, InputEncoder(tokenizer), identical)
     assert metrics["accuracy"] == 0.0 and metrics["score_diff"] == pytest.approx(0.0, abs=1e-6)
 
     other = [dict(t, student_response="zero one two three") for t in identical]
-    metrics = evaluate_triples(disc, tokenizer, other)
+    metrics = evaluate_triples(disc, InputEncoder(tokenizer), other)
     t = last_token_scores(disc, [encode_pair(tokenizer, r["prompt"], r["teacher_response"]) for r in other], tokenizer.pad_token_id)
     s = last_token_scores(disc, [encode_pair(tokenizer, r["prompt"], r["student_response"]) for r in other], tokenizer.pad_token_id)
     assert metrics["accuracy"] == pytest.approx(sum(a > b for a, b in zip(t, s)) / len(t))

@@ -1,6 +1,6 @@
 """The within-prompt reward-judge AUC that `JudgeEvalCallback` logs in a GAD run (`eval/discriminator_judge_auc`):
 per-answer judge scores (`evaluation.judge_completions`), discriminator scores encoded as the trainer encodes them
-(`checkpoint_selection.discriminator_scores`), and the callback on a tiny run, with a local scripted judge whose
+(`Discriminator.score_triples`), and the callback on a tiny run, with a local scripted judge whose
 ratings are a known function of the answer."""
 
 from __future__ import annotations
@@ -131,37 +131,35 @@ def other_disc_dir(tmp_path_factory):
 def test_discriminator_scores_are_the_trainers_rewards(case, tiny_model_dir, other_disc_dir, tmp_path):
     """The scores of sampled completions equal what the trainer's reward step computes for them: its sequences (the
     prompt's ids + the sampled ids, or `encode_batch` for a discriminator with its own tokenizer) through its
-    discriminator (`_score`), and the student side of the held-out evaluation."""
+    discriminator (`Discriminator.score`), and the student side of the held-out evaluation."""
     from gad_trl.data import prompt_ids
-    from gad_trl.discriminator.heldout import evaluate_triples, sample_triples
+    from gad_trl.discriminator.heldout import sample_triples
     from gad_trl.discriminator.model import eval_mode
 
     overrides = {"discriminator_pooling": "mean"} if case == "mean" else {}
     if case == "own_tokenizer":
         overrides["discriminator_model_name_or_path"] = other_disc_dir
     trainer = make_trainer(tiny_model_dir, tmp_path, **overrides)
-    assert (trainer._discriminator_encoding is not None) == (case == "own_tokenizer")
+    assert (trainer.discriminator_component.encoder.encoding is not None) == (case == "own_tokenizer")
     draws = [{"prompt": r["prompt"], "teacher_response": None, "row": str(i)} for i, r in enumerate(rows(3))
              for _ in range(2)]
     triples = sample_triples(trainer.model, trainer.processing_class, draws, seed=0, max_new_tokens=8,
                              temperature=1.0)
-    scores = CS.trainer_discriminator_scores(trainer, triples)
+    scores = trainer.discriminator_component.score_triples(triples)
 
     prompts = [t["prompt"] for t in triples]
     completions = [t["student_completion_ids"] for t in triples]
-    if trainer._discriminator_encoding is None:
+    if trainer.discriminator_component.encoder.encoding is None:
         sequences = [prompt_ids(trainer.processing_class, p) + list(c) for p, c in zip(prompts, completions)]
         starts = [len(prompt_ids(trainer.processing_class, p)) for p in prompts]
     else:
-        _, sequences, starts = trainer._discriminator_encoding.encode_batch(prompts, [[] for _ in prompts], [],
+        _, sequences, starts = trainer.discriminator_component.encoder.encoding.encode_batch(prompts, [[] for _ in prompts], [],
                                                                             completions)
     with eval_mode(trainer.discriminator):
-        expected = trainer._score(sequences, None, starts).tolist()
+        expected = trainer.discriminator_component.score(sequences, None, starts).tolist()
     assert scores == pytest.approx(expected, abs=score_atol(trainer))
-    with eval_mode(trainer.discriminator):
-        heldout = evaluate_triples(trainer.discriminator, trainer.processing_class,
-                                   [dict(t, teacher_response="a teacher answer") for t in triples],
-                                   encoding=trainer._discriminator_encoding)
+    heldout = trainer.discriminator_component.evaluate_triples(
+        [dict(t, teacher_response="a teacher answer") for t in triples])
     assert scores == pytest.approx(heldout["student_scores"], abs=score_atol(trainer))
     assert len(set(round(s, 6) for s in scores)) > 1  # distinct completions, distinct scores: the test can fail
 
@@ -213,19 +211,19 @@ def test_gad_run_logs_the_discriminator_judge_auc(tiny_model_dir, tmp_path, monk
                                  max_new_tokens=trainer.max_completion_length, temperature=trainer.temperature,
                                  batch_size=eval_args.student_batch_size)
         assert [t["student_response"] for t in triples] == [r["student_answer"] for r in records]
-        assert CS.trainer_discriminator_scores(trainer, triples) == pytest.approx(
+        assert trainer.discriminator_component.score_triples(triples) == pytest.approx(
             [r["discriminator_score"] for r in records], abs=score_atol(trainer))
 
         # A discriminator that orders completions as the judge does gets AUC 1, the reverse order 0.
-        def agreeing(trainer, triples):
+        def agreeing(triples, batch_size=8):
             return [quality(t["student_response"]) for t in triples]
 
-        monkeypatch.setattr(CS, "trainer_discriminator_scores", agreeing)
+        monkeypatch.setattr(trainer.discriminator_component, "score_triples", agreeing)
         agree = CS.discriminator_judge_agreement(eval_args, trainer, trainer.model, trainer.processing_class,
                                                  tmp_path / "agree", seed=0)
         assert agree["auc"] == 1.0 and agree["pairs"] > 0 and agree["prompts"] >= 1
-        monkeypatch.setattr(CS, "trainer_discriminator_scores", lambda trainer, triples: [-s for s in agreeing(
-            trainer, triples)])
+        monkeypatch.setattr(trainer.discriminator_component, "score_triples",
+                            lambda triples, batch_size=8: [-s for s in agreeing(triples)])
         assert CS.discriminator_judge_agreement(eval_args, trainer, trainer.model, trainer.processing_class,
                                                 tmp_path / "disagree", seed=0)["auc"] == 0.0
         eval_args.discriminator_judge_max_prompts, eval_args.discriminator_judge_samples = 1, 2

@@ -38,9 +38,10 @@ def test_the_trainer_and_the_heldout_encoding_agree_on_smuggled_text(tiny_model_
     rows = tiny_gad_rows(8, seed=0)
     rows[3]["teacher_response"] = SMUGGLED
     trainer = make_trainer(tiny_model_dir, tmp_path, rows=rows, max_completion_length=64)
-    ids, _ = trainer._teacher_completion_ids(SMUGGLED)
-    assert [i for i in ids if i in _special_ids(tok)] == [trainer._teacher_eos]
-    heldout = encode_pair(trainer.processing_class, rows[3]["prompt"], SMUGGLED, True, trainer._teacher_eos)
+    encoder = trainer.discriminator_component.encoder
+    ids, _ = encoder.teacher_completion_ids(SMUGGLED)
+    assert [i for i in ids if i in _special_ids(tok)] == [encoder.end_token_id]
+    heldout = encode_pair(trainer.processing_class, rows[3]["prompt"], SMUGGLED, True, encoder.end_token_id)
     assert heldout[-len(ids):] == ids
 
 

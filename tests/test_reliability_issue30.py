@@ -350,8 +350,6 @@ def test_duplicate_answers_keep_weight_one_over_k_as_in_seqkd_and_heldout(tiny_m
     import torch
 
     from gad_trl.cli.utils import to_seqkd_dataset
-    from gad_trl.discriminator.component import Pairs
-    from gad_trl.discriminator.heldout import evaluate_triples
     from gad_trl.testing import tiny_gad_rows
     from tests.gad_helpers import make_trainer
 
@@ -360,12 +358,11 @@ def test_duplicate_answers_keep_weight_one_over_k_as_in_seqkd_and_heldout(tiny_m
     row = {"prompt": rows[0]["prompt"], "teacher_response": [a, a, b]}
     trainer = make_trainer(tiny_model_dir, tmp_path, rows=[row, dict(row)], max_steps=1, num_generations=2,
                            per_device_train_batch_size=2)
-    trainer._batch_prompt_ids = [[1, 2], [1, 2]]
     inputs = [{"prompt": row["prompt"], "teacher_response": [a, a, b]}] * 2
-    teacher_seqs, _, groups, _, _ = trainer._build_pairs(inputs, [[5], [6]])
-    assert len(teacher_seqs) == 2  # a and b, each scored once
-    assert groups == [[0, 0, 1], [0, 0, 1]]
-    pairs = Pairs.from_groups(groups, torch.device("cpu"))
+    batch = trainer.discriminator_component.encoder.encode(inputs, [[1, 2], [1, 2]], [[5], [6]])
+    assert len(batch.teacher_seqs) == 2  # a and b, each scored once
+    pairs = batch.pairs
+    assert pairs.teacher.tolist() == [0, 0, 1, 0, 0, 1] and pairs.student.tolist() == [0, 0, 0, 1, 1, 1]
     weight_of_a = sum(w for t, s, w in zip(pairs.teacher.tolist(), pairs.student.tolist(), pairs.weight.tolist())
                       if s == 0 and t == 0)
     assert math.isclose(weight_of_a, 2 / 3, rel_tol=1e-6)
@@ -373,7 +370,7 @@ def test_duplicate_answers_keep_weight_one_over_k_as_in_seqkd_and_heldout(tiny_m
     assert len(to_seqkd_dataset(Dataset.from_list([row]))) == 3  # seqkd: one example per answer, duplicates kept
     triple = {"prompt": row["prompt"], "teacher_response": [a, a, b], "student_response": "A B",
               "student_finished": True}
-    heldout = evaluate_triples(trainer.discriminator, trainer.processing_class, [triple])
+    heldout = trainer.discriminator_component.evaluate_triples([triple])
     t_a, _, t_b = heldout["teacher_scores"]
     s = heldout["student_scores"][0]
     assert math.isclose(heldout["score_diff"], (2 * (t_a - s) + (t_b - s)) / 3, rel_tol=1e-5, abs_tol=1e-6)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gad_trl import GADConfig
-from gad_trl.discriminator.component import Pairs
+from gad_trl.discriminator.inputs import DiscriminatorBatch, Pairs
 from gad_trl.discriminator.replay import ReplayBuffer, ReplayPair
 from tests.gad_helpers import make_trainer, params_of, response_sequences, same_params, score_atol
 
@@ -84,7 +84,7 @@ def test_updates_train_on_replayed_pairs_and_reward_only_the_current_ones(tiny_m
                            discriminator_replay_ratio=0.5)
     scored, rewards = [], []
     component = trainer.discriminator_component
-    original_score, original_update = component.score, trainer._discriminator_update
+    original_score, original_update = component.score, trainer.discriminator_component.update
 
     def score(sequences, *a, **k):
         scored.append(len(sequences))
@@ -95,7 +95,7 @@ def test_updates_train_on_replayed_pairs_and_reward_only_the_current_ones(tiny_m
         rewards.append(len(out[0]))
         return out
 
-    component.score, trainer._discriminator_update = score, update
+    component.score, trainer.discriminator_component.update = score, update
     trainer.train()
     batch = trainer.args.per_device_train_batch_size  # completions per update
     teachers = batch // trainer.args.num_generations
@@ -115,7 +115,7 @@ def test_replace_mode_swaps_current_negatives_for_replayed_ones(tiny_model_dir, 
                            discriminator_replay_ratio=0.5, discriminator_replay_mode="replace")
     scored, rewards = [], []
     component = trainer.discriminator_component
-    original_score, original_update = component.score, trainer._discriminator_update
+    original_score, original_update = component.score, trainer.discriminator_component.update
 
     def score(sequences, *a, **k):
         scored.append((len(sequences), torch.is_grad_enabled()))
@@ -126,7 +126,7 @@ def test_replace_mode_swaps_current_negatives_for_replayed_ones(tiny_model_dir, 
         rewards.append(len(out[0]))
         return out
 
-    component.score, trainer._discriminator_update = score, update
+    component.score, trainer.discriminator_component.update = score, update
     trainer.train()
     batch = trainer.args.per_device_train_batch_size
     teachers = batch // trainer.args.num_generations
@@ -185,7 +185,7 @@ def test_replace_mode_update_trains_on_n_students_and_rewards_every_current_comp
         return original_score(sequences, *a, **k)
 
     component.step, component.score = step, score
-    rewards, info = component.update(teachers, students, pairs, starts, global_step=1)
+    rewards, info = component.update(DiscriminatorBatch(teachers, students, starts, pairs), global_step=1)
     assert not same_params(before, params_of(component.model), atol=1e-7)  # it trained
 
     (sequences, num_teacher, trained), = steps
@@ -256,7 +256,7 @@ def test_sft_loss_coef_adds_the_teacher_cross_entropy_to_the_grpo_loss(tiny_mode
     trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=2, sft_loss_coef=0.5)
     parts = []
     grpo_compute_loss = type(trainer).__mro__[1].compute_loss
-    original_sft = trainer._sft_loss
+    original_sft = trainer.compute_sft_loss
 
     def sft(model, inputs):
         value = original_sft(model, inputs)
@@ -270,7 +270,7 @@ def test_sft_loss_coef_adds_the_teacher_cross_entropy_to_the_grpo_loss(tiny_mode
         parts.append(("total", loss.item(), grpo.item()))
         return loss
 
-    trainer._sft_loss, trainer.compute_loss = sft, compute_loss
+    trainer.compute_sft_loss, trainer.compute_loss = sft, compute_loss
     trainer.train()
     totals = [p for p in parts if p[0] == "total"]
     sfts = [p[1] for p in parts if p[0] == "sft"]
@@ -292,14 +292,14 @@ def test_discriminator_num_iterations_steps_several_times_per_batch(tiny_model_d
         trainer = make_trainer(tiny_model_dir, tmp_path / str(k), max_steps=2, discriminator_num_iterations=k,
                                discriminator_lr_scheduler_type="linear")
         rewards = []
-        original_update = trainer._discriminator_update
+        original_update = trainer.discriminator_component.update
 
         def update(*a, _original=original_update, _rewards=rewards, **kw):
             out = _original(*a, **kw)
             _rewards.append(out[0].clone())
             return out
 
-        trainer._discriminator_update = update
+        trainer.discriminator_component.update = update
         trainer.train()
         runs[k] = (trainer, rewards)
     one, three = runs[1][0], runs[3][0]

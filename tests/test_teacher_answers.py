@@ -8,7 +8,7 @@ import torch
 from datasets import Dataset
 
 from gad_trl.data import GADDataError, prepare_gad_dataset, teacher_answers
-from gad_trl.discriminator.component import Pairs
+from gad_trl.discriminator.inputs import Pairs, sft_teacher_per_row
 from gad_trl.discriminator.losses import LOSS_TYPES, discriminator_loss
 from gad_trl.discriminator.shaping import RewardShaping
 from gad_trl.testing import tiny_gad_rows
@@ -84,9 +84,9 @@ def test_every_completion_meets_every_answer_each_answer_scored_once(tiny_model_
     calls = []
     update = trainer.discriminator_component.update
 
-    def spy(teacher_seqs, student_seqs, pairs, starts, step):
-        calls.append((len(teacher_seqs), len(student_seqs), pairs))
-        return update(teacher_seqs, student_seqs, pairs, starts, step)
+    def spy(batch, step):
+        calls.append((len(batch.teacher_seqs), len(batch.student_seqs), batch.pairs))
+        return update(batch, step)
 
     trainer.discriminator_component.update = spy
     disc0 = params_of(trainer.discriminator)
@@ -113,7 +113,7 @@ def test_every_completion_meets_every_answer_each_answer_scored_once(tiny_model_
 def test_sft_rows_of_a_prompt_take_its_answers_in_turn():
     from gad_trl.trainer import GADTrainer
 
-    assert GADTrainer._sft_teacher_per_row([[0, 1, 2]] * 4 + [[3]] * 2) == [0, 1, 2, 0, 3, 3]
+    assert sft_teacher_per_row([[0, 1, 2]] * 4 + [[3]] * 2) == [0, 1, 2, 0, 3, 3]
 
 
 def test_seqkd_trains_on_every_answer():
@@ -125,19 +125,16 @@ def test_seqkd_trains_on_every_answer():
 
 
 def test_heldout_triples_with_k_answers_weigh_each_answer_one_over_k(tiny_model_dir, tmp_path):
-    from gad_trl.discriminator.heldout import evaluate_triples
-
     trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=1)
     rows = tiny_gad_rows(2, seed=3)
     triples = [{"prompt": rows[0]["prompt"], "teacher_response": [rows[0]["teacher_response"], rows[1]["teacher_response"]],
                 "student_response": "A B", "student_finished": True},
                {"prompt": rows[1]["prompt"], "teacher_response": rows[1]["teacher_response"],
                 "student_response": "C", "student_finished": True}]
-    tok = trainer.processing_class
-    both = evaluate_triples(trainer.discriminator, tok, triples)
-    singles = [evaluate_triples(trainer.discriminator, tok, [dict(triples[0], teacher_response=a)])
-               for a in triples[0]["teacher_response"]]
-    last = evaluate_triples(trainer.discriminator, tok, [triples[1]])
+    evaluate = trainer.discriminator_component.evaluate_triples
+    both = evaluate(triples)
+    singles = [evaluate([dict(triples[0], teacher_response=a)]) for a in triples[0]["teacher_response"]]
+    last = evaluate([triples[1]])
     assert both["num_pairs"] == 2 and len(both["teacher_scores"]) == 3
     expected = ((singles[0]["score_diff"] + singles[1]["score_diff"]) / 2 + last["score_diff"]) / 2
     assert math.isclose(both["score_diff"], expected, rel_tol=1e-5, abs_tol=1e-6)
@@ -170,9 +167,10 @@ def test_shaped_rewards_reach_grpo_and_the_discriminator_loss_reads_raw_scores(t
     seen = {}
     update = trainer.discriminator_component.update
 
-    def spy(*a, **k):
-        raw, info = update(*a, **k)
-        seen["raw"], seen["lengths"] = raw.clone(), [len(s) - st for s, st in zip(a[1], a[3][len(a[0]):])]
+    def spy(batch, step):
+        raw, info = update(batch, step)
+        starts = batch.response_starts[batch.num_teacher:]
+        seen["raw"], seen["lengths"] = raw.clone(), [len(s) - st for s, st in zip(batch.student_seqs, starts)]
         return raw, info
 
     trainer.discriminator_component.update = spy

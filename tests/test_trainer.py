@@ -96,19 +96,20 @@ def test_discriminator_steps_under_gradient_accumulation(tiny_model_dir, tmp_pat
 
 def test_teacher_scored_once_per_prompt_and_rewards_are_pre_update_scores(tiny_model_dir, tmp_path):
     trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=2, per_device_train_batch_size=8, num_generations=4)
-    original = trainer._discriminator_update
+    original = trainer.discriminator_component.update
     calls = []
 
-    def spy(teacher_seqs, student_seqs, index, response_starts):
+    def spy(batch, step):
+        student_seqs = batch.student_seqs
         with torch.no_grad():
-            before = trainer._score(student_seqs)
-        rewards, info = original(teacher_seqs, student_seqs, index, response_starts)
+            before = trainer.discriminator_component.score(student_seqs)
+        rewards, info = original(batch, step)
         with torch.no_grad():
-            after = trainer._score(student_seqs)
-        calls.append((len(teacher_seqs), len(student_seqs), before, after, rewards, index))
+            after = trainer.discriminator_component.score(student_seqs)
+        calls.append((batch.num_teacher, len(student_seqs), before, after, rewards, batch.pairs))
         return rewards, info
 
-    trainer._discriminator_update = spy
+    trainer.discriminator_component.update = spy
     trainer.train()
     assert len(calls) == 2
     for num_teacher, num_student, before, after, rewards, index in calls:
@@ -134,11 +135,11 @@ def test_mini_batched_discriminator_update_matches_one_pass(tiny_model_dir, tmp_
 def test_teacher_response_gets_the_students_eos(tiny_model_dir, tmp_path):
     trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=1)
     tok = trainer.processing_class
-    ids, cut = trainer._teacher_completion_ids("SOME HER")
+    ids, cut = trainer.discriminator_component.encoder.teacher_completion_ids("SOME HER")
     assert not cut
     assert ids == tok(text="SOME HER", add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|im_end|>")]
     assert ids[-1] in trainer.eos_token_ids  # what a finished student completion ends with
-    long_ids, cut = trainer._teacher_completion_ids("SOME HER " * 20)
+    long_ids, cut = trainer.discriminator_component.encoder.teacher_completion_ids("SOME HER " * 20)
     assert cut and len(long_ids) == trainer.max_completion_length
 
 
@@ -203,7 +204,7 @@ def test_fixed_heldout_triples_are_sampled_once_and_scored_at_every_evaluation(t
     trainer = GADTrainer(tiny_model_dir, args=args, train_dataset=Dataset.from_list(tiny_gad_rows(8)),
                          eval_dataset=Dataset.from_list(tiny_gad_rows(6, seed=1)))
     rng_before = torch.random.get_rng_state()
-    trainer._heldout_triples()
+    trainer.heldout_triples()
     assert torch.equal(rng_before, torch.random.get_rng_state())  # sampling the triples leaves the training RNG alone
     first = trainer.evaluate()
     cache = tmp_path / "heldout_triples.jsonl"

@@ -25,6 +25,7 @@ from pathlib import Path
 from trl import TrlParser
 
 from ..discriminator.heldout import draw_rows, evaluate_triples, load_or_sample, sample_triples
+from ..discriminator.inputs import InputEncoder
 
 
 @dataclass
@@ -150,8 +151,8 @@ def evaluate(args: EvalDiscriminatorArguments) -> dict:
     tokenizer, encoding = _tokenizers(disc_path, metadata.get("student"), args.trust_remote_code)
     # Teacher responses are cut at the student's length limit, as the trainer cuts them.
     max_length = metadata.get("max_new_tokens", args.max_new_tokens)
-    metrics = evaluate_triples(model, tokenizer, triples, args.batch_size, max_completion_length=max_length,
-                               encoding=encoding)
+    encoder = InputEncoder(tokenizer, max_length, encoding=encoding)
+    metrics = evaluate_triples(model, encoder, triples, args.batch_size)
     metrics.update(
         {"discriminator": disc_path, "heldout_cache": str(path), "heldout_created": created, "heldout": metadata}
     )

@@ -1,16 +1,18 @@
 """`Discriminator`: the one object that owns GAD's discriminator and everything that trains it.
 
-It holds the model (full, LoRA / QLoRA, or sharing the student's base), its AdamW and learning-rate schedule, the
-replay buffer, the non-finite guard, the pooling and the FSDP2 sharding, and offers what `GADTrainer` needs of it:
-`build`, `score`, `measure` (score without training), `update` (the documented loss, k optimizer steps), `save_model`
-/ `save_state` and `load`. The trainer keeps the TRL glue (hooks, metrics, phases) and hands it token sequences.
+It holds the model (full, LoRA / QLoRA, or sharing the student's base), its tokenizer, its input encoder
+(`inputs.InputEncoder`: what it is shown), its reward shaping, its AdamW and learning-rate schedule, the replay
+buffer, the non-finite guard, the pooling and the FSDP2 sharding, and offers what `GADTrainer` and the evaluations
+need of it: `build`, `encode` (rows and completions -> a `DiscriminatorBatch`), `update` (the documented loss, k
+optimizer steps), `measure` (score without training), `rewards` (shaped scores), `evaluate_triples` / `score_triples`
+(the held-out set, judge agreement), `save_model` / `save_state` and `load`. The trainer keeps the TRL glue (hooks,
+metrics, phases, the student's SFT term) and hands it rows and completions.
 """
 
 from __future__ import annotations
 
 import os
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -20,6 +22,7 @@ from transformers.utils import logging
 from ..guards import NonFiniteGuard, all_finite, discriminator_divergence_hint, finite_on_every_process, nonfinite_details
 from ..resume import load_checkpoint_file
 from .adapters import discriminator_scope, is_peft_discriminator, is_quantized
+from .inputs import DiscriminatorBatch, InputEncoder, Pairs
 from .losses import discriminator_loss
 from .model import eval_mode, load_discriminator, replicated_loading, score_sequences
 from .pooling import discriminator_pooling, set_discriminator_pooling
@@ -85,81 +88,20 @@ def _warn_if_half_precision(model: nn.Module, learning_rate: float) -> None:
         )
 
 
-@dataclass
-class Pairs:
-    """Which (teacher sequence, student sequence) pairs the loss compares: pair p is (`teacher[p]`, `student[p]`),
-    indices into a batch's teacher and student sequences, with weight `weight[p]` (None: all 1).
-
-    One teacher answer per prompt: one pair per completion (`one_per_student`). k answers: every completion is paired
-    with each of its prompt's answers, weight 1/k each (`from_groups`), so each completion counts once in the loss and
-    the metrics (docs/algorithm.md, "Several teacher answers per prompt")."""
-
-    teacher: torch.Tensor
-    student: torch.Tensor
-    weight: torch.Tensor | None = None
-
-    @classmethod
-    def one_per_student(cls, index: torch.Tensor) -> Pairs:
-        """Completion i against teacher `index[i]` (the paper's pairing)."""
-        return cls(index, torch.arange(len(index), device=index.device, dtype=index.dtype))
-
-    @classmethod
-    def from_groups(cls, groups: list[list[int]], device) -> Pairs:
-        """Completion i against every teacher in `groups[i]` (its prompt's answers)."""
-        if all(len(g) == 1 for g in groups):
-            return cls.one_per_student(torch.tensor([g[0] for g in groups], device=device, dtype=torch.long))
-        teacher = [t for g in groups for t in g]
-        student = [i for i, g in enumerate(groups) for _ in g]
-        weight = [1.0 / len(g) for g in groups for _ in g]
-        return cls(torch.tensor(teacher, device=device, dtype=torch.long),
-                   torch.tensor(student, device=device, dtype=torch.long),
-                   torch.tensor(weight, device=device, dtype=torch.float32))
-
-    @classmethod
-    def of(cls, index) -> Pairs:
-        """`index` as pairs: already `Pairs`, or a tensor of one teacher index per completion."""
-        return index if isinstance(index, Pairs) else cls.one_per_student(index)
-
-    def __len__(self) -> int:
-        return len(self.teacher)
-
-    def extended(self, teacher: torch.Tensor, student: torch.Tensor) -> Pairs:
-        """These pairs plus more of weight 1 (replayed pairs: one per past completion)."""
-        weight = self.weight
-        if weight is not None:
-            weight = torch.cat([weight, torch.ones(len(teacher), device=weight.device, dtype=weight.dtype)])
-        return Pairs(torch.cat([self.teacher, teacher]), torch.cat([self.student, student]), weight)
-
-    def for_students(self, kept: list[int], num_students: int) -> Pairs:
-        """The pairs of the completions `kept` (every pair of each, so a completion with k answers is kept or left
-        out whole), their students renumbered 0..len(kept)-1 in that order: a replace-mode update's current pairs."""
-        position = torch.full((num_students,), -1, device=self.student.device, dtype=self.student.dtype)
-        position[torch.tensor(kept, device=self.student.device, dtype=torch.long)] = torch.arange(
-            len(kept), device=self.student.device, dtype=self.student.dtype)
-        new_student = position[self.student]
-        keep = new_student >= 0
-        return Pairs(self.teacher[keep], new_student[keep], None if self.weight is None else self.weight[keep])
-
-    def scores(self, scores: torch.Tensor, num_teacher: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(teacher side, student side) of every pair, from the scores of `teacher_seqs + student_seqs`."""
-        return scores[:num_teacher][self.teacher], scores[num_teacher:][self.student]
-
-    def primary_teacher(self, num_students: int) -> list[int]:
-        """One teacher per completion (its first pair's): what the replay buffer keeps of a completion."""
-        first: dict[int, int] = {}
-        for t, i in zip(self.teacher.tolist(), self.student.tolist()):
-            first.setdefault(i, t)
-        return [first[i] for i in range(num_students)]
-
-
 class Discriminator:
     """GAD's discriminator and its training state. Build it with `Discriminator.build`."""
 
-    def __init__(self, model: nn.Module, args, accelerator, pad_token_id: int, sharded: bool):
+    def __init__(self, model: nn.Module, args, accelerator, tokenizer, encoder: InputEncoder, sharded: bool,
+                 shaping=None):
+        from .shaping import RewardShaping
+
         self.model = model
         self.args = args
         self.accelerator = accelerator
-        self.pad_token_id = pad_token_id
+        self.tokenizer = tokenizer  # the ids it reads (saved with it); the student's unless it has its own
+        self.encoder = encoder
+        self.pad_token_id = tokenizer.pad_token_id
+        self.shaping = shaping if shaping is not None else RewardShaping.from_args(args)  # the reward's, not the loss's
         self.sharded = sharded
         # Plain optimizer on purpose: one passed through accelerator.prepare only steps when accelerate's
         # sync_gradients is set, i.e. silently never inside a gradient-accumulation window, which is exactly where
@@ -180,21 +122,24 @@ class Discriminator:
 
     # ------------------------------------------------------------------ build
     @classmethod
-    def build(cls, model: nn.Module | None, args, accelerator, pad_token_id: int, student=None) -> Discriminator:
+    def build(cls, model: nn.Module | None, args, accelerator, tokenizer, encoder: InputEncoder,
+              student=None) -> Discriminator:
         """Finish the model from `load_discriminator_model` once the student is wrapped: attach a shared base to
-        `student`, record the pooling, shard (FSDP2) or place it, set dropout / gradient checkpointing, and make the
-        optimizer, guard and replay buffer."""
+        `student`, record the pooling and the reward shaping, shard (FSDP2) or place it, set dropout / gradient
+        checkpointing, and make the optimizer, guard and replay buffer. `tokenizer`: the discriminator's (the
+        student's unless it has its own); `encoder`: what it is shown (`inputs.InputEncoder`)."""
         from .sharding import resolve_discriminator_sharding, shard_discriminator
 
         if args.discriminator_shared_base:
             from .adapters import attach_shared_discriminator
 
-            model = attach_shared_discriminator(student, args, pad_token_id)
+            model = attach_shared_discriminator(student, args, tokenizer.pad_token_id)
         # Written into the discriminator's config (saved with it), so a reloaded discriminator scores the same way.
         set_discriminator_pooling(model, args.discriminator_pooling or discriminator_pooling(model))
         from .shaping import RewardShaping
 
-        RewardShaping.from_args(args).record(model)  # this run's reward shaping, saved with the weights
+        shaping = RewardShaping.from_args(args)
+        shaping.record(model)  # this run's reward shaping, saved with the weights
         if is_peft_discriminator(model):
             if args.discriminator_sharding == "fsdp2":
                 raise ValueError(
@@ -223,7 +168,7 @@ class Discriminator:
         _warn_if_half_precision(model, args.discriminator_learning_rate)
         if hasattr(model, "add_model_tags"):
             model.add_model_tags(["gad", "discriminator"])
-        return cls(model, args, accelerator, pad_token_id, sharded)
+        return cls(model, args, accelerator, tokenizer, encoder, sharded, shaping)
 
     def create_scheduler(self, num_updates: int):
         """The discriminator's learning-rate schedule over `num_updates` optimizer steps (built once)."""
@@ -262,27 +207,61 @@ class Discriminator:
         """`discriminator_loss` of `pairs` on the scores of `teacher_seqs + student_seqs`."""
         return discriminator_loss(*pairs.scores(scores, num_teacher), weights=pairs.weight, **self.loss_kwargs())
 
-    def measure(self, teacher_seqs, student_seqs, index, response_starts) -> tuple[torch.Tensor, dict]:
+    def encode(self, rows, prompt_ids, completion_ids, tool_masks=None, environments=None) -> DiscriminatorBatch:
+        """This generation batch as the discriminator reads it (`InputEncoder.encode`)."""
+        return self.encoder.encode(rows, prompt_ids, completion_ids, tool_masks, environments, self.accelerator.device)
+
+    def measure(self, batch: DiscriminatorBatch) -> tuple[torch.Tensor, dict]:
         """Score and measure without training (evaluation, a frozen discriminator): dropout off (eval mode), no
-        graph. `index`: `Pairs`, or one teacher index per completion. Returns the student scores and the loss's
-        metrics."""
+        graph. Returns the student scores and the loss's metrics."""
         with eval_mode(self.model), torch.no_grad():
-            scores = self.score(teacher_seqs + student_seqs, response_starts=response_starts)
-        _, info = self.pair_loss(scores, len(teacher_seqs), Pairs.of(index))
-        return scores[len(teacher_seqs) :], info
+            scores = self.score(batch.sequences, response_starts=batch.response_starts)
+        _, info = self.pair_loss(scores, batch.num_teacher, batch.pairs)
+        return scores[batch.num_teacher :], info
+
+    def rewards(self, scores: torch.Tensor, batch: DiscriminatorBatch) -> tuple[torch.Tensor, dict]:
+        """The student's rewards from its completions' scores: non-finite scores give no signal (zeros: NaN
+        advantages would reach the student's weights), then the reward shaping (on the reward only: the loss read
+        the raw scores). Returns (rewards, metrics)."""
+        info = {}
+        if not all_finite(scores):
+            scores = torch.zeros_like(scores)
+        if self.shaping.active:
+            scores = self.shaping(scores, batch.student_lengths)
+            info["shaped_reward_mean"] = scores.mean().item()
+        return scores, info
+
+    # ------------------------------------------------------------------ held-out and judge triples
+    def evaluate_triples(self, triples: list[dict], batch_size: int = 8) -> dict:
+        """Accuracy and score statistics on held-out triples (`heldout.evaluate_triples`), laid out by this
+        discriminator's encoder, in eval mode and its adapter scope."""
+        from .heldout import evaluate_triples
+
+        with eval_mode(self.model), self.scope():
+            return evaluate_triples(self.model, self.encoder, triples, batch_size)
+
+    def score_triples(self, triples: list[dict], batch_size: int = 8) -> list[float]:
+        """Raw scores of triples' student responses (sampled completions), encoded as the training rewards' inputs,
+        dropout off, in its adapter scope: what judge agreement compares with the judge."""
+        if not triples:
+            return []
+        sequences, starts = self.encoder.student_sequences(triples)
+        with eval_mode(self.model), self.scope(), torch.no_grad():
+            return score_sequences(self.model, sequences, self.pad_token_id, self.accelerator.device, batch_size,
+                                   starts).float().cpu().tolist()
 
     # ------------------------------------------------------------------ training
-    def update(self, teacher_seqs, student_seqs, index, response_starts, global_step: int) -> tuple[torch.Tensor, dict]:
+    def update(self, batch: DiscriminatorBatch, global_step: int) -> tuple[torch.Tensor, dict]:
         """`discriminator_num_iterations` optimizer steps on this batch's pairs (plus replayed ones); returns the
-        student scores from before the first step (the rewards, one per current completion, in order) and that
-        step's metrics. `index`: `Pairs`, or one teacher index per completion. `response_starts`: where each response
-        begins in `teacher_seqs + student_seqs` (the prompt lengths).
+        student scores from before the first step (the raw scores, one per current completion, in order) and that
+        step's metrics.
 
         Replace mode (`discriminator_replay_mode`): as many current completions as pairs replayed are left out of the
         loss and the backward; they are scored first, without a graph and in the same train/eval mode as the others,
         so that every current completion still gets its pre-step score as reward."""
+        teacher_seqs, student_seqs, response_starts = batch.teacher_seqs, batch.student_seqs, batch.response_starts
         num_current, num_current_teacher = len(student_seqs), len(teacher_seqs)
-        current = (teacher_seqs, student_seqs, Pairs.of(index), response_starts)
+        current = (teacher_seqs, student_seqs, batch.pairs, response_starts)
         teacher_seqs, student_seqs, pairs, response_starts, num_replayed, left_out = self._add_replayed_pairs(*current)
         left_out_scores = self._score_left_out(*current, left_out)  # before the first step: pre-step scores
         num_kept = num_current - len(left_out)
@@ -422,10 +401,11 @@ class Discriminator:
                 p.grad.div_(self.accelerator.num_processes)
 
     # ------------------------------------------------------------------ saving
-    def save_model(self, output_dir: str, final: bool, tokenizer, write_card) -> None:
+    def save_model(self, output_dir: str, final: bool, write_card) -> None:
         """The discriminator's weights into `output_dir/discriminator/` (an adapter folder for a PEFT one, plus a
-        merged plain model at the final save), with the tokenizer and a card (`write_card(folder)`). Collective when
+        merged plain model at the final save), with its tokenizer and a card (`write_card(folder)`). Collective when
         sharded: every process must call it."""
+        tokenizer = self.tokenizer
         state_dict = None
         if self.sharded:  # gathered by every process, kept on the main one
             from .sharding import full_model_state_dict

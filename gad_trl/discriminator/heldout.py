@@ -3,8 +3,9 @@
 Training-set discriminator accuracy is measured on fresh samples each step and can mislead (docs/algorithm.md,
 "Monitoring"): these triples are drawn once with a fixed seed and reused, so successive evaluations are comparable.
 This module is the one home of the draw (`draw_rows`, `sample_triples`), of the cache (`save_triples`,
-`load_triples`, `load_or_sample`) and of the scoring (`evaluate_triples`), used by `gad-trl eval-discriminator` and
-by `GADTrainer.evaluate` (`GADConfig.discriminator_heldout_size`).
+`load_triples`, `load_or_sample`) and of the scoring (`evaluate_triples`, which reads the triples through the
+discriminator's `InputEncoder`), used by `gad-trl eval-discriminator` and by `GADTrainer.evaluate`
+(`GADConfig.discriminator_heldout_size`, through `Discriminator.evaluate_triples`).
 
 A cache is keyed on what it was drawn from (data source, split, sample count, seed, student, length limit, ...): the
 key is stored in its first line and checked on reuse, so other settings never silently reuse old triples.
@@ -19,8 +20,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from ..data import encode_pair, prompt_ids, prompt_messages, teacher_answers, text_answers
-from ..end_of_turn import end_of_turn_token_id
+from ..data import prompt_messages, text_answers
 
 logger = logging.getLogger(__name__)
 
@@ -171,27 +171,14 @@ def sample_triples(
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _student_sequence(tokenizer, triple: dict, end_token_id: int) -> list[int]:
-    if triple.get("student_completion_ids") is not None:
-        # Exact sampled tokens: decoding and re-tokenising a sample need not round-trip.
-        return prompt_ids(tokenizer, triple["prompt"]) + list(triple["student_completion_ids"])
-    finished = triple.get("student_finished", True)
-    return encode_pair(tokenizer, triple["prompt"], triple["student_response"], finished, end_token_id)
-
-
-def evaluate_triples(
-    model, tokenizer, triples: list[dict], batch_size: int = 8, max_completion_length: int | None = None,
-    encoding=None,
-) -> dict:
+def evaluate_triples(model, encoder, triples: list[dict], batch_size: int = 8) -> dict:
     """Accuracy (fraction with teacher score > student score), score gap and score statistics of the discriminator.
 
-    A triple whose `teacher_response` is a list of k answers counts each (answer, student) pair with weight 1/k, as
-    the training loss does: every triple counts once. `teacher_scores` lists every answer's score.
-
-    Teacher responses are encoded as in training (`gad_trl.data.encode_pair`), cut at `max_completion_length` (the
-    student's length limit) as the trainer cuts them. `tokenizer` is the student's; a discriminator with its own
-    tokenizer gets its `encoding` (`gad_trl.discriminator.tokenization.DiscriminatorEncoding`), which re-encodes both
-    sides as the trainer does.
+    `encoder`: the discriminator's `InputEncoder` (`gad_trl.discriminator.inputs`), which lays the triples out as
+    training does: teacher answers as finished completions cut at the student's length limit, student responses as
+    sampled, both re-encoded for a discriminator with its own tokenizer. A triple whose `teacher_response` is a list
+    of k answers counts each (answer, student) pair with weight 1/k, as the training loss does: every triple counts
+    once. `teacher_scores` lists every answer's score.
     """
     import statistics
 
@@ -199,30 +186,18 @@ def evaluate_triples(
 
     from .model import score_sequences
 
-    end = end_of_turn_token_id(tokenizer)
-    owner = [i for i, t in enumerate(triples) for _ in teacher_answers(t["teacher_response"])]  # answer -> its triple
-    teacher_seqs = [
-        encode_pair(tokenizer, t["prompt"], answer, True, end, max_completion_length)
-        for t in triples for answer in teacher_answers(t["teacher_response"])
-    ]
-    student_seqs = [_student_sequence(tokenizer, t, end) for t in triples]
-    # Where each response starts (the prompt's length), for mean pooling (`discriminator_pooling` in its config).
-    starts = [len(prompt_ids(tokenizer, t["prompt"])) for t in triples]
-    teacher_starts = [starts[i] for i in owner]
-    if encoding is not None:  # both sides re-encoded after the same prompt, rendered once in the discriminator's tokens
-        heads = [encoding.prompt_ids(t["prompt"]) for t in triples]
-        teacher_seqs = [heads[i] + encoding.response_ids(seq[s:])
-                        for i, seq, s in zip(owner, teacher_seqs, teacher_starts)]
-        student_seqs = [h + encoding.response_ids(seq[s:]) for h, seq, s in zip(heads, student_seqs, starts)]
-        starts = [len(h) for h in heads]
-        teacher_starts = [starts[i] for i in owner]
-        tokenizer = encoding.tokenizer
+    batch = encoder.encode_triples(triples)
+    tokenizer = encoder.discriminator_tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    starts = batch.response_starts
     model.eval()
     device = next(model.parameters()).device
     with torch.no_grad():
-        t_scores = score_sequences(model, teacher_seqs, pad, device, batch_size, teacher_starts).float().cpu().tolist()
-        s_scores = score_sequences(model, student_seqs, pad, device, batch_size, starts).float().cpu().tolist()
+        t_scores = score_sequences(model, batch.teacher_seqs, pad, device, batch_size,
+                                   starts[: batch.num_teacher]).float().cpu().tolist()
+        s_scores = score_sequences(model, batch.student_seqs, pad, device, batch_size,
+                                   starts[batch.num_teacher :]).float().cpu().tolist()
+    owner = batch.pairs.student.tolist()  # answer -> its triple
     answers_of = [owner.count(i) for i in range(len(triples))]
     # Per (answer, student) pair, weighted 1/k: each triple counts once.
     weighted = [(t - s_scores[i], 1.0 / answers_of[i]) for t, i in zip(t_scores, owner)]
@@ -235,7 +210,7 @@ def evaluate_triples(
         "teacher_score_std": statistics.pstdev(t_scores),
         "student_score_mean": statistics.fmean(s_scores),
         "student_score_std": statistics.pstdev(s_scores),
-        "student_truncated_fraction": sum(not t.get("student_finished", True) for t in triples) / n,
+        "student_truncated_fraction": batch.student_truncated / n,
         "teacher_scores": t_scores,
         "student_scores": s_scores,
     }

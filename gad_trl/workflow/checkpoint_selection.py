@@ -182,48 +182,6 @@ PAIRS_KEY = "eval/discriminator_judge_pairs"
 SHAPED_AUC_KEY = "eval/shaped_reward_judge_auc"
 
 
-def discriminator_scores(discriminator, tokenizer, triples: list[dict], batch_size: int = 8,
-                         encoding=None) -> list[float]:
-    """Raw discriminator scores of sampled student completions, encoded as the trainer encodes its rewards' inputs: the
-    student half of `gad_trl.discriminator.heldout.evaluate_triples` (prompt ids + the exact sampled ids, EOS
-    included; re-encoded by `encoding` for a discriminator with its own tokenizer; pooling from its config).
-
-    `triples`: `sample_triples`'s (`prompt`, `student_completion_ids`, ...; no teacher response needed). The caller
-    sets eval mode and the discriminator's adapter scope."""
-    import torch
-
-    from ..data import prompt_ids
-    from ..discriminator.heldout import _student_sequence
-    from ..discriminator.model import score_sequences
-    from ..end_of_turn import end_of_turn_token_id
-
-    if not triples:
-        return []
-    end = end_of_turn_token_id(tokenizer)
-    sequences = [_student_sequence(tokenizer, t, end) for t in triples]
-    starts = [len(prompt_ids(tokenizer, t["prompt"])) for t in triples]
-    if encoding is not None:
-        heads = [encoding.prompt_ids(t["prompt"]) for t in triples]
-        sequences = [h + encoding.response_ids(seq[s:]) for h, seq, s in zip(heads, sequences, starts)]
-        starts = [len(h) for h in heads]
-        tokenizer = encoding.tokenizer
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(discriminator.parameters()).device
-    with torch.no_grad():
-        return score_sequences(discriminator, sequences, pad, device, batch_size, starts).float().cpu().tolist()
-
-
-def trainer_discriminator_scores(trainer, triples: list[dict]) -> list[float]:
-    """`discriminator_scores` with a `GADTrainer`'s current discriminator, its encoding and adapter scope, dropout off
-    (as its fixed held-out evaluation scores)."""
-    from ..discriminator.model import eval_mode
-
-    with eval_mode(trainer.discriminator), trainer.discriminator_component.scope():
-        return discriminator_scores(trainer.discriminator, trainer.processing_class, triples,
-                                    trainer.args.per_device_eval_batch_size,
-                                    getattr(trainer, "_discriminator_encoding", None))
-
-
 def discriminator_judge_agreement(eval_args: EvaluationArguments, trainer, model, tokenizer,
                                   output_dir: str | os.PathLike, dataset=None, judge_client=None,
                                   seed: int = 0) -> dict:
@@ -233,7 +191,7 @@ def discriminator_judge_agreement(eval_args: EvaluationArguments, trainer, model
     sampled from `model` (seeded with `seed`, without moving the training RNG) at `discriminator_judge_temperature`
     (default: the trainer's `temperature`) and up to the trainer's `max_completion_length` tokens: completions like
     the ones GRPO ranks. Each is rated by the judge on its own (`evaluation.judge_completions`, `eval_args.mode`) and
-    scored by the discriminator as in training (`trainer_discriminator_scores`); `gad_trl.workflow.agreement
+    scored by the discriminator as in training (`Discriminator.score_triples`); `gad_trl.workflow.agreement
     .within_prompt_auc` compares the two orders within each prompt. Completions without a judge score (unparseable
     review, failed request) are left out. Writes one row per completion to `output_dir/eval_judge_agreement.jsonl`.
 
@@ -246,7 +204,6 @@ def discriminator_judge_agreement(eval_args: EvaluationArguments, trainer, model
 
     from ..data import prompt_messages
     from ..discriminator.heldout import sample_triples
-    from ..discriminator.shaping import RewardShaping
     from .agreement import within_prompt_auc
     from .evaluation import judge_completions, load_eval_rows
     from .jsonl_store import write_jsonl_atomic
@@ -272,8 +229,9 @@ def discriminator_judge_agreement(eval_args: EvaluationArguments, trainer, model
     for t in triples:
         completions.setdefault(t["row"], []).append(t["student_response"])
     judged, failures = judge_completions(eval_args, rows, completions, output_dir, judge_client)
-    scores = trainer_discriminator_scores(trainer, triples)
-    shaping = RewardShaping.from_args(trainer.args)
+    discriminator = trainer.discriminator_component
+    scores = discriminator.score_triples(triples, trainer.args.per_device_eval_batch_size)
+    shaping = discriminator.shaping
     rewards = None
     if shaping.active:  # the reward GRPO reads: shaped by the completion's length (EOS included, as in training)
         rewards = shaping(torch.tensor(scores), [len(t["student_completion_ids"]) for t in triples]).tolist()
