@@ -69,3 +69,14 @@ def response_sequences(trainer):
 def read_jsonl(path):
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def scripted_tool_rollout(trainer, scripted, prompts, tools):
+    """One rollout through TRL's own tool loop (`GRPOTrainer._generate`) with the student's generation replaced by
+    `scripted(prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False) -> (ids, None)`; the
+    per-batch tool dicts set as TRL sets them. Returns `_generate`'s outputs and the batch's train metrics."""
+    trainer._generate_single_turn = scripted
+    named = {getattr(t, "__name__", str(t)): t for t in tools}
+    trainer._sync_tool_dicts, trainer._async_tool_dicts = [named] * len(prompts), [{}] * len(prompts)
+    trainer.model.train()
+    return trainer._generate(prompts), trainer._metrics["train"]

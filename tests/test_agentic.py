@@ -7,7 +7,7 @@ from datasets import Dataset
 from gad_trl import GADConfig, GADTrainer
 from gad_trl.data import GADDataError, normalize_trajectory, prepare_gad_dataset
 from gad_trl.testing import add, tiny_tool_rows
-from tests.gad_helpers import params_of, same_params
+from tests.gad_helpers import params_of, same_params, scripted_tool_rollout
 
 
 def tool_args(output_dir, **overrides):
@@ -78,10 +78,8 @@ def test_same_content_gives_identical_ids_on_both_sides(tool_caller_dir, tmp_pat
         a, b = (r["teacher_response"][0]["tool_calls"][0]["function"]["arguments"][k] for k in "ab")
         turns[i] = (f'<tool_call>\n{{"name": "add", "arguments": {{"a": {a}, "b": {b}}}}}\n</tool_call>',
                     r["teacher_response"][2]["content"])
-    trainer._generate_single_turn = scripted
-    trainer._sync_tool_dicts, trainer._async_tool_dicts = [{"add": add}] * 4, [{}] * 4  # as TRL sets them per batch
-    trainer.model.train()
-    prompt_ids, completion_ids, tool_mask, completions, *_ = trainer._generate([r["prompt"] for r in rows])
+    outputs, _ = scripted_tool_rollout(trainer, scripted, [r["prompt"] for r in rows], [add])
+    prompt_ids, completion_ids, tool_mask, completions, *_ = outputs
     for i, r in enumerate(rows):
         assert [m["role"] for m in completions[i]] == ["assistant", "tool", "assistant"]  # TRL ran the tool
         assert completions[i][1]["content"] == r["teacher_response"][1]["content"]

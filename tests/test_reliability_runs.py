@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from tests.gad_helpers import TINY_SEQKD, make_trainer
+from tests.gad_helpers import TINY_SEQKD, make_trainer, scripted_tool_rollout
 from tests.test_vllm_backend import needs_vllm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -208,13 +208,11 @@ def test_training_tool_calls_time_out_and_huge_results_are_cut(tool_caller_dir, 
             out.append(tok(turn, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
         return out, None
 
-    trainer._generate_single_turn = scripted
-    trainer._sync_tool_dicts, trainer._async_tool_dicts = [{"add": add}] * 4, [{}] * 4  # as TRL sets them per batch
-    trainer.model.train()
     start = time.monotonic()
     try:
         with caplog.at_level(logging.WARNING):
-            _, _, _, completions, *_ = trainer._generate([r["prompt"] for r in rows])
+            (_, _, _, completions, *_), metrics = scripted_tool_rollout(trainer, scripted, [r["prompt"] for r in rows],
+                                                                        [add])
     finally:
         _RELEASE.set()
     assert time.monotonic() - start < 30
@@ -222,7 +220,6 @@ def test_training_tool_calls_time_out_and_huge_results_are_cut(tool_caller_dir, 
     assert "timed out" in results[0] and "tool_timeout" in results[0]  # TRL's error result for a raising tool
     assert results[1].startswith("x" * 40) and "cut: the tool returned 2000000 characters" in results[1]
     assert len(results[1]) < 200 and results[2] == "8" and [m["content"] for m in completions[3][-1:]] == ["done"]
-    metrics = trainer._metrics["train"]
     assert metrics["tools/timeouts"] == [1.0] and metrics["tools/cut_results"] == [1.0]
     assert metrics["tools/failure_frequency"][-1] > 0
     assert "tool_timeout=1 s" in caplog.text
