@@ -65,12 +65,12 @@ class GADProgressCallback(TrainerCallback):
 
 
 class OutputDirLockCallback(TrainerCallback):
-    """At each log and save, checks that this process still holds `output_dir`'s lock (`preflight.OutputDirLock.verify`:
+    """At each log and save, checks that this process still holds `output_dir`'s lock (`run_folder.OutputDirLock.verify`:
     a deleted lock file is re-taken, another run holding it is logged as an error). Nothing when the process holds no
     lock (it does not save)."""
 
     def _verify(self, args):
-        from .preflight import held_lock
+        from .run_folder import held_lock
 
         lock = held_lock(args.output_dir)
         if lock is not None:

@@ -187,7 +187,8 @@ class GADTrainer(GRPOTrainer):
         from .vllm.generation import check_colocate_weight_sync
 
         check_colocate_weight_sync(args)  # before anything loads, vLLM included
-        from .preflight import check_model_source, check_output_dir_writable, check_reference_model_source
+        from .preflight import check_model_source, check_reference_model_source
+        from .run_folder import check_output_dir_writable
 
         check_model_source(model)
         check_reference_model_source(model, args.beta, peft_config)
@@ -299,7 +300,7 @@ class GADTrainer(GRPOTrainer):
         self._heldout: list[dict] | None = None
         self._resumed_run = False
         self._run_key_cache: dict | None = None  # `_run_key`
-        self._train_sampler = None  # TRL's prompt sampler, made resumable in any epoch (gad_trl.resume)
+        self._train_sampler = None  # TRL's prompt sampler, made resumable in any epoch (gad_trl.run_folder)
         # The teacher data set's name (Hub id or path), named in the model cards; `gad-trl gad` sets it,
         # `push_to_hub(dataset_name=...)` too.
         self.dataset_name: str | None = None
@@ -416,7 +417,7 @@ class GADTrainer(GRPOTrainer):
     def _get_train_sampler(self, dataset=None):
         from trl.trainer.utils import RepeatSampler
 
-        from .resume import EpochReplaySampler
+        from .run_folder import EpochReplaySampler
 
         sampler = super()._get_train_sampler(dataset)
         if isinstance(sampler, RepeatSampler):
@@ -653,11 +654,10 @@ class GADTrainer(GRPOTrainer):
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         """`Trainer.train`, with `resume_from_checkpoint=True` (or "true") resuming from the latest *complete*
-        checkpoint: a folder left half-written by a kill during a save is named and skipped (gad_trl.resume)."""
+        checkpoint: a folder left half-written by a kill during a save is named and skipped (gad_trl.run_folder)."""
         from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 
-        from .preflight import check_run_key, checkpoint_step, hold_output_dir
-        from .resume import resolve_resume_checkpoint
+        from .run_folder import check_run_key, checkpoint_step, hold_output_dir, resolve_resume_checkpoint
 
         output_dir = self.args.output_dir
         checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, output_dir)
@@ -713,7 +713,7 @@ class GADTrainer(GRPOTrainer):
     def _run_key(self) -> dict:
         # Computed once: the student's name and the training data do not change during a run, and every save writes it.
         if self._run_key_cache is None:
-            from .preflight import run_key
+            from .run_folder import run_key
 
             student = self.accelerator.unwrap_model(self.model)
             self._run_key_cache = run_key(str(getattr(student.config, "_name_or_path", "")), self.train_dataset,
@@ -759,16 +759,16 @@ class GADTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ saving / resuming
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        from .resume import explain_disk_full
+        from .run_folder import explain_disk_full
 
         output_dir = output_dir or self.args.output_dir
-        # A disk that fills up: a DiskFullError naming the file being written and the fix (gad_trl.resume).
+        # A disk that fills up: a DiskFullError naming the file being written and the fix (gad_trl.run_folder).
         with explain_disk_full(output_dir):
             super().save_model(output_dir, _internal_call)
-            if self.args.should_save:  # which run wrote this folder: a resume checks it (preflight.check_run_key)
+            if self.args.should_save:  # which run wrote this folder: a resume checks it (run_folder.check_run_key)
                 import json
 
-                from .preflight import RUN_KEY_NAME
+                from .run_folder import RUN_KEY_NAME
 
                 with open(os.path.join(output_dir, RUN_KEY_NAME), "w") as f:
                     json.dump(self._run_key(), f, indent=2)
@@ -776,7 +776,7 @@ class GADTrainer(GRPOTrainer):
                                                     write_card=self._write_discriminator_card)
 
     def _save_checkpoint(self, model, trial):
-        from .resume import explain_disk_full
+        from .run_folder import explain_disk_full
 
         # The whole checkpoint (model card, weights, optimizer, RNG and trainer states) under one explanation.
         with explain_disk_full(self._get_output_dir(trial=trial)):

@@ -215,7 +215,7 @@ def test_no_secret_in_cards_hparams_events_or_training_args(tiny_model_dir, tmp_
 
 def test_bare_resume_flag_parses_as_latest_and_true_is_not_a_path(tmp_path, caplog):
     from gad_trl.cli.train import parse_args
-    from gad_trl.resume import resolve_resume_checkpoint
+    from gad_trl.run_folder import resolve_resume_checkpoint
 
     tiny = str(REPO / "recipes" / "tiny" / "gad.yaml")
     for argv in (["--config", tiny, "--resume_from_checkpoint"], ["--resume_from_checkpoint", "--config", tiny]):

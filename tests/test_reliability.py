@@ -26,7 +26,7 @@ def _crafted(path, marker):
 
 
 def test_load_checkpoint_file_refuses_pickled_code_and_names_the_file(tmp_path):
-    from gad_trl.resume import load_checkpoint_file
+    from gad_trl.run_folder import load_checkpoint_file
 
     path, marker = tmp_path / "discriminator_optimizer.pt", tmp_path / "pwned"
     _crafted(path, marker)
@@ -134,13 +134,13 @@ def test_a_second_run_on_the_same_output_dir_is_refused_naming_the_first(tmp_pat
     import sys
     import textwrap
 
-    from gad_trl.preflight import OutputDirLock
+    from gad_trl.run_folder import OutputDirLock
 
     out = tmp_path / "run"
     out.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
-        from gad_trl.preflight import OutputDirLock
+        from gad_trl.run_folder import OutputDirLock
         lock = OutputDirLock({str(out)!r}); lock.acquire(); print("locked", flush=True); time.sleep(60)
     """)], stdout=subprocess.PIPE, text=True)
     try:
@@ -159,7 +159,7 @@ def test_a_second_run_on_the_same_output_dir_is_refused_naming_the_first(tmp_pat
 def test_train_holds_the_lock_and_a_read_only_output_dir_fails_at_the_start(tiny_model_dir, tmp_path):
     import os
 
-    from gad_trl.preflight import OutputDirLock
+    from gad_trl.run_folder import OutputDirLock
 
     out = tmp_path / "run"
     trainer = make_trainer(tiny_model_dir, out, max_steps=1)

@@ -401,7 +401,7 @@ def test_resumed_soda_draws_the_samples_of_an_uninterrupted_run(tiny_model_dir, 
 def test_resume_key_sees_a_change_at_row_1500(tmp_path):
     import json
 
-    from gad_trl.preflight import RUN_KEY_NAME, check_run_key, run_key
+    from gad_trl.run_folder import RUN_KEY_NAME, check_run_key, run_key
     from gad_trl.testing import tiny_gad_rows
 
     rows = tiny_gad_rows(8) * 250  # 2000 rows

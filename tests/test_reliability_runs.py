@@ -25,7 +25,7 @@ def _hold_lock_in_another_process(out):
     out.mkdir(parents=True, exist_ok=True)
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
-        from gad_trl.preflight import OutputDirLock
+        from gad_trl.run_folder import OutputDirLock
         OutputDirLock({str(out)!r}).acquire(); print("locked", flush=True); time.sleep(60)
     """)], stdout=subprocess.PIPE, text=True, cwd=REPO)
     assert holder.stdout.readline().strip() == "locked"
@@ -40,7 +40,7 @@ def test_a_lock_deleted_during_training_is_retaken_and_the_run_ends_and_saves(ti
     """Deleting .gad_trl.lock under a run made its release crash (FileNotFoundError) before the final save."""
     from transformers import TrainerCallback
 
-    from gad_trl.preflight import OutputDirLock
+    from gad_trl.run_folder import OutputDirLock
 
     out = tmp_path / "run"
     lock_file = out / ".gad_trl.lock"
@@ -74,7 +74,7 @@ def _locked(lock) -> bool:
 
 
 def test_another_run_on_a_deleted_lock_is_reported_and_its_lock_left_alone(tmp_path, caplog):
-    from gad_trl.preflight import OutputDirLock
+    from gad_trl.run_folder import OutputDirLock
 
     out = tmp_path / "run"
     ours = OutputDirLock(str(out))
@@ -95,7 +95,7 @@ def test_another_run_on_a_deleted_lock_is_reported_and_its_lock_left_alone(tmp_p
 
 
 def test_a_symlinked_lock_is_refused_and_its_target_untouched(tmp_path):
-    from gad_trl.preflight import OutputDirLock
+    from gad_trl.run_folder import OutputDirLock
 
     out = tmp_path / "run"
     out.mkdir()
@@ -111,7 +111,7 @@ def test_a_command_whose_output_dir_another_run_took_saves_then_fails_naming_it(
     import types
 
     from gad_trl.cli.utils import train_and_save
-    from gad_trl.preflight import hold_output_dir
+    from gad_trl.run_folder import hold_output_dir
 
     out = tmp_path / "run"
     saved, others = [], []

@@ -1,4 +1,4 @@
-"""A disk that fills up during a save: `gad_trl.resume.explain_disk_full` turns the writers' errors (OSError ENOSPC /
+"""A disk that fills up during a save: `gad_trl.run_folder.explain_disk_full` turns the writers' errors (OSError ENOSPC /
 EDQUOT, safetensors' "No space left on device (os error 28)", torch.save's errno-less "unexpected pos") into a
 `DiskFullError` that says "no space left on device", names the file being written and says what to do; everything
 else passes through unchanged. Simulated (monkeypatched writers), plus the real thing on a 1 MiB tmpfs where this
@@ -13,8 +13,8 @@ import subprocess
 import pytest
 import torch
 
-from gad_trl import resume
-from gad_trl.resume import DiskFullError, disk_full_errno, explain_disk_full
+from gad_trl import run_folder
+from gad_trl.run_folder import DiskFullError, disk_full_errno, explain_disk_full
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -79,14 +79,14 @@ def test_torch_save_failure_counts_only_when_the_disk_is_nearly_full(tmp_path, m
 
     monkeypatch.setattr(torch, "save", failing_save)
     target = tmp_path / "discriminator_optimizer.pt"
-    monkeypatch.setattr(resume, "_free_bytes", lambda path: 10 * 2**20)
+    monkeypatch.setattr(run_folder, "_free_bytes", lambda path: 10 * 2**20)
     with pytest.raises(DiskFullError) as info:
         with explain_disk_full(tmp_path):
             torch.save({}, target)
     assert str(target) in str(info.value) and "10.0 MiB free" in str(info.value)
     assert "unexpected pos" in str(info.value)  # the writer's own words are kept
 
-    monkeypatch.setattr(resume, "_free_bytes", lambda path: 100 * 2**30)  # plenty of space: not a disk full
+    monkeypatch.setattr(run_folder, "_free_bytes", lambda path: 100 * 2**30)  # plenty of space: not a disk full
     with pytest.raises(RuntimeError, match="unexpected pos") as info:
         with explain_disk_full(tmp_path):
             torch.save({}, target)
@@ -139,14 +139,14 @@ def test_a_checkpoint_save_that_fills_the_disk_says_so(tiny_model_dir, tmp_path,
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", filling_save)
-    monkeypatch.setattr(resume, "_free_bytes", lambda path: 3 * 2**20)
+    monkeypatch.setattr(run_folder, "_free_bytes", lambda path: 3 * 2**20)
     with pytest.raises(DiskFullError) as info:
         trainer.train()
     text = str(info.value)
     written = tmp_path / "checkpoint-1" / "optimizer.pt"
     assert "no space left on device" in text.lower() and str(written) in text, text
     assert "save_total_limit" in text and "--resume_from_checkpoint skips it" in text
-    assert resume.latest_complete_checkpoint(str(tmp_path)) is None  # the cut checkpoint-1 is not resumable
+    assert run_folder.latest_complete_checkpoint(str(tmp_path)) is None  # the cut checkpoint-1 is not resumable
 
 
 def _mount_tmpfs(path, size="1m") -> bool:

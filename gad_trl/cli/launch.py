@@ -74,8 +74,8 @@ def launch(argv: list[str], parser, module: str, launch_command_fn=None) -> int:
 
 def command_line_checks(argv: list[str]) -> list[str]:
     """`--config` given twice is an error (TrlParser would read one file silently); a bare `--resume_from_checkpoint`
-    reads `--resume_from_checkpoint true` (the latest checkpoint, gad_trl.resume)."""
-    from ..resume import with_resume_flag_value
+    reads `--resume_from_checkpoint true` (the latest checkpoint, gad_trl.run_folder)."""
+    from ..run_folder import with_resume_flag_value
 
     configs = [a for a in argv if a == "--config" or a.startswith("--config=")]
     if len(configs) > 1:

@@ -175,7 +175,7 @@ def prepare_run(script_args, training_args, model_args, command: str):
 def build_train_and_save(build_trainer, script_args, training_args, model_args, name: str):
     """A training command's `main`: with `output_dir`'s lock held from before anything is written there (SODA's
     sample cache, checkpoints) to after the final save and push, build the trainer, train and save."""
-    from ..preflight import hold_output_dir
+    from ..run_folder import hold_output_dir
 
     with hold_output_dir(training_args.output_dir, enabled=training_args.should_save):
         return train_and_save(build_trainer(script_args, training_args, model_args), script_args, training_args, name)
@@ -184,8 +184,7 @@ def build_train_and_save(build_trainer, script_args, training_args, model_args, 
 def train_and_save(trainer, script_args, training_args, name: str):
     """Train (resuming if asked), save to `output_dir`, push when `push_to_hub`: the end of every training script."""
     from ..callbacks import OutputDirLockCallback
-    from ..preflight import held_lock
-    from ..resume import resolve_resume_checkpoint
+    from ..run_folder import held_lock, resolve_resume_checkpoint
 
     if not any(isinstance(cb, OutputDirLockCallback) for cb in trainer.callback_handler.callbacks):
         trainer.add_callback(OutputDirLockCallback())  # (GADTrainer has it already)

@@ -20,7 +20,7 @@ from transformers import get_scheduler
 from transformers.utils import logging
 
 from ..guards import NonFiniteGuard, all_finite, discriminator_divergence_hint, finite_on_every_process, nonfinite_details
-from ..resume import load_checkpoint_file
+from ..run_folder import load_checkpoint_file
 from .adapters import discriminator_scope, is_peft_discriminator, is_quantized
 from .inputs import DiscriminatorBatch, InputEncoder, Pairs
 from .losses import discriminator_loss

@@ -165,7 +165,7 @@ def load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, path: str
     """Load a full optimizer state written by `save_optimizer`; each process keeps its shard."""
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-    from ..resume import load_checkpoint_file
+    from ..run_folder import load_checkpoint_file
 
     state = load_checkpoint_file(path, map_location="cpu")
     if not optimizer_state_is_by_name(state):

@@ -345,7 +345,7 @@ class ReloadVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
                 state[name] = param.detach().to("cpu", copy=True).contiguous()
         path = os.path.join(self.weight_sync_dir, WEIGHTS_FILE)
         if is_main:
-            from ..resume import explain_disk_full
+            from ..run_folder import explain_disk_full
 
             partial = path + ".partial"  # not matched by the server's *.safetensors glob
             hint = ("Free space there or set vllm_weight_sync_dir to a folder on a larger disk that the vLLM server "
