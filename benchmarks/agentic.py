@@ -9,9 +9,9 @@ Setup (all offline, on CPU, all measured; reported in benchmarks/results/quality
 - Task: "What is 347 * 29 + 18?" (2-3 integer operands, + - *, results up to ~5 digits: too big for a tiny model
   to compute in its head). Tool: `calculate(expression)`, an AST-checked evaluator of + - * on integers.
 - Teacher (a program): the trajectory [assistant `<tool_call>` calculate(expression=<the prompt's expression>),
-  the tool's result, final assistant "The answer is N."], in Qwen2.5's tool layout (`gad_trl.testing.
+  the tool's result, final assistant "The answer is N."], in Qwen2.5's tool layout (`gad_trl.tiny.
   TOOL_CHAT_TEMPLATE`). Only its messages are used.
-- Student: a tiny Qwen2 (`gad_trl.testing.build_tiny_model` with `build_tiny_tool_tokenizer`) pre-trained from random
+- Student: a tiny Qwen2 (`gad_trl.tiny.build_tiny_model` with `build_tiny_tool_tokenizer`) pre-trained from random
   init on a *weaker teacher*'s trajectories over prompts disjoint from the train/eval prompts: it skips the tool and
   guesses a wrong number in `skip_prob` of the answers (greedy decoding follows that mode), and copies the expression
   or the tool result with one digit changed now and then; half of its pre-training steps are generic copying practice
@@ -96,10 +96,10 @@ _ASSISTANT_CLOSE = "{%- endfor %}{{ '<|im_end|>\n' }}{%- elif message.role == 't
 
 
 def _training_template() -> str:
-    from gad_trl.testing import TOOL_CHAT_TEMPLATE
+    from gad_trl.tiny import TOOL_CHAT_TEMPLATE
 
     assert TOOL_CHAT_TEMPLATE.count(_ASSISTANT_OPEN) == 1 and TOOL_CHAT_TEMPLATE.count(_ASSISTANT_CLOSE) == 1, (
-        "gad_trl.testing.TOOL_CHAT_TEMPLATE changed: update benchmarks/agentic.py's training template")
+        "gad_trl.tiny.TOOL_CHAT_TEMPLATE changed: update benchmarks/agentic.py's training template")
     return (TOOL_CHAT_TEMPLATE
             .replace(_ASSISTANT_OPEN, "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message.content or '' }}")
             .replace(_ASSISTANT_CLOSE, "{%- endfor %}{{ '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
@@ -268,7 +268,7 @@ def encode_rows(tok, prompts: list[list[dict]], trajectories: list[list[dict]]):
 def pretrain_student(tok, seed: int, out_dir, exclude: set[str], args) -> dict:
     import torch
 
-    from gad_trl.testing import build_tiny_model
+    from gad_trl.tiny import build_tiny_model
 
     seed_everything(seed)
     model = build_tiny_model(tok, seed=seed, hidden_size=args.hidden_size, num_layers=args.num_layers)
@@ -636,7 +636,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.report_only:
         return report_only(args)
-    from gad_trl.testing import use_offline_env
+    from gad_trl.tiny import use_offline_env
 
     use_offline_env()
     import torch
@@ -645,7 +645,7 @@ def main(argv=None):
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from gad_trl.testing import build_tiny_tool_tokenizer
+    from gad_trl.tiny import build_tiny_tool_tokenizer
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

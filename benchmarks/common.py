@@ -9,7 +9,7 @@ import statistics
 import time
 from pathlib import Path
 
-from gad_trl.testing import use_offline_env  # noqa: E402
+from gad_trl.tiny import use_offline_env  # noqa: E402
 
 use_offline_env()
 
@@ -19,7 +19,7 @@ from gad_trl.data import prompt_ids, teacher_completion_ids  # noqa: E402
 from gad_trl.data import prompt_text as templated_prompt  # noqa: E402
 from gad_trl.discriminator.model import score_sequences  # noqa: E402
 from gad_trl.end_of_turn import end_of_turn_token_id  # noqa: E402
-from gad_trl.testing import build_tiny_model, build_tiny_tokenizer  # noqa: E402
+from gad_trl.tiny import build_tiny_model, build_tiny_tokenizer  # noqa: E402
 
 from .tasks import Task, corrupt, make_split, truncate  # noqa: E402
 

@@ -47,7 +47,7 @@ import sys
 import time
 from pathlib import Path
 
-from gad_trl.testing import use_offline_env  # noqa: E402
+from gad_trl.tiny import use_offline_env  # noqa: E402
 
 use_offline_env()
 
@@ -146,7 +146,7 @@ def _peak_rss_mb():
 
 
 def build_checkpoint(a) -> str:
-    from gad_trl.testing import build_tiny_model, build_tiny_tokenizer
+    from gad_trl.tiny import build_tiny_model, build_tiny_tokenizer
 
     path = Path(a.workdir) / f"model_h{a.hidden_size}_l{a.num_layers}"
     if not (path / "config.json").exists():

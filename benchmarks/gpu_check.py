@@ -2,7 +2,7 @@
 
 For each case it saves a random-weight model of a named real shape (the config built in code from the estimator's
 table of public configs, `gad_trl.memory.estimator.KNOWN_ARCHITECTURES`: real hidden sizes, layers and vocabulary;
-no Hub) with the tiny offline tokenizer of `gad_trl.testing`, writes a local data set of prompts of
+no Hub) with the tiny offline tokenizer of `gad_trl.tiny`, writes a local data set of prompts of
 `--prompt-tokens` tokens, and runs the case's recipe (`recipes/`) with overrides through `gad-trl gad`'s own parser
 and trainer builder (`gad_trl.cli.gad`; the final save is skipped) in a process of its own, with a time limit. It
 writes, per case: peak CUDA memory allocated and reserved, the estimate for the same arguments
@@ -38,7 +38,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from gad_trl.testing import use_offline_env
+from gad_trl.tiny import use_offline_env
 
 use_offline_env()
 
@@ -87,7 +87,7 @@ TIMERS = {
 def save_shaped_model(path: Path, shape: str, tokenizer, device: str, **overrides) -> str:
     """A random-weight Qwen2 causal LM of a real shape (`KNOWN_ARCHITECTURES[shape]`, `overrides` on top: the tests
     keep one layer), built in bf16 on `device` (fast initialisation on a GPU) and saved with `tokenizer`, as
-    `gad_trl.testing.save_tiny_model` saves a tiny one. The tokenizer's vocabulary is smaller than the model's: ids
+    `gad_trl.tiny.save_tiny_model` saves a tiny one. The tokenizer's vocabulary is smaller than the model's: ids
     beyond it, which a random model samples, decode to nothing."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig, Qwen2Config
@@ -116,7 +116,7 @@ def write_data(path: Path, tokenizer, prompt_tokens: int, answer_words: int, row
     teacher answers of `answer_words` words."""
     import random
 
-    from gad_trl.testing import _WORDS, write_jsonl
+    from gad_trl.tiny import _WORDS, write_jsonl
 
     rng = random.Random(0)
     out, longest = [], 0
@@ -319,7 +319,7 @@ def main(argv=None) -> int:
         return 0
     import torch
 
-    from gad_trl.testing import build_tiny_tokenizer, save_tiny_model
+    from gad_trl.tiny import build_tiny_tokenizer, save_tiny_model
 
     from .common import machine
 

@@ -37,7 +37,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from gad_trl.testing import use_offline_env
+from gad_trl.tiny import use_offline_env
 
 use_offline_env()
 
@@ -480,7 +480,7 @@ def measure_trainer_step(a, workdir: Path) -> list[dict]:
     from transformers import AutoTokenizer, TrainerCallback
 
     from gad_trl import GADConfig, GADTrainer
-    from gad_trl.testing import save_tiny_model, tiny_gad_rows
+    from gad_trl.tiny import save_tiny_model, tiny_gad_rows
 
     from datasets import Dataset
 

@@ -270,7 +270,7 @@ def run_soda(start_dir, tok, train_rows, args, seed, out_dir):
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
-    from gad_trl.workflow.soda import build_soda_dataset
+    from gad_trl.baselines.soda import build_soda_dataset
 
     cache = Path(out_dir) / "_soda_rejected.jsonl"
     if cache.exists():

@@ -688,7 +688,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    from gad_trl.testing import use_offline_env
+    from gad_trl.tiny import use_offline_env
 
     use_offline_env()
     args = parse_args(argv)

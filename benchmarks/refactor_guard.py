@@ -22,7 +22,7 @@ import os
 import sys
 import tempfile
 
-from gad_trl.testing import use_offline_env
+from gad_trl.tiny import use_offline_env
 
 use_offline_env()
 
@@ -64,8 +64,8 @@ def _run(name, root) -> dict:
 
     from gad_trl import GADTrainer
     from gad_trl.discriminator.heldout import sample_triples
-    from gad_trl.testing import add, build_tiny_tokenizer, save_tiny_model, save_tiny_tool_caller, tiny_gad_rows
-    from gad_trl.testing import tiny_tool_rows
+    from gad_trl.tiny import add, build_tiny_tokenizer, save_tiny_model, save_tiny_tool_caller, tiny_gad_rows
+    from gad_trl.tiny import tiny_tool_rows
 
     student = save_tiny_model(os.path.join(root, "student"), seed=0)
     rows = tiny_gad_rows(12, seed=0)

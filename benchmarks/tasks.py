@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from gad_trl.testing import _WORDS
+from gad_trl.tiny import _WORDS
 
 # Plain words used as task content (all in the tiny tokenizer's vocabulary, none a task keyword).
 _KEYWORDS = {"reverse", "result", "list", "sum", "plus", "minus", "equals", "so", "the", "answer", "is", "item"}

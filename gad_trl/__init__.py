@@ -10,7 +10,7 @@ __all__ = ["GADConfig", "GADTrainer", "LOSS_TYPES", "discriminator_loss", "__ver
 def __getattr__(name):
     # GADConfig and GADTrainer pull in TRL (and through it transformers and huggingface_hub, which read HF_* variables
     # at import time): import them lazily so `import gad_trl` stays cheap for the CLI's --help and lets
-    # `gad_trl.testing.use_offline_env()` run before any of them is imported.
+    # `gad_trl.tiny.use_offline_env()` run before any of them is imported.
     if name == "GADConfig":
         from .config import GADConfig
 

@@ -890,7 +890,7 @@ class SODAConfig(DPOConfig):
     r"""
     Configuration class for the SODA baseline (`gad-trl soda`, arXiv 2604.03873): TRL's `DPOTrainer` on pairs whose
     `chosen` is the teacher's answer and whose `rejected` is a sample of the starting student, drawn once before
-    training and cached (`gad_trl.workflow.soda`). Every [`~trl.DPOConfig`] field, plus the ones below. The DPO fields
+    training and cached (`gad_trl.baselines.soda`). Every [`~trl.DPOConfig`] field, plus the ones below. The DPO fields
     keep TRL's defaults (`beta` 0.1, `learning_rate` 1e-6, `loss_type` sigmoid): the SODA paper's hyper-parameters
     were not available to this implementation.
 

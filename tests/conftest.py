@@ -1,7 +1,7 @@
 """Shared fixtures: an offline tiny Qwen2 + tokenizer and a discriminator built from it, saved once per session, and
 small GAD data sets."""
 
-from gad_trl.testing import save_tiny_model, tiny_gad_rows, use_offline_env
+from gad_trl.tiny import save_tiny_model, tiny_gad_rows, use_offline_env
 
 use_offline_env()  # before pytest plugins and tests import transformers / huggingface_hub
 
@@ -25,8 +25,8 @@ def tiny_dataset():
 
 @pytest.fixture(scope="session")
 def tool_caller_dir(tmp_path_factory):
-    """A tiny student taught (short SFT) to call `add` in the Qwen2.5 tool format (`gad_trl.testing`)."""
-    from gad_trl.testing import save_tiny_tool_caller
+    """A tiny student taught (short SFT) to call `add` in the Qwen2.5 tool format (`gad_trl.tiny`)."""
+    from gad_trl.tiny import save_tiny_tool_caller
 
     return save_tiny_tool_caller(tmp_path_factory.mktemp("tool-caller"), steps=200)
 
@@ -34,7 +34,7 @@ def tool_caller_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory):
     """A data folder as `gad-trl make-tiny` writes it: train.jsonl + test.jsonl."""
-    from gad_trl.testing import write_jsonl
+    from gad_trl.tiny import write_jsonl
 
     root = tmp_path_factory.mktemp("tiny-data")
     rows = tiny_gad_rows(40, seed=1)

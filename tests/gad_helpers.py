@@ -7,7 +7,7 @@ import torch
 from datasets import Dataset
 
 from gad_trl import GADConfig, GADTrainer
-from gad_trl.testing import tiny_gad_rows
+from gad_trl.tiny import tiny_gad_rows
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_GAD = str(REPO / "recipes" / "tiny" / "gad.yaml")

@@ -6,7 +6,7 @@ a second run resumed from that checkpoint. Writes `<out>/rank<k>.json` (launcher
 import json
 import sys
 
-from gad_trl.testing import use_offline_env
+from gad_trl.tiny import use_offline_env
 
 use_offline_env()
 

@@ -7,7 +7,7 @@ discriminator over the processes."""
 import json
 import sys
 
-from gad_trl.testing import tiny_gad_rows, use_offline_env
+from gad_trl.tiny import tiny_gad_rows, use_offline_env
 
 use_offline_env()
 

@@ -8,7 +8,7 @@ Writes `<out>/rank<k>.json`: the gathered discriminators' largest differences, s
 import json
 import sys
 
-from gad_trl.testing import tiny_gad_rows, use_offline_env
+from gad_trl.tiny import tiny_gad_rows, use_offline_env
 
 use_offline_env()
 

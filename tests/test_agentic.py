@@ -6,7 +6,7 @@ from datasets import Dataset
 
 from gad_trl import GADConfig, GADTrainer
 from gad_trl.data import GADDataError, normalize_trajectory, prepare_gad_dataset
-from gad_trl.testing import add, tiny_tool_rows
+from gad_trl.tiny import add, tiny_tool_rows
 from tests.gad_helpers import params_of, same_params, scripted_tool_rollout
 
 
@@ -40,7 +40,7 @@ def test_trajectories_are_normalised_to_one_message_shape():
 def test_text_only_readers_refuse_trajectories_and_judges_compare_final_answers():
     from gad_trl.data import final_answer_text, text_answers
     from gad_trl.discriminator.heldout import draw_rows
-    from gad_trl.workflow.soda import preference_slots
+    from gad_trl.baselines.soda import preference_slots
 
     rows = tiny_tool_rows(2)
     with pytest.raises(GADDataError, match="held-out discriminator evaluation reads text answers only"):
@@ -167,7 +167,7 @@ def test_mean_pooling_reads_the_given_mask():
 
 
 def test_trajectories_with_a_discriminator_tokenizer_of_its_own_are_refused(tool_caller_dir, tmp_path):
-    from gad_trl.testing import build_tiny_tokenizer, save_tiny_model
+    from gad_trl.tiny import build_tiny_tokenizer, save_tiny_model
 
     other = save_tiny_model(tmp_path / "other", tokenizer=build_tiny_tokenizer(400, other_family=True))
     trainer = GADTrainer(tool_caller_dir, args=tool_args(tmp_path / "run", max_steps=1),
@@ -202,7 +202,7 @@ def test_tool_rollouts_through_the_real_vllm_server(vllm_tool_server, tool_calle
 def test_seqkd_trains_on_the_tokens_gads_sft_trains_on(tool_caller_dir):
     from transformers import AutoTokenizer
 
-    from gad_trl.cli.utils import to_seqkd_dataset
+    from gad_trl.baselines.seqkd import to_seqkd_dataset
     from gad_trl.discriminator.trajectory import TrajectoryEncoder
 
     tok = AutoTokenizer.from_pretrained(tool_caller_dir)
@@ -241,7 +241,7 @@ def test_tiny_tool_recipes_run_end_to_end(tmp_path, monkeypatch):
     assert (tmp_path / "outputs" / "tiny-gad-tools" / "discriminator" / "model.safetensors").exists()
     assert cli_main.main(["seqkd", "--config", str(RECIPES / "tiny" / "seqkd.yaml"), "--model_name_or_path",
                           "outputs/tiny-tools/model", "--dataset_name", "outputs/tiny-tools/data", "--tools",
-                          "gad_trl.testing:add", "--max_steps", "2", "--output_dir", "outputs/seqkd-tools",
+                          "gad_trl.tiny:add", "--max_steps", "2", "--output_dir", "outputs/seqkd-tools",
                           "--disable_tqdm", "true", "--report_to", "none"]) == 0
     assert (tmp_path / "outputs" / "seqkd-tools" / "model.safetensors").exists()
     with pytest.raises(ValueError, match="--tools: cannot import module 'no_such_tools'"):

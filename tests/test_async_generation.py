@@ -18,7 +18,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from gad_trl import GADConfig, GADTrainer
-from gad_trl.testing import tiny_gad_rows
+from gad_trl.tiny import tiny_gad_rows
 from gad_trl.vllm.async_generation import Lookahead, PrefetchingClient, request_key
 
 
@@ -273,7 +273,7 @@ def test_async_zero3_launch_with_the_server(vllm_server, tmp_path):
     import sys
 
     pytest.importorskip("deepspeed", reason="the `deepspeed` extra is not installed")
-    from gad_trl.testing import save_tiny_model, write_jsonl
+    from gad_trl.tiny import save_tiny_model, write_jsonl
     from gad_trl.vllm.launcher import free_port
     from tests.test_launchers import ROOT, SCRIPT
 

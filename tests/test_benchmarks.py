@@ -26,7 +26,7 @@ def test_teacher_answers_score_one_and_perturbed_ones_less(name):
 
 
 def test_teacher_answers_survive_the_tiny_tokenizer_round_trip():
-    from gad_trl.testing import build_tiny_tokenizer
+    from gad_trl.tiny import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     rng = random.Random(1)
@@ -159,7 +159,7 @@ def test_soda_row_trains_on_a_tiny_student(tmp_path):
 
     from benchmarks.common import build_tokenizer
     from benchmarks.quality import run_soda
-    from gad_trl.testing import save_tiny_model
+    from gad_trl.tiny import save_tiny_model
 
     tok = build_tokenizer()
     start = save_tiny_model(tmp_path / "start", tokenizer=tok, hidden_size=32, num_layers=1)

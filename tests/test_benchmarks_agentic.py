@@ -69,7 +69,7 @@ def test_judge_scores_full_rollouts():
 
 def test_teacher_trajectories_normalise_and_encode_like_rollouts():
     from gad_trl.data import normalize_trajectory
-    from gad_trl.testing import build_tiny_tool_tokenizer
+    from gad_trl.tiny import build_tiny_tool_tokenizer
 
     rows = make_rows(5, "test")
     assert len({expression_of(r["prompt"]) for r in rows}) == 5
@@ -87,7 +87,7 @@ def test_teacher_trajectories_normalise_and_encode_like_rollouts():
 
 
 def test_training_template_renders_the_same_text_and_masks_like_gad():
-    from gad_trl.testing import build_tiny_tool_tokenizer
+    from gad_trl.tiny import build_tiny_tool_tokenizer
 
     tok = build_tiny_tool_tokenizer()
     row = make_rows(1, "mask")[0]

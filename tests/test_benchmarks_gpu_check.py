@@ -63,7 +63,7 @@ def test_real_shape_model_has_the_real_vocabulary_and_the_tiny_tokenizer(tmp_pat
     from transformers import AutoConfig, AutoTokenizer
 
     from benchmarks.gpu_check import save_shaped_model
-    from gad_trl.testing import build_tiny_tokenizer
+    from gad_trl.tiny import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     path = save_shaped_model(tmp_path / "m", "Qwen/Qwen2.5-0.5B-Instruct", tok, "cpu", num_hidden_layers=1)

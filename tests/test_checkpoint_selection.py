@@ -8,7 +8,7 @@ import pytest
 from gad_trl.workflow import judge as J
 from gad_trl.workflow.checkpoint_selection import JudgeEvalCallback, evaluate_checkpoints, pick_best
 from gad_trl.workflow.evaluation import JUDGEMENTS_FILE, SUMMARY_FILE, EvaluationArguments, summarize
-from gad_trl.testing import write_jsonl
+from gad_trl.tiny import write_jsonl
 
 from .fault_server import FaultServer, scripted_judge
 from .gad_helpers import read_jsonl

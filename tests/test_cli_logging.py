@@ -15,7 +15,7 @@ from transformers.trainer_callback import ProgressCallback
 
 from gad_trl import GADConfig
 from gad_trl.callbacks import GADProgressCallback
-from gad_trl.testing import tiny_gad_rows
+from gad_trl.tiny import tiny_gad_rows
 
 REPO = Path(__file__).resolve().parents[1]
 

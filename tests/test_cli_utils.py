@@ -5,9 +5,10 @@ import json
 import pytest
 from datasets import Dataset, DatasetDict
 
-from gad_trl.cli.utils import filter_long_prompts, load_any_dataset, to_seqkd_dataset
+from gad_trl.baselines.seqkd import to_seqkd_dataset
+from gad_trl.cli.utils import filter_long_prompts, load_any_dataset
 from gad_trl.data import GADDataError
-from gad_trl.testing import tiny_gad_rows, write_jsonl
+from gad_trl.tiny import tiny_gad_rows, write_jsonl
 
 
 def test_load_any_dataset_from_files_and_folders(tmp_path):

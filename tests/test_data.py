@@ -4,7 +4,7 @@ import pytest
 from datasets import Dataset
 
 from gad_trl.data import GADDataError, prepare_gad_dataset
-from gad_trl.testing import build_tiny_tokenizer, tiny_gad_rows
+from gad_trl.tiny import build_tiny_tokenizer, tiny_gad_rows
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from datasets import Dataset
 
 from gad_trl.discriminator.inputs import DiscriminatorBatch
 from gad_trl.discriminator.model import last_token_scores
-from gad_trl.testing import tiny_gad_rows
+from gad_trl.tiny import tiny_gad_rows
 from tests.gad_helpers import make_args
 
 peft = pytest.importorskip("peft")

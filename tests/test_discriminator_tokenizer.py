@@ -11,7 +11,7 @@ import torch
 from gad_trl.data import teacher_completion_ids
 from gad_trl.discriminator.inputs import InputEncoder
 from gad_trl.discriminator.tokenization import DiscriminatorEncoding, same_tokenizer
-from gad_trl.testing import build_tiny_tokenizer, save_tiny_model, tiny_gad_rows
+from gad_trl.tiny import build_tiny_tokenizer, save_tiny_model, tiny_gad_rows
 from tests.gad_helpers import make_trainer
 
 PROMPT = [{"role": "user", "content": "reverse the list please"}]

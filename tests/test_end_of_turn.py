@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from gad_trl import GADTrainer
 from gad_trl.end_of_turn import end_of_turn_token_id
 from gad_trl.data import encode_pair
-from gad_trl.testing import tiny_gad_rows
+from gad_trl.tiny import tiny_gad_rows
 
 from .gad_helpers import make_args
 

@@ -8,7 +8,7 @@ import pytest
 
 from gad_trl.workflow import judge as J
 from gad_trl.workflow.evaluation import ERRORS_FILE, JUDGEMENTS_FILE, SUMMARY_FILE, EvaluationArguments, evaluate
-from gad_trl.testing import write_jsonl
+from gad_trl.tiny import write_jsonl
 
 from .fault_server import REVIEW, FaultServer, echo_upper, scripted_judge
 from .gad_helpers import read_jsonl

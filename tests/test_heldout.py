@@ -10,7 +10,7 @@ from datasets import Dataset
 from gad_trl.data import encode_pair, prompt_ids
 from gad_trl.discriminator.heldout import HeldoutCacheMismatch, load_or_sample, save_triples
 from gad_trl.discriminator.inputs import InputEncoder
-from gad_trl.testing import tiny_gad_rows
+from gad_trl.tiny import tiny_gad_rows
 from tests.gad_helpers import make_args
 
 TRIPLE = {"prompt": [{"role": "user", "content": "write sum"}], "teacher_response": "SUM",

@@ -10,7 +10,7 @@ from datasets import Dataset
 
 from gad_trl import GADConfig
 from gad_trl import hub as gad_hub
-from gad_trl.testing import tiny_gad_rows
+from gad_trl.tiny import tiny_gad_rows
 
 DATASET = "someone/teacher-answers"
 

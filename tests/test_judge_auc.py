@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from gad_trl.testing import build_tiny_tokenizer, save_tiny_model, write_jsonl
+from gad_trl.tiny import build_tiny_tokenizer, save_tiny_model, write_jsonl
 from gad_trl.workflow import checkpoint_selection as CS
 from gad_trl.workflow import judge as J
 from gad_trl.workflow.agreement import within_prompt_auc

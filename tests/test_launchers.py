@@ -19,7 +19,7 @@ SCRIPT = Path(__file__).with_name("launcher_train.py")
 
 @pytest.fixture(scope="module")
 def tiny_run_dirs(tmp_path_factory):
-    from gad_trl.testing import save_tiny_model, tiny_gad_rows, write_jsonl
+    from gad_trl.tiny import save_tiny_model, tiny_gad_rows, write_jsonl
 
     root = tmp_path_factory.mktemp("launch")
     model_dir = save_tiny_model(root / "model", seed=0)

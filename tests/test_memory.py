@@ -15,7 +15,7 @@ from gad_trl.memory.estimator import (
     estimate_modes,
     nf4_bytes_per_param,
 )
-from gad_trl.testing import save_tiny_model
+from gad_trl.tiny import save_tiny_model
 
 
 @pytest.fixture(scope="module")

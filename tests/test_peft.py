@@ -10,7 +10,7 @@ def test_lora_student_trains_and_discriminator_is_full(tiny_model_dir, tmp_path)
     from datasets import Dataset
 
     from gad_trl import GADTrainer
-    from gad_trl.testing import tiny_gad_rows
+    from gad_trl.tiny import tiny_gad_rows
     from tests.gad_helpers import make_args
 
     config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")

@@ -8,7 +8,7 @@ from transformers import AutoModelForSequenceClassification, TrainerCallback
 from gad_trl import GADTrainer
 from gad_trl.discriminator.model import backbone, score_head, score_sequences
 from gad_trl.discriminator.pooling import set_discriminator_pooling
-from gad_trl.testing import tiny_gad_rows
+from gad_trl.tiny import tiny_gad_rows
 
 from .gad_helpers import make_args, make_trainer, params_of, response_sequences, same_params
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from gad_trl.testing import tiny_gad_rows
+from gad_trl.tiny import tiny_gad_rows
 from tests.gad_helpers import make_args, make_trainer
 
 
@@ -84,7 +84,7 @@ def test_an_echoed_api_key_never_reaches_the_errors_files_or_the_console(tmp_pat
     `eval_judge_errors.jsonl` and the console warnings."""
     import json
 
-    from gad_trl.testing import write_jsonl
+    from gad_trl.tiny import write_jsonl
     from gad_trl.workflow.evaluation import ERRORS_FILE, EvaluationArguments, evaluate
     from gad_trl.workflow.teacher import TeacherGenerationArguments, generate_teacher
     from tests.fault_server import FaultServer

@@ -8,7 +8,7 @@ import pytest
 from datasets import Dataset
 
 from gad_trl.data import GADDataError, prepare_gad_dataset
-from gad_trl.testing import add, tiny_tool_rows
+from gad_trl.tiny import add, tiny_tool_rows
 from tests.gad_helpers import make_args
 
 
@@ -59,7 +59,7 @@ def test_answered_calls_pass_by_id_and_by_order():
 
 def _tool_trainer(tmp_path, rows, **kwargs):
     from gad_trl import GADTrainer
-    from gad_trl.testing import build_tiny_model, build_tiny_tool_tokenizer
+    from gad_trl.tiny import build_tiny_model, build_tiny_tool_tokenizer
 
     tok = build_tiny_tool_tokenizer()
     return GADTrainer(build_tiny_model(tok), args=make_args(tmp_path, max_completion_length=16),
@@ -148,7 +148,7 @@ def test_gad_trains_a_lora_moe_student(tmp_path, kind, setup):
     from transformers import AutoModelForCausalLM, GptOssConfig, Qwen3MoeConfig
 
     from gad_trl import GADTrainer
-    from gad_trl.testing import build_tiny_tokenizer, tiny_gad_rows
+    from gad_trl.tiny import build_tiny_tokenizer, tiny_gad_rows
 
     tok = build_tiny_tokenizer()
     common = dict(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -265,7 +265,7 @@ def test_dataset_required_without_environment(tmp_path):
 
 def test_mismatched_reward_processing_classes_length(tmp_path):
     from gad_trl import GADTrainer
-    from gad_trl.testing import build_tiny_tokenizer, tiny_gad_rows
+    from gad_trl.tiny import build_tiny_tokenizer, tiny_gad_rows
 
     with pytest.raises(ValueError, match="must match") as info:
         GADTrainer(model=TRL_MODEL, reward_funcs=[_reward, _reward], reward_processing_classes=build_tiny_tokenizer(),
@@ -276,7 +276,7 @@ def test_mismatched_reward_processing_classes_length(tmp_path):
 
 def test_mismatched_reward_weights_carry_trl_wording(tmp_path):
     from gad_trl import GADTrainer
-    from gad_trl.testing import tiny_gad_rows
+    from gad_trl.tiny import tiny_gad_rows
 
     with pytest.raises(ValueError, match=r"Number of reward weights \(1\) must match number of reward functions \(2\)"):
         GADTrainer(model=TRL_MODEL, reward_funcs=_reward, args=make_args(tmp_path, reward_weights=[1.0]),
@@ -286,7 +286,7 @@ def test_mismatched_reward_weights_carry_trl_wording(tmp_path):
 def test_unsupported_dataset_dict_is_a_type_error_in_trl_wording(tmp_path):
     from datasets import DatasetDict
 
-    from gad_trl.testing import tiny_gad_rows
+    from gad_trl.tiny import tiny_gad_rows
 
     splits = DatasetDict({"train": Dataset.from_list(tiny_gad_rows(4))})
     trl_wording = r"`train_dataset` must be a `Dataset` or `IterableDataset`"
@@ -299,7 +299,7 @@ def test_unsupported_dataset_dict_is_a_type_error_in_trl_wording(tmp_path):
 # ------------------------------------------------------------------------------- 11. colocated vLLM on CPU
 def test_colocate_on_cpu_with_trl_sync_is_refused_before_vllm_starts(tmp_path):
     from gad_trl import GADTrainer
-    from gad_trl.testing import tiny_gad_rows
+    from gad_trl.tiny import tiny_gad_rows
 
     args = make_args(tmp_path, use_cpu=True, use_vllm=True, vllm_mode="colocate")
     with pytest.raises(ValueError, match=r"""colocate' on CPU needs vllm_weight_sync="reload".*'weight_loader'"""):
@@ -349,8 +349,8 @@ def test_duplicate_answers_keep_weight_one_over_k_as_in_seqkd_and_heldout(tiny_m
 
     import torch
 
-    from gad_trl.cli.utils import to_seqkd_dataset
-    from gad_trl.testing import tiny_gad_rows
+    from gad_trl.baselines.seqkd import to_seqkd_dataset
+    from gad_trl.tiny import tiny_gad_rows
     from tests.gad_helpers import make_trainer
 
     rows = tiny_gad_rows(2, seed=3)
@@ -382,8 +382,8 @@ def test_resumed_soda_draws_the_samples_of_an_uninterrupted_run(tiny_model_dir, 
     samples an uninterrupted run draws: each sample has its own seed, not a place in one random stream."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from gad_trl.testing import tiny_gad_rows
-    from gad_trl.workflow.soda import build_soda_dataset
+    from gad_trl.tiny import tiny_gad_rows
+    from gad_trl.baselines.soda import build_soda_dataset
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -402,7 +402,7 @@ def test_resume_key_sees_a_change_at_row_1500(tmp_path):
     import json
 
     from gad_trl.run_folder import RUN_KEY_NAME, check_run_key, run_key
-    from gad_trl.testing import tiny_gad_rows
+    from gad_trl.tiny import tiny_gad_rows
 
     rows = tiny_gad_rows(8) * 250  # 2000 rows
     key = run_key("student", Dataset.from_list(rows), 10)
@@ -422,7 +422,7 @@ def test_resume_key_sees_a_change_at_row_1500(tmp_path):
 @pytest.mark.parametrize("layout", ["folder", "split_placeholder"])
 def test_list_answers_in_train_and_strings_in_test_load_and_normalise(tmp_path, layout):
     from gad_trl.data import load_any_dataset
-    from gad_trl.testing import tiny_gad_rows, write_jsonl
+    from gad_trl.tiny import tiny_gad_rows, write_jsonl
 
     rows = tiny_gad_rows(4)
     write_jsonl([dict(r, teacher_response=[r["teacher_response"], "another answer"]) for r in rows],
@@ -454,7 +454,7 @@ def test_out_of_range_pad_token_id_names_the_field_and_the_fix(tmp_path):
     from transformers import AutoConfig
 
     from gad_trl.discriminator.value_head import load_value_model, value_model_from_config
-    from gad_trl.testing import save_tiny_model
+    from gad_trl.tiny import save_tiny_model
 
     path = save_tiny_model(tmp_path / "disc", seed=0)
     config = json.loads((tmp_path / "disc" / "config.json").read_text())

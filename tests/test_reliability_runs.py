@@ -187,7 +187,7 @@ def test_training_tool_calls_time_out_and_huge_results_are_cut(tool_caller_dir, 
     from datasets import Dataset
 
     from gad_trl import GADTrainer
-    from gad_trl.testing import tiny_tool_rows
+    from gad_trl.tiny import tiny_tool_rows
     from tests.test_agentic import tool_args
 
     rows = tiny_tool_rows(4, seed=1)
@@ -277,7 +277,7 @@ def test_a_password_in_the_server_url_is_not_printed_when_no_server_answers(tiny
     from datasets import Dataset
 
     from gad_trl import GADConfig, GADTrainer
-    from gad_trl.testing import tiny_gad_rows
+    from gad_trl.tiny import tiny_gad_rows
     from gad_trl.vllm import VLLMServerError
 
     with socket.socket() as s:

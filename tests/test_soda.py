@@ -1,4 +1,4 @@
-"""SODA (`gad-trl soda`, `gad_trl.workflow.soda`): one preference pair per teacher answer with a student sample as
+"""SODA (`gad-trl soda`, `gad_trl.baselines.soda`): one preference pair per teacher answer with a student sample as
 `rejected`, the sample cache (reuse, resume, other settings refused), empty and failed samples reported, a real
 DPOTrainer run through `build_trainer`, bad inputs, the CLI, and sampling from the suite's vLLM server."""
 
@@ -10,8 +10,8 @@ from datasets import Dataset
 
 from gad_trl import local_generation
 from gad_trl.data import GADDataError
-from gad_trl.testing import tiny_gad_rows
-from gad_trl.workflow import soda as S
+from gad_trl.tiny import tiny_gad_rows
+from gad_trl.baselines import soda as S
 from tests.gad_helpers import REPO, params_of, read_jsonl, same_params
 
 TINY_SODA = str(REPO / "recipes" / "tiny" / "soda.yaml")
@@ -288,4 +288,4 @@ def test_soda_refuses_tools_rather_than_ignoring_them():
     from gad_trl.cli import train as train_cli
 
     with pytest.raises(ValueError, match="tools: SODA samples and trains on text answers"):
-        soda.build_trainer(*train_cli.parse_args(["--config", TINY_SODA, "--tools", "gad_trl.testing:add"]))
+        soda.build_trainer(*train_cli.parse_args(["--config", TINY_SODA, "--tools", "gad_trl.tiny:add"]))

@@ -11,7 +11,7 @@ from gad_trl.data import GADDataError, prepare_gad_dataset, teacher_answers
 from gad_trl.discriminator.inputs import Pairs, sft_teacher_per_row
 from gad_trl.discriminator.losses import LOSS_TYPES, discriminator_loss
 from gad_trl.discriminator.shaping import RewardShaping
-from gad_trl.testing import tiny_gad_rows
+from gad_trl.tiny import tiny_gad_rows
 from tests.gad_helpers import make_trainer, params_of, same_params
 
 
@@ -117,7 +117,7 @@ def test_sft_rows_of_a_prompt_take_its_answers_in_turn():
 
 
 def test_seqkd_trains_on_every_answer():
-    from gad_trl.cli.utils import to_seqkd_dataset
+    from gad_trl.baselines.seqkd import to_seqkd_dataset
 
     ds = to_seqkd_dataset(Dataset.from_list(k_rows(4, k=3)))
     assert len(ds) == 3 + 1 + 3 + 1

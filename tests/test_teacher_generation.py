@@ -11,7 +11,7 @@ import time
 import pytest
 
 from gad_trl.workflow.teacher import TeacherGenerationArguments, generate_teacher
-from gad_trl.testing import write_jsonl
+from gad_trl.tiny import write_jsonl
 
 from .fault_server import FaultServer, echo_upper
 from .gad_helpers import read_jsonl
@@ -235,7 +235,7 @@ def test_prompt_formats_and_system_prompt(tmp_path, fmt):
     """verl `content` rows and plain-text prompts are read as the trainer reads them; the system prompt reaches the
     teacher only, and the rows keep their prompt column untouched."""
     from gad_trl.data import prepare_gad_dataset
-    from gad_trl.testing import tiny_gad_rows
+    from gad_trl.tiny import tiny_gad_rows
 
     rows = [{k: v for k, v in r.items() if k != "teacher_response"} for r in tiny_gad_rows(3, seed=0, fmt=fmt)]
     column = "content" if fmt == "verl" else "prompt"
@@ -400,7 +400,7 @@ def test_num_answers_from_a_real_vllm_server_uses_n(vllm_server, tmp_path):
     from datasets import Dataset
 
     from gad_trl.data import prepare_gad_dataset
-    from gad_trl.testing import tiny_gad_rows
+    from gad_trl.tiny import tiny_gad_rows
 
     rows = [{"prompt": r["prompt"]} for r in tiny_gad_rows(3, seed=2)]
     data = write_jsonl(rows, tmp_path / "prompts.jsonl")

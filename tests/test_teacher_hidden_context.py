@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gad_trl.testing import write_jsonl
+from gad_trl.tiny import write_jsonl
 from gad_trl.workflow.teacher import TeacherGenerationArguments, generate_teacher
 
 from .fault_server import FaultServer, echo_upper

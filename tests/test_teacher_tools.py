@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from gad_trl.data import normalize_teacher_responses, normalize_trajectory
-from gad_trl.testing import write_jsonl
+from gad_trl.tiny import write_jsonl
 from gad_trl.workflow.teacher import TeacherGenerationArguments, generate_teacher
 from gad_trl.workflow.tool_calling import ToolSpecError, resolve_tools, tool_schemas
 
@@ -58,7 +58,7 @@ def tool_prompts(n):
     return [{"prompt": [{"role": "user", "content": f"add {i} and {i + 1}"}]} for i in range(n)]
 
 
-def make_args(tmp_path, server, n=2, tools="gad_trl.testing:add", output="out.jsonl", **kw):
+def make_args(tmp_path, server, n=2, tools="gad_trl.tiny:add", output="out.jsonl", **kw):
     data = write_jsonl(tool_prompts(n), tmp_path / "prompts.jsonl")
     kw.setdefault("max_retries", 1)
     kw.setdefault("request_timeout", 5.0)
@@ -116,7 +116,7 @@ def test_tool_errors_go_back_to_the_model(tmp_path):
     call's result is an error text the model reads; the trajectory goes on to its final answer."""
     script = tool_script([[("boom", {"x": 1}), ("hang", {"x": 2})], [("nope", {}), ("add", {"a": "x"})]])
     with FaultServer(responder=script) as server:
-        args = make_args(tmp_path, server, n=1, tools=f"{HERE}:boom, {HERE}:hang,gad_trl.testing:add",
+        args = make_args(tmp_path, server, n=1, tools=f"{HERE}:boom, {HERE}:hang,gad_trl.tiny:add",
                          tool_timeout=0.5)
         summary = generate_teacher(args)
     assert summary["failed"] == 0, read_jsonl(args.errors_path)
@@ -192,11 +192,11 @@ def test_k_trajectories_and_resume(tmp_path):
 
 def test_bad_tool_specs_are_named():
     for spec, message in [
-        ("gad_trl.testing", "'testing' in 'gad_trl' is a module, not a function"),
+        ("gad_trl.tiny", "'testing' in 'gad_trl' is a module, not a function"),
         ("no_such_module_xyz:f", "cannot import module 'no_such_module_xyz'"),
-        ("gad_trl.testing:no_such_function", "has no attribute 'no_such_function'"),
+        ("gad_trl.tiny:no_such_function", "has no attribute 'no_such_function'"),
         (f"{HERE}:NOT_A_FUNCTION", "is a int, not a function"),
-        ("gad_trl.testing.add", None),  # module.function works too (as reward_funcs)
+        ("gad_trl.tiny.add", None),  # module.function works too (as reward_funcs)
     ]:
         if message is None:
             assert resolve_tools(spec)[0].__name__ == "add"
@@ -207,7 +207,7 @@ def test_bad_tool_specs_are_named():
     with pytest.raises(ToolSpecError, match="no_docstring.*type hints.*Google-style docstring"):
         tool_schemas(resolve_tools(f"{HERE}:no_docstring"))
     with pytest.raises(ToolSpecError, match="two functions called 'add'"):
-        tool_schemas(resolve_tools("gad_trl.testing:add,gad_trl.testing:add"))
+        tool_schemas(resolve_tools("gad_trl.tiny:add,gad_trl.tiny:add"))
     with pytest.raises(ValueError, match="--tools names no function"):
         TeacherGenerationArguments(dataset_name="p.jsonl", output="o.jsonl", tools=" , ")
     with pytest.raises(ValueError, match="--tool_timeout must be > 0"):
@@ -216,7 +216,7 @@ def test_bad_tool_specs_are_named():
 
 def test_bad_tool_spec_fails_before_any_request(tmp_path):
     with FaultServer() as server:
-        args = make_args(tmp_path, server, tools="gad_trl.testing:add,nope_module:f")
+        args = make_args(tmp_path, server, tools="gad_trl.tiny:add,nope_module:f")
         with pytest.raises(ToolSpecError, match="nope_module"):
             generate_teacher(args)
     assert server.requests == []
@@ -234,7 +234,7 @@ def test_cli_flags_and_help(tmp_path, capsys):
         data = write_jsonl(tool_prompts(2), tmp_path / "prompts.jsonl")
         out = tmp_path / "out.jsonl"
         assert main(["generate-teacher", "--dataset_name", data, "--output", str(out), "--base_url", server.url,
-                     "--tools", "gad_trl.testing:add", "--max_tool_calls", "2"]) == 0
+                     "--tools", "gad_trl.tiny:add", "--max_tool_calls", "2"]) == 0
     assert [r["teacher_response"][-1]["content"] for r in read_jsonl(out)] == ["FINAL 1", "FINAL 3"]
 
 
@@ -248,12 +248,12 @@ def test_trajectories_from_a_real_vllm_server_with_hermes_tool_calls(vllm_tool_s
     from datasets import Dataset
 
     from gad_trl.data import prepare_gad_dataset
-    from gad_trl.testing import tiny_tool_rows
+    from gad_trl.tiny import tiny_tool_rows
     server = vllm_tool_server
     taught = tiny_tool_rows(4, seed=0)  # save_tiny_tool_caller's default training rows start with these
     data = write_jsonl([{"prompt": r["prompt"]} for r in taught], tmp_path / "prompts.jsonl")
     args = TeacherGenerationArguments(dataset_name=data, output=str(tmp_path / "out.jsonl"),
-                                      base_url=f"{server.url}/v1", tools="gad_trl.testing:add", temperature=0.0,
+                                      base_url=f"{server.url}/v1", tools="gad_trl.tiny:add", temperature=0.0,
                                       max_tokens=48, max_retries=1, request_timeout=120)
     summary = generate_teacher(args)
     out = read_jsonl(args.output) if summary["output"] else []
@@ -287,7 +287,7 @@ def test_a_direct_answer_is_written_and_flagged(tmp_path):
     from datasets import Dataset
 
     from gad_trl.data import prepare_gad_dataset
-    from gad_trl.testing import tiny_tool_rows
+    from gad_trl.tiny import tiny_tool_rows
 
     rows = [{"prompt": [{"role": "user", "content": "add 1 and 2"}], **r} for r in read_jsonl(args.output)]
     prepared = prepare_gad_dataset(Dataset.from_list([*tiny_tool_rows(1), *[{k: r[k] for k in ("prompt",

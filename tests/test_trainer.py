@@ -159,7 +159,7 @@ def test_config_and_constructor_errors(tiny_model_dir, tmp_path):
     two_labels = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
     from datasets import Dataset
 
-    from gad_trl.testing import tiny_gad_rows
+    from gad_trl.tiny import tiny_gad_rows
 
     with pytest.raises(ValueError, match="num_labels=1"):
         GADTrainer(tiny_model_dir, args=make_args(tmp_path), train_dataset=Dataset.from_list(tiny_gad_rows(4)),
@@ -171,7 +171,7 @@ def test_discriminator_from_student_instance_copies_backbone(tiny_model_dir, tmp
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from gad_trl.discriminator.model import backbone
-    from gad_trl.testing import tiny_gad_rows
+    from gad_trl.tiny import tiny_gad_rows
 
     student = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     trainer = GADTrainer(student, args=make_args(tmp_path, max_steps=1), train_dataset=Dataset.from_list(tiny_gad_rows(4)),
@@ -182,7 +182,7 @@ def test_discriminator_from_student_instance_copies_backbone(tiny_model_dir, tmp
 def test_evaluation_logs_discriminator_metrics(tiny_model_dir, tmp_path):
     from datasets import Dataset
 
-    from gad_trl.testing import tiny_gad_rows
+    from gad_trl.tiny import tiny_gad_rows
 
     args = make_args(tmp_path, max_steps=1, per_device_eval_batch_size=4, eval_strategy="no")
     trainer = GADTrainer(tiny_model_dir, args=args, train_dataset=Dataset.from_list(tiny_gad_rows(4)),
@@ -198,7 +198,7 @@ def test_fixed_heldout_triples_are_sampled_once_and_scored_at_every_evaluation(t
 
     from datasets import Dataset
 
-    from gad_trl.testing import tiny_gad_rows
+    from gad_trl.tiny import tiny_gad_rows
 
     args = make_args(tmp_path, max_steps=2, per_device_eval_batch_size=4, discriminator_heldout_size=3)
     trainer = GADTrainer(tiny_model_dir, args=args, train_dataset=Dataset.from_list(tiny_gad_rows(8)),

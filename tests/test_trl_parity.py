@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gad_trl.discriminator.model import backbone
-from gad_trl.testing import save_tiny_model
+from gad_trl.tiny import save_tiny_model
 from tests.gad_helpers import make_trainer
 
 CONFIG_CODE = '''

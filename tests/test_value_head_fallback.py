@@ -14,7 +14,7 @@ from gad_trl.discriminator.adapters import load_saved_discriminator, save_discri
 from gad_trl.discriminator.model import backbone, load_discriminator, score_sequences, sequence_scores
 from gad_trl.discriminator.pooling import set_discriminator_pooling
 from gad_trl.discriminator.value_head import GADValueHeadModel
-from gad_trl.testing import build_tiny_model, build_tiny_tokenizer, tiny_gad_rows
+from gad_trl.tiny import build_tiny_model, build_tiny_tokenizer, tiny_gad_rows
 from tests.gad_helpers import make_args, params_of, same_params
 
 

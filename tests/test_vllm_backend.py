@@ -89,7 +89,7 @@ def test_unreachable_server_fails_fast_with_start_command(tiny_model_dir, tmp_pa
     from datasets import Dataset
 
     from gad_trl import GADTrainer
-    from gad_trl.testing import tiny_gad_rows
+    from gad_trl.tiny import tiny_gad_rows
     from gad_trl.vllm import VLLMServerError
 
     port = _unused_port()

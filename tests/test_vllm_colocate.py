@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent('''
     from datasets import Dataset
     from safetensors.torch import load_file
     from gad_trl import GADConfig, GADTrainer
-    from gad_trl.testing import tiny_gad_rows
+    from gad_trl.tiny import tiny_gad_rows
 
     model_dir, output_dir = sys.argv[1], sys.argv[2]
     args = GADConfig(output_dir=output_dir, report_to="none", use_cpu=True, per_device_train_batch_size=2,

@@ -13,7 +13,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from gad_trl import GADConfig, GADTrainer
-from gad_trl.testing import tiny_gad_rows
+from gad_trl.tiny import tiny_gad_rows
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 
@@ -199,7 +199,7 @@ def test_a_server_serving_another_model_is_refused(vllm_server, tiny_model_dir, 
     """A student of another architecture than the served model is refused when the trainer connects, before any
     weight sync (not reported as a server that "stopped answering" after a failed reload), with both models named and
     the command that starts the right server; the server is left as it was."""
-    from gad_trl.testing import save_tiny_model
+    from gad_trl.tiny import save_tiny_model
     from gad_trl.vllm import ServedModelError
 
     other = save_tiny_model(tmp_path / "other-student", seed=0, hidden_size=32)

@@ -9,7 +9,7 @@ import pytest
 
 from gad_trl.workflow import judge as J
 from gad_trl.workflow.evaluation import JUDGEMENTS_FILE, EvaluationArguments, evaluate
-from gad_trl.testing import tiny_gad_rows, write_jsonl
+from gad_trl.tiny import tiny_gad_rows, write_jsonl
 
 from .gad_helpers import read_jsonl
 

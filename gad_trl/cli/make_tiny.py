@@ -1,9 +1,9 @@
 """`gad-trl make-tiny OUTPUT_DIR`: an offline tiny student and a toy distillation data set for the tiny recipes.
 
-Writes `OUTPUT_DIR/model` (a random-init Qwen2 with a word-level chat tokenizer, `gad_trl.testing`) and
+Writes `OUTPUT_DIR/model` (a random-init Qwen2 with a word-level chat tokenizer, `gad_trl.tiny`) and
 `OUTPUT_DIR/data/{train,test}.jsonl` (the toy teacher upper-cases the words of the prompt). Nothing is downloaded.
 With `--tools`, the toy agentic set instead: a tiny student given a short SFT so that it calls the `add` tool
-(`gad_trl.testing.add`, in the Qwen2.5 tool-call layout) and rows whose teacher answers are tool-using trajectories
+(`gad_trl.tiny.add`, in the Qwen2.5 tool-call layout) and rows whose teacher answers are tool-using trajectories
 (`recipes/tiny/gad_tools.yaml`).
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 def make_tiny(output_dir: str, num_train: int = 64, num_test: int = 16, seed: int = 0, fmt: str = "conversational",
               tools: bool = False):
-    from ..testing import save_tiny_model, save_tiny_tool_caller, tiny_gad_rows, tiny_tool_rows, write_jsonl
+    from ..tiny import save_tiny_model, save_tiny_tool_caller, tiny_gad_rows, tiny_tool_rows, write_jsonl
 
     out = Path(output_dir)
     if tools:

@@ -13,8 +13,8 @@ from trl import ModelConfig, TrlParser
 
 from ..config import GADScriptArguments, SeqKDConfig
 from . import launch as _launch
-from .utils import (build_train_and_save, judge_callbacks, load_tools, prepare_run, quantization_config, refuse_rewards,
-                    to_seqkd_dataset)
+from ..baselines.seqkd import to_seqkd_dataset
+from .utils import build_train_and_save, judge_callbacks, load_tools, prepare_run, quantization_config, refuse_rewards
 
 MODULE = "gad_trl.cli.seqkd"
 

@@ -3,7 +3,7 @@ a sample of the starting student as `rejected`, as TRL's `trl dpo` script.
 
 `TrlParser` over (`GADScriptArguments`, `SODAConfig`, `ModelConfig`). Before training, the student as loaded from
 `model_name_or_path` (or the server at `rejected_base_url`) answers every prompt once per teacher answer; the answers
-are cached in `rejected_cache` (`gad_trl.workflow.soda`), so a rerun trains without sampling again. Launching works as
+are cached in `rejected_cache` (`gad_trl.baselines.soda`), so a rerun trains without sampling again. Launching works as
 for `gad-trl gad`; under a multi-process launch the main process draws the samples while the others wait.
 
     gad-trl soda --config recipes/tiny/soda.yaml --rejected_temperature 0.8
@@ -27,7 +27,7 @@ def make_parser(prog: str | None = None) -> TrlParser:
 def make_sampler(training_args, model_args):
     """Where the rejected samples come from: the server at `rejected_base_url`, else the student loaded here (on first
     use only: a complete cache loads nothing) with the run's model kwargs and quantization."""
-    from ..workflow.soda import OpenAISampler, TransformersSampler
+    from ..baselines.soda import OpenAISampler, TransformersSampler
 
     if training_args.rejected_base_url:
         return OpenAISampler(training_args.rejected_base_url, training_args.rejected_model,
@@ -44,9 +44,9 @@ def make_sampler(training_args, model_args):
 
 
 def to_soda_dataset(dataset, training_args, sampler):
-    """GAD rows -> SODA's preference rows (`gad_trl.workflow.soda.build_soda_dataset`) with the run's rejected_*
+    """GAD rows -> SODA's preference rows (`gad_trl.baselines.soda.build_soda_dataset`) with the run's rejected_*
     settings, the samples cached in `training_args.rejected_cache_path()`."""
-    from ..workflow.soda import build_soda_dataset
+    from ..baselines.soda import build_soda_dataset
 
     return build_soda_dataset(
         dataset, sampler=sampler, teacher_response_column=training_args.teacher_response_column,

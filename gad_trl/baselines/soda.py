@@ -195,7 +195,7 @@ class RejectedCache:
         self._store = None
         if path is None:
             return
-        from .jsonl_store import JsonlStore
+        from ..workflow.jsonl_store import JsonlStore
 
         self._store = JsonlStore(path, ID_KEY)
         try:
@@ -393,7 +393,7 @@ class OpenAISampler:
     def __init__(self, base_url: str | None = None, model: str | None = None, client=None,
                  api_key_env: str | None = None, concurrency: int = 8, request_timeout: float = 600.0,
                  max_retries: int = 5):
-        from .openai_chat import make_client
+        from ..workflow.openai_chat import make_client
 
         if client is None and not base_url:
             raise ValueError("OpenAISampler needs base_url (e.g. http://127.0.0.1:8000/v1) or a client.")
@@ -404,7 +404,7 @@ class OpenAISampler:
 
     @property
     def model(self) -> str:
-        from .openai_chat import resolve_model
+        from ..workflow.openai_chat import resolve_model
 
         if self._model is None:
             self._model = resolve_model(self.client, None)
@@ -415,7 +415,7 @@ class OpenAISampler:
 
     def sample(self, slots: list[PreferenceSlot], sampling: RejectedSampling, attempt: int = 0
                ) -> Iterator[tuple[PreferenceSlot, RejectedSample | BaseException]]:
-        from .openai_chat import chat, describe_error, map_bounded
+        from ..workflow.openai_chat import chat, describe_error, map_bounded
 
         def ask(slot):
             return chat(self.client, self.model, slot.prompt, temperature=sampling.temperature,
