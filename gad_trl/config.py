@@ -13,6 +13,7 @@ from trl import GRPOConfig, ScriptArguments, SFTConfig
 
 from .discriminator.losses import DEFAULT_CONSTANTS, LOSS_TYPES
 from .redact import redacting
+from .workflow.endpoint import Endpoint, api_key_env_field, base_url_field, max_retries_field, request_timeout_field
 from .workflow.tool_calling import DEFAULT_MAX_TOOL_RESULT_CHARS, DEFAULT_TOOL_TIMEOUT
 
 
@@ -921,14 +922,23 @@ class SODAConfig(DPOConfig):
             student or with other rejected_* settings is an error naming the differences. None =
             `<output_dir>/_soda_rejected.jsonl` (the leading `_` keeps it out of Hub uploads).
         rejected_base_url (`str` or `None`, *optional*, defaults to `None`):
-            An OpenAI-compatible server serving the starting student (`gad-trl vllm-serve --model STUDENT`, URL
-            ending in /v1) to sample from instead of transformers in the training process.
+            OpenAI-compatible endpoint of the starting student, a URL ending in /v1 (OpenAI:
+            https://api.openai.com/v1; a vLLM server: http://HOST:PORT/v1). Sampled there (`gad-trl vllm-serve
+            --model STUDENT`) instead of with transformers in the training process.
         rejected_model (`str` or `None`, *optional*, defaults to `None`):
             The student's name on that server; None = the server's only model.
         rejected_api_key_env (`str` or `None`, *optional*, defaults to `None`):
-            Environment variable holding that server's API key; None = no key sent (a local vLLM server).
+            Name of the environment variable holding the API key of the starting student's server (the key itself is
+            never logged or saved). None: no key is sent (a local vLLM server).
         rejected_concurrency (`int`, *optional*, defaults to `8`):
             Requests in flight at once to that server.
+        rejected_request_timeout (`float`, *optional*, defaults to `600.0`):
+            Total seconds one request attempt may take (connecting, sending, waiting for and reading the whole answer,
+            however slowly the server sends it); an attempt over it is abandoned, its connection closed, and retried
+            like other timeouts (see the retries setting).
+        rejected_max_retries (`int`, *optional*, defaults to `5`):
+            Retries per request: 429 (honouring Retry-After), 5xx, timeouts, dropped connections and malformed
+            answers; then the request is listed as failed.
     """
 
     teacher_response_column: str = field(
@@ -965,22 +975,23 @@ class SODAConfig(DPOConfig):
                   "from another student or with other rejected_* settings is an error naming the differences. None = "
                   "<output_dir>/_soda_rejected.jsonl (the leading `_` keeps it out of Hub uploads)."},
     )
-    rejected_base_url: str | None = field(
-        default=None,
-        metadata={"help": "An OpenAI-compatible server serving the starting student (`gad-trl vllm-serve --model "
-                  "STUDENT`, URL ending in /v1) to sample from instead of transformers in the training process."},
-    )
+    rejected_base_url: str | None = base_url_field(
+        "the starting student", note="Sampled there (`gad-trl vllm-serve --model STUDENT`) instead of with transformers "
+        "in the training process.")
     rejected_model: str | None = field(
         default=None, metadata={"help": "The student's name on that server; None = the server's only model."}
     )
-    rejected_api_key_env: str | None = field(
-        default=None,
-        metadata={"help": "Environment variable holding that server's API key; None = no key sent (a local vLLM "
-                  "server)."},
-    )
+    rejected_api_key_env: str | None = api_key_env_field("the starting student's server", default=None)
     rejected_concurrency: int = field(
         default=8, metadata={"help": "Requests in flight at once to that server."}
     )
+    rejected_request_timeout: float = request_timeout_field()
+    rejected_max_retries: int = max_retries_field()
+
+    def rejected_endpoint(self) -> Endpoint:
+        """The starting student's server (`gad_trl.workflow.endpoint`), checked."""
+        return Endpoint(self.rejected_base_url, self.rejected_api_key_env, self.rejected_request_timeout,
+                        self.rejected_max_retries, prefix="rejected_").check()
 
     def __post_init__(self):
         default_bf16_where_supported(self)  # same rule as GADConfig
@@ -994,14 +1005,7 @@ class SODAConfig(DPOConfig):
         for name in ("rejected_max_new_tokens", "rejected_max_attempts", "rejected_batch_size", "rejected_concurrency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}.")
-        if self.rejected_base_url is not None and not self.rejected_base_url.startswith(("http://", "https://")):
-            raise ValueError(
-                f"rejected_base_url must be an http(s) URL of an OpenAI-compatible server (e.g. "
-                f"http://127.0.0.1:8000/v1), got {self.rejected_base_url!r}."
-            )
-        from .redact import check_api_key_env
-
-        check_api_key_env(self.rejected_api_key_env, "rejected_api_key_env")
+        self.rejected_endpoint()  # checked: URL, key variable, timeout, retries
         for name in ("rejected_model", "rejected_api_key_env"):
             if getattr(self, name) is not None and self.rejected_base_url is None:
                 raise ValueError(

@@ -192,7 +192,7 @@ def test_k_trajectories_and_resume(tmp_path):
 
 def test_bad_tool_specs_are_named():
     for spec, message in [
-        ("gad_trl.tiny", "'testing' in 'gad_trl' is a module, not a function"),
+        ("gad_trl.tiny", "'tiny' in 'gad_trl' is a module, not a function"),
         ("no_such_module_xyz:f", "cannot import module 'no_such_module_xyz'"),
         ("gad_trl.tiny:no_such_function", "has no attribute 'no_such_function'"),
         (f"{HERE}:NOT_A_FUNCTION", "is a int, not a function"),

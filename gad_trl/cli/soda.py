@@ -32,7 +32,9 @@ def make_sampler(training_args, model_args):
     if training_args.rejected_base_url:
         return OpenAISampler(training_args.rejected_base_url, training_args.rejected_model,
                              api_key_env=training_args.rejected_api_key_env,
-                             concurrency=training_args.rejected_concurrency)
+                             concurrency=training_args.rejected_concurrency,
+                             request_timeout=training_args.rejected_request_timeout,
+                             max_retries=training_args.rejected_max_retries)
     kwargs = dict(training_args.model_init_kwargs or {})
     quantization = quantization_config(model_args)
     if quantization is not None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import judge as J
+from .endpoint import Endpoint, api_key_env_field, base_url_field, extra_body_field, max_retries_field, request_timeout_field
 
 logger = logging.getLogger(__name__)
 
@@ -65,38 +66,27 @@ class EvaluationArguments:
     student_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Student checkpoint generated locally with transformers."}
     )
-    student_base_url: str | None = field(
-        default=None, metadata={"help": "Or: an OpenAI-compatible endpoint serving the student (a vLLM server)."}
-    )
+    student_base_url: str | None = base_url_field("the student", note="Or --student_model_name_or_path.")
     student_model: str | None = field(
         default=None, metadata={"help": "Model name at --student_base_url (default: the endpoint's only model)."}
     )
-    student_api_key_env: str = field(
-        default="OPENAI_API_KEY", metadata={"help": "Environment variable with the student endpoint's API key."}
-    )
+    student_api_key_env: str = api_key_env_field("the student's endpoint")
     student_max_tokens: int = field(default=1536, metadata={"help": "Longest student answer. Paper: 1536."})
     student_temperature: float = field(default=0.0, metadata={"help": "0 = greedy (the paper's setting)."})
     student_batch_size: int = field(default=8, metadata={"help": "Prompts per batch for local generation."})
     trust_remote_code: bool = field(default=False, metadata={"help": "For the local student."})
     # judge
-    judge_base_url: str | None = field(
-        default=None, metadata={"help": "OpenAI-compatible endpoint of the judge (paper: GPT-4o)."}
-    )
+    judge_base_url: str | None = base_url_field("the judge", note="Paper: GPT-4o.")
     judge_model: str | None = field(
         default=None, metadata={"help": "Judge model name (default: the endpoint's only model)."}
     )
-    judge_api_key_env: str = field(
-        default="OPENAI_API_KEY",
-        metadata={"help": "Environment variable with the judge's API key (never logged or saved)."},
-    )
+    judge_api_key_env: str = api_key_env_field("the judge")
     judge_temperature: float = field(default=0.0, metadata={"help": "Judge sampling temperature."})
     judge_max_tokens: int = field(default=512, metadata={"help": "Longest judge review."})
     reference_max_tokens: int = field(default=1536, metadata={"help": "Longest judge reference answer."})
-    judge_extra_body: str | None = field(
-        default=None,
-        metadata={"help": "JSON object merged into each review request (e.g. vLLM structured outputs that force the "
-                  "score line: '{\"structured_outputs\": {\"regex\": ...}}', see gad_trl.workflow.judge.SCORE_LINE_REGEX)."},
-    )
+    judge_extra_body: str | None = extra_body_field(
+        "the judge", "vLLM structured outputs that force the score line: '{\"structured_outputs\": {\"regex\": ...}}', "
+        "see gad_trl.workflow.judge.SCORE_LINE_REGEX")
     judge_template_file: str | None = field(
         default=None,
         metadata={"help": "Text file replacing the review prompt; it must contain {question}, {answer_1}, "
@@ -108,13 +98,8 @@ class EvaluationArguments:
                   f"<output_dir>/{REFERENCES_FILE} (or <checkpoints_dir>/{REFERENCES_FILE})."},
     )
     concurrency: int = field(default=8, metadata={"help": "Requests in flight at once."})
-    request_timeout: float = field(
-        default=600.0,
-        metadata={"help": "Total seconds one request attempt may take (connecting, sending, waiting for and reading "
-                  "the whole answer, however slowly the server sends it); an attempt over it is abandoned, its "
-                  "connection closed, and retried like other timeouts (--max_retries)."},
-    )
-    max_retries: int = field(default=5, metadata={"help": "Retries per request (429/5xx/timeouts/malformed)."})
+    request_timeout: float = request_timeout_field()  # both endpoints'
+    max_retries: int = max_retries_field()
     # checkpoints
     checkpoints_dir: str | None = field(
         default=None,
@@ -158,14 +143,9 @@ class EvaluationArguments:
     )
 
     def __post_init__(self):
-        from ..redact import check_api_key_env
-
-        check_api_key_env(self.student_api_key_env, "--student_api_key_env")
-        check_api_key_env(self.judge_api_key_env, "--judge_api_key_env")
+        self.student_endpoint(), self.judge_endpoint()  # checked: URLs, key variables, timeout, retries, extra body
         if self.mode not in MODES:
             raise ValueError(f"--mode {self.mode!r}: choose one of {MODES}.")
-        if not self.request_timeout > 0:
-            raise ValueError(f"--request_timeout must be > 0 seconds, got {self.request_timeout}.")
         if self.discriminator_judge_samples != 0 and self.discriminator_judge_samples < 2:
             raise ValueError(
                 f"--discriminator_judge_samples {self.discriminator_judge_samples}: the within-prompt agreement "
@@ -200,10 +180,18 @@ class EvaluationArguments:
         self.judge_extra_body_dict()
         self.template()
 
-    def judge_extra_body_dict(self) -> dict | None:
-        from .teacher import parse_json_object
+    def student_endpoint(self) -> Endpoint:
+        """The student's endpoint (`gad_trl.workflow.endpoint`), checked."""
+        return Endpoint(self.student_base_url, self.student_api_key_env, self.request_timeout, self.max_retries,
+                        prefix="--student_", shared_prefix="--").check()
 
-        return parse_json_object(self.judge_extra_body, "--judge_extra_body")
+    def judge_endpoint(self) -> Endpoint:
+        """The judge's endpoint, checked."""
+        return Endpoint(self.judge_base_url, self.judge_api_key_env, self.request_timeout, self.max_retries,
+                        self.judge_extra_body, prefix="--judge_", shared_prefix="--").check()
+
+    def judge_extra_body_dict(self) -> dict | None:
+        return self.judge_endpoint().extra_body_dict()
 
     def template(self) -> str:
         if not self.judge_template_file:
@@ -250,7 +238,7 @@ def _judge_inputs(args: EvaluationArguments, rows, judge_client=None):
     """What every judging pass needs: the rows' prompts, their teacher answers in pairwise mode (a row's first answer;
     a trajectory's final answer), the judge's client (made from `args` unless given) and its model name."""
     from ..data import final_answer_text, prompt_messages, teacher_texts
-    from .openai_chat import make_client, resolve_model
+    from .openai_chat import resolve_model
 
     prompts = {key: prompt_messages(row, key) for key, row in rows}
     teacher = {}
@@ -258,8 +246,7 @@ def _judge_inputs(args: EvaluationArguments, rows, judge_client=None):
         teacher = {key: final_answer_text(teacher_texts(row, args.teacher_response_column, key)[0])
                    for key, row in rows}
     if judge_client is None:
-        judge_client = make_client(args.judge_base_url, args.judge_api_key_env, args.request_timeout,
-                                   args.max_retries)
+        judge_client = args.judge_endpoint().client()
     return prompts, teacher, judge_client, resolve_model(judge_client, args.judge_model)
 
 
@@ -271,7 +258,7 @@ def evaluate(args: EvaluationArguments, output_dir: str | os.PathLike | None = N
     (loaded here), else the endpoint `args.student_base_url`.
     """
     from .jsonl_store import JsonlStore, write_jsonl_atomic
-    from .openai_chat import chat, describe_error, make_client, map_bounded, resolve_model
+    from .openai_chat import chat, describe_error, map_bounded, resolve_model
 
     # Checked here, not in EvaluationArguments: the callback and the checkpoint loop supply the student and the folder.
     if model is None and not (args.student_model_name_or_path or args.student_base_url):
@@ -286,8 +273,7 @@ def evaluate(args: EvaluationArguments, output_dir: str | os.PathLike | None = N
     local = model is not None or bool(args.student_model_name_or_path)
     if not local:
         if student_client is None:
-            student_client = make_client(args.student_base_url, args.student_api_key_env, args.request_timeout,
-                                         args.max_retries)
+            student_client = args.student_endpoint().client()
         student_model = resolve_model(student_client, args.student_model)
     if student_name is None:
         student_name = args.student_model_name_or_path if local else f"{student_model} at {args.student_base_url}"

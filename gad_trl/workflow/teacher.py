@@ -26,6 +26,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .endpoint import Endpoint, api_key_env_field, base_url_field, extra_body_field, max_retries_field, request_timeout_field
 from .tool_calling import DEFAULT_MAX_TOOL_RESULT_CHARS, DEFAULT_TOOL_TIMEOUT
 
 logger = logging.getLogger(__name__)
@@ -81,18 +82,11 @@ class TeacherGenerationArguments:
                   "cut, with a note giving its full length (a huge result would otherwise go out in every request "
                   "that follows)."},
     )
-    base_url: str = field(
-        default="http://127.0.0.1:8000/v1",
-        metadata={"help": "OpenAI-compatible endpoint (OpenAI: https://api.openai.com/v1; vLLM: http://HOST:PORT/v1)."},
-    )
+    base_url: str = base_url_field("the teacher", "http://127.0.0.1:8000/v1")
     model: str | None = field(
         default=None, metadata={"help": "Teacher model name. Default: the endpoint's only model (a vLLM server)."}
     )
-    api_key_env: str = field(
-        default="OPENAI_API_KEY",
-        metadata={"help": "Name of the environment variable holding the API key (the key itself is never logged or "
-                  "saved). Unset: no key is sent."},
-    )
+    api_key_env: str = api_key_env_field("the teacher")
     system_prompt: str | None = field(
         default=None,
         metadata={"help": "System message sent to the teacher before prompts that have none (not written to the "
@@ -127,23 +121,10 @@ class TeacherGenerationArguments:
     top_p: float | None = field(default=None, metadata={"help": "Nucleus sampling. Default: the server's."})
     max_tokens: int | None = field(default=None, metadata={"help": "Longest teacher answer, in tokens."})
     seed: int | None = field(default=None, metadata={"help": "Sampling seed, where the endpoint supports one."})
-    extra_body: str | None = field(
-        default=None,
-        metadata={"help": "JSON object merged into each request body (endpoint-specific options, e.g. vLLM's "
-                  "'{\"top_k\": 20}')."},
-    )
+    extra_body: str | None = extra_body_field("the teacher")
     concurrency: int = field(default=8, metadata={"help": "Requests in flight at once."})
-    request_timeout: float = field(
-        default=600.0,
-        metadata={"help": "Total seconds one request attempt may take (connecting, sending, waiting for and reading "
-                  "the whole answer, however slowly the server sends it); an attempt over it is abandoned, its "
-                  "connection closed, and retried like other timeouts (--max_retries)."},
-    )
-    max_retries: int = field(
-        default=5,
-        metadata={"help": "Retries per request: 429 (honouring Retry-After), 5xx, timeouts, dropped connections and "
-                  "malformed answers; then the row is listed as failed."},
-    )
+    request_timeout: float = request_timeout_field()
+    max_retries: int = max_retries_field()
     tokenizer_name_or_path: str | None = field(
         default=None,
         metadata={"help": "The student's tokenizer: print the `analyze-lengths` summary of the result. Unset: skip."},
@@ -160,10 +141,7 @@ class TeacherGenerationArguments:
             raise ValueError("--push_to_hub needs --hub_dataset_id (e.g. your-name/lmsys-teacher-answers).")
         if self.concurrency < 1:
             raise ValueError(f"--concurrency must be >= 1, got {self.concurrency}.")
-        if not self.request_timeout > 0:
-            raise ValueError(f"--request_timeout must be > 0 seconds, got {self.request_timeout}.")
-        if self.extra_body is not None:
-            self.extra_body_dict()  # fail early on bad JSON
+        self.endpoint()  # checked: URL, key variable, timeout, retries, extra body
         if self.num_answers < 1:
             raise ValueError(f"--num_answers must be >= 1, got {self.num_answers}.")
         if self.max_tool_calls < 1:
@@ -180,9 +158,6 @@ class TeacherGenerationArguments:
         if self.keep_answers is not None and not 1 <= self.keep_answers <= self.num_answers:
             raise ValueError(f"--keep_answers must be between 1 and --num_answers ({self.num_answers}), got "
                              f"{self.keep_answers}.")
-        from ..redact import check_api_key_env
-
-        check_api_key_env(self.api_key_env, "--api_key_env")
         if self.max_tool_result_chars < 1:
             raise ValueError(f"--max_tool_result_chars must be >= 1, got {self.max_tool_result_chars}.")
         if self.tools is not None:
@@ -191,8 +166,12 @@ class TeacherGenerationArguments:
             if not parse_tool_specs(self.tools):
                 raise ValueError("--tools names no function; expected 'module:function[,module:function...]'.")
 
+    def endpoint(self) -> Endpoint:
+        """The teacher's endpoint (`gad_trl.workflow.endpoint`), checked."""
+        return Endpoint(self.base_url, self.api_key_env, self.request_timeout, self.max_retries, self.extra_body).check()
+
     def extra_body_dict(self) -> dict | None:
-        return parse_json_object(self.extra_body, "--extra_body")
+        return self.endpoint().extra_body_dict()
 
     def few_shot_messages(self) -> list[dict]:
         return read_few_shot(self.few_shot_file) if self.few_shot_file else []
@@ -223,20 +202,6 @@ class TeacherGenerationArguments:
     @property
     def summary_path(self) -> Path:
         return Path(self.output).with_name(Path(self.output).name + ".summary.json")
-
-
-def parse_json_object(text: str | None, name: str) -> dict | None:
-    if text is None:
-        return None
-    if isinstance(text, dict):  # from a YAML config
-        return text
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{name} is not valid JSON ({err}): {text!r}") from err
-    if not isinstance(value, dict):
-        raise ValueError(f"{name} must be a JSON object, got {type(value).__name__}.")
-    return value
 
 
 def with_system_prompt(messages: list[dict], system_prompt: str | None, few_shot: list[dict] | None = None) -> list[dict]:
@@ -388,7 +353,6 @@ def generate_teacher(args: TeacherGenerationArguments, dataset=None, client=None
         chat,
         chat_choices,
         describe_error,
-        make_client,
         map_bounded,
         rejected_request,
         resolve_model,
@@ -483,7 +447,7 @@ def generate_teacher(args: TeacherGenerationArguments, dataset=None, client=None
                     kept, args.answers_path)
 
     if client is None:
-        client = make_client(args.base_url, args.api_key_env, args.request_timeout, args.max_retries)
+        client = args.endpoint().client()
     model = resolve_model(client, args.model) if pending else args.model
     params = dict(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
                   extra_body=args.extra_body_dict())
