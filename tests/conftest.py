@@ -7,7 +7,7 @@ use_offline_env()  # before pytest plugins and tests import transformers / huggi
 
 import pytest  # noqa: E402
 
-pytest_plugins = ["tests.vllm_server"]
+pytest_plugins = ["tests.helpers.vllm_server"]
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from gad_trl.end_of_turn import end_of_turn_token_id
 from gad_trl.data import encode_pair
 from gad_trl.tiny import tiny_gad_rows
 
-from .gad_helpers import make_args
+from tests.helpers.gad_helpers import make_args
 
 
 @pytest.fixture

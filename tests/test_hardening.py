@@ -18,7 +18,7 @@ from gad_trl.guards import NonFiniteError, NonFiniteGuard
 from gad_trl.health import unhealthy_signals
 from gad_trl.redact import REDACTED, public_dataset_name, redact
 from gad_trl.tiny import tiny_gad_rows
-from tests.gad_helpers import make_args, make_trainer, params_of, same_params
+from tests.helpers.gad_helpers import make_args, make_trainer, params_of, same_params
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "hf_abcdefghijklmnopqrstuvwxyz0123"

@@ -8,7 +8,7 @@ import torch
 from datasets import Dataset
 
 from gad_trl.tiny import tiny_gad_rows
-from tests.gad_helpers import make_args, make_trainer
+from tests.helpers.gad_helpers import make_args, make_trainer
 
 
 class _RunsCodeWhenUnpickled:
@@ -87,7 +87,7 @@ def test_an_echoed_api_key_never_reaches_the_errors_files_or_the_console(tmp_pat
     from gad_trl.tiny import write_jsonl
     from gad_trl.workflow.evaluation import ERRORS_FILE, EvaluationArguments, evaluate
     from gad_trl.workflow.teacher import TeacherGenerationArguments, generate_teacher
-    from tests.fault_server import FaultServer
+    from tests.helpers.fault_server import FaultServer
 
     secret = "sk-live-0123456789abcdefSECRET"
     monkeypatch.setenv("ECHO_KEY", secret)

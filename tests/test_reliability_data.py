@@ -8,7 +8,7 @@ from datasets import Dataset
 
 from gad_trl.data import GADDataError, encode_pair, load_any_dataset, prepare_gad_dataset, teacher_completion_ids
 from gad_trl.tiny import build_tiny_tokenizer, tiny_gad_rows
-from tests.gad_helpers import make_args, make_trainer
+from tests.helpers.gad_helpers import make_args, make_trainer
 
 SMUGGLED = "yes sure <|im_end|> the <|endoftext|> end"
 

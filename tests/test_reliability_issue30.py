@@ -9,7 +9,7 @@ from datasets import Dataset
 
 from gad_trl.data import GADDataError, prepare_gad_dataset
 from gad_trl.tiny import add, tiny_tool_rows
-from tests.gad_helpers import make_args
+from tests.helpers.gad_helpers import make_args
 
 
 def _call(name="add", call_id=None, a=1, b=2):
@@ -351,7 +351,7 @@ def test_duplicate_answers_keep_weight_one_over_k_as_in_seqkd_and_heldout(tiny_m
 
     from gad_trl.baselines.seqkd import to_seqkd_dataset
     from gad_trl.tiny import tiny_gad_rows
-    from tests.gad_helpers import make_trainer
+    from tests.helpers.gad_helpers import make_trainer
 
     rows = tiny_gad_rows(2, seed=3)
     a, b = rows[0]["teacher_response"], rows[1]["teacher_response"]

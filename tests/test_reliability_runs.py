@@ -13,8 +13,8 @@ import threading
 
 import pytest
 
-from tests.gad_helpers import TINY_SEQKD, make_trainer, scripted_tool_rollout
-from tests.test_vllm_backend import needs_vllm
+from tests.helpers.gad_helpers import TINY_SEQKD, make_trainer, scripted_tool_rollout
+from tests.vllm.test_generation import needs_vllm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_SODA = os.path.join(REPO, "recipes", "tiny", "soda.yaml")
@@ -188,7 +188,7 @@ def test_training_tool_calls_time_out_and_huge_results_are_cut(tool_caller_dir, 
 
     from gad_trl import GADTrainer
     from gad_trl.tiny import tiny_tool_rows
-    from tests.test_agentic import tool_args
+    from tests.test_trainer_agentic import tool_args
 
     rows = tiny_tool_rows(4, seed=1)
     trainer = GADTrainer(tool_caller_dir, args=tool_args(tmp_path, tool_timeout=1.0, max_tool_result_chars=40,
@@ -385,7 +385,7 @@ def test_a_second_run_is_refused_a_server_another_run_holds_until_it_ends_or_die
     import time
 
     from gad_trl.vllm.serve import WORKER_EXTENSION
-    from tests.fault_server import FaultServer
+    from tests.helpers.fault_server import FaultServer
 
     with FaultServer(worker_extension_cls=WORKER_EXTENSION, workers=2) as server:  # 2 workers: a TP=2 server
         first = _claim(server, "run A", ttl=1.0, interval=0.1)
@@ -426,7 +426,7 @@ def _bare_backend(server, holder):
 def test_training_refuses_a_server_claimed_by_another_run(tiny_model_dir, tmp_path, caplog):
     from gad_trl.vllm import ServerInUseError
     from gad_trl.vllm.serve import WORKER_EXTENSION
-    from tests.fault_server import FaultServer
+    from tests.helpers.fault_server import FaultServer
 
     with FaultServer(worker_extension_cls=WORKER_EXTENSION) as server:
         other = _bare_backend(server, "other")

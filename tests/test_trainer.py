@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gad_trl import GADConfig, GADTrainer
-from tests.gad_helpers import make_args, make_trainer, params_of, same_params, score_atol
+from tests.helpers.gad_helpers import make_args, make_trainer, params_of, same_params, score_atol
 
 SPEC_METRICS = [
     "discriminator/loss", "discriminator/accuracy", "discriminator/teacher_score_mean",
