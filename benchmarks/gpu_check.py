@@ -18,7 +18,7 @@ tokens/s, to `benchmarks/results/gpu_<name>.md` + `.json`.
     # The device call (carry .whl): about 7 minutes with the default cases, each under its own limit
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
       PYTHONPATH=$PWD:/tmp/site python3 -m benchmarks.gpu_check --deadline-s 420 --out $OUT/gpu_h200
-    # CPU, tiny shape (tests/test_benchmarks_gpu_check.py): the same path end to end in seconds
+    # CPU, tiny shape (tests/benchmarks/test_gpu_check.py): the same path end to end in seconds
     python -m benchmarks.gpu_check --tiny --cases qwen2.5-7b-qlora
 
 Generation is transformers' (the device machine has no vLLM). Random weights sample over the whole vocabulary, so

@@ -9,7 +9,7 @@ generation, one torch thread, then records every logged number, a checksum of th
 fixed held-out evaluation and the discriminator's scores of sampled completions (what judge agreement reads).
 Settings: full discriminator, LoRA discriminator, shared base, a discriminator with its own tokenizer, k teacher
 answers (with mean pooling, replay in replace mode and score shaping), teacher trajectories with tools. Async
-generation needs a vLLM server and is left to its tests (tests/test_async_generation.py).
+generation needs a vLLM server and is left to its tests (tests/vllm/test_async_generation.py).
 """
 
 from __future__ import annotations

@@ -81,3 +81,11 @@ def smollm2_dir(tmp_path_factory):
 
     gguf = smollm2_gguf()
     return convert_gguf(gguf, str(tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct"))
+
+
+@pytest.fixture(scope="session")
+def tok():
+    """The tiny word-level chat tokenizer (`gad_trl.tiny.build_tiny_tokenizer`); a module may define its own `tok`."""
+    from gad_trl.tiny import build_tiny_tokenizer
+
+    return build_tiny_tokenizer()

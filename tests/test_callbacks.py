@@ -16,8 +16,7 @@ from transformers.trainer_callback import ProgressCallback
 from gad_trl import GADConfig
 from gad_trl.callbacks import GADProgressCallback
 from gad_trl.tiny import tiny_gad_rows
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers.gad_helpers import REPO
 
 
 def _args(output_dir, **overrides):
@@ -109,3 +108,30 @@ def test_report_to_trackio_offline(tiny_model_dir, tmp_path):
         for (blob,) in conn.execute("select metrics from metrics"):
             keys.update(json.loads(blob))
     assert {"train/discriminator/accuracy", "train/reward"} <= keys
+
+
+def test_warnings_during_training_are_written_above_the_bar_and_restored_after():
+    import logging
+    import types
+
+    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import _TqdmLoggingHandler
+
+    from gad_trl.callbacks import GADProgressCallback
+
+    state = types.SimpleNamespace(max_steps=7, is_world_process_zero=True)
+    bar = tqdm(total=7, disable=False)
+    callback = GADProgressCallback(types.SimpleNamespace(training_bar=bar))
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        callback.on_train_begin(None, state, None)
+        assert callback.bar is bar
+        assert any(isinstance(h, _TqdmLoggingHandler) for h in root.handlers)  # health warnings go through tqdm.write
+        callback.on_log(None, state, None, logs={"discriminator/accuracy": 0.6, "reward": 0.25})
+        assert bar.postfix == "d_acc=0.6, reward=0.25"
+        callback.on_train_end(None, state, None)
+        assert root.handlers == before
+    finally:
+        bar.close()
+

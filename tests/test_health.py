@@ -34,3 +34,12 @@ def test_health_monitor_judges_the_recent_mean_not_one_noisy_batch(caplog):
     after = [weak.check({"accuracy": 0.3, "score_diff": 0.0, "phase": 2.0}, "bradley_terry", i) for i in range(4, 8)]
     assert after[0] == [] and set(after[1]) == {"accuracy_low", "score_diff_low"}  # from window // 2 checks on
     assert weak.check({"accuracy": float("nan"), "phase": 2.0}, "bradley_terry", 9) == ["nonfinite"]  # at once
+
+
+def test_health_checks_treat_nan_as_unhealthy_and_flag_cut_teacher_answers():
+    signals = unhealthy_signals({"accuracy": float("nan"), "score_diff": float("nan"), "loss": float("nan")}, "bradley_terry")
+    assert "nonfinite" in signals and "accuracy" in signals["nonfinite"]
+    assert "teacher_truncated_high" in unhealthy_signals({"accuracy": 0.7, "score_diff": 0.1,
+                                                          "teacher_truncated_ratio": 1.0}, "bradley_terry")
+    assert unhealthy_signals({"accuracy": 0.7, "score_diff": 0.1, "teacher_truncated_ratio": 0.0}, "bradley_terry") == {}
+

@@ -101,3 +101,22 @@ def test_at_most_16_modules_at_the_top_and_one_folder_per_concern():
     assert len(top) <= 16, top
     for folder in ("discriminator", "workflow", "baselines", "memory", "vllm", "cli"):
         assert (PACKAGE / folder / "__init__.py").is_file(), folder
+
+
+def test_tests_mirror_the_package():
+    """tests/<subpackage>/test_<module>[_<aspect>].py for gad_trl/<subpackage>/<module>.py (tests/test_<module>...py for
+    a top-level module); folders for the repository's other parts (benchmarks, scripts, notebooks, recipes); helper
+    scripts and workers in tests/helpers/, none at the top of a test folder."""
+    tests = Path(__file__).resolve().parent
+    others = {"benchmarks", "scripts", "notebooks", "recipes", "helpers"}
+    misplaced = []
+    for path in tests.rglob("*.py"):
+        rel = path.relative_to(tests)
+        if path.name in ("__init__.py", "conftest.py") or rel.parts[0] in others:
+            continue
+        folder = PACKAGE.joinpath(*rel.parts[:-1])
+        modules = {p.stem for p in folder.glob("*.py") if p.stem != "__init__"} if folder.is_dir() else set()
+        stem = path.stem.removeprefix("test_")
+        if not path.name.startswith("test_") or not any(stem == m or stem.startswith(m + "_") for m in modules | {"layout"}):
+            misplaced.append(str(rel))
+    assert misplaced == []

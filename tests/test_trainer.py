@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gad_trl import GADConfig, GADTrainer
+from gad_trl import GADTrainer
 from tests.helpers.gad_helpers import make_args, make_trainer, params_of, same_params, score_atol
 
 SPEC_METRICS = [

@@ -1,5 +1,9 @@
 """Agentic GAD: TRL's tool-calling rollouts through GADTrainer, teacher trajectories laid out as the student's."""
 
+from __future__ import annotations
+
+import logging
+
 import pytest
 import torch
 from datasets import Dataset
@@ -7,7 +11,8 @@ from datasets import Dataset
 from gad_trl import GADConfig, GADTrainer
 from gad_trl.data import GADDataError, normalize_trajectory, prepare_gad_dataset
 from gad_trl.tiny import add, tiny_tool_rows
-from tests.helpers.gad_helpers import params_of, same_params, scripted_tool_rollout
+from tests.helpers.gad_helpers import TOOL_RELEASE, make_args, params_of, same_params, scripted_tool_rollout
+from tests.helpers.gad_helpers import add as hanging_add  # hangs for a=1, returns megabytes for a=2
 
 
 def tool_args(output_dir, **overrides):
@@ -38,9 +43,9 @@ def test_trajectories_are_normalised_to_one_message_shape():
 
 
 def test_text_only_readers_refuse_trajectories_and_judges_compare_final_answers():
+    from gad_trl.baselines.soda import preference_slots
     from gad_trl.data import final_answer_text, text_answers
     from gad_trl.discriminator.heldout import draw_rows
-    from gad_trl.baselines.soda import preference_slots
 
     rows = tiny_tool_rows(2)
     with pytest.raises(GADDataError, match="held-out discriminator evaluation reads text answers only"):
@@ -256,3 +261,78 @@ def test_every_grpo_trainer_argument_is_accepted():
 
     ours = inspect.signature(GADTrainer.__init__).parameters
     assert [p for p in inspect.signature(GRPOTrainer.__init__).parameters if p not in ours] == []
+
+
+def _tool_trainer(tmp_path, rows, **kwargs):
+    from gad_trl import GADTrainer
+    from gad_trl.tiny import build_tiny_model, build_tiny_tool_tokenizer
+
+    tok = build_tiny_tool_tokenizer()
+    return GADTrainer(build_tiny_model(tok), args=make_args(tmp_path, max_completion_length=16),
+                      processing_class=tok, train_dataset=Dataset.from_list(rows), **kwargs)
+
+
+def multiply(a: int, b: int) -> int:
+    """Multiply two integers.
+
+    Args:
+        a: The first number.
+        b: The second number.
+    """
+    return a * b
+
+
+def test_call_to_a_tool_the_student_lacks_is_refused(tmp_path):
+    rows = tiny_tool_rows(4)
+    rows[2]["teacher_response"][0]["tool_calls"][0]["function"]["name"] = "multiply"
+    with pytest.raises(GADDataError, match=r"Row 2 of the train set: .*calls the tool 'multiply', which the student "
+                                           r"does not have \(its tools: add\)"):
+        _tool_trainer(tmp_path, rows, tools=[add])
+    _tool_trainer(tmp_path, rows, tools=[add, multiply])  # the student has it: accepted
+
+
+@pytest.mark.timeout(300)
+def test_training_tool_calls_time_out_and_huge_results_are_cut(tool_caller_dir, tmp_path, caplog):
+    """A tool that never returned hung the run forever; a 2 MB result went whole into the rollout."""
+    import time
+
+    from datasets import Dataset
+
+    from gad_trl import GADTrainer
+    from gad_trl.tiny import tiny_tool_rows
+    from tests.test_trainer_agentic import tool_args
+
+    rows = tiny_tool_rows(4, seed=1)
+    trainer = GADTrainer(tool_caller_dir, args=tool_args(tmp_path, tool_timeout=1.0, max_tool_result_chars=40,
+                                                         max_completion_length=256),
+                         train_dataset=Dataset.from_list(rows), tools=[hanging_add])
+    tok = trainer.processing_class
+    prompt_texts = [tok.decode(tok.apply_chat_template(r["prompt"], tools=[hanging_add], add_generation_prompt=True,
+                                                       tokenize=True, return_dict=False)) for r in rows]
+
+    def scripted(prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        out = []
+        for ids in prompt_ids:  # row i calls add(a=i+1, b=5) first, then answers
+            text = tok.decode(ids)
+            i = next(k for k, p in enumerate(prompt_texts) if text.startswith(p))
+            turn = (f'<tool_call>\n{{"name": "add", "arguments": {{"a": {i + 1}, "b": 5}}}}\n</tool_call>'
+                    if text == prompt_texts[i] else "done")
+            out.append(tok(turn, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+        return out, None
+
+    start = time.monotonic()
+    try:
+        with caplog.at_level(logging.WARNING):
+            (_, _, _, completions, *_), metrics = scripted_tool_rollout(trainer, scripted, [r["prompt"] for r in rows],
+                                                                        [hanging_add])
+    finally:
+        TOOL_RELEASE.set()
+    assert time.monotonic() - start < 30
+    results = [c[1]["content"] for c in completions]
+    assert "timed out" in results[0] and "tool_timeout" in results[0]  # TRL's error result for a raising tool
+    assert results[1].startswith("x" * 40) and "cut: the tool returned 2000000 characters" in results[1]
+    assert len(results[1]) < 200 and results[2] == "8" and [m["content"] for m in completions[3][-1:]] == ["done"]
+    assert metrics["tools/timeouts"] == [1.0] and metrics["tools/cut_results"] == [1.0]
+    assert metrics["tools/failure_frequency"][-1] > 0
+    assert "tool_timeout=1 s" in caplog.text
+

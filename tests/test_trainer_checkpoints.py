@@ -1,5 +1,7 @@
 """save_model / checkpoints write the discriminator and its optimizer; resume restores everything."""
 
+from __future__ import annotations
+
 import os
 
 import pytest
@@ -7,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from gad_trl.discriminator.model import last_token_scores
-from tests.helpers.gad_helpers import make_trainer, params_of, same_params
+from tests.helpers.gad_helpers import crafted, make_trainer, params_of, same_params
 
 
 def test_save_model_writes_a_reloadable_discriminator(tiny_model_dir, tmp_path):
@@ -114,3 +116,18 @@ def test_reloaded_discriminator_scores_like_the_trainer_as_a_plain_reward_model(
         trainer.discriminator.eval()
         expected = trainer.discriminator_component.score(sequences).cpu()
     torch.testing.assert_close(plain, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["discriminator_optimizer.pt", "discriminator_scheduler.pt"])
+def test_resume_refuses_a_crafted_discriminator_state(tiny_model_dir, tmp_path, name):
+    out = tmp_path / "run"
+    make_trainer(tiny_model_dir, out, max_steps=2, save_strategy="steps", save_steps=1).train()
+    checkpoint = out / "checkpoint-1"
+    assert (checkpoint / name).is_file()
+    marker = tmp_path / "pwned"
+    crafted(checkpoint / name, marker)
+    resumed = make_trainer(tiny_model_dir, out, max_steps=2, save_strategy="steps", save_steps=1)
+    with pytest.raises(ValueError, match=name):
+        resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert not marker.exists()
+

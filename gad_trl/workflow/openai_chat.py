@@ -1,6 +1,6 @@
 """One chat completion from an OpenAI-compatible endpoint (OpenAI, a vLLM server, TGI), through the `openai` client.
 
-Failure policy (tested against a local fault-injecting server, tests/test_teacher_generation.py):
+Failure policy (tested against a local fault-injecting server, tests/workflow/test_teacher.py):
 - HTTP 429 / 408 / 409 / 5xx, a dropped connection, a request attempt over `timeout` seconds in all (connecting,
   sending, waiting and reading the whole answer, however slowly the server sends it: `gad_trl.workflow.deadline`; its
   connection is closed): retried by the `openai` client itself, up to `max_retries` times, waiting what a

@@ -2,6 +2,8 @@
 `rejected`, the sample cache (reuse, resume, other settings refused), empty and failed samples reported, a real
 DPOTrainer run through `build_trainer`, bad inputs, the CLI, and sampling from the suite's vLLM server."""
 
+from __future__ import annotations
+
 import json
 
 import pytest
@@ -9,9 +11,9 @@ import torch
 from datasets import Dataset
 
 from gad_trl import local_generation
+from gad_trl.baselines import soda as S
 from gad_trl.data import GADDataError
 from gad_trl.tiny import tiny_gad_rows
-from gad_trl.baselines import soda as S
 from tests.helpers.gad_helpers import REPO, params_of, read_jsonl, same_params
 
 TINY_SODA = str(REPO / "recipes" / "tiny" / "soda.yaml")
@@ -289,3 +291,25 @@ def test_soda_refuses_tools_rather_than_ignoring_them():
 
     with pytest.raises(ValueError, match="tools: SODA samples and trains on text answers"):
         soda.build_trainer(*train_cli.parse_args(["--config", TINY_SODA, "--tools", "gad_trl.tiny:add"]))
+
+
+# ------------------------------------------------------------------------------------ 3. SODA's draw on resume
+def test_resumed_soda_draws_the_samples_of_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    """A run killed after its first batch (its cache holds that batch) and resumed draws, for the other rows, the
+    samples an uninterrupted run draws: each sample has its own seed, not a place in one random stream."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from gad_trl.baselines.soda import build_soda_dataset
+    from gad_trl.tiny import tiny_gad_rows
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = tiny_gad_rows(4, seed=0)
+    settings = dict(max_new_tokens=8, seed=0, batch_size=2, temperature=1.0)
+    whole = build_soda_dataset(rows, model, tokenizer, cache_path=tmp_path / "whole.jsonl", **settings)
+    cache = tmp_path / "killed.jsonl"
+    build_soda_dataset(rows[:2], model, tokenizer, cache_path=cache, **settings)  # the batch done before the kill
+    resumed = build_soda_dataset(rows, model, tokenizer, cache_path=cache, **settings)
+    assert resumed["rejected"] == whole["rejected"]
+    assert len({m[0]["content"] for m in whole["rejected"]}) > 1  # really sampled, not one fixed answer
+

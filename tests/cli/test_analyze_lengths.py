@@ -1,12 +1,17 @@
 """`gad-trl analyze-lengths` (`gad_trl.cli.analyze_lengths`)."""
 
+from __future__ import annotations
+
 import json
 import math
 from pathlib import Path
 
 import pytest
+from datasets import Dataset
 
 import gad_trl.cli.main as cli_main
+from gad_trl.tiny import tiny_gad_rows
+from tests.helpers.gad_helpers import SMUGGLED
 
 
 def test_percentile_matches_numpy():
@@ -41,3 +46,16 @@ def test_analyze_lengths_counts_teacher_tokens_with_eos(tiny_model_dir, tiny_dat
     assert stats["p95"] == pytest.approx(percentile(expected, 95))
     assert report["suggested_max_completion_length"] == 4 * math.ceil(percentile(expected, 99) / 4)
     assert report["prompt_tokens"]["min"] > 0
+
+
+def test_analyze_lengths_counts_rows_with_special_token_strings(tok):
+    from gad_trl.cli.analyze_lengths import AnalyzeLengthsArguments, analyze, format_report
+
+    rows = tiny_gad_rows(6, seed=0)
+    rows[2]["teacher_response"] = SMUGGLED
+    report = analyze(AnalyzeLengthsArguments(model_name_or_path="tiny", dataset_name="rows"), tok,
+                     Dataset.from_list(rows))
+    assert report["teacher_rows_with_special_token_strings"] == 1
+    assert report["teacher_special_token_rows_first"] == [2]
+    assert "encodes them as plain text" in format_report(report)
+

@@ -82,7 +82,7 @@ def test_cli_errors(tiny_model_dir, capsys):
 
 
 def test_cli_counts_the_discriminator_adapter_from_its_own_fields(capsys):
-    # The 1.5B LoRA recipe (its mode, and every other recipe's, is checked in tests/test_memory_recipe.py), with the
+    # The 1.5B LoRA recipe (its mode, and every other recipe's, is checked in tests/memory/test_recipe.py), with the
     # discriminator's adapter made smaller than the student's through discriminator_lora_*.
     lora = str(REPO / "recipes" / "Qwen2.5-1.5B-Instruct" / "gad" / "config_lmsys_lora.yaml")
     assert run(["--config", lora, "--report_format", "json", "--modes", "lora", "--discriminator_lora_r", "8",

@@ -2,7 +2,7 @@
 `gad-trl gad`'s main for 3 steps, checkpoints, saves, and a run resumed into the next epoch ends where the
 uninterrupted one did.
 ZeRO-3 shards the discriminator next to the student (discriminator_sharding: auto); ZeRO-2 keeps it replicated.
-(The DDP-style multi-process path: tests/test_multiprocess.py and tests/test_discriminator_sharding.py.)"""
+(The DDP-style multi-process path: tests/test_cpu_distributed.py and tests/discriminator/test_sharding.py.)"""
 
 import json
 import os

@@ -1,5 +1,7 @@
 """LoRA / QLoRA discriminators and the shared-base discriminator (a second adapter on a LoRA student's base)."""
 
+from __future__ import annotations
+
 import pytest
 import torch
 from datasets import Dataset
@@ -111,9 +113,9 @@ def test_saved_peft_discriminator_keeps_its_mean_pooling(tiny_model_dir, tmp_pat
     the merged export must still score with mean pooling, as the trained discriminator does."""
     from transformers import AutoModelForSequenceClassification
 
+    from gad_trl.discriminator.adapters import load_saved_discriminator
     from gad_trl.discriminator.model import score_sequences
     from gad_trl.discriminator.pooling import discriminator_pooling, set_discriminator_pooling
-    from gad_trl.discriminator.adapters import load_saved_discriminator
     from tests.helpers.gad_helpers import response_sequences
 
     options = {"discriminator_shared_base": True} if shared_base else {"discriminator_use_peft": True}
@@ -146,8 +148,8 @@ def test_saved_peft_discriminator_keeps_its_mean_pooling(tiny_model_dir, tmp_pat
 def test_shared_base_one_base_and_each_optimizer_owns_its_parameters(tiny_model_dir, tmp_path):
     from trl.generation.vllm_generation import VLLMGeneration
 
-    from gad_trl.discriminator.model import backbone
     from gad_trl.discriminator.adapters import SharedBaseDiscriminator
+    from gad_trl.discriminator.model import backbone
 
     trainer = _trainer(tiny_model_dir, tmp_path / "run", student_lora=True, max_steps=1,
                        discriminator_shared_base=True)
@@ -305,3 +307,103 @@ def test_peft_flags_parse_like_trl_model_config():
     ])
     assert args.discriminator_use_peft and args.discriminator_load_in_4bit
     assert args.discriminator_bnb_4bit_quant_type == "fp4"
+
+
+# ------------------------------------------------------------------------------------------------- 8. MoE students
+def _tiny_moe(kind: str):
+    import torch
+    from transformers import AutoModelForCausalLM, GptOssConfig, Qwen3MoeConfig
+
+    common = dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                  head_dim=16, num_experts_per_tok=2, pad_token_id=0)
+    if kind == "gpt_oss":  # fused experts with biases (gate_up_proj_bias, down_proj_bias), a router with a bias
+        config = GptOssConfig(intermediate_size=32, num_local_experts=4, layer_types=["full_attention"] * 2,
+                              **common)
+    else:
+        config = Qwen3MoeConfig(intermediate_size=32, moe_intermediate_size=16, num_experts=4, **common)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():  # nonzero biases: a dropped bias would show
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_()
+    return model
+
+
+LORA_DISCRIMINATORS = {
+    "full": {},
+    "lora": dict(discriminator_use_peft=True, discriminator_lora_target_modules=["q_proj", "v_proj"]),
+    # No PEFT default for these architectures: every linear layer, and the fused experts take no dropout.
+    "lora_default_targets": dict(discriminator_use_peft=True, discriminator_lora_dropout=0.0),
+}
+
+
+@pytest.mark.parametrize("kind", ["gpt_oss", "qwen3_moe"])
+@pytest.mark.parametrize("discriminator", list(LORA_DISCRIMINATORS))
+def test_discriminator_initialises_from_a_lora_moe_student(tmp_path, kind, discriminator):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from gad_trl import GADConfig
+    from gad_trl.discriminator.model import backbone, load_discriminator, score_sequences
+
+    student = _tiny_moe(kind)
+    plain = {k: v.clone() for k, v in backbone(student).state_dict().items()}
+    # LoRA on attention and on the fused expert parameters (PEFT's target_parameters: nested wrappers).
+    student = get_peft_model(student, LoraConfig(r=2, target_modules=["q_proj", "v_proj"],
+                                                 target_parameters=["mlp.experts.gate_up_proj",
+                                                                    "mlp.experts.down_proj"]))
+    args = GADConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, **LORA_DISCRIMINATORS[discriminator])
+    disc = load_discriminator(student, args=args, pad_token_id=0)
+    body = backbone(disc).state_dict()
+    got = {".".join(p for p in k.split(".") if p != "base_layer"): v for k, v in body.items() if ".lora_" not in k}
+    assert set(plain) <= set(got)
+    assert all(torch.equal(plain[k], got[k]) for k in plain), "the discriminator's body differs from the student's"
+    scores = score_sequences(disc, [[1, 2, 3], [4, 5]], 0, torch.device("cpu"))
+    assert scores.shape == (2,) and torch.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("kind", ["gpt_oss", "qwen3_moe"])
+@pytest.mark.parametrize("setup", ["lora_student_lora_discriminator", "shared_base"])
+def test_gad_trains_a_lora_moe_student(tmp_path, kind, setup):
+    """One GAD step end to end: a LoRA MoE student (fused experts adapted) with a LoRA discriminator from its weights,
+    or with the discriminator as a second adapter on its base."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, GptOssConfig, Qwen3MoeConfig
+
+    from gad_trl import GADTrainer
+    from gad_trl.tiny import build_tiny_tokenizer, tiny_gad_rows
+
+    tok = build_tiny_tokenizer()
+    common = dict(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  num_key_value_heads=1, head_dim=16, num_experts_per_tok=2, pad_token_id=tok.pad_token_id,
+                  eos_token_id=tok.eos_token_id)
+    config = (GptOssConfig(intermediate_size=32, num_local_experts=4, layer_types=["full_attention"], **common)
+              if kind == "gpt_oss" else Qwen3MoeConfig(intermediate_size=32, moe_intermediate_size=16, num_experts=4,
+                                                       **common))
+    model, peft_config = AutoModelForCausalLM.from_config(config), None
+    if setup == "shared_base":
+        peft_config = LoraConfig(r=2, target_modules="all-linear", lora_dropout=0.0)
+        extra = dict(discriminator_shared_base=True, discriminator_lora_dropout=0.0)
+    else:
+        model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], target_parameters=[
+            "mlp.experts.gate_up_proj", "mlp.experts.down_proj"]))
+        extra = dict(discriminator_use_peft=True, discriminator_lora_dropout=0.0)
+    args = make_args(tmp_path, max_steps=1, per_device_train_batch_size=2, num_generations=2, use_cpu=True, **extra)
+    trainer = GADTrainer(model, args=args, processing_class=tok, train_dataset=Dataset.from_list(tiny_gad_rows(4)),
+                         peft_config=peft_config)
+    trainer.train()
+    assert trainer.state.global_step == 1
+
+
+def test_lora_dropout_on_fused_experts_names_the_field(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from gad_trl import GADConfig
+    from gad_trl.discriminator.model import load_discriminator
+
+    student = get_peft_model(_tiny_moe("qwen3_moe"), LoraConfig(r=2, target_modules="all-linear"))
+    args = GADConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, discriminator_use_peft=True)
+    with pytest.raises(ValueError, match="fused MoE expert parameters.*discriminator_lora_dropout: 0"):
+        load_discriminator(student, args=args, pad_token_id=0)
+

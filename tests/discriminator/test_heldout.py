@@ -135,8 +135,8 @@ def test_accuracy_and_score_gap(tiny_discriminator):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from gad_trl.data import encode_pair
-    from gad_trl.discriminator.model import score_sequences
     from gad_trl.discriminator.heldout import evaluate_triples
+    from gad_trl.discriminator.model import score_sequences
 
     def last_token_scores(model, sequences, pad_token_id, batch_size=8):
         with torch.no_grad():
@@ -156,3 +156,19 @@ def test_accuracy_and_score_gap(tiny_discriminator):
     s = last_token_scores(disc, [encode_pair(tokenizer, r["prompt"], r["student_response"]) for r in other], tokenizer.pad_token_id)
     assert metrics["accuracy"] == pytest.approx(sum(a > b for a, b in zip(t, s)) / len(t))
     assert metrics["score_diff"] == pytest.approx(sum(a - b for a, b in zip(t, s)) / len(t), abs=1e-6)
+
+
+def test_evaluation_scores_with_the_discriminator_in_eval_mode(tiny_model_dir, tmp_path):
+    from gad_trl import GADTrainer
+
+    args = make_args(tmp_path, max_steps=1, per_device_eval_batch_size=4)
+    trainer = GADTrainer(tiny_model_dir, args=args, train_dataset=Dataset.from_list(tiny_gad_rows(4)),
+                         eval_dataset=Dataset.from_list(tiny_gad_rows(4, seed=1)))
+    modes = []
+    trainer.discriminator.register_forward_hook(lambda m, i, o: modes.append(m.training))
+    backbone = trainer.discriminator.model
+    backbone.register_forward_hook(lambda m, i, o: modes.append(m.training))
+    trainer.evaluate()
+    assert modes and not any(modes)
+    assert trainer.discriminator.training  # back in train mode for the next step
+

@@ -1,6 +1,9 @@
-"""The discriminator loads whole on every process even when the launcher set up DeepSpeed ZeRO-3 (zero.Init at
-creation) or FSDP's CPU-RAM-efficient loading (zeros on every rank but 0); GAD shards it itself, if at all
-(discriminator_sharding). A real 2-process ZeRO-3 launch: tests/test_launchers.py."""
+"""`gad_trl.discriminator.model`: scores in float32 under bf16 autocast, a clear error for an out-of-range
+`pad_token_id`, and the discriminator loaded whole on every process even when the launcher set up DeepSpeed ZeRO-3
+(zero.Init at creation) or FSDP's CPU-RAM-efficient loading (zeros on every rank but 0); GAD shards it itself, if at
+all (discriminator_sharding). A real 2-process ZeRO-3 launch: tests/cli/test_launch.py."""
+
+from __future__ import annotations
 
 import contextlib
 import json
@@ -8,6 +11,9 @@ import os
 import subprocess
 import sys
 import textwrap
+
+import pytest
+import torch
 
 from gad_trl.discriminator.model import load_discriminator, replicated_loading
 
@@ -106,3 +112,43 @@ def test_transformers_zero3_switch_is_off_while_the_discriminator_loads():
     finally:
         unset_hf_deepspeed_config()
         del config
+
+
+def test_scores_are_float32_under_bf16_autocast(tiny_model_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    from gad_trl.discriminator.model import backbone, last_token_scores
+
+    torch.manual_seed(0)
+    disc = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    torch.nn.init.normal_(disc.score.weight, std=1.0)
+    ids = torch.randint(10, 200, (8, 12))
+    mask = torch.ones_like(ids)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = last_token_scores(disc, ids, mask)
+        hidden = backbone(disc)(input_ids=ids, attention_mask=mask).last_hidden_state[:, -1]
+    expected = hidden.float() @ disc.score.weight.float().T
+    assert scores.dtype == torch.float32
+    assert torch.allclose(scores, expected.squeeze(-1), atol=1e-5, rtol=1e-5)  # not rounded to bf16 (~1e-2 here)
+
+
+# ------------------------------------------------------------------ 6. a discriminator config with a bad pad id
+def test_out_of_range_pad_token_id_names_the_field_and_the_fix(tmp_path):
+    import json
+
+    from transformers import AutoConfig
+
+    from gad_trl.discriminator.value_head import load_value_model, value_model_from_config
+    from gad_trl.tiny import save_tiny_model
+
+    path = save_tiny_model(tmp_path / "disc", seed=0)
+    config = json.loads((tmp_path / "disc" / "config.json").read_text())
+    vocab = config["vocab_size"]
+    config["pad_token_id"] = vocab + 7
+    (tmp_path / "disc" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=rf"config.json: pad_token_id={vocab + 7} is outside the vocabulary "
+                                         rf"\(vocab_size={vocab}\).*Set pad_token_id to a token id below {vocab}"):
+        load_value_model(path, num_labels=1)
+    with pytest.raises(ValueError, match="pad_token_id=.* is outside the vocabulary"):
+        value_model_from_config(AutoConfig.from_pretrained(path, num_labels=1))
+

@@ -1,6 +1,8 @@
 """The FSDP2-sharded discriminator (discriminator_sharding='fsdp2'/'auto'): same training as the replicated one, exact
 resume from its checkpoints, a plain reloadable `discriminator/` folder, and clear errors where it cannot run."""
 
+from __future__ import annotations
+
 import json
 import os
 import subprocess
@@ -12,7 +14,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from gad_trl.vllm.launcher import free_port
-from tests.helpers.gad_helpers import make_trainer
+from tests.helpers.gad_helpers import crafted, make_trainer
 
 SCRIPT = Path(__file__).resolve().parents[1] / "helpers" / "sharded_train.py"
 
@@ -21,7 +23,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "helpers" / "sharded_train.py"
 def test_sharded_discriminator_trains_resumes_and_saves_like_the_replicated_one(tiny_model_dir, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                "--master_port", str(free_port()), str(SCRIPT), tiny_model_dir, str(tmp_path)]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(SCRIPT.parent.parent), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(SCRIPT.parents[2]), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
@@ -75,3 +77,16 @@ def test_resuming_a_sharded_checkpoint_replicated_is_a_clear_error(tiny_model_di
     again = make_trainer(tiny_model_dir, tmp_path / "b", max_steps=2)
     with pytest.raises(ValueError, match="sharded discriminator's optimizer state"):
         again.train(resume_from_checkpoint=str(path.parent))
+
+
+def test_sharded_optimizer_state_is_loaded_as_data_only(tmp_path):
+    """`discriminator_sharding.load_optimizer` used `weights_only=False`: a crafted file ran code on resume."""
+    from gad_trl.discriminator.sharding import load_optimizer
+
+    model = torch.nn.Linear(2, 1)
+    path, marker = tmp_path / "discriminator_optimizer.pt", tmp_path / "pwned"
+    crafted(path, marker)
+    with pytest.raises(ValueError, match="discriminator_optimizer.pt"):
+        load_optimizer(model, torch.optim.AdamW(model.parameters()), str(path))
+    assert not marker.exists()
+

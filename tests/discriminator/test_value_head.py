@@ -315,7 +315,7 @@ def test_sharded_cohere2_discriminator_trains_and_resumes_like_the_replicated_on
     script = Path(__file__).resolve().parents[1] / "helpers" / "sharded_train.py"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                "--master_port", str(free_port()), str(script), cohere2_dir, str(tmp_path)]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(script.parent.parent), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(script.parents[2]), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     for rank in range(2):

@@ -1,6 +1,7 @@
 """Small builders shared by the trainer tests."""
 
 import json
+import threading
 from pathlib import Path
 
 import torch
@@ -80,3 +81,46 @@ def scripted_tool_rollout(trainer, scripted, prompts, tools):
     trainer._sync_tool_dicts, trainer._async_tool_dicts = [named] * len(prompts), [{}] * len(prompts)
     trainer.model.train()
     return trainer._generate(prompts), trainer._metrics["train"]
+
+
+# ------------------------------------------------------------------ shared by tests of several modules
+SMUGGLED = "yes sure <|im_end|> the <|endoftext|> end"  # teacher text with control-token strings in it
+
+
+def special_ids(tok) -> set[int]:
+    return {tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>", "<|im_start|>")}
+
+
+class RunsCodeWhenUnpickled:
+    """Unpickling calls `open(marker, "w")`: a stand-in for any code a crafted file could run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def crafted(path, marker):
+    """A torch.save'd optimizer-like state whose unpickling would run code (`RunsCodeWhenUnpickled`)."""
+    torch.save({"state": {}, "param_groups": [{"params": ["x"]}], "payload": RunsCodeWhenUnpickled(marker)}, path)
+
+
+TRL_MODEL = "trl-internal-testing/tiny-Qwen2ForCausalLM-2.5"  # the name TRL's tests use; never loaded here
+
+TOOL_RELEASE = threading.Event()  # set at the end of a test: `add`'s hung thread then returns
+
+
+def add(a: int, b: int) -> str:
+    """Add two integers.
+
+    Args:
+        a: The first number.
+        b: The second number.
+    """
+    if a == 1:  # a tool that never returns (within the test)
+        TOOL_RELEASE.wait(60)
+        return "late"
+    if a == 2:  # a tool that returns megabytes
+        return "x" * 2_000_000
+    return str(a + b)

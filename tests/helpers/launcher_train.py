@@ -1,4 +1,4 @@
-"""Run by tests/test_launchers.py under `accelerate launch` (2 CPU processes, gloo; DeepSpeed with DS_ACCELERATOR=cpu).
+"""Run by tests/cli/test_launch.py under `accelerate launch` (2 CPU processes, gloo; DeepSpeed with DS_ACCELERATOR=cpu).
 In one launch, through `gad-trl gad`'s own `main`: a 3-step tiny GAD run that checkpoints at step 2 and saves, then
 a second run resumed from that checkpoint. Writes `<out>/rank<k>.json` (launcher, discriminator layout, steps).
 `--async-vllm URL` instead: one 3-step run generating on the vLLM server at URL with `async_generation`."""

@@ -1,4 +1,4 @@
-"""Run by tests/test_multiprocess.py under `torch.distributed.run` (2 CPU processes, gloo): trains GADTrainer for 2
+"""Run by tests/test_cpu_distributed.py under `torch.distributed.run` (2 CPU processes, gloo): trains GADTrainer for 2
 steps and writes each rank's discriminator checksums and logged metrics to `<out>/rank<k>.json`.
 `--no-all-reduce` switches the discriminator's gradient averaging off (shows what the test would catch);
 `--async-vllm URL` generates on the vLLM server at URL with `async_generation=True` (3 steps); `--fsdp2` shards the

@@ -1,4 +1,4 @@
-"""Run by tests/test_discriminator_sharding.py under `torch.distributed.run` (2 CPU processes, gloo). In one launch:
+"""Run by tests/discriminator/test_sharding.py under `torch.distributed.run` (2 CPU processes, gloo). In one launch:
   1. replicated discriminator (discriminator_sharding='none'), 3 steps with a checkpoint at step 2, and a run resumed
      from it;
   2. FSDP2-sharded discriminator ('fsdp2'), 3 steps with a checkpoint at step 2, then `save_model`;

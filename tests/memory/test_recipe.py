@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 
-from gad_trl.cli.estimate_memory import make_parser  # noqa: F401  (imports trl once, at collection, as the CLI tests do)
 from gad_trl.cli.launch import resolve_accelerate_config
 from gad_trl.memory.estimator import MODES
 from gad_trl.cli.estimate_memory import mode_of_recipe

@@ -1,6 +1,9 @@
-"""Colocated vLLM on CPU (`vllm_mode="colocate"`, `vllm_weight_sync="reload"`): GADTrainer trains with the real
-in-process engine and the engine serves the updated student. Run in a child process: vLLM initialises
+"""Colocated vLLM (`vllm_mode="colocate"`): TRL's default weight sync is refused on CPU before vLLM starts, naming
+`vllm_weight_sync="reload"`; the reload sync goes through vLLM's layerwise reload; with it GADTrainer trains with the
+real in-process engine and the engine serves the updated student. Run in a child process: vLLM initialises
 torch.distributed and its engine in the process that builds it. Skipped where vLLM can't be imported."""
+
+from __future__ import annotations
 
 import os
 import subprocess
@@ -8,7 +11,10 @@ import sys
 import textwrap
 
 import pytest
+from datasets import Dataset
 from trl.import_utils import is_vllm_available
+
+from tests.helpers.gad_helpers import TRL_MODEL, make_args
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(900),
               pytest.mark.skipif(not is_vllm_available(), reason="vLLM is not installed (scripts/install_env.sh)")]
@@ -49,3 +55,49 @@ def test_colocated_reload_trains_and_the_engine_serves_the_updated_student(tiny_
     assert int(values["SYNCS"]) == 3
     # The engine holds the trained weights (to its bfloat16 rounding), not the initial ones the student moved from.
     assert float(values["SERVED_DIFF"]) < float(values["MOVED"]) / 10, values
+
+
+# ------------------------------------------------------------------------------- 11. colocated vLLM on CPU
+def test_colocate_on_cpu_with_trl_sync_is_refused_before_vllm_starts(tmp_path):
+    from gad_trl import GADTrainer
+    from gad_trl.tiny import tiny_gad_rows
+
+    args = make_args(tmp_path, use_cpu=True, use_vllm=True, vllm_mode="colocate")
+    with pytest.raises(ValueError, match=r"""colocate' on CPU needs vllm_weight_sync="reload".*'weight_loader'"""):
+        GADTrainer(model=TRL_MODEL, args=args, train_dataset=Dataset.from_list(tiny_gad_rows(4)))
+
+
+def test_colocated_reload_goes_through_vllms_layerwise_reload(monkeypatch):
+    """The colocated `reload` sync hands the student's (name, tensor) pairs to the worker's `reload_weights` (vLLM's
+    layer-wise reload, which restores the loaders the CPU backend removed), re-ties tied layers, resets the cache."""
+    from types import SimpleNamespace
+    from unittest.mock import MagicMock
+
+    import torch
+
+    from gad_trl.vllm.generation import ReloadVLLMGeneration
+
+    embed = torch.nn.Parameter(torch.zeros(2, 2))
+    model = torch.nn.Module()
+    model.embed, model.head = torch.nn.Module(), torch.nn.Module()
+    model.embed.weight = embed
+    model.head.weight = embed  # tied
+    received = {}
+
+    def reload_weights(weights_iterator=None, is_checkpoint_format=True):
+        received.update(dict(weights_iterator))
+        model.head.weight = torch.nn.Parameter(torch.ones(2, 2))  # the reload broke the tie
+
+    worker = SimpleNamespace(model_runner=SimpleNamespace(get_model=lambda: model), reload_weights=reload_weights,
+                             vllm_config=None)
+    backend = ReloadVLLMGeneration.__new__(ReloadVLLMGeneration)
+    backend.mode, backend.enable_sleep_mode, backend.num_weight_syncs = "colocate", False, 0
+    backend.llm = SimpleNamespace(llm_engine=SimpleNamespace(model_executor=SimpleNamespace(driver_worker=worker)),
+                                  reset_prefix_cache=MagicMock())
+    backend._iter_named_params = lambda: iter([("model.embed_tokens.weight", torch.full((2, 2), 3.0))])
+    backend.sync_weights()
+    assert set(received) == {"model.embed_tokens.weight"}
+    assert model.head.weight is model.embed.weight  # re-tied to the input embedding
+    backend.llm.reset_prefix_cache.assert_called_once()
+    assert backend.num_weight_syncs == 1
+

@@ -1,7 +1,7 @@
 """The served-model check at connect (`gad_trl.vllm.served_model`), against a fake server that answers like vLLM's
 OpenAI server (`GET /health`, `GET /v1/models` with `root`, `POST /tokenize`): a server started with another model
 is refused before any weight sync, with both models named and the command that starts the right server. The same
-check against a real vLLM server: tests/test_vllm_server_mode.py::test_a_server_serving_another_model_is_refused."""
+check against a real vLLM server: tests/vllm/test_worker_extension.py::test_a_server_serving_another_model_is_refused."""
 
 import logging
 import shutil

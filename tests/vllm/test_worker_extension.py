@@ -1,6 +1,6 @@
 """GADTrainer against a real vLLM server (`gad-trl vllm-serve --weight-sync reload`, CPU): generation really comes
 from the server, the updated student reaches it every step, and a dying server gives a clear error and a resumable
-run. Skipped with the reason where vLLM can't be imported or the server can't start (see tests/vllm_server.py)."""
+run. Skipped with the reason where vLLM can't be imported or the server can't start (see tests/helpers/vllm_server.py)."""
 
 import json
 import os

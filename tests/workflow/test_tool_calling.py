@@ -2,6 +2,8 @@
 against a scripted fault server (tool calls on the first turns, a final answer once it has read the results) and a
 real vLLM server (`--enable-auto-tool-choice --tool-call-parser hermes`) serving a tiny model taught to call `add`."""
 
+from __future__ import annotations
+
 import json
 import threading
 
@@ -11,8 +13,8 @@ from gad_trl.data import normalize_teacher_responses, normalize_trajectory
 from gad_trl.tiny import write_jsonl
 from gad_trl.workflow.teacher import TeacherGenerationArguments, generate_teacher
 from gad_trl.workflow.tool_calling import ToolSpecError, resolve_tools, tool_schemas
-
 from tests.helpers.fault_server import FaultServer, tool_script
+from tests.helpers.gad_helpers import add as hanging_add  # returns megabytes for a=2
 from tests.helpers.gad_helpers import read_jsonl
 
 pytestmark = pytest.mark.timeout(120)
@@ -303,3 +305,19 @@ def test_resume_refuses_switching_between_text_and_tools(tmp_path):
         generate_teacher(args)
         with pytest.raises(ValueError, match="holds text answers; this run records tool trajectories"):
             generate_teacher(make_args(tmp_path, server, n=1))
+
+
+def test_generate_teacher_cuts_huge_tool_results_with_the_same_setting():
+    from gad_trl.workflow.teacher import TeacherGenerationArguments
+    from gad_trl.workflow.tool_calling import DEFAULT_MAX_TOOL_RESULT_CHARS, run_tool_call
+
+    call = {"function": {"name": "add", "arguments": '{"a": 2, "b": 0}'}}
+    content = run_tool_call(call, {"add": hanging_add}, timeout=5, max_result_chars=100)
+    assert content.startswith("x" * 100) and len(content) < 200 and "max_tool_result_chars=100" in content
+    assert len(run_tool_call(call, {"add": hanging_add}, timeout=5)) < DEFAULT_MAX_TOOL_RESULT_CHARS + 100  # capped by default
+    fields = TeacherGenerationArguments.__dataclass_fields__
+    from gad_trl import GADConfig
+
+    for name in ("tool_timeout", "max_tool_result_chars"):  # one name, one default, both commands
+        assert fields[name].default == GADConfig.__dataclass_fields__[name].default
+
