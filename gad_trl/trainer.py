@@ -461,6 +461,12 @@ class GADTrainer(GRPOTrainer):
         return outputs
 
     # ------------------------------------------------------------------ one-step-off generation (async_generation)
+    @property
+    def one_step_off_generation(self):
+        """With `async_generation`, the one-step-off generation in use (`gad_trl.vllm.async_generation`: its
+        `client.pending` is the request in flight while the discriminator and the policy train); else None."""
+        return self._one_step_off
+
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         if self._one_step_off is not None:
             epoch_iterator = self._one_step_off.wrap(epoch_iterator)  # same batches, same order; readable early

@@ -146,7 +146,7 @@ def test_async_training_on_the_real_server(vllm_server, tiny_model_dir, tmp_path
     update = trainer.discriminator_component.update
 
     def spy(*a, **k):  # the discriminator update runs while the next batch is being generated
-        pending = trainer._one_step_off.client.pending
+        pending = trainer.one_step_off_generation.client.pending
         seen.append(pending is not None)
         return update(*a, **k)
 
@@ -164,7 +164,7 @@ def test_async_training_on_the_real_server(vllm_server, tiny_model_dir, tmp_path
     for h in logged:
         assert h["sampling/sampling_logp_difference/mean"] < 0.2, h
         assert "sampling/importance_sampling_ratio/mean" in h
-    assert trainer._one_step_off.client.pending is None  # nothing left in flight after train()
+    assert trainer.one_step_off_generation.client.pending is None  # nothing left in flight after train()
 
 
 @pytest.mark.vllm
