@@ -4,6 +4,7 @@ modules never import the CLI (docs/architecture.md)."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gad_trl"
@@ -120,3 +121,28 @@ def test_tests_mirror_the_package():
         if not path.name.startswith("test_") or not any(stem == m or stem.startswith(m + "_") for m in modules | {"layout"}):
             misplaced.append(str(rel))
     assert misplaced == []
+
+
+def test_every_tests_module_named_in_the_tests_exists():
+    """Imports of tests.* and 'tests.module:attribute' strings (import paths handed to the CLI) name files that exist:
+    moving a test file must move what names it (a stale name fails only at run time, in the one test that uses it)."""
+    tests = Path(__file__).resolve().parent
+
+    def exists(dotted: str) -> bool:
+        target = tests.parent.joinpath(*dotted.split("."))
+        return target.with_suffix(".py").is_file() or (target / "__init__.py").is_file()
+
+    stale = []
+    for path in tests.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "tests":
+                # `from tests.x import name`: tests.x must exist; `from tests import name`: tests.name must
+                names = [node.module] if node.module != "tests" else [f"tests.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names if a.name.split(".")[0] == "tests"]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                match = re.fullmatch(r"(tests(?:\.\w+)+):\w+", node.value)
+                names = [match.group(1)] if match else []
+            stale += [f"{path.relative_to(tests)}: {n}" for n in names if not exists(n)]
+    assert stale == []

@@ -249,7 +249,7 @@ def test_weight_sync_merges_peft_adapters(vllm_server, tiny_model_dir, tmp_path)
 def test_server_that_cannot_start_skips_with_its_log(tmp_path, monkeypatch):
     """The fixtures' start-up path: a server that dies while starting becomes a skip whose reason carries the
     server's own error (or a failure with GAD_TRL_REQUIRE_VLLM=1)."""
-    from tests import vllm_server as plugin
+    from tests.helpers import vllm_server as plugin
 
     plugin._require_vllm()
     bad = tmp_path / "not-a-model"

@@ -64,7 +64,7 @@ def test_answer_filter_keeps_passing_answers_and_lists_the_rest(tmp_path):
     with FaultServer() as server:
         args = TeacherGenerationArguments(
             dataset_name=data, output=str(tmp_path / "out.jsonl"), base_url=server.url, num_answers=4, seed=0,
-            answer_filter="tests.test_teacher_hidden_context:keep_odd_samples", concurrency=2)
+            answer_filter=f"{__name__}:keep_odd_samples", concurrency=2)
         summary = generate_teacher(args)
     f = summary["filter"]
     assert (f["candidates"], f["passed"], f["rows_kept"], f["rows_without_passing_answer"]) == (16, 6, 3, 1)
@@ -82,7 +82,7 @@ def test_answer_filter_keeps_passing_answers_and_lists_the_rest(tmp_path):
     with FaultServer() as server:
         again = TeacherGenerationArguments(
             dataset_name=data, output=str(tmp_path / "out.jsonl"), base_url=server.url, num_answers=4, seed=0,
-            answer_filter="tests.test_teacher_hidden_context:keep_odd_samples", keep_answers=1)
+            answer_filter=f"{__name__}:keep_odd_samples", keep_answers=1)
         summary = generate_teacher(again)
         assert server.log == []
     assert [r["teacher_response"][-10:] for r in read_jsonl(again.output)] == ["(sample 1)"] * 3
@@ -92,7 +92,7 @@ def test_a_raising_filter_stops_with_the_row_named_and_keeps_the_candidates(tmp_
     data, _, _ = write_inputs(tmp_path, n=2)
     with FaultServer() as server:
         args = TeacherGenerationArguments(dataset_name=data, output=str(tmp_path / "out.jsonl"), base_url=server.url,
-                                          answer_filter="tests.test_teacher_hidden_context:raising_filter")
+                                          answer_filter=f"{__name__}:raising_filter")
         with pytest.raises(ValueError, match=r"raised on row '0'.*filter bug.*candidates are kept"):
             generate_teacher(args)
     assert len(read_jsonl(args.progress_path)) == 2
