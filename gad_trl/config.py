@@ -225,12 +225,14 @@ class GADConfig(GRPOConfig):
         > Parameters that control generation through a vLLM server (`vllm_mode="server"`)
 
         vllm_weight_sync (`str`, *optional*, defaults to `"nccl"`):
-            How updated student weights reach a vLLM server (vllm_mode='server'): 'nccl' (TRL's default, CUDA) or
-            'reload' (save to vllm_weight_sync_dir, then the server's reload_weights RPC; CPU-friendly). With
+            How updated student weights reach a vLLM server (vllm_mode='server'): 'nccl' (TRL's default, CUDA),
+            'reload' (save to vllm_weight_sync_dir, then the server's reload_weights RPC; CPU-friendly) or 'lora' (a
+            LoRA student only: each sync saves just its adapter to vllm_weight_sync_dir and the server, started with
+            `gad-trl vllm-serve --weight-sync lora`, serves it on its unchanged base; a 4-bit base works). With
             vllm_mode='colocate': 'nccl' = TRL's own sync, 'reload' = vLLM's layer-wise reload in memory (required on
             CPU, docs/vllm.md).
         vllm_weight_sync_dir (`str` or `None`, *optional*, defaults to `None`):
-            Directory shared with the server for 'reload' sync; None = <output_dir>/_vllm_weights.
+            Directory shared with the server for 'reload' and 'lora' sync; None = <output_dir>/_vllm_weights.
         vllm_request_timeout (`float` or `None`, *optional*, defaults to `1800.0`):
             Seconds one request to the vLLM server (a generation batch, a weight sync) may wait for its answer
             before the step fails with VLLMServerError; None = wait forever (TRL's behaviour). It guards against a
@@ -529,15 +531,19 @@ class GADConfig(GRPOConfig):
         default="nccl",
         metadata={
             "help": "How updated student weights reach a vLLM server (vllm_mode='server'): 'nccl' (TRL's default, "
-            "CUDA) or 'reload' (save to vllm_weight_sync_dir, then the server's reload_weights RPC; CPU-friendly). "
-            "With vllm_mode='colocate': 'nccl' = TRL's own sync, 'reload' = vLLM's layer-wise reload in memory "
-            "(required on CPU, docs/vllm.md).",
-            "choices": ["nccl", "reload"],
+            "CUDA), 'reload' (save to vllm_weight_sync_dir, then the server's reload_weights RPC; CPU-friendly) or "
+            "'lora' (a LoRA student only: each sync saves just its adapter to vllm_weight_sync_dir and the server, "
+            "started with `gad-trl vllm-serve --weight-sync lora`, serves it on its unchanged base; a 4-bit base "
+            "works). With vllm_mode='colocate': 'nccl' = TRL's own sync, 'reload' = vLLM's layer-wise reload in "
+            "memory (required on CPU, docs/vllm.md).",
+            "choices": ["nccl", "reload", "lora"],
         },
     )
     vllm_weight_sync_dir: str | None = field(
         default=None,
-        metadata={"help": "Directory shared with the server for 'reload' sync; None = <output_dir>/_vllm_weights."},
+        metadata={
+            "help": "Directory shared with the server for 'reload' and 'lora' sync; None = <output_dir>/_vllm_weights."
+        },
     )
     vllm_request_timeout: float | None = field(
         default=1800.0,
@@ -714,8 +720,15 @@ class GADConfig(GRPOConfig):
             raise ValueError(
                 f"discriminator_sharding must be 'auto', 'none' or 'fsdp2', got {self.discriminator_sharding!r}."
             )
-        if self.vllm_weight_sync not in ("nccl", "reload"):
-            raise ValueError(f"vllm_weight_sync must be 'nccl' or 'reload', got {self.vllm_weight_sync!r}.")
+        if self.vllm_weight_sync not in ("nccl", "reload", "lora"):
+            raise ValueError(f"vllm_weight_sync must be 'nccl', 'reload' or 'lora', got {self.vllm_weight_sync!r}.")
+        if self.vllm_weight_sync == "lora" and self.use_vllm and self.vllm_mode != "server":
+            raise ValueError(
+                "vllm_weight_sync='lora' (adapter-only sync) needs vllm_mode='server': TRL's colocated generation "
+                "calls vLLM without a LoRA request, so a colocated engine could not use the adapter. Start a server "
+                "with `gad-trl vllm-serve --model <base> --weight-sync lora` and set vllm_mode='server', or use "
+                "vllm_weight_sync='reload' (merged weights) in colocate mode."
+            )
         if self.async_generation:
             if not (self.use_vllm and self.vllm_mode == "server"):
                 raise ValueError(

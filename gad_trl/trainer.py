@@ -441,6 +441,9 @@ class GADTrainer(GRPOTrainer):
                 raise NonFiniteError(student_sampling_divergence(err, self.args)) from err
             raise
         self._batch = _BatchInFlight(outputs[0], outputs[2])  # the discriminator's inputs start with these prompts
+        sent = getattr(getattr(self, "vllm_generation", None), "last_sync_bytes", 0)
+        if sent and self.model.training:  # reload / lora sync: the size of what the server read at the last sync
+            self._metrics["train"]["vllm/weight_sync_bytes"].append(float(sent))
         if self._one_step_off is not None and self.model.training:
             # Before the discriminator and policy updates on this batch: the server generates the next one meanwhile.
             self._one_step_off.after_generation(self._metrics["train"])

@@ -1,4 +1,4 @@
-"""vLLM server mode for GAD: `gad-trl vllm-serve` and the trainer-side backends (NCCL or reload weight sync).
+"""vLLM server mode for GAD: `gad-trl vllm-serve` and the trainer-side backends (NCCL, reload or LoRA weight sync).
 
 Importing this package does not import vLLM; the backends need `trl.generation` (and vLLM installed to run).
 """
@@ -7,6 +7,7 @@ from .launcher import VLLMServer
 from .serve import build_command, serve_main, suggested_command
 
 __all__ = [
+    "LoRAVLLMGeneration",
     "NCCLVLLMGeneration",
     "ReloadVLLMGeneration",
     "ServedModelError",
@@ -22,8 +23,8 @@ __all__ = [
 
 
 def __getattr__(name):
-    if name in ("NCCLVLLMGeneration", "ReloadVLLMGeneration", "ServedModelError", "ServerInUseError",
-                "VLLMServerError", "patched_vllm_generation", "vllm_generation_class"):
+    if name in ("LoRAVLLMGeneration", "NCCLVLLMGeneration", "ReloadVLLMGeneration", "ServedModelError",
+                "ServerInUseError", "VLLMServerError", "patched_vllm_generation", "vllm_generation_class"):
         from . import generation
 
         return getattr(generation, name)

@@ -11,6 +11,9 @@
   `POST /collective_rpc` (`gad_reload_weights`, from `gad_trl.vllm.worker_extension`, or vLLM's `reload_weights`),
   then resets the server's prefix cache. The directory must be readable by the server (same machine or a shared
   file system).
+- `vllm_weight_sync="lora"`: `LoRAVLLMGeneration`, for a LoRA student on a server started with
+  `gad-trl vllm-serve --weight-sync lora` (the student's base, LoRA enabled). Each weight sync saves only the
+  student's adapter into `vllm_weight_sync_dir` and loads it as a new adapter (`gad_trl.vllm.lora_sync`).
 """
 
 from __future__ import annotations
@@ -141,8 +144,12 @@ class _ServerErrorsMixin:
         on_cpu = accelerator is not None and accelerator.device.type == "cpu"
         cpu_float32 = on_cpu and getattr(self.model, "dtype", None) == torch.float32
         return suggested_command(
-            _model_name_or_path(self.model), host, parsed.port or self.server_port, self.weight_sync, cpu_float32
+            _model_name_or_path(self.model), host, parsed.port or self.server_port, self.weight_sync, cpu_float32,
+            lora_rank=self._lora_rank(),
         )
+
+    def _lora_rank(self) -> int | None:
+        return None  # LoRAVLLMGeneration: the student adapter's rank, for --max-lora-rank
 
     def _connect_client(self) -> VLLMClient:
         url = self._base_url()
@@ -289,6 +296,7 @@ class ReloadVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
             self.weight_sync_dir = weight_sync_dir
         self._reload_method = None
         self.num_weight_syncs = 0
+        self.last_sync_bytes = 0  # what the last sync wrote for the server to read (logged as vllm/weight_sync_bytes)
         super().__init__(*args, **kwargs)
 
     def _init_vllm(self):
@@ -358,6 +366,7 @@ class ReloadVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
                     os.remove(partial)  # give the space back
                 raise
             os.replace(partial, path)  # the server never sees a half-written file
+            self.last_sync_bytes = os.path.getsize(path)
         return path
 
     def sync_weights(self):
@@ -406,6 +415,133 @@ class ReloadVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
         self.num_weight_syncs += 1
 
 
+class LoRAVLLMGeneration(ReloadVLLMGeneration):
+    """Server-mode generation for a LoRA student whose weight sync sends only its adapter (`gad_trl.vllm.lora_sync`):
+    saved into `weight_sync_dir/gad-student-<n>/`, loaded by the server (`POST /v1/load_lora_adapter`), then named
+    as the model of every generation request; the adapter before it is unloaded and its folder removed. The base the
+    server serves never changes, so a 4-bit base works, and the discriminator's adapter (shared-base mode: a second
+    adapter on the same PEFT model) is never sent."""
+
+    weight_sync = "lora"
+
+    def _init_vllm(self):
+        from .lora_sync import student_adapter
+
+        if self.mode != "server":
+            raise ValueError("vllm_weight_sync='lora' needs vllm_mode='server' (see GADConfig.vllm_weight_sync).")
+        self.adapter_name, self.lora_config = student_adapter(self._student())
+        self._served: list[str] = []  # adapter names loaded on the server by this run, oldest first
+        super()._init_vllm()
+
+    def _student(self):
+        return self.accelerator.unwrap_model(self.model)
+
+    def _lora_rank(self) -> int | None:
+        config = getattr(self, "lora_config", None)
+        if config is None:
+            return None
+        return max([int(config.r), *map(int, (config.rank_pattern or {}).values())])
+
+    def _pick_reload_method(self) -> str:
+        """Instead of a reload RPC: check that the server serves LoRA adapters of the student's rank."""
+        from .lora_sync import server_lora_problem
+
+        url = self._base_url()
+        try:
+            response = self.vllm_client.session.get(f"{url}/server_info", params={"config_format": "json"},
+                                                    timeout=min(self.request_timeout or 30.0, 30.0))
+        except requests.exceptions.RequestException as exc:
+            raise self._server_died("reading its configuration", exc) from redacted_exception(exc)
+        if response.status_code == 404:
+            raise VLLMServerError(
+                f"The vLLM server at {url} runs without VLLM_SERVER_DEV_MODE=1, so GAD cannot check that it serves "
+                f"LoRA adapters. Restart it with:\n\n    {self._start_command()}\n"
+            )
+        problem = server_lora_problem(response.json(), self._lora_rank())
+        if problem is not None:
+            raise VLLMServerError(
+                f"The vLLM server at {url} {problem}, so it cannot serve the student's LoRA adapter "
+                f"(vllm_weight_sync='lora'). Restart it with:\n\n    {self._start_command()}\n"
+            )
+        return "load_lora_adapter"
+
+    def _adapter_request(self, endpoint: str, payload: dict, action: str) -> requests.Response:
+        try:
+            return self.vllm_client.session.post(f"{self._base_url()}/v1/{endpoint}", json=payload)
+        except requests.exceptions.RequestException as exc:
+            raise self._server_died(action, exc) from redacted_exception(exc)
+
+    def _unload_leftovers(self) -> None:
+        """Adapters an earlier run of this package left loaded (it was killed): unloaded once, at the first sync,
+        after this run claimed the server."""
+        from .lora_sync import ADAPTER_PREFIX
+
+        try:
+            models = self.vllm_client.session.get(f"{self._base_url()}/v1/models", timeout=30).json().get("data", [])
+        except (requests.exceptions.RequestException, ValueError) as exc:
+            raise self._server_died("listing its adapters (/v1/models)", exc) from redacted_exception(exc)
+        for entry in models:
+            name = str(entry.get("id", ""))
+            if name.startswith(ADAPTER_PREFIX) and name not in self._served:
+                logger.info("unloading adapter %s, left on the vLLM server by an earlier run", name)
+                self._adapter_request("unload_lora_adapter", {"lora_name": name}, "unloading an old adapter")
+
+    def _save_weights(self) -> str:
+        """Write the student's adapter (gathered on every process) to `<weight_sync_dir>/gad-student-<n>/`."""
+        from .lora_sync import ADAPTER_PREFIX, adapter_state, save_adapter
+
+        state = adapter_state(self._student(), self.adapter_name, self._dist)  # collective: every process
+        name = f"{ADAPTER_PREFIX}{self.num_weight_syncs + 1}"
+        folder = os.path.join(self.weight_sync_dir, name)
+        if self.accelerator.is_main_process:
+            self.last_sync_bytes = save_adapter(state, self.lora_config, folder)
+        return folder
+
+    def _remove_old_adapters(self, current: str) -> None:
+        """Folders of the versions before `current`: unloaded from the server, never read again."""
+        import shutil
+
+        from .lora_sync import ADAPTER_PREFIX
+
+        for old in os.listdir(self.weight_sync_dir):
+            if old.startswith(ADAPTER_PREFIX) and old != current:
+                shutil.rmtree(os.path.join(self.weight_sync_dir, old), ignore_errors=True)
+
+    def sync_weights(self):
+        if self.mode != "server":
+            return super().sync_weights()
+        self._check_claim()
+        start = time.perf_counter()
+        folder = self._save_weights()
+        if self.accelerator.is_main_process:
+            name = os.path.basename(folder)
+            if self.num_weight_syncs == 0:
+                self._unload_leftovers()
+            response = self._adapter_request("load_lora_adapter", {"lora_name": name, "lora_path": folder},
+                                             "loading the student's adapter")
+            if response.status_code != 200:
+                raise VLLMServerError(
+                    f"The vLLM server at {self._base_url()} could not load the student's LoRA adapter from {folder} "
+                    f"({response.status_code}: {response.text[:2000]}). The folder must be readable by the server "
+                    "(same machine or a shared file system), and the server must serve the student's base model "
+                    f"({_model_name_or_path(self.model)}) with LoRA of rank >= {self._lora_rank()}:\n\n"
+                    f"    {self._start_command()}\n"
+                )
+            self.vllm_client.model = name  # TRL's client names it in every request from now on
+            for old in self._served:
+                response = self._adapter_request("unload_lora_adapter", {"lora_name": old},
+                                                 "unloading the previous adapter")
+                if response.status_code != 200:
+                    logger.warning("The vLLM server did not unload adapter %s (%s: %s).", old,
+                                   response.status_code, response.text[:500])
+            self._served = [name]
+            self._remove_old_adapters(name)
+            self.num_weight_syncs += 1
+            logger.debug("LoRA adapter sync #%d (%d bytes) took %.2f s", self.num_weight_syncs, self.last_sync_bytes,
+                         time.perf_counter() - start)
+        self.accelerator.wait_for_everyone()
+
+
 def check_colocate_weight_sync(args) -> None:
     """Refuse, before vLLM starts, the one colocated set-up whose first weight sync would fail: TRL's own sync
     (`vllm_weight_sync="nccl"`, the default) on vLLM's CPU backend (docs/vllm.md, "Colocated vLLM on CPU")."""
@@ -437,7 +573,12 @@ def vllm_generation_class(args):
             args.output_dir, "_vllm_weights"
         )
         return type("ReloadVLLMGeneration", (ReloadVLLMGeneration,), settings)
-    raise ValueError(f"vllm_weight_sync must be 'nccl' or 'reload', got {weight_sync!r}.")
+    if weight_sync == "lora":
+        settings["weight_sync_dir"] = getattr(args, "vllm_weight_sync_dir", None) or os.path.join(
+            args.output_dir, "_vllm_weights"
+        )
+        return type("LoRAVLLMGeneration", (LoRAVLLMGeneration,), settings)
+    raise ValueError(f"vllm_weight_sync must be 'nccl', 'reload' or 'lora', got {weight_sync!r}.")
 
 
 @contextmanager

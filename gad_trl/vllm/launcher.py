@@ -143,10 +143,13 @@ class VLLMServer:
                 continue
         return totals
 
-    def greedy(self, prompt_ids: list[list[int]], max_tokens: int) -> list[list[int]]:
-        """Greedy (temperature 0) completions of token-id prompts, through the same client the trainer uses."""
+    def greedy(self, prompt_ids: list[list[int]], max_tokens: int, model: str | None = None) -> list[list[int]]:
+        """Greedy (temperature 0) completions of token-id prompts, through the same client the trainer uses; `model`:
+        a LoRA adapter loaded on the server (default: the served base)."""
         from trl.generation.vllm_client import VLLMClient
 
         client = VLLMClient(base_url=self.url, connection_timeout=10)
+        if model is not None:
+            client.model = model
         out = client.generate(prompts=prompt_ids, n=1, temperature=0.0, max_tokens=max_tokens, logprobs=None)
         return out["completion_ids"]

@@ -9,7 +9,12 @@ TRL's flags. This module builds the same command and adapts it to the chosen wei
   as safetensors into a directory the server can read and calls the dev-mode RPC `POST /collective_rpc` with
   `{"method": "reload_weights", "kwargs": {"weights_path": <dir>}}`.
 
-Both run with `VLLM_SERVER_DEV_MODE=1` (it exposes `/collective_rpc`, `/reset_prefix_cache`, `/server_info` and the
+- `--weight-sync lora` (a LoRA student, any machine): the server loads the student's *base* once with LoRA enabled
+  (`--enable-lora --max-lora-rank R`, runtime adapter loading allowed); each sync the trainer saves only the adapter
+  into a directory the server can read and loads it as a new adapter (`POST /v1/load_lora_adapter`), which the next
+  generation requests name as their model. The reload RPC stays available (the worker extension is on).
+
+All run with `VLLM_SERVER_DEV_MODE=1` (it exposes `/collective_rpc`, `/reset_prefix_cache`, `/server_info` and the
 weight-transfer endpoints).
 """
 
@@ -20,7 +25,10 @@ import os
 import shlex
 import sys
 
-WEIGHT_SYNC_CHOICES = ("nccl", "reload")
+WEIGHT_SYNC_CHOICES = ("nccl", "reload", "lora")
+# The LoRA ranks vLLM accepts for --max-lora-rank (vllm.config.lora.MaxLoRARanks).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+LORA_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"  # lets a running server load adapters (/v1/load_lora_adapter)
 WORKER_EXTENSION = "gad_trl.vllm.worker_extension.GADWorkerExtension"
 
 
@@ -40,9 +48,15 @@ def build_parser(prog: str = "gad-trl vllm-serve") -> argparse.ArgumentParser:
         "--weight-sync",
         choices=WEIGHT_SYNC_CHOICES,
         default="nccl",
-        help="How the trainer sends updated weights: 'nccl' (GPU, TRL's default) or 'reload' (safetensors in a "
-        "directory the server can read + the gad_reload_weights RPC of gad_trl's worker extension; works on CPU). "
-        "Must match GADConfig.vllm_weight_sync.",
+        help="How the trainer sends updated weights: 'nccl' (GPU, TRL's default), 'reload' (safetensors in a "
+        "directory the server can read + the gad_reload_weights RPC of gad_trl's worker extension; works on CPU) or "
+        "'lora' (a LoRA student: serve --model = the student's base with LoRA enabled; each sync loads only the "
+        "adapter). Must match GADConfig.vllm_weight_sync.",
+    )
+    parser.add_argument(
+        "--max-lora-rank", type=int, default=None, choices=VLLM_LORA_RANKS, metavar="R",
+        help="--weight-sync lora: the largest LoRA rank the server accepts (>= the student's lora_r; one of "
+        f"{', '.join(map(str, VLLM_LORA_RANKS))}; default 64). vLLM reserves LoRA buffers of this rank.",
     )
     parser.add_argument("--tensor-parallel-size", type=int, default=1)
     parser.add_argument("--data-parallel-size", type=int, default=1)
@@ -77,13 +91,19 @@ def build_command(args: argparse.Namespace, extra_args: list[str] | None = None)
         log_level=args.log_level,
     )
     command = trl_build_command(script_args)
-    if args.weight_sync == "reload":
+    max_lora_rank = getattr(args, "max_lora_rank", None)
+    if max_lora_rank is not None and args.weight_sync != "lora":
+        raise SystemExit("--max-lora-rank is for --weight-sync lora (the server then serves the student's adapter).")
+    if args.weight_sync in ("reload", "lora"):
         # No NCCL weight-transfer engine: weights arrive from disk through the reload_weights RPC.
         i = command.index("--weight-transfer-config")
         del command[i : i + 2]
         # `gad_reload_weights` RPC: vLLM's reload_weights plus a fix for tied embeddings (see worker_extension.py).
         if "--worker-extension-cls" not in (extra_args or []):
             command += ["--worker-extension-cls", WORKER_EXTENSION]
+    if args.weight_sync == "lora":
+        # One adapter at a time: the trainer loads each new version, then unloads the one before.
+        command += ["--enable-lora", "--max-lora-rank", str(max_lora_rank or 64), "--max-loras", "1"]
     return command + list(extra_args or [])
 
 
@@ -93,11 +113,14 @@ CPU_KVCACHE_GIB = "1"
 CPU_FLOAT32_ARGS = ("--dtype", "float32", "--enforce-eager")
 
 
-def server_env(base: dict | None = None, cuda: bool | None = None) -> dict:
-    """The environment the server runs with: dev mode on (reload/reset endpoints); without CUDA, a 1 GiB KV cache
-    unless VLLM_CPU_KVCACHE_SPACE is set (vLLM's CPU backend would otherwise size it from the machine's memory)."""
+def server_env(base: dict | None = None, cuda: bool | None = None, weight_sync: str | None = None) -> dict:
+    """The environment the server runs with: dev mode on (reload/reset endpoints); with `weight_sync="lora"`, runtime
+    adapter loading on; without CUDA, a 1 GiB KV cache unless VLLM_CPU_KVCACHE_SPACE is set (vLLM's CPU backend would
+    otherwise size it from the machine's memory)."""
     env = dict(os.environ if base is None else base)
     env["VLLM_SERVER_DEV_MODE"] = "1"
+    if weight_sync == "lora":
+        env[LORA_ENV] = "1"
     if not (_cuda_available() if cuda is None else cuda):
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
     return env
@@ -106,16 +129,28 @@ def server_env(base: dict | None = None, cuda: bool | None = None) -> dict:
 def display_command(command: list[str], env: dict | None = None) -> str:
     """A copy-pasteable shell line for `command` (with the environment variables that matter)."""
     env = env or {}
-    prefix = [f"{k}={shlex.quote(env[k])}" for k in ("VLLM_SERVER_DEV_MODE", "VLLM_CPU_KVCACHE_SPACE") if k in env]
+    prefix = [f"{k}={shlex.quote(env[k])}" for k in ("VLLM_SERVER_DEV_MODE", LORA_ENV, "VLLM_CPU_KVCACHE_SPACE") if k in env]
     return " ".join(prefix + [shlex.join(command)])
 
 
-def suggested_command(model: str, host: str, port: int, weight_sync: str, cpu_float32: bool = False) -> str:
+def lora_rank_for(r: int) -> int:
+    """The smallest `--max-lora-rank` vLLM accepts that holds an adapter of rank `r`."""
+    for rank in VLLM_LORA_RANKS:
+        if rank >= r:
+            return rank
+    raise ValueError(f"vLLM serves LoRA adapters up to rank {VLLM_LORA_RANKS[-1]}; this adapter has rank {r}.")
+
+
+def suggested_command(model: str, host: str, port: int, weight_sync: str, cpu_float32: bool = False,
+                      lora_rank: int | None = None) -> str:
     """The `gad-trl vllm-serve` line that starts a server matching a trainer's settings (used in error messages).
 
-    `cpu_float32`: the trainer runs on CPU with a float32 student; the server then gets CPU_FLOAT32_ARGS."""
+    `cpu_float32`: the trainer runs on CPU with a float32 student; the server then gets CPU_FLOAT32_ARGS.
+    `lora_rank`: with weight_sync "lora", the student adapter's rank (the server's --max-lora-rank holds it)."""
     command = ["gad-trl", "vllm-serve", "--model", str(model), "--host", str(host), "--port", str(port),
                "--weight-sync", weight_sync]  # fmt: skip
+    if weight_sync == "lora" and lora_rank:
+        command += ["--max-lora-rank", str(lora_rank_for(lora_rank))]
     if cpu_float32:
         command += CPU_FLOAT32_ARGS
     return shlex.join(command)
@@ -150,7 +185,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra_args = parser.parse_known_args(argv)
     command = build_command(args, extra_args)
-    env = server_env()
+    env = server_env(weight_sync=args.weight_sync)
     print(f"[gad-trl vllm-serve] weight sync: {args.weight_sync}", flush=True)
     if args.weight_sync == "nccl" and not _cuda_available():
         print(

@@ -25,6 +25,8 @@ import sys
 import time
 from contextlib import contextmanager
 
+from .serve import WEIGHT_SYNC_CHOICES
+
 URL_PLACEHOLDER = "{url}"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 COMMAND_GRACE = 30.0  # seconds the command gets to stop after the signal is passed on
@@ -69,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", help="Checkpoint the server starts with (the student).")
     parser.add_argument("--log", default="vllm-server.log", help="Server log file (default: vllm-server.log).")
-    parser.add_argument("--weight-sync", default="reload", choices=["reload", "nccl"],
-                        help="Weight sync the server accepts; must match the command's vllm_weight_sync.")
+    parser.add_argument("--weight-sync", default="reload", choices=WEIGHT_SYNC_CHOICES,
+                        help="Weight sync the server accepts; must match the command's vllm_weight_sync ('lora': "
+                        "--model is the student's base).")
     parser.add_argument("--start-timeout", type=float, default=240.0, help="Seconds to wait for /health.")
     parser.add_argument("--url", default=os.environ.get("GAD_TRL_VLLM_URL"),
                         help="Use this running server instead of starting one (default: $GAD_TRL_VLLM_URL).")
