@@ -8,6 +8,9 @@
     .venv/bin/python -m benchmarks.cost --peft --skip-primitives   # LoRA / QLoRA / shared-base discriminators
     .venv/bin/python -m benchmarks.cost --vllm --pin --trainers grpo,gad,gad_async --skip-primitives
                                                   # async_generation: server on core 0, trainer on core 1
+    .venv/bin/python -m benchmarks.cost --lora-sync --pin --skip-primitives
+                                                  # a LoRA student: transformers generation vs vLLM with merged
+                                                  # full-weight sync vs adapter-only sync (vllm_weight_sync='lora')
 
 Part 1 (trainers, end to end). `GADTrainer` (GRPO phase: no warm-up) and TRL's `GRPOTrainer` with
 `reward_funcs=AutoModelForSequenceClassification` built from the same checkpoint (so the reward model has exactly the
@@ -58,6 +61,10 @@ RESULTS_DIR = Path(__file__).parent / "results"
 # adapter on its base, next to GRPO with the same LoRA student and a frozen RM.
 PEFT_TRAINERS = ("grpo", "gad", "gad_lora", "gad_qlora", "grpo_lora", "gad_shared")
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
+# --lora-sync rows: the same LoRA student + shared-base discriminator (the 1-GPU recipe's layout), generating with
+# transformers, or through one vLLM server (`--weight-sync lora`) receiving merged full weights (reload) or only the
+# adapter (lora), synchronously or one step off.
+LORA_SYNC_TRAINERS = ("lora_student_hf", "lora_student_merged", "lora_student_adapter", "lora_student_adapter_async")
 
 
 def parse_args(argv=None):
@@ -88,10 +95,13 @@ def parse_args(argv=None):
     p.add_argument("--vllm", action="store_true",
                    help="part 1 generates with a vLLM server (TRL server mode), started here for the run; both trainers "
                    "use the same server and weight sync")
-    p.add_argument("--vllm-weight-sync", default="reload", choices=["reload", "nccl"],
+    p.add_argument("--vllm-weight-sync", default="reload", choices=["reload", "nccl", "lora"],
                    help="reload (default: works on CPU and with the server on the trainer's own GPU) or nccl (the "
                    "server on another GPU: start it yourself and pass --vllm-url)")
     p.add_argument("--vllm-url", default=None, help="use this running server instead of starting one")
+    p.add_argument("--lora-sync", action="store_true",
+                   help="part 1 compares a LoRA student's generation paths: trainers " + ",".join(LORA_SYNC_TRAINERS)
+                   + " (one vLLM server started with --weight-sync lora serves the vLLM rows)")
     p.add_argument("--pin", action="store_true",
                    help="pin the vLLM server to CPU core 0 and each trainer round to core 1 (an overlap benchmark on "
                         "2 cores: both work at once only when generation overlaps training)")
@@ -100,7 +110,7 @@ def parse_args(argv=None):
     p.add_argument("--workdir", default="/tmp/gad_bench_cost")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
-    a.argv = argv  # recorded in the report as the command that produced it
+    a.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in the report as the command that made it
     import torch
 
     if a.device == "auto":
@@ -116,7 +126,10 @@ def parse_args(argv=None):
     a.repeats = a.repeats or (3 if q else 5)
     if a.peft:
         a.trainers = ",".join(PEFT_TRAINERS)
+    if a.lora_sync:
+        a.trainers, a.vllm, a.vllm_weight_sync = ",".join(LORA_SYNC_TRAINERS), True, "lora"
     suffix = ("_quick" if q else "") + ("_peft" if a.peft else "") + ("_vllm" if a.vllm else "")
+    suffix += "_lora_sync" if a.lora_sync else ""
     suffix += "_async" if "gad_async" in a.trainers.split(",") else ""
     suffix += (f"_{a.processes}proc" if a.processes > 1 else "") + ("_cuda" if gpu else "_cpu")
     a.out = a.out or str(RESULTS_DIR / f"cost{suffix}.md")
@@ -246,11 +259,14 @@ def _trainer_round(kind: str, a_dict: dict, ckpt: str, queue):
     tok = AutoTokenizer.from_pretrained(ckpt)
     model = AutoModelForCausalLM.from_pretrained(ckpt)
     peft_config = None
-    if kind in ("grpo_lora", "gad_shared"):
+    if kind in ("grpo_lora", "gad_shared", *LORA_SYNC_TRAINERS):
         from peft import LoraConfig
 
         peft_config = LoraConfig(task_type="CAUSAL_LM", **LORA)
-    if kind in ("gad", "gad_async", "gad_separate", "gad_ckpt", "gad_sharded", "gad_lora", "gad_qlora", "gad_shared"):
+    if kind == "lora_student_hf":  # the same run generating with transformers in the trainer process
+        common.update(use_vllm=False, generation_kwargs={"min_new_tokens": a.completion_length})
+    if kind in ("gad", "gad_async", "gad_separate", "gad_ckpt", "gad_sharded", "gad_lora", "gad_qlora", "gad_shared",
+                *LORA_SYNC_TRAINERS):
         from gad_trl import GADConfig, GADTrainer
 
         # gad_separate: discriminator_mini_batch_size = all rows in one chunk, which makes the trainer score them in a
@@ -265,13 +281,16 @@ def _trainer_round(kind: str, a_dict: dict, ckpt: str, queue):
             extra["discriminator_mini_batch_size"] = B * G + B
         if a.vllm:
             extra["vllm_weight_sync"] = a.vllm_weight_sync
-        if kind == "gad_async":  # one-step-off generation; truncated IS for the one-step-stale sampler (docs/vllm.md)
+        if kind in LORA_SYNC_TRAINERS:
+            extra["vllm_weight_sync"] = "reload" if kind == "lora_student_merged" else "lora"
+        if kind in ("gad_async", "lora_student_adapter_async"):  # one-step-off generation; truncated IS for the one-step-stale sampler (docs/vllm.md)
             extra.update(async_generation=True, vllm_importance_sampling_mode="token_truncate")
-        if kind in ("gad_lora", "gad_qlora", "gad_shared"):
+        if kind in ("gad_lora", "gad_qlora", "gad_shared", *LORA_SYNC_TRAINERS):
             extra.update(discriminator_lora_r=LORA["r"], discriminator_lora_alpha=LORA["lora_alpha"],
                          discriminator_lora_dropout=LORA["lora_dropout"],
                          discriminator_lora_target_modules=LORA["target_modules"])
-            extra["discriminator_shared_base" if kind == "gad_shared" else "discriminator_use_peft"] = True
+            shared = kind == "gad_shared" or kind in LORA_SYNC_TRAINERS
+            extra["discriminator_shared_base" if shared else "discriminator_use_peft"] = True
         if kind == "gad_qlora":  # a 4-bit base is loaded from a checkpoint (the student here is an instance)
             extra.update(discriminator_load_in_4bit=True, discriminator_model_name_or_path=ckpt)
         cfg = GADConfig(**common, discriminator_learning_rate=1e-6, **extra)
@@ -317,6 +336,7 @@ def _trainer_round(kind: str, a_dict: dict, ckpt: str, queue):
     out = {"kind": kind, "steps": measured, "rss_before_train_mb": rss0, "peak_rss_mb": _peak_rss_mb()}
     if hasattr(trainer, "discriminator"):
         out["discriminator_state_mb"] = _discriminator_state_mb(trainer)
+    out["sync_bytes"] = getattr(getattr(trainer, "vllm_generation", None), "last_sync_bytes", None)
     if device == "cuda":
         out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     lens = [h.get("completions/mean_length") for h in trainer.state.log_history if "completions/mean_length" in h]
@@ -397,7 +417,14 @@ def run_trainers(a, ckpt):
         if a.pin:
             os.sched_setaffinity(0, {0})  # inherited by the server and its workers
         try:
-            server = VLLMServer(ckpt, log, weight_sync=a.vllm_weight_sync).start()
+            extra_args = None
+            if a.vllm_weight_sync == "lora":
+                from gad_trl.vllm.launcher import CPU_SERVER_ARGS
+                from gad_trl.vllm.serve import lora_rank_for
+
+                extra_args = (*(CPU_SERVER_ARGS if a.device == "cpu" else ()), "--max-lora-rank",
+                              str(lora_rank_for(LORA["r"])))
+            server = VLLMServer(ckpt, log, weight_sync=a.vllm_weight_sync, extra_args=extra_args).start()
         finally:
             os.sched_setaffinity(0, affinity)
         a.vllm_url = server.url
@@ -548,6 +575,55 @@ def _med(xs):
     return statistics.median(xs)
 
 
+def lora_sync_section(a, trainers) -> list[str]:
+    """Part 1 with --lora-sync: a LoRA student's step with transformers generation, vLLM + merged full-weight sync,
+    vLLM + adapter-only sync (sync and one-step-off), and the size and time of each sync."""
+    labels = {"lora_student_hf": "transformers generation (use_vllm=False)",
+              "lora_student_merged": "vLLM, merged full weights each step (vllm_weight_sync='reload')",
+              "lora_student_adapter": "vLLM, adapter only each step (vllm_weight_sync='lora')",
+              "lora_student_adapter_async": "vLLM, adapter only, async_generation=True"}
+    lines = ["## 1. A LoRA student: transformers generation vs vLLM with merged or adapter-only weight sync\n",
+             f"Median over {a.steps} measured steps x {a.rounds} round(s) (after {a.warmup_steps} warm-up steps per "
+             f"round), seconds per step. LoRA r={LORA['r']}, alpha={LORA['lora_alpha']}, `{LORA['target_modules']}` "
+             "on the student; the discriminator is a second adapter on the student's base (discriminator_shared_base, "
+             "the 1-GPU recipe's layout). One vLLM server (`gad-trl vllm-serve --weight-sync lora`) serves every vLLM "
+             "row: the merged row reloads full weights into it, the adapter rows load only the adapter.\n",
+             "| LoRA student | step | generation | weight sync | rewards (D step) | policy | other | bytes per sync "
+             "| peak mem |", "|---|---|---|---|---|---|---|---|---|"]
+    med = {}
+    for kind, label in labels.items():
+        if kind not in trainers:
+            continue
+        splits = [_split(s) for r in trainers[kind] for s in r["steps"]]
+        med[kind] = m = {k: _med([s[k] for s in splits]) for k in splits[0]}
+        sent = trainers[kind][0].get("sync_bytes")
+        m["bytes"] = sent
+        mem = (f"{max(r['cuda_peak_mb'] for r in trainers[kind]):.0f} MB CUDA" if a.device == "cuda"
+               else f"{max(r['peak_rss_mb'] for r in trainers[kind]):.0f} MB RSS")
+        lines.append(f"| {label} | {m['total']:.3f} | {m['generation']:.3f} | {m['weight_sync']:.3f} | "
+                     f"{m['rewards']:.3f} | {m['policy']:.3f} | {m['other']:.3f} | "
+                     f"{f'{sent / 2**20:.2f} MiB' if sent else '-'} | {mem} |")
+    pinned = ("the vLLM server pinned to CPU core 0 and each trainer round to core 1 (`--pin`, one torch thread): "
+              "the transformers row generates on the trainer's core" if a.pin else "no CPU pinning")
+    lines += ["", f"Measured in one run ({pinned}), rounds alternating between the rows. The weight-sync column of the "
+              "async row includes the wait for the background request (the sync waits for it first).\n"]
+    hf, merged, adapter = (med.get(k) for k in LORA_SYNC_TRAINERS[:3])
+    if hf and adapter:
+        lines.append(f"adapter-only vLLM / transformers generation step: {adapter['total'] / hf['total']:.2f}x")
+        # What no generation backend can beat here: the transformers step without its generation time.
+        lines.append(f"transformers generation's share of its step: {hf['generation'] / hf['total']:.2f} (so no "
+                     f"synchronous generation backend can go below {1 - hf['generation'] / hf['total']:.2f}x here)")
+    if hf and med.get("lora_student_adapter_async"):
+        lines.append("adapter-only vLLM, async / transformers generation step: "
+                     f"{med['lora_student_adapter_async']['total'] / hf['total']:.2f}x")
+    if merged and adapter and merged.get("bytes") and adapter.get("bytes"):
+        lines.append(f"adapter sync / merged sync bytes: {adapter['bytes'] / merged['bytes']:.3f}x")
+        lines.append(f"adapter sync / merged sync time: {adapter['weight_sync'] / merged['weight_sync']:.2f}x")
+        lines.append(f"adapter-only vLLM / merged-weights vLLM step: {adapter['total'] / merged['total']:.2f}x")
+    lines.append("")
+    return lines
+
+
 def report(a, ckpt, trainers, prims, wall, out_path):
     import torch
 
@@ -567,10 +643,13 @@ def report(a, ckpt, trainers, prims, wall, out_path):
                  f"discriminator and reward model = the same checkpoint with a 1-output head. Batch: B={a.prompts} prompts "
                  f"x G={a.num_generations} completions of exactly C={a.completion_length} tokens ({'min_tokens' if a.vllm else 'min_new_tokens'}), "
                  f"fp32{' + bf16 autocast' if a.bf16 else ''}, beta=0. Generation: "
-                 + (f"a vLLM server (TRL server mode, `gad-trl vllm-serve`), weights pushed every step by "
+                 + ("per row (section 1).\n" if a.lora_sync else
+                    f"a vLLM server (TRL server mode, `gad-trl vllm-serve`), weights pushed every step by "
                     f"`{a.vllm_weight_sync}` sync, the same for both trainers.\n" if a.vllm
                     else "transformers `generate` in the trainer process.\n"))
-    if trainers:
+    if trainers and a.lora_sync:
+        lines += lora_sync_section(a, trainers)
+    elif trainers:
         lines.append("## 1. One training step: GAD vs GRPO with a frozen reward model\n")
         lines.append(f"Median over {a.steps} measured steps x {a.rounds} round(s) (after {a.warmup_steps} warm-up steps "
                      "per round), seconds per step.\n")

@@ -135,13 +135,20 @@ def test_single_gpu_peft_recipe_runs_its_mode_on_the_tiny_model(recipe, tmp_path
     argv = ["--config", str(RECIPES / recipe)]
     script_args, args, model_args = train_cli.parse_args(argv)
     assert model_args.use_peft and args.per_device_train_batch_size * args.gradient_accumulation_steps >= 128
-    assert not args.use_vllm and args.learning_rate == args.discriminator_learning_rate
+    assert args.learning_rate == args.discriminator_learning_rate
     if PEFT_RECIPES[recipe] == "qlora_shared_base":
         assert model_args.load_in_4bit and args.discriminator_shared_base and not args.discriminator_use_peft
+        # generation: a vLLM server on the same GPU receiving only the student's adapter (4-bit base: no merge)
+        assert args.use_vllm and args.vllm_mode == "server" and args.vllm_weight_sync == "lora"
+        serve_line = next(line for line in (RECIPES / recipe).read_text().splitlines() if "vllm-serve --" in line)
+        assert "--weight-sync lora" in serve_line and f"--max-lora-rank {model_args.lora_r}" in serve_line
     else:
+        assert not args.use_vllm
+    if PEFT_RECIPES[recipe] != "qlora_shared_base":
         assert args.discriminator_use_peft and not model_args.load_in_4bit and not args.discriminator_shared_base
-    # The recipe's mode on the tiny model: only sizes, devices and the schedule are overridden.
-    overrides = ["--model_name_or_path", "tiny/model", "--dataset_name", "tiny/data", "--output_dir", "out",
+    # The recipe's mode on the tiny model: only sizes, devices and the schedule are overridden (and generation goes
+    # through transformers: tests/vllm/test_lora_sync.py runs the adapter-only sync on a real server).
+    overrides = ["--use_vllm", "false", "--model_name_or_path", "tiny/model", "--dataset_name", "tiny/data", "--output_dir", "out",
                  "--max_steps", "1", "--critic_warmup_steps", "0", "--sft_warmup_steps", "0", "--use_cpu", "true",
                  "--bf16", "false", "--dtype", "float32", "--per_device_train_batch_size", "4",
                  "--gradient_accumulation_steps", "1", "--num_generations", "4", "--max_completion_length", "8",

@@ -72,6 +72,31 @@ def test_the_saved_adapter_is_peft_s_own_and_holds_only_the_student_adapter(tiny
     assert load_file(os.path.join(folder, ADAPTER_WEIGHTS)).keys() == state.keys()
 
 
+def test_a_4bit_student_sends_an_adapter_for_the_unquantised_base(tiny_model_dir, tmp_path):
+    """QLoRA: the adapter of a student on an nf4 base is a plain PEFT adapter that loads onto the base checkpoint
+    (what the server serves, in bf16/fp32 or quantised itself); the 4-bit weights never leave the trainer."""
+    pytest.importorskip("bitsandbytes")
+    from peft import PeftModel
+    from transformers import BitsAndBytesConfig
+
+    quantized = AutoModelForCausalLM.from_pretrained(tiny_model_dir, quantization_config=BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32))
+    student = get_peft_model(quantized, lora())
+    state = adapter_state(student, "default", _NoGather())
+    assert all(".lora_" in k for k in state) and all(t.dtype == torch.float32 for t in state.values())
+    folder = str(tmp_path / f"{ADAPTER_PREFIX}1")
+    save_adapter(state, student.peft_config["default"], folder)
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), folder)
+    for name, value in get_peft_state(reloaded).items():
+        torch.testing.assert_close(value, state[name])
+
+
+def get_peft_state(model):
+    from peft import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(model)
+
+
 def test_server_lora_problem_reads_the_server_configuration():
     def info(lora_config, env="1"):
         return {"vllm_config": {"lora_config": lora_config}, "vllm_env": {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": env}}
