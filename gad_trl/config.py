@@ -230,7 +230,7 @@ class GADConfig(GRPOConfig):
             LoRA student only: each sync saves just its adapter to vllm_weight_sync_dir and the server, started with
             `gad-trl vllm-serve --weight-sync lora`, serves it on its unchanged base; a 4-bit base works). With
             vllm_mode='colocate': 'nccl' = TRL's own sync, 'reload' = vLLM's layer-wise reload in memory (required on
-            CPU, docs/vllm.md).
+            CPU, docs/vllm.md), 'lora' = the in-process engine serves the adapter.
         vllm_weight_sync_dir (`str` or `None`, *optional*, defaults to `None`):
             Directory shared with the server for 'reload' and 'lora' sync; None = <output_dir>/_vllm_weights.
         vllm_request_timeout (`float` or `None`, *optional*, defaults to `1800.0`):
@@ -535,7 +535,7 @@ class GADConfig(GRPOConfig):
             "'lora' (a LoRA student only: each sync saves just its adapter to vllm_weight_sync_dir and the server, "
             "started with `gad-trl vllm-serve --weight-sync lora`, serves it on its unchanged base; a 4-bit base "
             "works). With vllm_mode='colocate': 'nccl' = TRL's own sync, 'reload' = vLLM's layer-wise reload in "
-            "memory (required on CPU, docs/vllm.md).",
+            "memory (required on CPU, docs/vllm.md), 'lora' = the in-process engine serves the adapter.",
             "choices": ["nccl", "reload", "lora"],
         },
     )
@@ -722,12 +722,12 @@ class GADConfig(GRPOConfig):
             )
         if self.vllm_weight_sync not in ("nccl", "reload", "lora"):
             raise ValueError(f"vllm_weight_sync must be 'nccl', 'reload' or 'lora', got {self.vllm_weight_sync!r}.")
-        if self.vllm_weight_sync == "lora" and self.use_vllm and self.vllm_mode != "server":
+        if self.vllm_weight_sync == "lora" and self.use_vllm and self.vllm_mode == "colocate" \
+                and self.vllm_enable_sleep_mode:
             raise ValueError(
-                "vllm_weight_sync='lora' (adapter-only sync) needs vllm_mode='server': TRL's colocated generation "
-                "calls vLLM without a LoRA request, so a colocated engine could not use the adapter. Start a server "
-                "with `gad-trl vllm-serve --model <base> --weight-sync lora` and set vllm_mode='server', or use "
-                "vllm_weight_sync='reload' (merged weights) in colocate mode."
+                "vllm_weight_sync='lora' with vllm_mode='colocate' cannot use vllm_enable_sleep_mode: sleep discards "
+                "the engine's base weights, which an adapter-only sync never sends back. Turn vllm_enable_sleep_mode "
+                "off, or use vllm_weight_sync='reload'."
             )
         if self.async_generation:
             if not (self.use_vllm and self.vllm_mode == "server"):

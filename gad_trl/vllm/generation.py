@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from contextlib import contextmanager
 
@@ -427,11 +428,36 @@ class LoRAVLLMGeneration(ReloadVLLMGeneration):
     def _init_vllm(self):
         from .lora_sync import student_adapter
 
-        if self.mode != "server":
-            raise ValueError("vllm_weight_sync='lora' needs vllm_mode='server' (see GADConfig.vllm_weight_sync).")
         self.adapter_name, self.lora_config = student_adapter(self._student())
         self._served: list[str] = []  # adapter names loaded on the server by this run, oldest first
+        if self.mode == "colocate":
+            return self._init_colocated()
         super()._init_vllm()
+
+    def _init_colocated(self):
+        """Colocate mode: TRL builds the in-process engine, here with LoRA enabled (its `LLM(...)` call gets
+        `enable_lora`, the adapter's rank, one adapter at a time), and every generate call of TRL's gets the current
+        adapter's `LoRARequest` (`_AdapterLLM`). The base is loaded once and never synced."""
+        import functools
+
+        import trl.generation.vllm_generation as trl_generation
+
+        from .serve import lora_rank_for
+
+        if not self.weight_sync_dir:
+            raise ValueError("vllm_weight_sync='lora' needs a weight_sync_dir (GADConfig.vllm_weight_sync_dir).")
+        # One folder per process: each process of a colocated run has its own engine.
+        self.weight_sync_dir = os.path.join(os.path.abspath(self.weight_sync_dir),
+                                            f"process{self.accelerator.process_index}")
+        os.makedirs(self.weight_sync_dir, exist_ok=True)
+        original = trl_generation.LLM
+        trl_generation.LLM = functools.partial(original, enable_lora=True, max_loras=1,
+                                               max_lora_rank=lora_rank_for(self._lora_rank()))
+        try:
+            VLLMGeneration._init_vllm(self)
+        finally:
+            trl_generation.LLM = original
+        self.llm = _AdapterLLM(self.llm)
 
     def _student(self):
         return self.accelerator.unwrap_model(self.model)
@@ -499,15 +525,35 @@ class LoRAVLLMGeneration(ReloadVLLMGeneration):
 
     def _remove_old_adapters(self, current: str) -> None:
         """Folders of the versions before `current`: unloaded from the server, never read again."""
-        import shutil
-
         from .lora_sync import ADAPTER_PREFIX
 
         for old in os.listdir(self.weight_sync_dir):
             if old.startswith(ADAPTER_PREFIX) and old != current:
                 shutil.rmtree(os.path.join(self.weight_sync_dir, old), ignore_errors=True)
 
+    def _sync_colocated(self):
+        """Each process saves the adapter for its own engine; the next generate calls use it (vLLM loads an adapter
+        when a request first names it, so the folder before it is removed one sync later)."""
+        from vllm.lora.request import LoRARequest
+
+        from .lora_sync import ADAPTER_PREFIX, adapter_state, save_adapter
+
+        state = adapter_state(self._student(), self.adapter_name, self._dist)  # collective: every process
+        version = self.num_weight_syncs + 1
+        name = f"{ADAPTER_PREFIX}{version}"
+        folder = os.path.join(self.weight_sync_dir, name)
+        self.last_sync_bytes = save_adapter(state, self.lora_config, folder)
+        self.llm.lora_request = LoRARequest(name, version, folder)
+        previous = self._served[-1] if self._served else None
+        self._served = [n for n in (previous, name) if n]
+        for old in os.listdir(self.weight_sync_dir):
+            if old.startswith(ADAPTER_PREFIX) and old not in self._served:
+                shutil.rmtree(os.path.join(self.weight_sync_dir, old), ignore_errors=True)
+        self.num_weight_syncs = version
+
     def sync_weights(self):
+        if self.mode == "colocate":
+            return self._sync_colocated()
         if self.mode != "server":
             return super().sync_weights()
         self._check_claim()
@@ -542,18 +588,42 @@ class LoRAVLLMGeneration(ReloadVLLMGeneration):
         self.accelerator.wait_for_everyone()
 
 
+class _AdapterLLM:
+    """A colocated `vllm.LLM` whose `generate` (the call TRL's colocated generation makes) carries the student
+    adapter's `LoRARequest` (`lora_request`, set by each sync; None, the base, before the first); everything else is
+    the engine's own."""
+
+    def __init__(self, llm):
+        self.__dict__["_llm"] = llm
+        self.__dict__["lora_request"] = None
+
+    def generate(self, *args, **kwargs):
+        kwargs.setdefault("lora_request", self.lora_request)
+        return self._llm.generate(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._llm, name)
+
+    def __setattr__(self, name, value):
+        if name == "lora_request":
+            self.__dict__[name] = value
+        else:
+            setattr(self._llm, name, value)
+
+
 def check_colocate_weight_sync(args) -> None:
     """Refuse, before vLLM starts, the one colocated set-up whose first weight sync would fail: TRL's own sync
     (`vllm_weight_sync="nccl"`, the default) on vLLM's CPU backend (docs/vllm.md, "Colocated vLLM on CPU")."""
     if not (getattr(args, "use_vllm", False) and getattr(args, "vllm_mode", None) == "colocate"):
         return
-    if getattr(args, "vllm_weight_sync", "nccl") != "reload" and args.device.type == "cpu":
+    if getattr(args, "vllm_weight_sync", "nccl") not in ("reload", "lora") and args.device.type == "cpu":
         raise ValueError(
             "vllm_mode='colocate' on CPU needs vllm_weight_sync=\"reload\" (CLI: --vllm_weight_sync reload): TRL's "
             "colocated weight sync calls vLLM's model.load_weights, which fails on vLLM's CPU backend with "
             "\"'Parameter' object has no attribute 'weight_loader'\" (after loading, the CPU backend replaces each "
             "linear layer's weight by a bare Parameter and packs the values into its GEMM kernel). With 'reload' the "
-            "weights go through vLLM's layer-wise reload instead. See docs/vllm.md, \"Colocated vLLM on CPU\"."
+            "weights go through vLLM's layer-wise reload instead (a LoRA student can use vllm_weight_sync=\"lora\": "
+            "only its adapter changes). See docs/vllm.md, \"Colocated vLLM on CPU\"."
         )
 
 
@@ -563,6 +633,9 @@ def vllm_generation_class(args):
     weight_sync = getattr(args, "vllm_weight_sync", "nccl")
     if mode == "colocate" and weight_sync == "reload":  # in memory: no directory, no server
         return type("ReloadVLLMGeneration", (ReloadVLLMGeneration,), {})
+    if mode == "colocate" and weight_sync == "lora":  # the adapter's files, for the in-process engine
+        weight_sync_dir = getattr(args, "vllm_weight_sync_dir", None) or os.path.join(args.output_dir, "_vllm_weights")
+        return type("LoRAVLLMGeneration", (LoRAVLLMGeneration,), {"weight_sync_dir": weight_sync_dir})
     if mode != "server":
         return None
     settings = {"request_timeout": getattr(args, "vllm_request_timeout", None)}

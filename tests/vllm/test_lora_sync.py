@@ -3,6 +3,7 @@ without a server, then a real vLLM CPU server with LoRA enabled (one per module)
 
 import json
 import os
+import textwrap
 
 import pytest
 import torch
@@ -107,10 +108,10 @@ def test_server_lora_problem_reads_the_server_configuration():
     assert server_lora_problem(info({"max_lora_rank": 16}), 16) is None
 
 
-def test_lora_sync_is_refused_in_colocate_mode_and_for_a_full_weight_student(tiny_model_dir, tmp_path):
-    with pytest.raises(ValueError, match="needs vllm_mode='server'"):
+def test_lora_sync_is_refused_with_sleep_mode_and_for_a_full_weight_student(tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match="cannot use vllm_enable_sleep_mode"):
         GADConfig(output_dir=str(tmp_path), use_cpu=True, use_vllm=True, vllm_mode="colocate",
-                  vllm_weight_sync="lora", report_to="none")
+                  vllm_weight_sync="lora", vllm_enable_sleep_mode=True, report_to="none")
     args = GADConfig(output_dir=str(tmp_path), use_cpu=True, use_vllm=True, vllm_mode="server",
                      vllm_weight_sync="lora", vllm_server_base_url="http://127.0.0.1:9", report_to="none",
                      per_device_train_batch_size=4, num_generations=4)
@@ -273,3 +274,66 @@ def test_servers_that_cannot_take_the_adapter_are_clear_errors(lora_server, vllm
     with pytest.raises(VLLMServerError, match=r"(?s)could not load the student's LoRA adapter from .*missing \(404.*"
                                               r"readable by the server"):
         generation.sync_weights()
+
+
+COLOCATE_SCRIPT = textwrap.dedent('''
+    import copy, sys
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from vllm import SamplingParams
+    from gad_trl import GADConfig, GADTrainer
+    from gad_trl.tiny import tiny_gad_rows
+    from tests.vllm.test_lora_sync import lora, logprobs_under, strengthen_adapter
+
+    model_dir, output_dir = sys.argv[1], sys.argv[2]
+    args = GADConfig(output_dir=output_dir, report_to="none", use_cpu=True, per_device_train_batch_size=2,
+                     num_generations=2, max_completion_length=8, max_steps=2, save_strategy="no", beta=0.0,
+                     learning_rate=1e-2, use_vllm=True, vllm_mode="colocate", vllm_weight_sync="lora",
+                     vllm_max_model_length=256, disable_tqdm=True, warn_on_unhealthy_metrics=False)
+    trainer = GADTrainer(model_dir, args=args, train_dataset=Dataset.from_list(tiny_gad_rows(8)), peft_config=lora())
+    strengthen_adapter(trainer.model)
+    trainer.train()
+    generation = trainer.vllm_generation
+    generation.sync_weights()  # the weights of the last step (a step's sync runs before its generation)
+    tok = trainer.processing_class
+    prompts = [tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False)
+               for r in tiny_gad_rows(3, seed=1)]
+    outs = generation.llm.generate([{"prompt_token_ids": p} for p in prompts], use_tqdm=False,
+                                   sampling_params=SamplingParams(temperature=1.0, max_tokens=8, logprobs=0, seed=0))
+    completions = [list(o.outputs[0].token_ids) for o in outs]
+    served = torch.tensor([lp[t].logprob for o in outs for t, lp in zip(o.outputs[0].token_ids, o.outputs[0].logprobs)])
+    merged = copy.deepcopy(trainer.model).merge_and_unload()
+    student = torch.tensor([x for seq in logprobs_under(merged, prompts, completions) for x in seq])
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    plain = torch.tensor([x for seq in logprobs_under(base, prompts, completions) for x in seq])
+    print("SYNCS", generation.num_weight_syncs)
+    print("STUDENT_DIFF", (served - student).abs().max().item())
+    print("BASE_DIFF", (plain - student).abs().max().item())
+    print("FOLDERS", ",".join(sorted(__import__("os").listdir(generation.weight_sync_dir))))
+''')
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_colocated_engine_serves_the_synced_adapter(tiny_model_dir, tmp_path):
+    """vllm_mode='colocate': the in-process engine (LoRA enabled) generates with the adapter of the last sync. Run in
+    a child process: vLLM initialises torch.distributed and its engine in the process that builds it."""
+    import subprocess
+    import sys
+
+    from trl.import_utils import is_vllm_available
+
+    if not is_vllm_available():
+        pytest.skip("vLLM is not installed (scripts/install_env.sh)")
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", COLOCATE_SCRIPT, tiny_model_dir, str(tmp_path / "out")], env=env,
+                          capture_output=True, text=True, timeout=800)
+    assert done.returncode == 0, done.stderr[-4000:]
+    values = dict(line.split() for line in done.stdout.splitlines()
+                  if line.split()[:1] in (["SYNCS"], ["STUDENT_DIFF"], ["BASE_DIFF"], ["FOLDERS"]))
+    assert int(values["SYNCS"]) == 3
+    # The engine's log-probs are the merged student's (to the engine's CPU dtype rounding), not the base's.
+    assert float(values["STUDENT_DIFF"]) < float(values["BASE_DIFF"]) / 3, values
+    assert values["FOLDERS"] == f"{ADAPTER_PREFIX}2,{ADAPTER_PREFIX}3"  # the last two versions
