@@ -99,6 +99,10 @@ def parse_args(argv=None):
                    help="reload (default: works on CPU and with the server on the trainer's own GPU) or nccl (the "
                    "server on another GPU: start it yourself and pass --vllm-url)")
     p.add_argument("--vllm-url", default=None, help="use this running server instead of starting one")
+    p.add_argument("--server-max-num-seqs", type=int, default=None,
+                   help="the vLLM server's --max-num-seqs (default: B*G with --lora-sync, so the server decodes the "
+                   "whole generation batch at once; otherwise the launcher's CPU setting, 16, on CPU and vLLM's own on "
+                   "CUDA)")
     p.add_argument("--lora-sync", action="store_true",
                    help="part 1 compares a LoRA student's generation paths: trainers " + ",".join(LORA_SYNC_TRAINERS)
                    + " (one vLLM server started with --weight-sync lora serves the vLLM rows)")
@@ -128,6 +132,7 @@ def parse_args(argv=None):
         a.trainers = ",".join(PEFT_TRAINERS)
     if a.lora_sync:
         a.trainers, a.vllm, a.vllm_weight_sync = ",".join(LORA_SYNC_TRAINERS), True, "lora"
+        a.server_max_num_seqs = a.server_max_num_seqs or a.prompts * a.num_generations
     suffix = ("_quick" if q else "") + ("_peft" if a.peft else "") + ("_vllm" if a.vllm else "")
     suffix += "_lora_sync" if a.lora_sync else ""
     suffix += "_async" if "gad_async" in a.trainers.split(",") else ""
@@ -418,12 +423,15 @@ def run_trainers(a, ckpt):
             os.sched_setaffinity(0, {0})  # inherited by the server and its workers
         try:
             extra_args = None
-            if a.vllm_weight_sync == "lora":
+            if a.vllm_weight_sync == "lora" or a.server_max_num_seqs:
                 from gad_trl.vllm.launcher import CPU_SERVER_ARGS
                 from gad_trl.vllm.serve import lora_rank_for
 
-                extra_args = (*(CPU_SERVER_ARGS if a.device == "cpu" else ()), "--max-lora-rank",
-                              str(lora_rank_for(LORA["r"])))
+                extra_args = (*(CPU_SERVER_ARGS if a.device == "cpu" else ()),)
+                if a.vllm_weight_sync == "lora":
+                    extra_args += ("--max-lora-rank", str(lora_rank_for(LORA["r"])))
+                if a.server_max_num_seqs:  # the last --max-num-seqs wins
+                    extra_args += ("--max-num-seqs", str(a.server_max_num_seqs))
             server = VLLMServer(ckpt, log, weight_sync=a.vllm_weight_sync, extra_args=extra_args).start()
         finally:
             os.sched_setaffinity(0, affinity)
@@ -587,7 +595,8 @@ def lora_sync_section(a, trainers) -> list[str]:
              f"round), seconds per step. LoRA r={LORA['r']}, alpha={LORA['lora_alpha']}, `{LORA['target_modules']}` "
              "on the student; the discriminator is a second adapter on the student's base (discriminator_shared_base, "
              "the 1-GPU recipe's layout). One vLLM server (`gad-trl vllm-serve --weight-sync lora`) serves every vLLM "
-             "row: the merged row reloads full weights into it, the adapter rows load only the adapter.\n",
+             "row: the merged row reloads full weights into it, the adapter rows load only the adapter; its "
+             f"--max-num-seqs is {a.server_max_num_seqs} (B*G: the whole generation batch decodes at once).\n",
              "| LoRA student | step | generation | weight sync | rewards (D step) | policy | other | bytes per sync "
              "| peak mem |", "|---|---|---|---|---|---|---|---|---|"]
     med = {}
@@ -612,7 +621,8 @@ def lora_sync_section(a, trainers) -> list[str]:
         lines.append(f"adapter-only vLLM / transformers generation step: {adapter['total'] / hf['total']:.2f}x")
         # What no generation backend can beat here: the transformers step without its generation time.
         lines.append(f"transformers generation's share of its step: {hf['generation'] / hf['total']:.2f} (so no "
-                     f"synchronous generation backend can go below {1 - hf['generation'] / hf['total']:.2f}x here)")
+                     f"generation backend, synchronous or overlapped, can go below "
+                     f"{1 - hf['generation'] / hf['total']:.2f}x here: the rest of the step stays)")
     if hf and med.get("lora_student_adapter_async"):
         lines.append("adapter-only vLLM, async / transformers generation step: "
                      f"{med['lora_student_adapter_async']['total'] / hf['total']:.2f}x")
