@@ -181,7 +181,7 @@ class _ServerErrorsMixin:
             problem = check_served_model(
                 client.session, self._base_url(), self.model, _model_name_or_path(self.model),
                 tokenizer=getattr(self, "processing_class", None), start_command=self._start_command(),
-                timeout=timeout,
+                timeout=timeout, base_is_kept=self.weight_sync == "lora",
             )  # fmt: skip
         except (requests.exceptions.RequestException, ConnectionError) as exc:
             raise self._server_died("listing its model (/v1/models)", exc) from redacted_exception(exc)
@@ -444,6 +444,8 @@ class LoRAVLLMGeneration(ReloadVLLMGeneration):
 
         from .serve import lora_rank_for
 
+        if not hasattr(trl_generation, "LLM"):  # vLLM is not installed: TRL's own error names the install
+            return VLLMGeneration._init_vllm(self)
         if not self.weight_sync_dir:
             raise ValueError("vllm_weight_sync='lora' needs a weight_sync_dir (GADConfig.vllm_weight_sync_dir).")
         # One folder per process: each process of a colocated run has its own engine.
@@ -466,7 +468,7 @@ class LoRAVLLMGeneration(ReloadVLLMGeneration):
         config = getattr(self, "lora_config", None)
         if config is None:
             return None
-        return max([int(config.r), *map(int, (config.rank_pattern or {}).values())])
+        return int(config.r)  # rank_pattern is refused (lora_sync.student_adapter)
 
     def _pick_reload_method(self) -> str:
         """Instead of a reload RPC: check that the server serves LoRA adapters of the student's rank."""
@@ -483,7 +485,12 @@ class LoRAVLLMGeneration(ReloadVLLMGeneration):
                 f"The vLLM server at {url} runs without VLLM_SERVER_DEV_MODE=1, so GAD cannot check that it serves "
                 f"LoRA adapters. Restart it with:\n\n    {self._start_command()}\n"
             )
-        problem = server_lora_problem(response.json(), self._lora_rank())
+        try:
+            info = response.json()
+        except ValueError as exc:  # an error page, not the configuration
+            raise self._server_died(f"reading its configuration ({response.status_code}: {response.text[:500]})",
+                                    exc) from redacted_exception(exc)
+        problem = server_lora_problem(info, self._lora_rank())
         if problem is not None:
             raise VLLMServerError(
                 f"The vLLM server at {url} {problem}, so it cannot serve the student's LoRA adapter "
@@ -492,8 +499,11 @@ class LoRAVLLMGeneration(ReloadVLLMGeneration):
         return "load_lora_adapter"
 
     def _adapter_request(self, endpoint: str, payload: dict, action: str) -> requests.Response:
+        """One POST, not retried: vLLM answers any adapter it cannot load with HTTP 500, and the client session's
+        retries would turn that answer (the reason) into a "server stopped answering" error."""
+        self.vllm_client.session  # noqa: B018 - async generation: wait for the request in flight first
         try:
-            return self.vllm_client.session.post(f"{self._base_url()}/v1/{endpoint}", json=payload)
+            return requests.post(f"{self._base_url()}/v1/{endpoint}", json=payload, timeout=self.request_timeout)
         except requests.exceptions.RequestException as exc:
             raise self._server_died(action, exc) from redacted_exception(exc)
 
@@ -523,12 +533,12 @@ class LoRAVLLMGeneration(ReloadVLLMGeneration):
             self.last_sync_bytes = save_adapter(state, self.lora_config, folder)
         return folder
 
-    def _remove_old_adapters(self, current: str) -> None:
-        """Folders of the versions before `current`: unloaded from the server, never read again."""
+    def _remove_old_adapters(self, keep: set) -> None:
+        """Folders of the adapter versions not in `keep`: unloaded from the server, never read again."""
         from .lora_sync import ADAPTER_PREFIX
 
         for old in os.listdir(self.weight_sync_dir):
-            if old.startswith(ADAPTER_PREFIX) and old != current:
+            if old.startswith(ADAPTER_PREFIX) and old not in keep:
                 shutil.rmtree(os.path.join(self.weight_sync_dir, old), ignore_errors=True)
 
     def _sync_colocated(self):
@@ -574,14 +584,23 @@ class LoRAVLLMGeneration(ReloadVLLMGeneration):
                     f"    {self._start_command()}\n"
                 )
             self.vllm_client.model = name  # TRL's client names it in every request from now on
+            # vLLM keys cached prompt blocks by adapter name and path, which a resumed run reuses (gad-student-1,
+            # ...): drop blocks computed with an earlier run's weights under the same name.
+            try:
+                self.vllm_client.reset_prefix_cache()
+            except (requests.exceptions.RequestException, ConnectionError) as exc:
+                raise self._server_died("resetting its prefix cache", exc) from redacted_exception(exc)
             for old in self._served:
                 response = self._adapter_request("unload_lora_adapter", {"lora_name": old},
                                                  "unloading the previous adapter")
                 if response.status_code != 200:
                     logger.warning("The vLLM server did not unload adapter %s (%s: %s).", old,
                                    response.status_code, response.text[:500])
+            previous = self._served[-1] if self._served else None
             self._served = [name]
-            self._remove_old_adapters(name)
+            # The folder before stays one more sync: a request dropped without waiting (train() stopped mid-step)
+            # may still be generating with that adapter.
+            self._remove_old_adapters({name, previous})
             self.num_weight_syncs += 1
             logger.debug("LoRA adapter sync #%d (%d bytes) took %.2f s", self.num_weight_syncs, self.last_sync_bytes,
                          time.perf_counter() - start)
@@ -657,7 +676,7 @@ def vllm_generation_class(args):
 @contextmanager
 def patched_vllm_generation(args):
     """While active, `GRPOTrainer.__init__` builds the vLLM backend that `args` asks for (no-op unless server mode, or
-    colocate mode with `vllm_weight_sync="reload"`)."""
+    colocate mode with `vllm_weight_sync="reload"` or `"lora"`)."""
     cls = vllm_generation_class(args)
     if cls is None:
         yield

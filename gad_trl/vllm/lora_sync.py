@@ -51,6 +51,19 @@ def student_adapter(model):
         unsupported.append("use_dora=True")
     if getattr(config, "lora_bias", False):
         unsupported.append("lora_bias=True")
+    if getattr(config, "bias", "none") != "none":
+        unsupported.append(f"bias={config.bias!r} (vLLM: adapter bias is not supported)")
+    if getattr(config, "trainable_token_indices", None):
+        unsupported.append("trainable_token_indices")
+    # vLLM scales every module by one lora_alpha / r (PEFTHelper): per-module ranks or alphas would be served with the
+    # wrong scale, silently.
+    if getattr(config, "rank_pattern", None):
+        unsupported.append(f"rank_pattern={dict(config.rank_pattern)} (vLLM applies one lora_alpha / r to all modules)")
+    if getattr(config, "alpha_pattern", None):
+        unsupported.append(f"alpha_pattern={dict(config.alpha_pattern)} (vLLM applies one lora_alpha / r to all "
+                           "modules)")
+    if int(config.r) > 512:
+        unsupported.append(f"r={config.r} (vLLM serves ranks up to 512)")
     if unsupported:
         raise ValueError(
             f"vllm_weight_sync='lora': the student's adapter has {', '.join(unsupported)}, which vLLM's LoRA serving "
@@ -74,7 +87,8 @@ def adapter_state(model, name: str, dist) -> dict[str, torch.Tensor]:
     marker = f".{name}."
     params = [p for n, p in model.named_parameters() if marker in n]
     with dist.gather_params(params):
-        state = get_peft_model_state_dict(model, adapter_name=name)
+        # save_embedding_layers=False: no Hub lookup of the base config on every sync; vLLM skips base embeddings.
+        state = get_peft_model_state_dict(model, adapter_name=name, save_embedding_layers=False)
         return {key: _full(value).detach().to("cpu", copy=True).contiguous() for key, value in state.items()}
 
 

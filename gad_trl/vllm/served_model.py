@@ -136,10 +136,11 @@ def _student_config(model):
 
 
 def check_served_model(session, base_url: str, student, student_name: str, tokenizer=None, start_command: str = "",
-                       timeout: float | None = 30.0) -> str | None:
+                       timeout: float | None = 30.0, base_is_kept: bool = False) -> str | None:
     """None when the server at `base_url` serves `student` (or the same architecture, with a warning); otherwise the
     error message: what the server serves, what the student is, how they differ and how to start the right server.
-    Network errors of `GET /v1/models` propagate (the caller reports a dead server)."""
+    `base_is_kept` (adapter-only sync): the served weights are never replaced, so only the student's own base model
+    passes. Network errors of `GET /v1/models` propagate (the caller reports a dead server)."""
     info = served_model_info(session, base_url, timeout)
     shown = redact_string(base_url)  # the URL as messages show it: no password or token
     served = info["root"]
@@ -154,6 +155,13 @@ def check_served_model(session, base_url: str, student, student_name: str, token
         f"    {start_command}\n\n"
         "or point vllm_server_base_url (vllm_server_host/vllm_server_port) at a server that serves it."
     )
+    if base_is_kept:
+        return (
+            f"The vLLM server at {shown} serves {served_desc}, and the student's LoRA adapter is trained on "
+            f"{student_name!r}. With vllm_weight_sync='lora' only the adapter is sent and the served base is never "
+            f"replaced, so the server must serve the student's own base model (the same --model path or id as the "
+            f"trainer's model_name_or_path). {fix}"
+        )
     student_config = _student_config(student)
     served_config = load_served_config(served)
     if served_config is not None and student_config is not None:

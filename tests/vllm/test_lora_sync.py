@@ -42,7 +42,9 @@ def test_student_adapter_names_what_vllm_cannot_serve(tiny_model_dir):
         student_adapter(base)
     name, config = student_adapter(get_peft_model(base, lora()))
     assert name == "default" and config.r == RANK
-    for extra, words in (({"modules_to_save": ["lm_head"]}, "modules_to_save"), ({"use_dora": True}, "use_dora")):
+    for extra, words in (({"modules_to_save": ["lm_head"]}, "modules_to_save"), ({"use_dora": True}, "use_dora"),
+                         ({"bias": "all"}, "bias='all'"), ({"rank_pattern": {"q_proj": 16}}, "rank_pattern"),
+                         ({"alpha_pattern": {"q_proj": 4}}, "alpha_pattern")):
         model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora(**extra))
         with pytest.raises(ValueError, match=f"{words}.*vllm_weight_sync='reload'"):
             student_adapter(model)
@@ -199,6 +201,7 @@ def test_each_sync_serves_the_student_adapter_on_the_unchanged_base(lora_server,
     strengthen_adapter(trainer.model)
     loads = lora_server.count_requests("/v1/load_lora_adapter")
     reloads = lora_server.count_requests("/collective_rpc")
+    resets = lora_server.count_requests("/reset_prefix_cache")
     trainer.train()
     generation = trainer.vllm_generation
     assert generation.num_weight_syncs == 2
@@ -207,8 +210,10 @@ def test_each_sync_serves_the_student_adapter_on_the_unchanged_base(lora_server,
     assert lora_server.count_requests("/collective_rpc") - reloads == 2
     served = f"{ADAPTER_PREFIX}2"
     assert generation.vllm_client.model == served
+    # a resumed run reuses adapter names: cached prompt blocks of an earlier run's weights are dropped at each load
+    assert lora_server.count_requests("/reset_prefix_cache") - resets == 2
     folders = sorted(os.listdir(generation.weight_sync_dir))
-    assert folders == [served]  # older versions removed once unloaded
+    assert folders == [f"{ADAPTER_PREFIX}1", served]  # the one before kept one more sync, older ones removed
     saved = load_file(os.path.join(generation.weight_sync_dir, served, ADAPTER_WEIGHTS))
     student_params = sum(p.numel() for n, p in trainer.model.named_parameters() if ".default." in n)
     assert sum(t.numel() for t in saved.values()) == student_params  # the discriminator's adapter never left
@@ -267,12 +272,30 @@ def test_servers_that_cannot_take_the_adapter_are_clear_errors(lora_server, vllm
     # an adapter of a higher rank than the server holds
     with pytest.raises(VLLMServerError, match=r"(?s)up to rank 8.*rank 16.*--max-lora-rank 16"):
         lora_trainer(tiny_model_dir, tmp_path / "b", lora_server, peft_config=lora(r=16))
+    # another base than the student's, same architecture: refused (only the adapter is ever sent)
+    from gad_trl.tiny import save_tiny_model
+    from gad_trl.vllm import ServedModelError
+
+    other = save_tiny_model(tmp_path / "other-base", seed=1)
+    with pytest.raises(ServedModelError, match=r"(?s)served base is never\s+replaced"):
+        lora_trainer(other, tmp_path / "d", lora_server)
     # the server cannot read the adapter (e.g. another machine without the shared folder): its error, and the fix
     trainer = lora_trainer(tiny_model_dir, tmp_path / "c", lora_server, max_steps=1)
     generation = trainer.vllm_generation
     monkeypatch.setattr(type(generation), "_save_weights", lambda self: os.path.join(self.weight_sync_dir, "missing"))
     with pytest.raises(VLLMServerError, match=r"(?s)could not load the student's LoRA adapter from .*missing \(404.*"
                                               r"readable by the server"):
+        generation.sync_weights()
+    # an adapter the server rejects (HTTP 500): vLLM's own reason reaches the error, not "stopped answering"
+    bad = os.path.join(generation.weight_sync_dir, "too-big")
+
+    def save_a_rank_64_adapter(self):
+        big = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora(r=64))
+        big.save_pretrained(bad)
+        return bad
+
+    monkeypatch.setattr(type(generation), "_save_weights", save_a_rank_64_adapter)
+    with pytest.raises(VLLMServerError, match=r"(?s)could not load the student's LoRA adapter .*\(500: .*64"):
         generation.sync_weights()
 
 
@@ -335,5 +358,5 @@ def test_colocated_engine_serves_the_synced_adapter(tiny_model_dir, tmp_path):
                   if line.split()[:1] in (["SYNCS"], ["STUDENT_DIFF"], ["BASE_DIFF"], ["FOLDERS"]))
     assert int(values["SYNCS"]) == 3
     # The engine's log-probs are the merged student's (to the engine's CPU dtype rounding), not the base's.
-    assert float(values["STUDENT_DIFF"]) < float(values["BASE_DIFF"]) / 3, values
+    assert float(values["STUDENT_DIFF"]) < 0.02 < 0.1 < float(values["BASE_DIFF"]), values
     assert values["FOLDERS"] == f"{ADAPTER_PREFIX}2,{ADAPTER_PREFIX}3"  # the last two versions
