@@ -83,6 +83,24 @@ def _upload_ignoring(pattern: str | None):
         hf_trainer.hf_api = get_api
 
 
+def peft_zero3_checkpointing_problem(is_peft: bool, zero_stage: int | None, gradient_checkpointing: bool,
+                                     sft_loss_coef: float) -> str | None:
+    """Why a run would fail in DeepSpeed's backward, or None: a LoRA student under ZeRO-3 with gradient checkpointing
+    and the teacher SFT term. TRL forces reentrant checkpointing for PEFT + ZeRO-3, and the GAD phase's loss sums two
+    checkpointed forwards (policy and SFT), so one backward hands ZeRO-3 the same adapter parameters twice
+    (`assert len(set(p.ds_id for p in params_in_bucket)) == len(params_in_bucket)`, seen with 2 CPU processes)."""
+    if not (is_peft and zero_stage == 3 and gradient_checkpointing and sft_loss_coef > 0):
+        return None
+    return (
+        "A LoRA student under DeepSpeed ZeRO-3 with gradient_checkpointing and the teacher SFT term "
+        f"(sft_loss_coef={sft_loss_coef}) fails in DeepSpeed's backward at the first GAD step: TRL forces reentrant "
+        "checkpointing for PEFT + ZeRO-3, and the policy and SFT forwards of one loss then hand ZeRO-3 the same "
+        "adapter parameters twice. Set gradient_checkpointing=False (more activation memory) or sft_loss_coef=0 "
+        "(no SFT term after the warm-ups), or train the LoRA student without ZeRO-3 (its trainable states are small: "
+        "plain data parallel)."
+    )
+
+
 class GADTrainer(GRPOTrainer):
     """Generative Adversarial Distillation (Ye et al., arXiv 2511.10643) on top of TRL's `GRPOTrainer`.
 
@@ -252,6 +270,13 @@ class GADTrainer(GRPOTrainer):
                 environment_factory=environment_factory,
             )
 
+        from accelerate.utils import is_peft_model
+
+        problem = peft_zero3_checkpointing_problem(
+            is_peft_model(self.model), self._zero_stage(), args.gradient_checkpointing, args.sft_loss_coef
+        )
+        if problem:
+            raise ValueError(problem)
         self._check_teacher_tools(train_dataset, "train")
         for name, split in (eval_dataset if isinstance(eval_dataset, dict) else {"": eval_dataset}).items():
             self._check_teacher_tools(split, f"eval '{name}'" if name else "eval")
@@ -576,6 +601,10 @@ class GADTrainer(GRPOTrainer):
             output["teacher_label_mask"], _ = pad_right(targets.label_masks, 0, self.accelerator.device)
             output["teacher_index"] = torch.tensor(targets.index, device=self.accelerator.device)
         return output
+
+    def _zero_stage(self) -> int | None:
+        plugin = self.accelerator.state.deepspeed_plugin if self.is_deepspeed_enabled else None
+        return None if plugin is None else plugin.zero_stage
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.model.training:

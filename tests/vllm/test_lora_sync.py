@@ -360,3 +360,39 @@ def test_colocated_engine_serves_the_synced_adapter(tiny_model_dir, tmp_path):
     # The engine's log-probs are the merged student's (to the engine's CPU dtype rounding), not the base's.
     assert float(values["STUDENT_DIFF"]) < 0.02 < 0.1 < float(values["BASE_DIFF"]), values
     assert values["FOLDERS"] == f"{ADAPTER_PREFIX}2,{ADAPTER_PREFIX}3"  # the last two versions
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(900)
+def test_zero3_launch_syncs_the_gathered_adapter(lora_server, tmp_path):
+    """`accelerate launch` with ZeRO-3 (2 CPU processes, DeepSpeed on CPU) through `gad-trl gad`: every process gathers
+    the adapter's shards, the main process alone talks to the server, and the server loads a whole adapter."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("deepspeed", reason="the `deepspeed` extra is not installed")
+    from gad_trl.tiny import save_tiny_model, write_jsonl
+    from gad_trl.vllm.launcher import free_port
+    from tests.cli.test_launch import ROOT, SCRIPT
+
+    model_dir = save_tiny_model(tmp_path / "model", seed=0)
+    write_jsonl(tiny_gad_rows(16, seed=0), tmp_path / "data" / "train.jsonl")
+    write_jsonl(tiny_gad_rows(4, seed=1), tmp_path / "data" / "test.jsonl")
+    # the server serves its own copy of the same base: point the student at that folder
+    served_base = lora_server.model
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ROOT / "gad_trl" / "accelerate_configs" / "zero3.yaml"), "--num_processes", "2",
+               "--mixed_precision", "no", "--main_process_port", str(free_port()),
+               str(SCRIPT), served_base, str(tmp_path / "data"), str(tmp_path), "--lora-vllm", lora_server.url]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    loads = lora_server.count_requests("/v1/load_lora_adapter")
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=800, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert all(r["distributed_type"] == "DistributedType.DEEPSPEED" and r["global_step"] == 3 for r in ranks)
+    assert ranks[0]["syncs"] == 3 and ranks[0]["served"] == f"{ADAPTER_PREFIX}3"
+    assert lora_server.count_requests("/v1/load_lora_adapter") - loads == 3  # one load a sync, not one per process
+    saved = load_file(os.path.join(ranks[0]["weight_sync_dir"], f"{ADAPTER_PREFIX}3", ADAPTER_WEIGHTS))
+    whole = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), lora(init_lora_weights=True))
+    expected = {k: v.shape for k, v in get_peft_state(whole).items()}
+    assert {k: v.shape for k, v in saved.items()} == expected  # the gathered adapter, not a ZeRO-3 shard
