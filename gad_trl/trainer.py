@@ -88,7 +88,8 @@ def peft_zero3_checkpointing_problem(is_peft: bool, zero_stage: int | None, grad
     """Why a run would fail in DeepSpeed's backward, or None: a LoRA student under ZeRO-3 with gradient checkpointing
     and the teacher SFT term. TRL forces reentrant checkpointing for PEFT + ZeRO-3, and the GAD phase's loss sums two
     checkpointed forwards (policy and SFT), so one backward hands ZeRO-3 the same adapter parameters twice
-    (`assert len(set(p.ds_id for p in params_in_bucket)) == len(params_in_bucket)`, seen with 2 CPU processes)."""
+    (`assert len(set(p.ds_id for p in params_in_bucket)) == len(params_in_bucket)`, seen with 2 CPU processes).
+    TRL's reason for reentrant: huggingface/trl#2514, until deepspeedai/DeepSpeed#8130 is released."""
     if not (is_peft and zero_stage == 3 and gradient_checkpointing and sft_loss_coef > 0):
         return None
     return (
