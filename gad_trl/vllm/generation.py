@@ -370,6 +370,12 @@ class ReloadVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
             self.last_sync_bytes = os.path.getsize(path)
         return path
 
+    def _reset_prefix_cache(self) -> None:
+        try:
+            self.vllm_client.reset_prefix_cache()
+        except (requests.exceptions.RequestException, ConnectionError) as exc:
+            raise self._server_died("resetting its prefix cache", exc) from redacted_exception(exc)
+
     def sync_weights(self):
         if self.mode == "colocate":
             return self._reload_colocated()
@@ -391,10 +397,7 @@ class ReloadVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
                     f"({response.status_code}: {response.text[:2000]}). The directory must be readable by the "
                     "server (same machine or a shared file system)."
                 )
-            try:
-                self.vllm_client.reset_prefix_cache()
-            except (requests.exceptions.RequestException, ConnectionError) as exc:
-                raise self._server_died("resetting its prefix cache", exc) from redacted_exception(exc)
+            self._reset_prefix_cache()
             self.num_weight_syncs += 1
             logger.debug("reload weight sync #%d took %.2f s", self.num_weight_syncs, time.perf_counter() - start)
         self.accelerator.wait_for_everyone()
@@ -522,14 +525,14 @@ class LoRAVLLMGeneration(ReloadVLLMGeneration):
                 logger.info("unloading adapter %s, left on the vLLM server by an earlier run", name)
                 self._adapter_request("unload_lora_adapter", {"lora_name": name}, "unloading an old adapter")
 
-    def _save_weights(self) -> str:
-        """Write the student's adapter (gathered on every process) to `<weight_sync_dir>/gad-student-<n>/`."""
+    def _save_weights(self, every_process: bool = False) -> str:
+        """Write the student's adapter (gathered on every process) to `<weight_sync_dir>/gad-student-<n>/` (n = the
+        next sync), on the main process or, for colocated engines, on every process."""
         from .lora_sync import ADAPTER_PREFIX, adapter_state, save_adapter
 
         state = adapter_state(self._student(), self.adapter_name, self._dist)  # collective: every process
-        name = f"{ADAPTER_PREFIX}{self.num_weight_syncs + 1}"
-        folder = os.path.join(self.weight_sync_dir, name)
-        if self.accelerator.is_main_process:
+        folder = os.path.join(self.weight_sync_dir, f"{ADAPTER_PREFIX}{self.num_weight_syncs + 1}")
+        if every_process or self.accelerator.is_main_process:
             self.last_sync_bytes = save_adapter(state, self.lora_config, folder)
         return folder
 
@@ -546,19 +549,11 @@ class LoRAVLLMGeneration(ReloadVLLMGeneration):
         when a request first names it, so the folder before it is removed one sync later)."""
         from vllm.lora.request import LoRARequest
 
-        from .lora_sync import ADAPTER_PREFIX, adapter_state, save_adapter
-
-        state = adapter_state(self._student(), self.adapter_name, self._dist)  # collective: every process
-        version = self.num_weight_syncs + 1
-        name = f"{ADAPTER_PREFIX}{version}"
-        folder = os.path.join(self.weight_sync_dir, name)
-        self.last_sync_bytes = save_adapter(state, self.lora_config, folder)
+        folder = self._save_weights(every_process=True)
+        name, version = os.path.basename(folder), self.num_weight_syncs + 1
         self.llm.lora_request = LoRARequest(name, version, folder)
-        previous = self._served[-1] if self._served else None
-        self._served = [n for n in (previous, name) if n]
-        for old in os.listdir(self.weight_sync_dir):
-            if old.startswith(ADAPTER_PREFIX) and old not in self._served:
-                shutil.rmtree(os.path.join(self.weight_sync_dir, old), ignore_errors=True)
+        self._served = [*self._served[-1:], name]
+        self._remove_old_adapters(set(self._served))
         self.num_weight_syncs = version
 
     def sync_weights(self):
@@ -586,10 +581,7 @@ class LoRAVLLMGeneration(ReloadVLLMGeneration):
             self.vllm_client.model = name  # TRL's client names it in every request from now on
             # vLLM keys cached prompt blocks by adapter name and path, which a resumed run reuses (gad-student-1,
             # ...): drop blocks computed with an earlier run's weights under the same name.
-            try:
-                self.vllm_client.reset_prefix_cache()
-            except (requests.exceptions.RequestException, ConnectionError) as exc:
-                raise self._server_died("resetting its prefix cache", exc) from redacted_exception(exc)
+            self._reset_prefix_cache()
             for old in self._served:
                 response = self._adapter_request("unload_lora_adapter", {"lora_name": old},
                                                  "unloading the previous adapter")
@@ -650,26 +642,19 @@ def vllm_generation_class(args):
     """The `VLLMGeneration` class a trainer with `args` should use, or `None` to keep TRL's."""
     mode = getattr(args, "vllm_mode", None) if getattr(args, "use_vllm", False) else None
     weight_sync = getattr(args, "vllm_weight_sync", "nccl")
+    weight_sync_dir = getattr(args, "vllm_weight_sync_dir", None) or os.path.join(args.output_dir, "_vllm_weights")
     if mode == "colocate" and weight_sync == "reload":  # in memory: no directory, no server
         return type("ReloadVLLMGeneration", (ReloadVLLMGeneration,), {})
     if mode == "colocate" and weight_sync == "lora":  # the adapter's files, for the in-process engine
-        weight_sync_dir = getattr(args, "vllm_weight_sync_dir", None) or os.path.join(args.output_dir, "_vllm_weights")
         return type("LoRAVLLMGeneration", (LoRAVLLMGeneration,), {"weight_sync_dir": weight_sync_dir})
     if mode != "server":
         return None
     settings = {"request_timeout": getattr(args, "vllm_request_timeout", None)}
     if weight_sync == "nccl":
         return type("NCCLVLLMGeneration", (NCCLVLLMGeneration,), settings)
-    if weight_sync == "reload":
-        settings["weight_sync_dir"] = getattr(args, "vllm_weight_sync_dir", None) or os.path.join(
-            args.output_dir, "_vllm_weights"
-        )
-        return type("ReloadVLLMGeneration", (ReloadVLLMGeneration,), settings)
-    if weight_sync == "lora":
-        settings["weight_sync_dir"] = getattr(args, "vllm_weight_sync_dir", None) or os.path.join(
-            args.output_dir, "_vllm_weights"
-        )
-        return type("LoRAVLLMGeneration", (LoRAVLLMGeneration,), settings)
+    if weight_sync in ("reload", "lora"):
+        cls = ReloadVLLMGeneration if weight_sync == "reload" else LoRAVLLMGeneration
+        return type(cls.__name__, (cls,), {**settings, "weight_sync_dir": weight_sync_dir})
     raise ValueError(f"vllm_weight_sync must be 'nccl', 'reload' or 'lora', got {weight_sync!r}.")
 
 
