@@ -17,15 +17,36 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).resolve().parents[1] / "helpers" / "launcher_train.py"
 
 
-@pytest.fixture(scope="module")
-def tiny_run_dirs(tmp_path_factory):
-    from gad_trl.tiny import save_tiny_model, tiny_gad_rows, write_jsonl
+def write_tiny_data(root: Path) -> str:
+    """16 train rows (2 steps an epoch at the script's batch) and 4 test rows under `root/data`."""
+    from gad_trl.tiny import tiny_gad_rows, write_jsonl
 
-    root = tmp_path_factory.mktemp("launch")
-    model_dir = save_tiny_model(root / "model", seed=0)
     write_jsonl(tiny_gad_rows(16, seed=0), root / "data" / "train.jsonl")
     write_jsonl(tiny_gad_rows(4, seed=1), root / "data" / "test.jsonl")
-    return model_dir, str(root / "data")
+    return str(root / "data")
+
+
+def launch(launcher: str, model_dir, data_dir, out, *script_args, timeout: int = 800):
+    """`accelerate launch` of tests/helpers/launcher_train.py with 2 CPU processes (DeepSpeed on CPU) and the
+    accelerate config `launcher` (zero2 / zero3); fails the test with the output's tail when it does not exit 0."""
+    from gad_trl.vllm.launcher import free_port
+
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ROOT / "gad_trl" / "accelerate_configs" / f"{launcher}.yaml"), "--num_processes", "2",
+               "--mixed_precision", "no", "--main_process_port", str(free_port()),
+               str(SCRIPT), str(model_dir), str(data_dir), str(out), *script_args]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tiny_run_dirs(tmp_path_factory):
+    from gad_trl.tiny import save_tiny_model
+
+    root = tmp_path_factory.mktemp("launch")
+    return save_tiny_model(root / "model", seed=0), write_tiny_data(root)
 
 
 @pytest.mark.slow
@@ -35,16 +56,8 @@ def test_deepspeed_launch_trains_saves_and_resumes(tiny_run_dirs, tmp_path, laun
     from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification
 
-    from gad_trl.vllm.launcher import free_port
-
     model_dir, data_dir = tiny_run_dirs
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(ROOT / "gad_trl" / "accelerate_configs" / f"{launcher}.yaml"), "--num_processes", "2",
-               "--mixed_precision", "no", "--main_process_port", str(free_port()),
-               str(SCRIPT), model_dir, data_dir, str(tmp_path)]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    launch(launcher, model_dir, data_dir, tmp_path, timeout=600)
     for rank in range(2):
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert result["distributed_type"] == "DistributedType.DEEPSPEED" and result["num_processes"] == 2

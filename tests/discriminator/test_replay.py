@@ -16,6 +16,26 @@ def _pairs(start, n):
     return [ReplayPair([0, i], [1, i], 1, 1) for i in range(start, start + n)]
 
 
+
+def spy_on_discriminator(trainer, describe):
+    """Two lists filled during training: `describe(sequences)` of every scoring call, and the number of rewards
+    each update returns."""
+    scored, rewards = [], []
+    component = trainer.discriminator_component
+    original_score, original_update = component.score, component.update
+
+    def score(sequences, *a, **k):
+        scored.append(describe(sequences))
+        return original_score(sequences, *a, **k)
+
+    def update(*a, **k):
+        out = original_update(*a, **k)
+        rewards.append(len(out[0]))
+        return out
+
+    component.score, component.update = score, update
+    return scored, rewards
+
 def test_buffer_keeps_a_uniform_sample_of_the_whole_history():
     """Reservoir sampling: after 1000 pairs a 100-slot buffer holds about as many early pairs as late ones (a FIFO
     would hold only the last 100)."""
@@ -82,20 +102,7 @@ def test_updates_train_on_replayed_pairs_and_reward_only_the_current_ones(tiny_m
     negatives, while the rewards stay one per current completion."""
     trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=3, discriminator_replay_buffer_size=64,
                            discriminator_replay_ratio=0.5)
-    scored, rewards = [], []
-    component = trainer.discriminator_component
-    original_score, original_update = component.score, trainer.discriminator_component.update
-
-    def score(sequences, *a, **k):
-        scored.append(len(sequences))
-        return original_score(sequences, *a, **k)
-
-    def update(*a, **k):
-        out = original_update(*a, **k)
-        rewards.append(len(out[0]))
-        return out
-
-    component.score, trainer.discriminator_component.update = score, update
+    scored, rewards = spy_on_discriminator(trainer, len)
     trainer.train()
     batch = trainer.args.per_device_train_batch_size  # completions per update
     teachers = batch // trainer.args.num_generations
@@ -113,20 +120,7 @@ def test_replace_mode_swaps_current_negatives_for_replayed_ones(tiny_model_dir, 
     for their rewards) and trains on as many student sequences as the batch holds."""
     trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=3, discriminator_replay_buffer_size=64,
                            discriminator_replay_ratio=0.5, discriminator_replay_mode="replace")
-    scored, rewards = [], []
-    component = trainer.discriminator_component
-    original_score, original_update = component.score, trainer.discriminator_component.update
-
-    def score(sequences, *a, **k):
-        scored.append((len(sequences), torch.is_grad_enabled()))
-        return original_score(sequences, *a, **k)
-
-    def update(*a, **k):
-        out = original_update(*a, **k)
-        rewards.append(len(out[0]))
-        return out
-
-    component.score, trainer.discriminator_component.update = score, update
+    scored, rewards = spy_on_discriminator(trainer, lambda sequences: (len(sequences), torch.is_grad_enabled()))
     trainer.train()
     batch = trainer.args.per_device_train_batch_size
     teachers = batch // trainer.args.num_generations
@@ -138,7 +132,7 @@ def test_replace_mode_swaps_current_negatives_for_replayed_ones(tiny_model_dir, 
     history = trainer.state.log_history
     for name in ("discriminator/replay_replaced", "discriminator/replay_pairs"):
         assert [h[name] for h in history if name in h] == [0.0, replaced, replaced]
-    assert component.replay.seen == 3 * batch  # every current completion joins the buffer, left-out ones too
+    assert trainer.discriminator_component.replay.seen == 3 * batch  # every current completion joins, left-out too
 
 
 def _update_batch(trainer):

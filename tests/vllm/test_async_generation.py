@@ -268,26 +268,13 @@ def test_async_estimate_memory_counts_the_held_batch(capsys, tmp_path):
 def test_async_zero3_launch_with_the_server(vllm_server, tmp_path):
     """`accelerate launch` with ZeRO-3 (2 CPU processes, DeepSpeed on CPU) through `gad-trl gad`: the weight sync
     gathers the ZeRO-3 shards on the training thread, the prompts of both processes go out in one background request."""
-    import os
-    import subprocess
-    import sys
-
     pytest.importorskip("deepspeed", reason="the `deepspeed` extra is not installed")
-    from gad_trl.tiny import save_tiny_model, write_jsonl
-    from gad_trl.vllm.launcher import free_port
-    from tests.cli.test_launch import ROOT, SCRIPT
+    from gad_trl.tiny import save_tiny_model
+    from tests.cli.test_launch import launch, write_tiny_data
 
     model_dir = save_tiny_model(tmp_path / "model", seed=0)
-    write_jsonl(tiny_gad_rows(16, seed=0), tmp_path / "data" / "train.jsonl")
-    write_jsonl(tiny_gad_rows(4, seed=1), tmp_path / "data" / "test.jsonl")
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(ROOT / "gad_trl" / "accelerate_configs" / "zero3.yaml"), "--num_processes", "2",
-               "--mixed_precision", "no", "--main_process_port", str(free_port()),
-               str(SCRIPT), model_dir, str(tmp_path / "data"), str(tmp_path), "--async-vllm", vllm_server.url]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     completions_before = vllm_server.count_requests("/v1/completions")
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=800, env=env, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    launch("zero3", model_dir, write_tiny_data(tmp_path), tmp_path, "--async-vllm", vllm_server.url)
     assert vllm_server.count_requests("/v1/completions") - completions_before == 3
     for rank in range(2):
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())

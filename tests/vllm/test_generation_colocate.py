@@ -45,13 +45,18 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-def test_colocated_reload_trains_and_the_engine_serves_the_updated_student(tiny_model_dir, tmp_path):
+def run_colocated(script: str, model_dir, output_dir, keys) -> dict[str, str]:
+    """Run `script` (argv: model_dir, output_dir) in a child process, where vLLM may build its engine; the
+    `KEY value` lines it prints for `keys`."""
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", PYTHONPATH=os.pathsep.join(sys.path))
-    done = subprocess.run([sys.executable, "-c", SCRIPT, tiny_model_dir, str(tmp_path / "out")], env=env,
+    done = subprocess.run([sys.executable, "-c", script, str(model_dir), str(output_dir)], env=env,
                           capture_output=True, text=True, timeout=800)
     assert done.returncode == 0, done.stderr[-4000:]
-    values = dict(line.split() for line in done.stdout.splitlines() if line.split()[:1] in (["SYNCS"], ["MOVED"],
-                                                                                              ["SERVED_DIFF"]))
+    return dict(line.split() for line in done.stdout.splitlines() if line.split()[:1] in [[key] for key in keys])
+
+
+def test_colocated_reload_trains_and_the_engine_serves_the_updated_student(tiny_model_dir, tmp_path):
+    values = run_colocated(SCRIPT, tiny_model_dir, tmp_path / "out", ("SYNCS", "MOVED", "SERVED_DIFF"))
     assert int(values["SYNCS"]) == 3
     # The engine holds the trained weights (to its bfloat16 rounding), not the initial ones the student moved from.
     assert float(values["SERVED_DIFF"]) < float(values["MOVED"]) / 10, values

@@ -61,7 +61,8 @@ def test_the_saved_adapter_is_peft_s_own_and_holds_only_the_student_adapter(tiny
     folder = str(tmp_path / "sync" / f"{ADAPTER_PREFIX}1")
     os.makedirs(os.path.dirname(folder))
     sent = save_adapter(state, model.peft_config["default"], folder)
-    assert sorted(os.listdir(folder)) == ["adapter_config.json", ADAPTER_WEIGHTS] and not os.path.exists(folder + ".partial")
+    assert sorted(os.listdir(folder)) == ["adapter_config.json", ADAPTER_WEIGHTS]
+    assert not os.path.exists(folder + ".partial")
     assert sent == sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
     assert json.load(open(os.path.join(folder, "adapter_config.json")))["r"] == RANK
     # PEFT loads it back onto the base and gives the same outputs as the student
@@ -218,7 +219,8 @@ def test_each_sync_serves_the_student_adapter_on_the_unchanged_base(lora_server,
     student_params = sum(p.numel() for n, p in trainer.model.named_parameters() if ".default." in n)
     assert sum(t.numel() for t in saved.values()) == student_params  # the discriminator's adapter never left
     sent = [h["vllm/weight_sync_bytes"] for h in trainer.state.log_history if "vllm/weight_sync_bytes" in h]
-    assert sent and sent[-1] == generation.last_sync_bytes < os.path.getsize(os.path.join(tiny_model_dir, "model.safetensors")) / 4
+    full_weights = os.path.getsize(os.path.join(tiny_model_dir, "model.safetensors"))
+    assert sent and sent[-1] == generation.last_sync_bytes < full_weights / 4
     listed = [m["id"] for m in __import__("requests").get(f"{lora_server.url}/v1/models", timeout=10).json()["data"]]
     assert [m for m in listed if m.startswith(ADAPTER_PREFIX)] == [served]
 
@@ -267,7 +269,8 @@ def test_servers_that_cannot_take_the_adapter_are_clear_errors(lora_server, vllm
     from gad_trl.vllm import VLLMServerError
 
     # a server without LoRA (the shared reload server)
-    with pytest.raises(VLLMServerError, match=r"(?s)without LoRA serving \(--enable-lora\).*--weight-sync lora --max-lora-rank 8"):
+    with pytest.raises(VLLMServerError,
+                       match=r"(?s)without LoRA serving \(--enable-lora\).*--weight-sync lora --max-lora-rank 8"):
         lora_trainer(tiny_model_dir, tmp_path / "a", vllm_server)
     # an adapter of a higher rank than the server holds
     with pytest.raises(VLLMServerError, match=r"(?s)up to rank 8.*rank 16.*--max-lora-rank 16"):
@@ -343,19 +346,14 @@ COLOCATE_SCRIPT = textwrap.dedent('''
 def test_colocated_engine_serves_the_synced_adapter(tiny_model_dir, tmp_path):
     """vllm_mode='colocate': the in-process engine (LoRA enabled) generates with the adapter of the last sync. Run in
     a child process: vLLM initialises torch.distributed and its engine in the process that builds it."""
-    import subprocess
-    import sys
-
     from trl.import_utils import is_vllm_available
+
+    from tests.vllm.test_generation_colocate import run_colocated
 
     if not is_vllm_available():
         pytest.skip("vLLM is not installed (scripts/install_env.sh)")
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", PYTHONPATH=os.pathsep.join(sys.path))
-    done = subprocess.run([sys.executable, "-c", COLOCATE_SCRIPT, tiny_model_dir, str(tmp_path / "out")], env=env,
-                          capture_output=True, text=True, timeout=800)
-    assert done.returncode == 0, done.stderr[-4000:]
-    values = dict(line.split() for line in done.stdout.splitlines()
-                  if line.split()[:1] in (["SYNCS"], ["STUDENT_DIFF"], ["BASE_DIFF"], ["FOLDERS"]))
+    values = run_colocated(COLOCATE_SCRIPT, tiny_model_dir, tmp_path / "out",
+                           ("SYNCS", "STUDENT_DIFF", "BASE_DIFF", "FOLDERS"))
     assert int(values["SYNCS"]) == 3
     # The engine's log-probs are the merged student's (to the engine's CPU dtype rounding), not the base's.
     assert float(values["STUDENT_DIFF"]) < 0.02 < 0.1 < float(values["BASE_DIFF"]), values
@@ -367,32 +365,17 @@ def test_colocated_engine_serves_the_synced_adapter(tiny_model_dir, tmp_path):
 def test_zero3_launch_syncs_the_gathered_adapter(lora_server, tmp_path):
     """`accelerate launch` with ZeRO-3 (2 CPU processes, DeepSpeed on CPU) through `gad-trl gad`: every process gathers
     the adapter's shards, the main process alone talks to the server, and the server loads a whole adapter."""
-    import subprocess
-    import sys
-
     pytest.importorskip("deepspeed", reason="the `deepspeed` extra is not installed")
-    from gad_trl.tiny import save_tiny_model, write_jsonl
-    from gad_trl.vllm.launcher import free_port
-    from tests.cli.test_launch import ROOT, SCRIPT
+    from tests.cli.test_launch import launch, write_tiny_data
 
-    model_dir = save_tiny_model(tmp_path / "model", seed=0)
-    write_jsonl(tiny_gad_rows(16, seed=0), tmp_path / "data" / "train.jsonl")
-    write_jsonl(tiny_gad_rows(4, seed=1), tmp_path / "data" / "test.jsonl")
-    # the server serves its own copy of the same base: point the student at that folder
-    served_base = lora_server.model
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(ROOT / "gad_trl" / "accelerate_configs" / "zero3.yaml"), "--num_processes", "2",
-               "--mixed_precision", "no", "--main_process_port", str(free_port()),
-               str(SCRIPT), served_base, str(tmp_path / "data"), str(tmp_path), "--lora-vllm", lora_server.url]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    base = lora_server.model  # the student is the served base itself (lora mode refuses any other)
     loads = lora_server.count_requests("/v1/load_lora_adapter")
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=800, env=env, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    launch("zero3", base, write_tiny_data(tmp_path), tmp_path, "--lora-vllm", lora_server.url)
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
     assert all(r["distributed_type"] == "DistributedType.DEEPSPEED" and r["global_step"] == 3 for r in ranks)
     assert ranks[0]["syncs"] == 3 and ranks[0]["served"] == f"{ADAPTER_PREFIX}3"
     assert lora_server.count_requests("/v1/load_lora_adapter") - loads == 3  # one load a sync, not one per process
     saved = load_file(os.path.join(ranks[0]["weight_sync_dir"], f"{ADAPTER_PREFIX}3", ADAPTER_WEIGHTS))
-    whole = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), lora(init_lora_weights=True))
+    whole = get_peft_model(AutoModelForCausalLM.from_pretrained(base), lora(init_lora_weights=True))
     expected = {k: v.shape for k, v in get_peft_state(whole).items()}
     assert {k: v.shape for k, v in saved.items()} == expected  # the gathered adapter, not a ZeRO-3 shard

@@ -175,6 +175,20 @@ def test_output_of_another_data_set_is_refused(tmp_path):
             generate_teacher(args)
 
 
+def kill_9_once_written(cmd, env, watched, lines: int, log) -> None:
+    """Start `cmd` and SIGKILL it once `watched` holds `lines` lines (within 60 s; it must still be running)."""
+    with open(log, "wb") as stderr:  # a file, not a pipe: a full pipe would stall the child
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if watched.exists() and watched.read_text().count("\n") >= lines:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, log.read_text()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
 def test_kill_9_mid_run_then_resume_gives_every_row_once(tmp_path):
     n = 40
     with FaultServer(delay=0.05) as server:
@@ -183,17 +197,7 @@ def test_kill_9_mid_run_then_resume_gives_every_row_once(tmp_path):
         cmd = [sys.executable, "-m", "gad_trl.cli.main", "generate-teacher", "--dataset_name", data, "--output",
                str(out), "--base_url", server.url, "--concurrency", "2"]
         env = {**os.environ, "PYTHONPATH": os.getcwd()}
-        log = tmp_path / "first_run.log"  # a file, not a pipe: a full pipe would stall the child
-        with open(log, "wb") as stderr:
-            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and proc.poll() is None:
-                if out.exists() and out.read_text().count("\n") >= 10:
-                    break
-                time.sleep(0.02)
-            assert proc.poll() is None, log.read_text()[-2000:]
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        kill_9_once_written(cmd, env, out, 10, tmp_path / "first_run.log")
         done_before = out.read_text().count("\n")
         assert 10 <= done_before < n
         # A kill can tear the line being written; make sure the resume meets one.
@@ -365,17 +369,7 @@ def test_num_answers_kill_9_then_resume_keeps_received_answers(tmp_path):
         cmd = [sys.executable, "-m", "gad_trl.cli.main", "generate-teacher", "--dataset_name", data, "--output",
                str(out), "--base_url", server.url, "--concurrency", "2", "--num_answers", str(k), "--seed", "5"]
         env = {**os.environ, "PYTHONPATH": os.getcwd()}
-        log = tmp_path / "first_run.log"
-        with open(log, "wb") as stderr:
-            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and proc.poll() is None:
-                if answers.exists() and answers.read_text().count("\n") >= 10:
-                    break
-                time.sleep(0.02)
-            assert proc.poll() is None, log.read_text()[-2000:]
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        kill_9_once_written(cmd, env, answers, 10, tmp_path / "first_run.log")
         first = len(server.requests)
         stored = {(a["row"], a["answer_index"]) for a in read_jsonl(answers)}
         assert len(stored) >= 10
