@@ -16,7 +16,6 @@ def _pairs(start, n):
     return [ReplayPair([0, i], [1, i], 1, 1) for i in range(start, start + n)]
 
 
-
 def spy_on_discriminator(trainer, describe):
     """Two lists filled during training: `describe(sequences)` of every scoring call, and the number of rewards
     each update returns."""
@@ -35,6 +34,7 @@ def spy_on_discriminator(trainer, describe):
 
     component.score, component.update = score, update
     return scored, rewards
+
 
 def test_buffer_keeps_a_uniform_sample_of_the_whole_history():
     """Reservoir sampling: after 1000 pairs a 100-slot buffer holds about as many early pairs as late ones (a FIFO
