@@ -294,7 +294,7 @@ def run_row(args) -> dict:
                                top_p=1.0, top_k=0)
         res["sampled_pass_rate"] = statistics.mean(spec.score(p, a) for p, a in zip(prompts, sampled))
         res["examples"] = [{"prompt": p, "greedy": g} for p, g in list(zip(prompts, greedy))[:4]]
-        return {**res, "train_s": 0.0, "steps": 0}
+        return {**res, "train_s": 0.0, "steps": 0, "device": device}
     if kind == "none":
         model = AutoModelForCausalLM.from_pretrained(base).to(device)
     elif kind in ("seqkd", "seqkd_long"):
@@ -316,7 +316,7 @@ def run_row(args) -> dict:
     res = evaluate_student(model, tok, spec, teacher, prompts, args, seed)
     if disc is not None:
         res.update(reward_judge_auc(disc, model, tok, spec, teacher, prompts[: args.auc_prompts], args, seed))
-    res.update({"train_s": train_s, "steps": info.get("steps", 0), "schedule": info.get("schedule")})
+    res.update({"train_s": train_s, "steps": info.get("steps", 0), "schedule": info.get("schedule"), "device": device})
     for key in ("train_d_acc_last", "train_score_diff_last", "completion_len_last"):
         if key in info:
             res[key] = info[key]
@@ -397,6 +397,11 @@ def collect_results(args, res_dir: Path, failed: dict | None = None, wall_s: flo
         earlier_seeds = [int(s) for s in json.loads(Path(args.merge).read_text())["full"]["seeds"]]
         args.seeds = sorted(set(args.seeds) | set(earlier_seeds))
     previous = json.loads(Path(args.merge).read_text())["full"] if getattr(args, "merge", None) else None
+    if previous:  # its results ran where its command says (results of before the per-result "device" field included)
+        results["commands"] = previous.get("commands") or [previous["args"].get("command_line")]
+        for rows in previous.get("seeds", {}).values():
+            for res in rows.values():
+                res.setdefault("device", previous["args"].get("device"))
     jobs = [("teacher", 0)] + [(r, s) for s in args.seeds for r in args.rows if runs(args, r, s)]
     jobs += [(r, int(s)) for s, rows in (previous or {}).get("seeds", {}).items() for r in rows if (r, int(s)) not in jobs]
     for row, seed in jobs:
@@ -487,14 +492,36 @@ def lever_lines(results) -> list[str]:
     return lines + [""]
 
 
+def device_lines(results, seeds) -> list[tuple[str, list[str]]]:
+    """[(device, ["row_s<seed>", ...])], the device with the most results first; results without a recorded device
+    are left out (a run of before the field, not merged)."""
+    by_device: dict[str, list[str]] = {}
+    for s in seeds:
+        for r, res in results["seeds"][s].items():
+            if res.get("device"):
+                by_device.setdefault(res["device"], []).append(f"{r}_s{s}")
+    return sorted(by_device.items(), key=lambda kv: -len(kv[1]))
+
+
 def write_report(results, args, command: str) -> Path:
     seeds = sorted(results["seeds"])
     rows = [r for r in ROWS if any(r in results["seeds"][s] for s in seeds)]
     wall = "" if results.get("wall_s") is None else f"wall {results['wall_s'] / 60:.1f} min, "
-    lines = [f"# Real-model suite{' (smoke)' if args.smoke else ''}: context distillation into SmolLM2-135M-Instruct\n",
-             f"Command: `{command}` ({wall}device {args.device}, "
-             f"{args.parallel} processes at a time). Seeds run: {seeds} (of {args.seeds}). "
-             f"{args.n_train} train prompts, {args.n_test} held-out prompts.\n"]
+    lines = [f"# Real-model suite{' (smoke)' if args.smoke else ''}: context distillation into SmolLM2-135M-Instruct\n"]
+    earlier = [c for c in results.get("commands", []) if c]
+    if earlier:  # a merged report: every run that made part of it, oldest first
+        results["commands"] = [*earlier, command]
+        lines.append("Commands, oldest first (each later one adds (row, seed) results to the earlier ones):\n")
+        lines += [f"{i}. `{c}`" for i, c in enumerate(results["commands"], 1)] + [""]
+    else:
+        lines.append(f"Command: `{command}` ({wall}device {args.device}, {args.parallel} processes at a time).\n")
+    lines.append(f"Seeds run: {seeds} (of {args.seeds}). {args.n_train} train prompts, {args.n_test} held-out prompts.\n")
+    devices = device_lines(results, seeds)
+    cost_device = devices[0] if devices else None
+    if len(devices) > 1:
+        lines.append("Where each result ran (same settings and fp32 on every device; a device changes the numerics "
+                     "only as another seed does, but the train-time column counts " + cost_device[0] + " only):\n")
+        lines += [f"- {d}: " + ", ".join(jobs) for d, jobs in devices] + [""]
     tg = results.get("teacher_generation", {}).get("filter")
     lines.append(
         "Teacher: SmolLM2-135M-Instruct given the hidden instruction (system prompt + few-shot turns of "
@@ -513,10 +540,11 @@ def write_report(results, args, command: str) -> Path:
     for r in rows:
         v = lambda key: [results["seeds"][s][r].get(key) for s in seeds if r in results["seeds"][s]]  # noqa: E731
         auc = (_cell(v("auc")), _cell(v("auc_loglik"))) if r in GAD_ROWS else ("", "")
-        ts = _mean_std(v("train_s"))[0]
+        ts = _mean_std([results["seeds"][s][r].get("train_s") for s in seeds if r in results["seeds"][s]
+                        and (cost_device is None or results["seeds"][s][r].get("device") == cost_device[0])])[0]
         lines.append(f"| {ROWS[r][0]} | {_cell(v('pass_rate'))} | {_cell(v('all_pass'))} | "
                      f"{_cell(v('sampled_pass_rate'))} | {_cell(v('teacher_loglik'))} | {_cell(v('length'), 1)} | "
-                     f"{auc[0]} | {auc[1]} | {ts:.0f} |")
+                     f"{auc[0]} | {auc[1]} | {'' if ts is None else f'{ts:.0f}'} |")
     lines.append("")
     check = target_check(results)
     if check:

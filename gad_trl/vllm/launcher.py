@@ -25,6 +25,12 @@ DEFAULT_START_TIMEOUT = 240.0
 CPU_SERVER_ARGS = (*CPU_FLOAT32_ARGS, "--max-model-len", "512", "--max-num-seqs", "16")
 
 
+def default_server_args() -> tuple[str, ...]:
+    """The `vllm serve` options a started server gets unless told otherwise: CPU_SERVER_ARGS on a machine without
+    CUDA, none on a GPU (vLLM's own defaults)."""
+    return () if _cuda_available() else CPU_SERVER_ARGS
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -35,9 +41,9 @@ class VLLMServer:
     """A `gad-trl vllm-serve` subprocess (its own process group) and a few helpers to observe it."""
 
     def __init__(self, model: str, log_path: str | os.PathLike, weight_sync: str = "reload", extra_args=None):
-        """`extra_args`: `vllm serve` options; default CPU_SERVER_ARGS on a machine without CUDA, none otherwise."""
+        """`extra_args`: `vllm serve` options; default `default_server_args()`."""
         if extra_args is None:
-            extra_args = () if _cuda_available() else CPU_SERVER_ARGS
+            extra_args = default_server_args()
         self.model = str(model)
         self.port = free_port()
         self.host = "127.0.0.1"

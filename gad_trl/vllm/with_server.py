@@ -6,7 +6,8 @@
 
 `{url}` in the command becomes the server's address. The server is a `VLLMServer` (`gad-trl vllm-serve` on
 127.0.0.1, a free port, CPU float32 defaults without CUDA), killed with its whole process group when the command
-ends, fails or is interrupted. With `--url` (or `GAD_TRL_VLLM_URL`) an already running server is used instead and
+ends, fails or is interrupted. `--server-arg` adds a `vllm serve` option after those defaults (repeatable; a later
+option wins, so it can also change a default): `--server-arg=--max-model-len=2048`. With `--url` (or `GAD_TRL_VLLM_URL`) an already running server is used instead and
 left running. The exit code is the command's.
 
 The server runs in its own session (so that its whole group can be killed), which a signal sent to this wrapper's
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weight-sync", default="reload", choices=WEIGHT_SYNC_CHOICES,
                         help="Weight sync the server accepts; must match the command's vllm_weight_sync ('lora': "
                         "--model is the student's base).")
+    parser.add_argument("--server-arg", action="append", default=[], metavar="OPTION",
+                        help="A `vllm serve` option for the started server, after the defaults (repeatable; write it "
+                        "with `=`: --server-arg=--max-model-len=2048).")
     parser.add_argument("--start-timeout", type=float, default=240.0, help="Seconds to wait for /health.")
     parser.add_argument("--url", default=os.environ.get("GAD_TRL_VLLM_URL"),
                         help="Use this running server instead of starting one (default: $GAD_TRL_VLLM_URL).")
@@ -88,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("with_server: give the command to run after `--`.")
     if args.url is None and not args.model:
         raise SystemExit("with_server: --model is required to start a server (or pass --url).")
+    if args.url is not None and args.server_arg:
+        raise SystemExit(f"with_server: --server-arg {args.server_arg} would be lost: it configures a server this "
+                         f"command starts, and --url (or GAD_TRL_VLLM_URL) names a running one ({args.url}). Pass the "
+                         "options to that server, or drop --url.")
     import threading
 
     # (signal handlers can only be set from the main thread; main() called elsewhere keeps the default ones)
@@ -98,9 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         url = args.url
         if url is None:
-            from .launcher import VLLMServer
+            from .launcher import VLLMServer, default_server_args
 
-            server = VLLMServer(args.model, args.log, weight_sync=args.weight_sync)
+            server = VLLMServer(args.model, args.log, weight_sync=args.weight_sync,
+                                extra_args=(*default_server_args(), *args.server_arg))
             print(f"[with_server] starting a vLLM server for {args.model} (log: {args.log}) ...", flush=True)
             start = time.monotonic()
             with stop.deferred():

@@ -104,10 +104,33 @@ def test_report_merges_an_earlier_runs_seeds(tmp_path):
     (tmp_path / "gad_s1.json").write_text(json.dumps({"pass_rate": 0.7}))
     earlier = tmp_path / "real_lm.json"
     earlier.write_text(json.dumps({"full": {"seeds": {"0": {"gad": {"pass_rate": 0.5}, "gad_shaping": {"pass_rate": 0.4}}},
-                                            "teacher": {"pass_rate": 0.9}}}))
+                                            "teacher": {"pass_rate": 0.9},
+                                            "args": {"device": "cuda", "command_line": "gpu run"}}}))
     args = Namespace(seeds=[1], rows=["gad", "gad_shaping"], lever_seeds=[], merge=str(earlier),
                      spec="benchmarks.real_lm_spec:PIRATE", data_dir=str(tmp_path))
     res = collect_results(args, tmp_path)
-    assert res["seeds"] == {"0": {"gad": {"pass_rate": 0.5}, "gad_shaping": {"pass_rate": 0.4}},
+    # The earlier results carry the device of the run that made them; the new file has none of its own here.
+    assert res["seeds"] == {"0": {"gad": {"pass_rate": 0.5, "device": "cuda"},
+                                  "gad_shaping": {"pass_rate": 0.4, "device": "cuda"}},
                             "1": {"gad": {"pass_rate": 0.7}}}
     assert res["teacher"] == {"pass_rate": 0.9} and res["failed"] == {} and args.seeds == [0, 1]
+    assert res["commands"] == ["gpu run"]
+
+
+def test_a_report_of_mixed_devices_names_each_run_and_times_one_device(tmp_path):
+    from benchmarks.real_lm import write_report
+
+    def row(device, train_s):
+        return {"pass_rate": 0.5, "all_pass": 0.1, "sampled_pass_rate": 0.4, "teacher_loglik": -1.0, "length": 30.0,
+                "auc": 0.8, "auc_loglik": 0.6, "train_s": train_s, "device": device}
+    results = {"seeds": {"0": {"gad": row("cuda", 100.0), "before": row("cuda", 1.0)},
+                         "1": {"gad": row("cpu", 5000.0), "before": row("cuda", 3.0)}},
+               "teacher": None, "failed": {}, "args": {}, "commands": ["gpu run"]}
+    args = Namespace(smoke=False, seeds=[0, 1], n_train=8, n_test=4, device="cpu", parallel=2,
+                     out=str(tmp_path / "r.md"))
+    text = write_report(results, args, "cpu run").read_text()
+    assert "1. `gpu run`" in text and "2. `cpu run`" in text
+    assert "- cuda: gad_s0, before_s0, before_s1" in text and "- cpu: gad_s1" in text
+    gad_line = next(line for line in text.splitlines() if line.startswith("| GAD |"))
+    assert gad_line.endswith("| 100 |")  # the CPU seed's 5000 s is not averaged into the GPU cost
+    assert json.loads((tmp_path / "r.json").read_text())["full"]["commands"] == ["gpu run", "cpu run"]

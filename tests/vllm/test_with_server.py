@@ -37,6 +37,7 @@ from gad_trl.vllm import launcher, with_server
 init = launcher.VLLMServer.__init__
 
 def fake(self, *args, **kwargs):
+    kwargs.pop("extra_args", None)
     init(self, *args, extra_args=(), **kwargs)
     self.command = [sys.executable, {fake!r}, {pids!r}, "--port", str(self.port)]
 
@@ -62,6 +63,38 @@ def test_with_server_substitutes_the_url_and_returns_the_commands_exit_code(capf
                  "import sys; print('got', sys.argv[1]); sys.exit(3)", "--vllm_server_base_url={url}"])
     assert code == 3
     assert "got --vllm_server_base_url=http://127.0.0.1:9" in capfd.readouterr().out
+
+
+def test_with_server_adds_server_args_after_the_defaults(monkeypatch, capfd):
+    from gad_trl.vllm import launcher
+    from gad_trl.vllm.with_server import main
+
+    started = []
+
+    class Recorder:  # VLLMServer's interface, as main() uses it
+        url = "http://127.0.0.1:9"
+
+        def __init__(self, model, log, weight_sync, extra_args):
+            started.append(extra_args)
+
+        def launch(self):
+            return self
+
+        def wait_healthy(self, timeout):
+            return self
+
+        def kill(self):
+            pass
+
+    monkeypatch.setattr(launcher, "VLLMServer", Recorder)
+    monkeypatch.setattr(launcher, "default_server_args", lambda: ("--dtype", "float32", "--max-model-len", "512"))
+    code = main(["--model", "m", "--server-arg=--max-model-len=2048", "--server-arg=--enforce-eager", "--",
+                 sys.executable, "-c", "pass"])
+    assert code == 0
+    # vLLM's parser keeps the last value of an option given twice: 2048 wins over the default 512.
+    assert started == [("--dtype", "float32", "--max-model-len", "512", "--max-model-len=2048", "--enforce-eager")]
+    with pytest.raises(SystemExit, match="would be lost"):
+        main(["--url", "http://127.0.0.1:9", "--server-arg=--enforce-eager", "--", sys.executable, "-c", "pass"])
 
 
 @pytest.mark.timeout(120)
