@@ -34,7 +34,6 @@ import argparse
 import json
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 from gad_trl.tiny import use_offline_env

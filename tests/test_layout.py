@@ -146,3 +146,17 @@ def test_every_tests_module_named_in_the_tests_exists():
                 names = [match.group(1)] if match else []
             stale += [f"{path.relative_to(tests)}: {n}" for n in names if not exists(n)]
     assert stale == []
+
+
+def test_the_code_is_lint_clean():
+    """pyflakes and pycodestyle rules (pyproject's [tool.ruff]) over the package, tests, benchmarks, scripts and
+    notebooks: an unused import or an undefined name fails here, not in review."""
+    import shutil
+    import subprocess
+    import sys
+
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    assert ruff, "ruff is not installed: it is in the dev extra (scripts/install_env.sh installs it)"
+    proc = subprocess.run([ruff, "check", "--no-cache", "."], cwd=PACKAGE.parent, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

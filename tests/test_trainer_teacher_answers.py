@@ -111,7 +111,6 @@ def test_every_completion_meets_every_answer_each_answer_scored_once(tiny_model_
 
 
 def test_sft_rows_of_a_prompt_take_its_answers_in_turn():
-    from gad_trl.trainer import GADTrainer
 
     assert sft_teacher_per_row([[0, 1, 2]] * 4 + [[3]] * 2) == [0, 1, 2, 0, 3, 3]
 
