@@ -399,6 +399,7 @@ def collect_results(args, res_dir: Path, failed: dict | None = None, wall_s: flo
     previous = json.loads(Path(args.merge).read_text())["full"] if getattr(args, "merge", None) else None
     if previous:  # its results ran where its command says (results of before the per-result "device" field included)
         results["commands"] = previous.get("commands") or [previous["args"].get("command_line")]
+        results["notes"] = previous.get("notes", [])
         for rows in previous.get("seeds", {}).values():
             for res in rows.values():
                 res.setdefault("device", previous["args"].get("device"))
@@ -414,8 +415,8 @@ def collect_results(args, res_dir: Path, failed: dict | None = None, wall_s: flo
             results["teacher"] = previous["teacher"]
             continue
         if not path.is_file():
-            results["failed"][f"{row}_s{seed}"] = failed.get((row, seed), "no result (stopped at the deadline or not "
-                                                                          "started; see the run's log)")
+            results["failed"][f"{row}_s{seed}"] = failed.get((row, seed), "no result (not run, or stopped at the "
+                                                                          "deadline; see the run's log)")
             continue
         res = json.loads(path.read_text())
         if row == "teacher":
@@ -516,6 +517,10 @@ def write_report(results, args, command: str) -> Path:
     else:
         lines.append(f"Command: `{command}` ({wall}device {args.device}, {args.parallel} processes at a time).\n")
     lines.append(f"Seeds run: {seeds} (of {args.seeds}). {args.n_train} train prompts, {args.n_test} held-out prompts.\n")
+    notes = [*results.get("notes", []), *([args.note] if getattr(args, "note", None) else [])]
+    if notes:  # what the numbers cannot say themselves (e.g. why a seed is missing), kept across merges
+        results["notes"] = notes
+        lines += [f"Note: {n}\n" for n in notes]
     devices = device_lines(results, seeds)
     cost_device = devices[0] if devices else None
     if len(devices) > 1:
@@ -665,6 +670,8 @@ def parse_args(argv=None):
     p.add_argument("command", choices=["teacher", "run", "worker", "probe", "report"])
     p.add_argument("--from-dir", default=None, help="report: the per-job result files of a run (<row>_s<seed>.json)")
     p.add_argument("--command-line", default=None, help="report: the command that made the results, for the heading")
+    p.add_argument("--note", default=None, help="report: a sentence for the heading (e.g. why a seed is missing); "
+                   "kept by later merges")
     p.add_argument("--merge", default=None, help="report: an earlier run's real_lm.json whose (row, seed) results fill "
                    "in the jobs this run did not make (e.g. seed 0 earlier, --seeds 1,2 now)")
     p.add_argument("--lever-seeds", default="0", help="seeds the lever rows (" + ", ".join(LEVER_ROWS) + ") run on")

@@ -125,12 +125,14 @@ def test_a_report_of_mixed_devices_names_each_run_and_times_one_device(tmp_path)
                 "auc": 0.8, "auc_loglik": 0.6, "train_s": train_s, "device": device}
     results = {"seeds": {"0": {"gad": row("cuda", 100.0), "before": row("cuda", 1.0)},
                          "1": {"gad": row("cpu", 5000.0), "before": row("cuda", 3.0)}},
-               "teacher": None, "failed": {}, "args": {}, "commands": ["gpu run"]}
+               "teacher": None, "failed": {}, "args": {}, "commands": ["gpu run"], "notes": ["seed 2: no GPU"]}
     args = Namespace(smoke=False, seeds=[0, 1], n_train=8, n_test=4, device="cpu", parallel=2,
-                     out=str(tmp_path / "r.md"))
+                     out=str(tmp_path / "r.md"), note="seed 1's GAD rows on CPU")
     text = write_report(results, args, "cpu run").read_text()
     assert "1. `gpu run`" in text and "2. `cpu run`" in text
+    assert "Note: seed 2: no GPU" in text and "Note: seed 1's GAD rows on CPU" in text
     assert "- cuda: gad_s0, before_s0, before_s1" in text and "- cpu: gad_s1" in text
     gad_line = next(line for line in text.splitlines() if line.startswith("| GAD |"))
     assert gad_line.endswith("| 100 |")  # the CPU seed's 5000 s is not averaged into the GPU cost
-    assert json.loads((tmp_path / "r.json").read_text())["full"]["commands"] == ["gpu run", "cpu run"]
+    full = json.loads((tmp_path / "r.json").read_text())["full"]
+    assert full["commands"] == ["gpu run", "cpu run"] and full["notes"] == ["seed 2: no GPU", "seed 1's GAD rows on CPU"]
