@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -736,16 +737,16 @@ def main(argv=None) -> int:
         res = run_probe(args)
         print(json.dumps(res, indent=1))
         out = Path(args.out if args.out != str(RESULTS_DIR / "real_lm.md") else RESULTS_DIR / "real_lm_probe.json")
-        out.write_text(json.dumps({"command": "python -m benchmarks.real_lm " + " ".join(sys.argv[1:]), **res},
+        out.write_text(json.dumps({"command": "python -m benchmarks.real_lm " + shlex.join(sys.argv[1:]), **res},
                                   indent=1) + "\n")
     elif args.command == "report":
         if not args.from_dir:
             raise SystemExit("report needs --from-dir: the folder of a run's <row>_s<seed>.json files.")
         results = collect_results(args, Path(args.from_dir))
-        write_report(results, args, args.command_line or "python -m benchmarks.real_lm " + " ".join(sys.argv[1:]))
+        write_report(results, args, args.command_line or "python -m benchmarks.real_lm " + shlex.join(sys.argv[1:]))
     else:
         results = run_table(args)
-        write_report(results, args, "python -m benchmarks.real_lm " + " ".join(sys.argv[1:] if argv is None else argv))
+        write_report(results, args, "python -m benchmarks.real_lm " + shlex.join(sys.argv[1:] if argv is None else argv))
         return 0 if results["seeds"] else 1
     return 0
 
