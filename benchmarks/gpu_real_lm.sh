@@ -4,10 +4,13 @@
 #
 #   bash benchmarks/gpu_real_lm.sh prepare     # here: wheels into .whl/, the GGUF split into .gguf_parts/{a,b}
 #   # device call 1 (carry .gguf_parts/a): bash benchmarks/gpu_real_lm.sh stash
-#   # device call 2, at once (carry .whl .gguf_parts/b):
-#   #   bash benchmarks/gpu_real_lm.sh run --seeds 1,2 --lever-seeds "" --deadline-s 420 2>&1 | tee $OUT/run.log
-#   # then here: python -m benchmarks.real_lm report --from-dir <results.tgz unpacked> --seeds 1,2 --lever-seeds "" \
-#   #   --merge benchmarks/results/real_lm.json --device cuda --parallel 8   (seed 0 from the earlier run)
+#   # device call 2, at once (carry .whl .gguf_parts/b); --merge skips the (row, seed) jobs already in the committed
+#   # report and merges them into the new one:
+#   #   bash benchmarks/gpu_real_lm.sh run --seeds 1,2 --merge benchmarks/results/real_lm.json --deadline-s 420 \
+#   #     2>&1 | tee $OUT/run.log
+#   # then here: the device's real_lm.md / real_lm.json replace benchmarks/results/'s (or rebuild them from the job
+#   #   files: python -m benchmarks.real_lm report --from-dir <results.tgz unpacked> --seeds 1,2 \
+#   #   --merge benchmarks/results/real_lm.json --device cuda --parallel 8)
 #
 # Two calls because one call carries at most 64 MiB and the GGUF file is 98 MB; the first leaves its half in /tmp
 # of the warm machine. `run` installs the wheels, reassembles and checks the file, converts it (gad-trl convert, in

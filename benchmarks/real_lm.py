@@ -343,11 +343,23 @@ def runs(args, row: str, seed: int) -> bool:
     return row not in LEVER_ROWS or seed in args.lever_seeds
 
 
-def run_table(args) -> dict:
-    """Every (row, seed) as its own process, `--parallel` at a time, seed-major (a whole seed's table first); jobs
-    still running at `--deadline-s` are stopped and reported as missing."""
-    model_dir(args.workdir)  # convert once, before the workers start
+def table_jobs(args) -> list[tuple[str, int]]:
+    """The (row, seed) jobs of a run, seed-major; with --merge, those the earlier run already measured are left out
+    (a lent GPU's minutes go to the missing seeds)."""
     jobs = [("teacher", 0)] + [(row, seed) for seed in args.seeds for row in args.rows if runs(args, row, seed)]
+    if getattr(args, "merge", None):
+        earlier = json.loads(Path(args.merge).read_text())["full"]
+        have = {(r, int(s)) for s, rows in earlier.get("seeds", {}).items() for r in rows}
+        have |= {("teacher", 0)} if earlier.get("teacher") else set()
+        jobs = [j for j in jobs if j not in have]
+    return jobs
+
+
+def run_table(args) -> dict:
+    """Every (row, seed) of `table_jobs` as its own process, `--parallel` at a time; jobs still running at
+    `--deadline-s` are stopped and reported as missing."""
+    model_dir(args.workdir)  # convert once, before the workers start
+    jobs = table_jobs(args)
     res_dir = Path(args.workdir) / "results"
     res_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -673,8 +685,9 @@ def parse_args(argv=None):
     p.add_argument("--command-line", default=None, help="report: the command that made the results, for the heading")
     p.add_argument("--note", default=None, help="report: a sentence for the heading (e.g. why a seed is missing); "
                    "kept by later merges")
-    p.add_argument("--merge", default=None, help="report: an earlier run's real_lm.json whose (row, seed) results fill "
-                   "in the jobs this run did not make (e.g. seed 0 earlier, --seeds 1,2 now)")
+    p.add_argument("--merge", default=None, help="run / report: an earlier run's real_lm.json whose (row, seed) "
+                   "results fill in the table; `run` skips the jobs it already holds (e.g. seed 0 earlier, --seeds 1,2 "
+                   "now)")
     p.add_argument("--lever-seeds", default="0", help="seeds the lever rows (" + ", ".join(LEVER_ROWS) + ") run on")
     p.add_argument("--spec", default=SPEC, help="module:NAME of a benchmarks.real_lm_spec.HiddenInstruction")
     p.add_argument("--workdir", default="/tmp/gad_bench_real_lm")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.real_lm import collect_results, lever_lines, read_jsonl, target_check, teacher_rows, DATA_DIR
+from benchmarks.real_lm import (DATA_DIR, collect_results, lever_lines, read_jsonl, table_jobs, target_check,
+                                teacher_rows)
 from benchmarks.real_lm_spec import PIRATE, REFUSAL, pirate_filter
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,3 +137,12 @@ def test_a_report_of_mixed_devices_names_each_run_and_times_one_device(tmp_path)
     assert gad_line.endswith("| 100 |")  # the CPU seed's 5000 s is not averaged into the GPU cost
     full = json.loads((tmp_path / "r.json").read_text())["full"]
     assert full["commands"] == ["gpu run", "cpu run"] and full["notes"] == ["seed 2: no GPU", "seed 1's GAD rows on CPU"]
+
+
+def test_a_run_with_merge_skips_the_jobs_the_earlier_run_measured(tmp_path):
+    earlier = tmp_path / "real_lm.json"
+    earlier.write_text(json.dumps({"full": {"seeds": {"1": {"gad": {}, "before": {}}}, "teacher": {"pass_rate": 0.9}}}))
+    args = Namespace(seeds=[1, 2], rows=["before", "gad", "gad_shaping"], lever_seeds=[], merge=None)
+    assert table_jobs(args) == [("teacher", 0), ("before", 1), ("gad", 1), ("before", 2), ("gad", 2)]
+    args.merge = str(earlier)
+    assert table_jobs(args) == [("before", 2), ("gad", 2)]
