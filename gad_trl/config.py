@@ -232,7 +232,8 @@ class GADConfig(GRPOConfig):
             vllm_mode='colocate': 'nccl' = TRL's own sync, 'reload' = vLLM's layer-wise reload in memory (required on
             CPU, docs/vllm.md), 'lora' = the in-process engine serves the adapter.
         vllm_weight_sync_dir (`str` or `None`, *optional*, defaults to `None`):
-            Directory shared with the server for 'reload' and 'lora' sync; None = <output_dir>/_vllm_weights.
+            Directory shared with the server for 'reload' and 'lora' sync; None = <output_dir>/_vllm_weights. The
+            'reload' copy of the weights is deleted when train() ends.
         vllm_request_timeout (`float` or `None`, *optional*, defaults to `1800.0`):
             Seconds one request to the vLLM server (a generation batch, a weight sync) may wait for its answer
             before the step fails with VLLMServerError; None = wait forever (TRL's behaviour). It guards against a
@@ -542,7 +543,8 @@ class GADConfig(GRPOConfig):
     vllm_weight_sync_dir: str | None = field(
         default=None,
         metadata={
-            "help": "Directory shared with the server for 'reload' and 'lora' sync; None = <output_dir>/_vllm_weights."
+            "help": "Directory shared with the server for 'reload' and 'lora' sync; None = <output_dir>/_vllm_weights. "
+            "The 'reload' copy of the weights is deleted when train() ends."
         },
     )
     vllm_request_timeout: float | None = field(

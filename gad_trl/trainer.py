@@ -727,6 +727,8 @@ class GADTrainer(GRPOTrainer):
                     self._one_step_off.close()  # a request in flight is dropped: nothing trains on it or saves it
                 if generation is not None:
                     generation.release_server()
+                    if callable(getattr(generation, "remove_synced_weights", None)):
+                        generation.remove_synced_weights()
 
     def _claim_vllm_server(self):
         """One run per vLLM server (gad_trl.vllm.server_claim): the main process claims it for this train() call;

@@ -403,6 +403,21 @@ class ReloadVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
         self.accelerator.wait_for_everyone()
 
 
+    def remove_synced_weights(self) -> None:
+        """Delete the merged copy written for the server once training ends: the server holds the weights in memory
+        by then and the run's model is saved in output_dir, so the file is scratch (15 GB for a 7B student). The
+        folder goes too when nothing else is in it (a user-named folder may hold other files)."""
+        if self.mode != "server" or not self.weight_sync_dir or not self.accelerator.is_main_process:
+            return
+        path = os.path.join(self.weight_sync_dir, WEIGHTS_FILE)
+        for leftover in (path, path + ".partial"):
+            if os.path.isfile(leftover):
+                os.remove(leftover)
+        try:
+            os.rmdir(self.weight_sync_dir)
+        except OSError:  # not empty, or already gone
+            pass
+
     def _reload_colocated(self):
         """Colocated vLLM: the student's weights go straight into the in-process engine through vLLM's layer-wise
         reload (`worker_extension.reload_weights_in_place`), in memory, not file by file. TRL's colocate sync calls

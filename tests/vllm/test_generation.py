@@ -238,3 +238,33 @@ def test_hung_server_times_out_into_a_clear_error():
         assert time.monotonic() - start < 15
     finally:
         stuck.close()
+
+
+def test_reload_sync_deletes_its_weights_copy_and_nothing_else(tmp_path):
+    """The end-of-training clean-up (GADTrainer.train calls it): the merged copy and a half-written one go; a folder
+    with other files in it stays, with those files."""
+    from types import SimpleNamespace
+
+    from gad_trl.vllm.generation import WEIGHTS_FILE, ReloadVLLMGeneration
+
+    def generation(folder, mode="server", main=True):
+        gen = object.__new__(ReloadVLLMGeneration)  # the clean-up needs no server
+        gen.mode, gen.weight_sync_dir, gen.accelerator = mode, str(folder), SimpleNamespace(is_main_process=main)
+        return gen
+
+    default = tmp_path / "_vllm_weights"
+    default.mkdir()
+    (default / WEIGHTS_FILE).write_bytes(b"w")
+    (default / (WEIGHTS_FILE + ".partial")).write_bytes(b"p")
+    generation(default, main=False).remove_synced_weights()  # another process: leaves it to the main one
+    assert (default / WEIGHTS_FILE).exists()
+    generation(default).remove_synced_weights()
+    assert not default.exists()
+    generation(default).remove_synced_weights()  # already gone: no error
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / WEIGHTS_FILE).write_bytes(b"w")
+    (shared / "notes.txt").write_text("the user's")
+    generation(shared).remove_synced_weights()
+    assert sorted(p.name for p in shared.iterdir()) == ["notes.txt"]
