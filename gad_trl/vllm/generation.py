@@ -356,6 +356,8 @@ class ReloadVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
         if is_main:
             from ..run_folder import explain_disk_full
 
+            os.makedirs(self.weight_sync_dir, exist_ok=True)  # removed when an earlier train() call ended
+
             partial = path + ".partial"  # not matched by the server's *.safetensors glob
             hint = ("Free space there or set vllm_weight_sync_dir to a folder on a larger disk that the vLLM server "
                     "can read (each sync rewrites one file of the student's size).")
