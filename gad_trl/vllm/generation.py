@@ -404,7 +404,6 @@ class ReloadVLLMGeneration(_ServerErrorsMixin, VLLMGeneration):
             logger.debug("reload weight sync #%d took %.2f s", self.num_weight_syncs, time.perf_counter() - start)
         self.accelerator.wait_for_everyone()
 
-
     def remove_synced_weights(self) -> None:
         """Delete the merged copy written for the server once training ends: the server holds the weights in memory
         by then and the run's model is saved in output_dir, so the file is scratch (15 GB for a 7B student). The
